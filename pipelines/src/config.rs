@@ -1,0 +1,614 @@
+//! The node's configuration: one TOML file, read once by the binary.
+//!
+//! Every section has defaults (`DEFAULT_*`), so an empty file is a working all-in-one node.
+//! [`Config::parse`] rejects unknown keys; [`Config::validate`] rejects what parses but cannot
+//! work, naming the key and, where it can, the line.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub const DEFAULT_DATA_DIR: &str = "./tiercast-data";
+pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_RTMP_LISTEN: &str = "0.0.0.0:1935";
+pub const DEFAULT_RTMP_APP: &str = "live";
+pub const DEFAULT_SEGMENT_SECONDS: u32 = 2;
+pub const DEFAULT_PLAYLIST_LENGTH: u32 = 6;
+pub const DEFAULT_X264_PRESET: &str = "veryfast";
+pub const DEFAULT_X264_TUNE: &str = "zerolatency";
+pub const DEFAULT_LADDER: &str = "default";
+pub const DEFAULT_STREAM: &str = "demo";
+pub const DEFAULT_STREAM_KEY: &str = "demo";
+pub const MAX_RTMP_CONNECTIONS: usize = 256;
+
+/// x264's speed presets, fastest first.
+pub const X264_PRESETS: &[&str] = &[
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+];
+pub const X264_TUNES: &[&str] = &["none", "zerolatency", "fastdecode", "film", "animation"];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub http: HttpConfig,
+    pub rtmp: RtmpConfig,
+    pub hls: HlsConfig,
+    pub transcode: TranscodeConfig,
+    pub streams: Vec<StreamConfig>,
+    /// Named ladders. `default` exists unless the file defines its own.
+    pub ladders: BTreeMap<String, Vec<RungConfig>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NodeConfig {
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpConfig {
+    pub listen: SocketAddr,
+    /// The application name in `rtmp://host/<app>/<key>`.
+    pub app: String,
+    /// Connections beyond this are closed at accept.
+    pub max_connections: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HlsConfig {
+    /// Target segment duration; segments are cut at the first keyframe after it.
+    pub segment_seconds: u32,
+    /// Segments listed in a live media playlist.
+    pub playlist_length: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TranscodeConfig {
+    pub x264_preset: String,
+    pub x264_tune: String,
+    /// Keyframe interval of encoded rungs when no rung passes the source through
+    /// (with a passthrough rung, encoded rungs follow the source's keyframes).
+    pub gop_seconds: u32,
+    /// Encoder threads per rung; 0 lets x264 decide.
+    pub threads: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamConfig {
+    pub name: String,
+    pub key: String,
+    #[serde(default = "default_ladder_name")]
+    pub ladder: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RungConfig {
+    pub name: String,
+    pub height: u32,
+    pub video_kbps: u32,
+    #[serde(default = "default_audio_kbps")]
+    pub audio_kbps: u32,
+    /// Upper bound on the frame rate of this rung; the source's rate when absent.
+    #[serde(default)]
+    pub max_fps: Option<u32>,
+}
+
+fn default_ladder_name() -> String {
+    DEFAULT_LADDER.to_owned()
+}
+
+fn default_audio_kbps() -> u32 {
+    128
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("default address literals parse")
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(DEFAULT_HTTP_LISTEN),
+        }
+    }
+}
+
+impl Default for RtmpConfig {
+    fn default() -> Self {
+        Self {
+            listen: addr(DEFAULT_RTMP_LISTEN),
+            app: DEFAULT_RTMP_APP.to_owned(),
+            max_connections: MAX_RTMP_CONNECTIONS,
+        }
+    }
+}
+
+impl Default for HlsConfig {
+    fn default() -> Self {
+        Self {
+            segment_seconds: DEFAULT_SEGMENT_SECONDS,
+            playlist_length: DEFAULT_PLAYLIST_LENGTH,
+        }
+    }
+}
+
+impl Default for TranscodeConfig {
+    fn default() -> Self {
+        Self {
+            x264_preset: DEFAULT_X264_PRESET.to_owned(),
+            x264_tune: DEFAULT_X264_TUNE.to_owned(),
+            gop_seconds: DEFAULT_SEGMENT_SECONDS,
+            threads: 0,
+        }
+    }
+}
+
+/// The built-in ladder: 1080p, 720p, 480p, 360p.
+pub fn default_ladder() -> Vec<RungConfig> {
+    [
+        ("1080p", 1080, 5000),
+        ("720p", 720, 2800),
+        ("480p", 480, 1400),
+        ("360p", 360, 800),
+    ]
+    .into_iter()
+    .map(|(name, height, video_kbps)| RungConfig {
+        name: name.to_owned(),
+        height,
+        video_kbps,
+        audio_kbps: default_audio_kbps(),
+        max_fps: None,
+    })
+    .collect()
+}
+
+impl Default for Config {
+    /// The all-in-one node: one stream `demo` with key `demo` on the default ladder.
+    fn default() -> Self {
+        Self {
+            node: NodeConfig::default(),
+            http: HttpConfig::default(),
+            rtmp: RtmpConfig::default(),
+            hls: HlsConfig::default(),
+            transcode: TranscodeConfig::default(),
+            streams: vec![StreamConfig {
+                name: DEFAULT_STREAM.to_owned(),
+                key: DEFAULT_STREAM_KEY.to_owned(),
+                ladder: default_ladder_name(),
+            }],
+            ladders: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with where it went wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{origin}: {source}")]
+    Parse {
+        origin: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{origin}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        origin: String,
+        line: Option<usize>,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Parses and validates `text`; `origin` (usually the file name) prefixes every error.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            source: Box::new(e),
+        })?;
+        // A file that lists streams replaces the demo stream rather than adding to it.
+        if !text_has_streams(text) {
+            config.streams = Config::default().streams;
+        }
+        config
+            .ladders
+            .entry(DEFAULT_LADDER.to_owned())
+            .or_insert_with(default_ladder);
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                line: locate(text, &key),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// The built-in all-in-one node.
+    pub fn builtin() -> Config {
+        let mut config = Config::default();
+        config
+            .ladders
+            .insert(DEFAULT_LADDER.to_owned(), default_ladder());
+        config
+    }
+
+    /// Checks what the types cannot: names, references, ranges. Returns the offending key.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: String, msg: String| Err((key, msg));
+        let hls = &self.hls;
+        if !(1..=30).contains(&hls.segment_seconds) {
+            return err(
+                "hls.segment_seconds".into(),
+                "must be between 1 and 30".into(),
+            );
+        }
+        if !(3..=100).contains(&hls.playlist_length) {
+            return err(
+                "hls.playlist_length".into(),
+                "must be between 3 and 100".into(),
+            );
+        }
+        let tc = &self.transcode;
+        if !X264_PRESETS.contains(&tc.x264_preset.as_str()) {
+            return err(
+                "transcode.x264_preset".into(),
+                format!(
+                    "unknown preset {:?}; one of {}",
+                    tc.x264_preset,
+                    X264_PRESETS.join(", ")
+                ),
+            );
+        }
+        if !X264_TUNES.contains(&tc.x264_tune.as_str()) {
+            return err(
+                "transcode.x264_tune".into(),
+                format!(
+                    "unknown tune {:?}; one of {}",
+                    tc.x264_tune,
+                    X264_TUNES.join(", ")
+                ),
+            );
+        }
+        if !(1..=20).contains(&tc.gop_seconds) {
+            return err(
+                "transcode.gop_seconds".into(),
+                "must be between 1 and 20".into(),
+            );
+        }
+        if tc.threads > 64 {
+            return err("transcode.threads".into(), "must be at most 64".into());
+        }
+        if !is_path_safe(&self.rtmp.app) {
+            return err(
+                "rtmp.app".into(),
+                "must be letters, digits, '-' or '_'".into(),
+            );
+        }
+        if self.rtmp.max_connections == 0 {
+            return err("rtmp.max_connections".into(), "must be at least 1".into());
+        }
+        if self.streams.is_empty() {
+            return err("streams".into(), "at least one stream is needed".into());
+        }
+        for (i, stream) in self.streams.iter().enumerate() {
+            let key = |field: &str| format!("streams[{i}].{field}");
+            if !is_path_safe(&stream.name) {
+                return err(
+                    key("name"),
+                    format!(
+                        "{:?}: use letters, digits, '-' or '_' (1 to 64)",
+                        stream.name
+                    ),
+                );
+            }
+            if self.streams[..i].iter().any(|s| s.name == stream.name) {
+                return err(
+                    key("name"),
+                    format!("duplicate stream name {:?}", stream.name),
+                );
+            }
+            if stream.key.is_empty()
+                || stream.key.len() > 256
+                || stream.key.contains(['/', '?', ' '])
+            {
+                return err(
+                    key("key"),
+                    "must be 1 to 256 characters without '/', '?' or spaces".into(),
+                );
+            }
+            if self.streams[..i].iter().any(|s| s.key == stream.key) {
+                return err(
+                    key("key"),
+                    format!(
+                        "stream {:?} uses the same key as another stream",
+                        stream.name
+                    ),
+                );
+            }
+            if !self.ladders.contains_key(&stream.ladder) {
+                let known: Vec<&str> = self.ladders.keys().map(String::as_str).collect();
+                return err(
+                    key("ladder"),
+                    format!(
+                        "ladder {:?} does not exist (defined: {})",
+                        stream.ladder,
+                        known.join(", ")
+                    ),
+                );
+            }
+        }
+        for (ladder, rungs) in &self.ladders {
+            if rungs.is_empty() {
+                return err(
+                    format!("ladders.{ladder}"),
+                    "a ladder needs at least one rung".into(),
+                );
+            }
+            for (i, rung) in rungs.iter().enumerate() {
+                let key = |field: &str| format!("ladders.{ladder}[{i}].{field}");
+                if !is_path_safe(&rung.name) {
+                    return err(
+                        key("name"),
+                        format!("{:?}: use letters, digits, '-' or '_' (1 to 64)", rung.name),
+                    );
+                }
+                if rungs[..i].iter().any(|r| r.name == rung.name) {
+                    return err(
+                        key("name"),
+                        format!("duplicate rung name {:?} in ladder {ladder:?}", rung.name),
+                    );
+                }
+                if !(64..=4320).contains(&rung.height) || rung.height % 2 != 0 {
+                    return err(
+                        key("height"),
+                        format!("{}: must be an even number from 64 to 4320", rung.height),
+                    );
+                }
+                if !(50..=100_000).contains(&rung.video_kbps) {
+                    return err(
+                        key("video_kbps"),
+                        format!("{}: must be from 50 to 100000", rung.video_kbps),
+                    );
+                }
+                if !(16..=512).contains(&rung.audio_kbps) {
+                    return err(
+                        key("audio_kbps"),
+                        format!("{}: must be from 16 to 512", rung.audio_kbps),
+                    );
+                }
+                if let Some(fps) = rung.max_fps
+                    && !(1..=240).contains(&fps)
+                {
+                    return err(key("max_fps"), format!("{fps}: must be from 1 to 240"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The stream that `key` publishes to.
+    pub fn stream_by_key(&self, key: &str) -> Option<&StreamConfig> {
+        self.streams.iter().find(|s| s.key == key)
+    }
+
+    pub fn ladder(&self, name: &str) -> &[RungConfig] {
+        self.ladders
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
+
+/// Names that are used in URLs and paths: `[A-Za-z0-9_-]{1,64}`.
+pub fn is_path_safe(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn text_has_streams(text: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim();
+        l.starts_with("[[streams]]")
+            || l.starts_with("streams") && l[7..].trim_start().starts_with('=')
+    })
+}
+
+/// Finds the 1-based line of a key such as `streams[1].ladder` or `hls.segment_seconds` in
+/// the usual `[table]` / `[[array]]` layout. `None` when the file spells it some other way.
+pub fn locate(text: &str, key: &str) -> Option<usize> {
+    // Split "ladders.default[2].height" into table "ladders.default", index 2, field "height".
+    let (table, index, field) = match key.find('[') {
+        Some(open) => {
+            let close = key[open..].find(']')? + open;
+            let index: usize = key[open + 1..close].parse().ok()?;
+            let field = key[close + 1..].strip_prefix('.').unwrap_or("");
+            (&key[..open], Some(index), field)
+        }
+        None => match key.rsplit_once('.') {
+            Some((table, field)) => (table, None, field),
+            None => ("", None, key),
+        },
+    };
+    let header = match index {
+        Some(_) => format!("[[{table}]]"),
+        None => format!("[{table}]"),
+    };
+    let mut seen = 0usize;
+    let mut in_block = table.is_empty();
+    let mut block_line = None;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            if in_block && block_line.is_some() {
+                return block_line;
+            }
+            in_block = false;
+            if t.replace(' ', "") == header {
+                if index.is_none_or(|i| i == seen) {
+                    in_block = true;
+                    block_line = Some(n + 1);
+                }
+                seen += 1;
+            }
+            continue;
+        }
+        if in_block
+            && !field.is_empty()
+            && let Some((k, _)) = t.split_once('=')
+            && k.trim() == field
+        {
+            return Some(n + 1);
+        }
+    }
+    block_line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUE_EXAMPLE: &str = r#"
+[node]
+data_dir = "/var/lib/tiercast"
+[http]
+listen = "0.0.0.0:8080"
+[rtmp]
+listen = "0.0.0.0:1935"
+[[streams]]
+name = "main"
+key = "s3cret"
+ladder = "default"
+[[ladders.default]]
+name = "720p"
+height = 720
+video_kbps = 2800
+audio_kbps = 128
+"#;
+
+    fn invalid(text: &str) -> (Option<usize>, String, String) {
+        match Config::parse(text, "t.toml") {
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => (line, key, message),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(ISSUE_EXAMPLE, "t.toml").unwrap();
+        assert_eq!(c.streams.len(), 1);
+        assert_eq!(c.streams[0].name, "main");
+        assert_eq!(
+            c.ladder("default").len(),
+            1,
+            "a file's own default ladder replaces the built-in one"
+        );
+        assert_eq!(c.http.listen.port(), 8080);
+    }
+
+    #[test]
+    fn empty_file_is_the_builtin_node() {
+        assert_eq!(Config::parse("", "t.toml").unwrap(), Config::builtin());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err =
+            Config::parse("[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n", "t.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("lisen") && text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn rejects_what_cannot_work() {
+        let cases: &[(&str, &str, Option<usize>)] = &[
+            (
+                "[[streams]]\nname=\"a\"\nkey=\"k\"\n[[streams]]\nname=\"a\"\nkey=\"j\"\n",
+                "streams[1].name",
+                Some(5),
+            ),
+            (
+                "[[streams]]\nname=\"a\"\nkey=\"k\"\nladder=\"hd\"\n",
+                "streams[0].ladder",
+                Some(4),
+            ),
+            (
+                "[[streams]]\nname=\"a\"\nkey=\"k\"\n[[streams]]\nname=\"b\"\nkey=\"k\"\n",
+                "streams[1].key",
+                Some(6),
+            ),
+            (
+                "[hls]\nsegment_seconds = 0\n",
+                "hls.segment_seconds",
+                Some(2),
+            ),
+            (
+                "[transcode]\nx264_preset = \"warp\"\n",
+                "transcode.x264_preset",
+                Some(2),
+            ),
+            (
+                "[[ladders.default]]\nname=\"a\"\nheight=720\nvideo_kbps=1\n",
+                "ladders.default[0].video_kbps",
+                Some(4),
+            ),
+            (
+                "[[ladders.x]]\nname=\"a\"\nheight=720\nvideo_kbps=100\n[[ladders.x]]\nname=\"b\"\nheight=721\nvideo_kbps=100\n",
+                "ladders.x[1].height",
+                Some(7),
+            ),
+            (
+                "[[streams]]\nname=\"a/b\"\nkey=\"k\"\n",
+                "streams[0].name",
+                Some(2),
+            ),
+        ];
+        for (text, key, line) in cases {
+            let (got_line, got_key, message) = invalid(text);
+            assert_eq!((&got_key[..], got_line), (*key, *line), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn locate_finds_plain_and_array_tables() {
+        let text = "[hls]\nsegment_seconds = 3\n[[s]]\na=1\n[[s]]\na=2\nb=3\n";
+        assert_eq!(locate(text, "hls.segment_seconds"), Some(2));
+        assert_eq!(locate(text, "s[1].b"), Some(7));
+        assert_eq!(locate(text, "s[1].zz"), Some(5));
+        assert_eq!(locate(text, "missing.key"), None);
+    }
+}

@@ -1,0 +1,17 @@
+//! The core every tiercast crate builds on.
+//!
+//! - [`config`]: the node's TOML model, its defaults and its validation.
+//! - [`media`]: the internal stream model every protocol converts to (tracks, frames, codec
+//!   configuration), with the small parsers it needs (H.264 SPS, AAC AudioSpecificConfig).
+//! - [`registry`]: which streams exist, which are live, with what renditions, and their counters.
+//! - [`gst_util`]: GStreamer set-up: init, element builder, a pipeline handle that owns the bus.
+//! - [`graph`]: the contract between an ingest protocol and the media graph it feeds.
+
+pub mod config;
+pub mod graph;
+pub mod gst_util;
+pub mod media;
+pub mod registry;
+
+pub use config::{Config, ConfigError};
+pub use registry::Registry;

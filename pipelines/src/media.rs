@@ -1,0 +1,387 @@
+//! The internal stream model: whatever protocol a source speaks (RTMP, WHIP, ...), it becomes
+//! a [`SourceTracks`] description and a sequence of [`Frame`]s. Nothing downstream of ingest
+//! sees a protocol.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackKind {
+    Video,
+    Audio,
+}
+
+/// One encoded access unit (a whole video frame, or one audio frame).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub kind: TrackKind,
+    /// Presentation time from the start of the session.
+    pub pts: Duration,
+    /// Decode time from the start of the session.
+    pub dts: Duration,
+    /// A frame a decoder can start from.
+    pub keyframe: bool,
+    /// H.264: length-prefixed NAL units (AVC format); AAC: one raw frame.
+    pub data: Bytes,
+}
+
+/// H.264 video as described by its decoder configuration record (`avcC`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VideoTrack {
+    pub codec_data: Bytes,
+    pub width: u32,
+    pub height: u32,
+    pub profile_idc: u8,
+    pub constraint_flags: u8,
+    pub level_idc: u8,
+    /// From the source's metadata when it says.
+    pub fps: Option<f64>,
+}
+
+/// AAC audio as described by its AudioSpecificConfig.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AudioTrack {
+    pub codec_data: Bytes,
+    pub object_type: u8,
+    pub sample_rate: u32,
+    pub channels: u8,
+}
+
+/// What a source publishes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceTracks {
+    pub video: VideoTrack,
+    pub audio: Option<AudioTrack>,
+}
+
+impl VideoTrack {
+    /// Reads an `AVCDecoderConfigurationRecord` and the dimensions from its first SPS.
+    pub fn from_avcc(codec_data: Bytes) -> Result<VideoTrack, MediaError> {
+        let d = &codec_data[..];
+        if d.len() < 7 || d[0] != 1 {
+            return Err(MediaError::Invalid(
+                "avcC record too short or wrong version",
+            ));
+        }
+        let sps_count = d[5] & 0x1f;
+        if sps_count == 0 {
+            return Err(MediaError::Invalid("avcC record has no SPS"));
+        }
+        let len = u16::from_be_bytes([d[6], d[7 % d.len()]]) as usize;
+        let sps = d
+            .get(8..8 + len)
+            .ok_or(MediaError::Invalid("avcC SPS truncated"))?;
+        let info = parse_sps(sps)?;
+        Ok(VideoTrack {
+            width: info.width,
+            height: info.height,
+            profile_idc: info.profile_idc,
+            constraint_flags: info.constraint_flags,
+            level_idc: info.level_idc,
+            codec_data,
+            fps: None,
+        })
+    }
+
+    /// The RFC 6381 codec string, e.g. `avc1.64001f`.
+    pub fn codecs(&self) -> String {
+        format!(
+            "avc1.{:02x}{:02x}{:02x}",
+            self.profile_idc, self.constraint_flags, self.level_idc
+        )
+    }
+}
+
+impl AudioTrack {
+    pub fn from_asc(codec_data: Bytes) -> Result<AudioTrack, MediaError> {
+        let d = &codec_data[..];
+        if d.len() < 2 {
+            return Err(MediaError::Invalid("AudioSpecificConfig too short"));
+        }
+        let object_type = d[0] >> 3;
+        let freq_index = ((d[0] & 0x07) << 1) | (d[1] >> 7);
+        const RATES: [u32; 13] = [
+            96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+        ];
+        let sample_rate = *RATES.get(freq_index as usize).ok_or(MediaError::Invalid(
+            "AudioSpecificConfig: explicit or reserved sample rate",
+        ))?;
+        let channels = (d[1] >> 3) & 0x0f;
+        if object_type == 0 || channels == 0 {
+            return Err(MediaError::Invalid(
+                "AudioSpecificConfig: no object type or channels",
+            ));
+        }
+        Ok(AudioTrack {
+            codec_data,
+            object_type,
+            sample_rate,
+            channels,
+        })
+    }
+
+    pub fn codecs(&self) -> String {
+        format!("mp4a.40.{}", self.object_type)
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[non_exhaustive]
+pub enum MediaError {
+    #[error("invalid media: {0}")]
+    Invalid(&'static str),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpsInfo {
+    pub profile_idc: u8,
+    pub constraint_flags: u8,
+    pub level_idc: u8,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Parses an H.264 sequence parameter set NAL unit (with its one-byte header) far enough to
+/// know the picture size.
+pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, MediaError> {
+    if nal.len() < 4 || nal[0] & 0x1f != 7 {
+        return Err(MediaError::Invalid("not an SPS NAL unit"));
+    }
+    // Drop emulation-prevention bytes (00 00 03 -> 00 00).
+    let mut rbsp = Vec::with_capacity(nal.len());
+    let mut zeros = 0;
+    for &b in &nal[1..] {
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        rbsp.push(b);
+    }
+    let truncated = MediaError::Invalid("SPS truncated");
+    let mut r = BitReader {
+        data: &rbsp,
+        pos: 0,
+    };
+    let profile_idc = r.bits(8).ok_or(MediaError::Invalid("SPS truncated"))? as u8;
+    let constraint_flags = r.bits(8).ok_or(MediaError::Invalid("SPS truncated"))? as u8;
+    let level_idc = r.bits(8).ok_or(MediaError::Invalid("SPS truncated"))? as u8;
+    let parse = |r: &mut BitReader| -> Option<(u32, u32)> {
+        r.ue()?; // seq_parameter_set_id
+        let mut chroma_format_idc = 1;
+        let mut separate_colour_plane = 0;
+        if matches!(
+            profile_idc,
+            100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+        ) {
+            chroma_format_idc = r.ue()?;
+            if chroma_format_idc == 3 {
+                separate_colour_plane = r.bits(1)?;
+            }
+            r.ue()?; // bit_depth_luma_minus8
+            r.ue()?; // bit_depth_chroma_minus8
+            r.bits(1)?; // qpprime_y_zero_transform_bypass_flag
+            if r.bits(1)? == 1 {
+                let lists = if chroma_format_idc == 3 { 12 } else { 8 };
+                for i in 0..lists {
+                    if r.bits(1)? == 1 {
+                        let size = if i < 6 { 16 } else { 64 };
+                        let (mut last, mut next) = (8i64, 8i64);
+                        for _ in 0..size {
+                            if next != 0 {
+                                next = (last + r.se()? + 256) % 256;
+                            }
+                            if next != 0 {
+                                last = next;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        r.ue()?; // log2_max_frame_num_minus4
+        match r.ue()? {
+            0 => {
+                r.ue()?;
+            }
+            1 => {
+                r.bits(1)?;
+                r.se()?;
+                r.se()?;
+                let n = r.ue()?;
+                if n > 255 {
+                    return None;
+                }
+                for _ in 0..n {
+                    r.se()?;
+                }
+            }
+            _ => {}
+        }
+        r.ue()?; // max_num_ref_frames
+        r.bits(1)?; // gaps_in_frame_num_value_allowed_flag
+        let width_mbs = r.ue()? + 1;
+        let height_map_units = r.ue()? + 1;
+        let frame_mbs_only = r.bits(1)?;
+        if frame_mbs_only == 0 {
+            r.bits(1)?; // mb_adaptive_frame_field_flag
+        }
+        r.bits(1)?; // direct_8x8_inference_flag
+        let (mut crop_l, mut crop_r, mut crop_t, mut crop_b) = (0, 0, 0, 0);
+        if r.bits(1)? == 1 {
+            crop_l = r.ue()?;
+            crop_r = r.ue()?;
+            crop_t = r.ue()?;
+            crop_b = r.ue()?;
+        }
+        let (sub_w, sub_h) = match (chroma_format_idc, separate_colour_plane) {
+            (1, 0) => (2, 2),
+            (2, 0) => (2, 1),
+            _ => (1, 1),
+        };
+        let crop_unit_x = if chroma_format_idc == 0 || separate_colour_plane == 1 {
+            1
+        } else {
+            sub_w
+        };
+        let crop_unit_y = (if chroma_format_idc == 0 || separate_colour_plane == 1 {
+            1
+        } else {
+            sub_h
+        }) * (2 - frame_mbs_only);
+        let width = (width_mbs.checked_mul(16)?).checked_sub(crop_unit_x * (crop_l + crop_r))?;
+        let height = ((2 - frame_mbs_only) * height_map_units.checked_mul(16)?)
+            .checked_sub(crop_unit_y * (crop_t + crop_b))?;
+        Some((width, height))
+    };
+    let (width, height) = parse(&mut r).ok_or(truncated)?;
+    if width == 0 || height == 0 || width > 16384 || height > 16384 {
+        return Err(MediaError::Invalid("SPS picture size out of range"));
+    }
+    Ok(SpsInfo {
+        profile_idc,
+        constraint_flags,
+        level_idc,
+        width,
+        height,
+    })
+}
+
+struct BitReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+}
+
+impl BitReader<'_> {
+    fn bits(&mut self, n: u32) -> Option<u32> {
+        let mut v = 0u32;
+        for _ in 0..n {
+            let byte = *self.data.get(self.pos / 8)?;
+            v = (v << 1) | u32::from((byte >> (7 - self.pos % 8)) & 1);
+            self.pos += 1;
+        }
+        Some(v)
+    }
+
+    /// Unsigned Exp-Golomb.
+    fn ue(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.bits(1)? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        let rest = self.bits(zeros)?;
+        Some(((1u64 << zeros) - 1 + u64::from(rest)).min(u64::from(u32::MAX)) as u32)
+    }
+
+    /// Signed Exp-Golomb.
+    fn se(&mut self) -> Option<i64> {
+        let k = i64::from(self.ue()?);
+        Some(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // SPS of x264 1280x720 High profile level 3.1 (as ffmpeg -c:v libx264 writes it).
+    const SPS_720P_HIGH: &[u8] = &[
+        0x67, 0x64, 0x00, 0x1f, 0xac, 0xd9, 0x40, 0x50, 0x05, 0xbb, 0x01, 0x10, 0x00, 0x00, 0x03,
+        0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x83, 0x19, 0x60,
+    ];
+    // SPS of 1920x1080 (1088 coded, cropped) Main profile level 4.0.
+    const SPS_1080P_MAIN: &[u8] = &[
+        0x67, 0x4d, 0x40, 0x28, 0xec, 0xa0, 0x3c, 0x01, 0x13, 0xf2, 0xe0, 0x22, 0x00, 0x00, 0x03,
+        0x00, 0x02, 0x00, 0x00, 0x03, 0x00, 0x78, 0x1e, 0x30, 0x63, 0x2c,
+    ];
+    // SPS of 854x480 Constrained Baseline.
+    const SPS_480P_BASELINE: &[u8] = &[
+        0x67, 0x42, 0xc0, 0x1f, 0xd9, 0x00, 0xd8, 0x3d, 0xe6, 0xf0, 0x11, 0x00, 0x00, 0x03, 0x00,
+        0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x18, 0x32, 0x48,
+    ];
+
+    #[test]
+    fn sps_sizes() {
+        let hd = parse_sps(SPS_720P_HIGH).unwrap();
+        assert_eq!(
+            (hd.width, hd.height, hd.profile_idc, hd.level_idc),
+            (1280, 720, 100, 31)
+        );
+        let fhd = parse_sps(SPS_1080P_MAIN).unwrap();
+        assert_eq!((fhd.width, fhd.height, fhd.profile_idc), (1920, 1080, 77));
+        let sd = parse_sps(SPS_480P_BASELINE).unwrap();
+        assert_eq!((sd.width, sd.height, sd.profile_idc), (854, 480, 66));
+    }
+
+    #[test]
+    fn sps_garbage_is_an_error_not_a_panic() {
+        assert!(parse_sps(&[]).is_err());
+        assert!(parse_sps(&[0x67, 0x64, 0x00]).is_err());
+        assert!(parse_sps(&[0x67, 0x64, 0x00, 0x1f, 0x00, 0x00, 0x00, 0x00]).is_err());
+        assert!(parse_sps(&[0x68, 1, 2, 3, 4]).is_err());
+        for n in 0..SPS_720P_HIGH.len() {
+            let _ = parse_sps(&SPS_720P_HIGH[..n]);
+        }
+    }
+
+    #[test]
+    fn avcc_and_codec_string() {
+        let mut avcc = vec![
+            1,
+            0x64,
+            0x00,
+            0x1f,
+            0xff,
+            0xe1,
+            0x00,
+            SPS_720P_HIGH.len() as u8,
+        ];
+        avcc.extend_from_slice(SPS_720P_HIGH);
+        avcc.extend_from_slice(&[1, 0, 4, 0x68, 0xeb, 0xe3, 0xcb]);
+        let v = VideoTrack::from_avcc(Bytes::from(avcc)).unwrap();
+        assert_eq!((v.width, v.height), (1280, 720));
+        assert_eq!(v.codecs(), "avc1.64001f");
+        assert!(VideoTrack::from_avcc(Bytes::from_static(&[1, 2, 3])).is_err());
+        assert!(
+            VideoTrack::from_avcc(Bytes::from_static(&[
+                1, 0x64, 0, 0x1f, 0xff, 0xe1, 0x00, 0x40, 0x67
+            ]))
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn asc() {
+        let a = AudioTrack::from_asc(Bytes::from_static(&[0x12, 0x10])).unwrap();
+        assert_eq!((a.object_type, a.sample_rate, a.channels), (2, 44100, 2));
+        assert_eq!(a.codecs(), "mp4a.40.2");
+        let b = AudioTrack::from_asc(Bytes::from_static(&[0x11, 0x90])).unwrap();
+        assert_eq!((b.sample_rate, b.channels), (48000, 2));
+        assert!(AudioTrack::from_asc(Bytes::from_static(&[0x17, 0x90])).is_err());
+        assert!(AudioTrack::from_asc(Bytes::from_static(&[0x12])).is_err());
+    }
+}
