@@ -1,0 +1,184 @@
+//! Encoder branches. The source is decoded at most once; every encoded rendition scales that
+//! shared picture and runs its own x264, so each rendition costs one encode however many
+//! viewers it has.
+//!
+//! ```text
+//! video tee ─┬─ queue ──────────────────────────────────────────────► passthrough rendition
+//!            └─ queue ─ avdec_h264 ─ tee ─┬─ queue ─ videoscale ─ x264enc ─ h264parse ─► 480p
+//!                                         └─ queue ─ videoscale ─ x264enc ─ h264parse ─► 360p
+//! ```
+//!
+//! Keyframes stay aligned across renditions (so players can switch at any segment): with a
+//! passthrough rendition, every source keyframe forces a keyframe in every encoder; without
+//! one, all encoders run the same fixed GOP from the same first frame with scene-cut off.
+
+use gst::prelude::*;
+use pipelines::gst_util::{GstError, link_chain, make};
+
+use crate::ladder::{Mode, PlannedRendition};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodeSettings {
+    pub preset: String,
+    /// `none` or an x264 tune such as `zerolatency`.
+    pub tune: String,
+    /// GOP length in frames when encoders keep their own cadence.
+    pub gop_frames: u32,
+    /// x264 threads per rendition; 0 lets x264 decide.
+    pub threads: u32,
+}
+
+/// Longest GOP (frames) an encoder may run when it follows the source's keyframes.
+const FOLLOW_SOURCE_MAX_GOP: u32 = 600;
+
+/// Adds the branches for `plan` behind `video_tee` (which carries the source's parsed H.264)
+/// and returns, per planned rendition in order, the pad its encoded H.264 leaves from.
+pub fn attach(
+    pipeline: &gst::Pipeline,
+    video_tee: &gst::Element,
+    plan: &[PlannedRendition],
+    settings: &EncodeSettings,
+) -> Result<Vec<gst::Pad>, GstError> {
+    let follow_source = plan.iter().any(|r| r.mode == Mode::Passthrough);
+    let encoded: Vec<&PlannedRendition> = plan.iter().filter(|r| r.mode == Mode::Encode).collect();
+    let raw_tee = if encoded.is_empty() {
+        None
+    } else {
+        Some(add_decoder(pipeline, video_tee, follow_source)?)
+    };
+
+    let mut pads = Vec::with_capacity(plan.len());
+    for r in plan {
+        let pad = match (r.mode, &raw_tee) {
+            (Mode::Passthrough, _) => {
+                let queue = make("queue", &format!("pass_{}", r.name))?;
+                add(pipeline, &[&queue])?;
+                link_chain(&[video_tee, &queue])?;
+                queue.static_pad("src")
+            }
+            (Mode::Encode, Some(raw_tee)) => {
+                let parse = add_encoder(pipeline, raw_tee, r, settings, follow_source)?;
+                parse.static_pad("src")
+            }
+            (Mode::Encode, None) => None,
+        };
+        pads.push(pad.ok_or_else(|| GstError::Link {
+            from: r.name.clone(),
+            to: "output".into(),
+        })?);
+    }
+    Ok(pads)
+}
+
+fn add(pipeline: &gst::Pipeline, elements: &[&gst::Element]) -> Result<(), GstError> {
+    pipeline
+        .add_many(elements.iter().copied())
+        .map_err(|_| GstError::Other {
+            pipeline: pipeline.name().into(),
+            message: format!(
+                "cannot add {}",
+                elements
+                    .iter()
+                    .map(|e| e.name().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        })
+}
+
+/// `tee → queue → avdec_h264 → tee` and, when encoders follow the source, the probe that
+/// turns each source keyframe into a force-key-unit event ahead of it.
+fn add_decoder(
+    pipeline: &gst::Pipeline,
+    video_tee: &gst::Element,
+    follow_source: bool,
+) -> Result<gst::Element, GstError> {
+    let queue = make("queue", "decode_queue")?;
+    let decoder = make("avdec_h264", "decode")?;
+    let raw_tee = make("tee", "raw_tee")?;
+    add(pipeline, &[&queue, &decoder, &raw_tee])?;
+    link_chain(&[video_tee, &queue, &decoder, &raw_tee])?;
+    if follow_source {
+        let src = queue.static_pad("src").expect("queue has a src pad");
+        src.add_probe(gst::PadProbeType::BUFFER, |pad, info| {
+            if let Some(buffer) = info.buffer()
+                && !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT)
+            {
+                // Serialized with the frame: the decoder hands it on just before the decoded
+                // keyframe, and every encoder makes that picture an IDR.
+                let event = gst_video::DownstreamForceKeyUnitEvent::builder()
+                    .all_headers(true)
+                    .build();
+                pad.push_event(event);
+            }
+            gst::PadProbeReturn::Ok
+        });
+    }
+    Ok(raw_tee)
+}
+
+fn add_encoder(
+    pipeline: &gst::Pipeline,
+    raw_tee: &gst::Element,
+    r: &PlannedRendition,
+    s: &EncodeSettings,
+    follow_source: bool,
+) -> Result<gst::Element, GstError> {
+    let n = &r.name;
+    let queue = make("queue", &format!("enc_queue_{n}"))?;
+    let scale = make("videoscale", &format!("scale_{n}"))?;
+    let mut raw_caps = gst::Caps::builder("video/x-raw")
+        .field("width", r.width as i32)
+        .field("height", r.height as i32)
+        .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
+    let rate = match r.max_fps {
+        Some(fps) => {
+            raw_caps = raw_caps.field(
+                "framerate",
+                gst::FractionRange::new(
+                    gst::Fraction::new(0, 1),
+                    gst::Fraction::new(fps as i32, 1),
+                ),
+            );
+            Some(make("videorate", &format!("rate_{n}"))?)
+        }
+        None => None,
+    };
+    let raw_filter = make("capsfilter", &format!("size_{n}"))?;
+    raw_filter.set_property("caps", raw_caps.build());
+    let encoder = make("x264enc", &format!("x264_{n}"))?;
+    encoder.set_property("bitrate", r.video_kbps);
+    encoder.set_property_from_str("speed-preset", &s.preset);
+    if s.tune != "none" {
+        encoder.set_property_from_str("tune", &s.tune);
+    }
+    let gop = if follow_source {
+        FOLLOW_SOURCE_MAX_GOP
+    } else {
+        s.gop_frames.max(1)
+    };
+    encoder.set_property("key-int-max", gop);
+    encoder.set_property("threads", s.threads);
+    // Scene cuts would add keyframes one rendition has and another lacks.
+    encoder.set_property("option-string", "scenecut=0");
+    let h264_filter = make("capsfilter", &format!("profile_{n}"))?;
+    h264_filter.set_property(
+        "caps",
+        gst::Caps::builder("video/x-h264")
+            .field("profile", "high")
+            .build(),
+    );
+    let parse = make("h264parse", &format!("parse_{n}"))?;
+    parse.set_property("config-interval", -1i32);
+
+    let mut chain: Vec<&gst::Element> = vec![&queue, &scale];
+    if let Some(rate) = &rate {
+        chain.push(rate);
+    }
+    chain.extend([&raw_filter, &encoder, &h264_filter, &parse]);
+    add(pipeline, &chain)?;
+    let mut linked = vec![raw_tee];
+    linked.extend(chain.iter().copied());
+    link_chain(&linked)?;
+    Ok(parse)
+}
