@@ -126,6 +126,28 @@ impl AudioTrack {
     }
 }
 
+/// Finds the first SPS NAL unit in H.264 byte-stream (Annex B) data.
+pub fn find_sps_annexb(data: &[u8]) -> Option<&[u8]> {
+    let mut i = 0;
+    while i + 3 < data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            let start = i + 3;
+            if data[start] & 0x1f == 7 {
+                let end = (start..data.len().saturating_sub(2))
+                    .find(|&j| {
+                        data[j] == 0 && data[j + 1] == 0 && (data[j + 2] == 1 || data[j + 2] == 0)
+                    })
+                    .unwrap_or(data.len());
+                return Some(&data[start..end]);
+            }
+            i = start;
+        } else {
+            i += 1;
+        }
+    }
+    None
+}
+
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[non_exhaustive]
 pub enum MediaError {
@@ -372,6 +394,16 @@ mod tests {
             ]))
             .is_err()
         );
+    }
+
+    #[test]
+    fn sps_in_annexb() {
+        let mut data = vec![0, 0, 0, 1, 0x09, 0xf0, 0, 0, 0, 1];
+        data.extend_from_slice(SPS_720P_HIGH);
+        data.extend_from_slice(&[0, 0, 1, 0x68, 0xeb]);
+        assert_eq!(find_sps_annexb(&data), Some(SPS_720P_HIGH));
+        assert_eq!(find_sps_annexb(&[0, 0, 1, 0x65, 1, 2]), None);
+        assert_eq!(find_sps_annexb(&[0, 0, 1]), None);
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! [`fuzz_one_connection`].
 
 use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult};
+use rml_rtmp::sessions::{
+    ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult,
+};
 
 use super::flv::{self, AudioTag, VideoTag};
 
@@ -13,15 +15,29 @@ use super::flv::{self, AudioTag, VideoTag};
 pub enum Event {
     /// `publish` on `rtmp://host/<app>/<key>`; answer with [`Connection::accept`] or
     /// [`Connection::reject`].
-    Publish { request_id: u32, app: String, key: String },
+    Publish {
+        request_id: u32,
+        app: String,
+        key: String,
+    },
     /// `onMetaData`: the publisher's own account of its frame rate.
-    Metadata { fps: Option<f64> },
-    Video { timestamp: u32, tag: VideoTag },
-    Audio { timestamp: u32, tag: AudioTag },
+    Metadata {
+        fps: Option<f64>,
+    },
+    Video {
+        timestamp: u32,
+        tag: VideoTag,
+    },
+    Audio {
+        timestamp: u32,
+        tag: AudioTag,
+    },
     /// `deleteStream` / `FCUnpublish`: the publisher is done.
     Unpublish,
     /// `play`: this server does not serve RTMP playback.
-    PlayRefused { key: String },
+    PlayRefused {
+        key: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,17 +71,27 @@ pub struct Output {
 impl Connection {
     /// A server-side connection for application `app` (the `live` in `rtmp://host/live/key`).
     pub fn new(app: &str) -> Connection {
-        Connection { state: State::Handshaking(Box::new(Handshake::new(PeerType::Server))), app: app.to_owned() }
+        Connection {
+            state: State::Handshaking(Box::new(Handshake::new(PeerType::Server))),
+            app: app.to_owned(),
+        }
     }
 
     pub fn handle_input(&mut self, bytes: &[u8]) -> Result<Output, ConnError> {
         let mut out = Output::default();
         match &mut self.state {
             State::Handshaking(handshake) => {
-                let result = handshake.process_bytes(bytes).map_err(|e| ConnError::Handshake(e.to_string()))?;
+                let result = handshake
+                    .process_bytes(bytes)
+                    .map_err(|e| ConnError::Handshake(e.to_string()))?;
                 match result {
-                    HandshakeProcessResult::InProgress { response_bytes } => out.send = response_bytes,
-                    HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                    HandshakeProcessResult::InProgress { response_bytes } => {
+                        out.send = response_bytes
+                    }
+                    HandshakeProcessResult::Completed {
+                        response_bytes,
+                        remaining_bytes,
+                    } => {
                         out.send = response_bytes;
                         let (session, results) = ServerSession::new(ServerSessionConfig::new())
                             .map_err(|e| ConnError::Protocol(e.to_string()))?;
@@ -80,7 +106,9 @@ impl Connection {
                 }
             }
             State::Session(session) => {
-                let results = session.handle_input(bytes).map_err(|e| ConnError::Protocol(e.to_string()))?;
+                let results = session
+                    .handle_input(bytes)
+                    .map_err(|e| ConnError::Protocol(e.to_string()))?;
                 self.absorb(results, &mut out)?;
             }
         }
@@ -90,13 +118,21 @@ impl Connection {
     /// Accepts a publish request; returns the bytes to send.
     pub fn accept(&mut self, request_id: u32) -> Result<Vec<u8>, ConnError> {
         let mut out = Output::default();
-        let results = self.session()?.accept_request(request_id).map_err(|e| ConnError::Protocol(e.to_string()))?;
+        let results = self
+            .session()?
+            .accept_request(request_id)
+            .map_err(|e| ConnError::Protocol(e.to_string()))?;
         self.absorb(results, &mut out)?;
         Ok(out.send)
     }
 
     /// Refuses a publish request with an `onStatus` error the client shows its user.
-    pub fn reject(&mut self, request_id: u32, code: &str, description: &str) -> Result<Vec<u8>, ConnError> {
+    pub fn reject(
+        &mut self,
+        request_id: u32,
+        code: &str,
+        description: &str,
+    ) -> Result<Vec<u8>, ConnError> {
         let mut out = Output::default();
         let results = self
             .session()?
@@ -109,14 +145,22 @@ impl Connection {
     fn session(&mut self) -> Result<&mut ServerSession, ConnError> {
         match &mut self.state {
             State::Session(s) => Ok(s),
-            State::Handshaking(_) => Err(ConnError::Protocol("no session before the handshake".into())),
+            State::Handshaking(_) => Err(ConnError::Protocol(
+                "no session before the handshake".into(),
+            )),
         }
     }
 
-    fn absorb(&mut self, results: Vec<ServerSessionResult>, out: &mut Output) -> Result<(), ConnError> {
+    fn absorb(
+        &mut self,
+        results: Vec<ServerSessionResult>,
+        out: &mut Output,
+    ) -> Result<(), ConnError> {
         for result in results {
             match result {
-                ServerSessionResult::OutboundResponse(packet) => out.send.extend_from_slice(&packet.bytes),
+                ServerSessionResult::OutboundResponse(packet) => {
+                    out.send.extend_from_slice(&packet.bytes)
+                }
                 ServerSessionResult::RaisedEvent(event) => self.on_event(event, out)?,
                 ServerSessionResult::UnhandleableMessageReceived(_) => {}
             }
@@ -126,43 +170,85 @@ impl Connection {
 
     fn on_event(&mut self, event: ServerSessionEvent, out: &mut Output) -> Result<(), ConnError> {
         match event {
-            ServerSessionEvent::ConnectionRequested { request_id, app_name } => {
+            ServerSessionEvent::ConnectionRequested {
+                request_id,
+                app_name,
+            } => {
                 if app_name.trim_end_matches('/') != self.app {
                     let results = self
                         .session()?
-                        .reject_request(request_id, "NetConnection.Connect.Rejected", "unknown application")
+                        .reject_request(
+                            request_id,
+                            "NetConnection.Connect.Rejected",
+                            "unknown application",
+                        )
                         .map_err(|e| ConnError::Protocol(e.to_string()))?;
                     self.absorb(results, out)?;
                     return Err(ConnError::UnknownApp(app_name));
                 }
-                let results = self.session()?.accept_request(request_id).map_err(|e| ConnError::Protocol(e.to_string()))?;
+                let results = self
+                    .session()?
+                    .accept_request(request_id)
+                    .map_err(|e| ConnError::Protocol(e.to_string()))?;
                 self.absorb(results, out)?;
             }
-            ServerSessionEvent::PublishStreamRequested { request_id, app_name, stream_key, .. } => {
-                out.events.push(Event::Publish { request_id, app: app_name, key: stream_key });
+            ServerSessionEvent::PublishStreamRequested {
+                request_id,
+                app_name,
+                stream_key,
+                ..
+            } => {
+                out.events.push(Event::Publish {
+                    request_id,
+                    app: app_name,
+                    key: stream_key,
+                });
             }
             ServerSessionEvent::PublishStreamFinished { .. } => out.events.push(Event::Unpublish),
             ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
-                let fps = metadata.video_frame_rate.map(f64::from).filter(|f| f.is_finite() && *f > 0.0 && *f <= 240.0);
+                let fps = metadata
+                    .video_frame_rate
+                    .map(f64::from)
+                    .filter(|f| f.is_finite() && *f > 0.0 && *f <= 240.0);
                 out.events.push(Event::Metadata { fps });
             }
-            ServerSessionEvent::VideoDataReceived { data, timestamp, .. } => match flv::parse_video(&data) {
-                Ok(tag) => out.events.push(Event::Video { timestamp: timestamp.value, tag }),
+            ServerSessionEvent::VideoDataReceived {
+                data, timestamp, ..
+            } => match flv::parse_video(&data) {
+                Ok(tag) => out.events.push(Event::Video {
+                    timestamp: timestamp.value,
+                    tag,
+                }),
                 Err(e) => tracing::debug!("dropping video message: {e}"),
             },
-            ServerSessionEvent::AudioDataReceived { data, timestamp, .. } => match flv::parse_audio(&data) {
-                Ok(tag) => out.events.push(Event::Audio { timestamp: timestamp.value, tag }),
+            ServerSessionEvent::AudioDataReceived {
+                data, timestamp, ..
+            } => match flv::parse_audio(&data) {
+                Ok(tag) => out.events.push(Event::Audio {
+                    timestamp: timestamp.value,
+                    tag,
+                }),
                 Err(e) => tracing::debug!("dropping audio message: {e}"),
             },
-            ServerSessionEvent::PlayStreamRequested { request_id, stream_key, .. } => {
+            ServerSessionEvent::PlayStreamRequested {
+                request_id,
+                stream_key,
+                ..
+            } => {
                 let results = self
                     .session()?
-                    .reject_request(request_id, "NetStream.Play.Failed", "playback is served over HLS and WebRTC")
+                    .reject_request(
+                        request_id,
+                        "NetStream.Play.Failed",
+                        "playback is served over HLS and WebRTC",
+                    )
                     .map_err(|e| ConnError::Protocol(e.to_string()))?;
                 self.absorb(results, out)?;
                 out.events.push(Event::PlayRefused { key: stream_key });
             }
-            ServerSessionEvent::UnhandleableAmf0Command { command_name, .. } if command_name == "FCUnpublish" => {
+            ServerSessionEvent::UnhandleableAmf0Command { command_name, .. }
+                if command_name == "FCUnpublish" =>
+            {
                 out.events.push(Event::Unpublish);
             }
             _ => {}
@@ -187,7 +273,11 @@ pub fn fuzz_one_connection(data: &[u8]) -> usize {
                     {
                         return events;
                     }
-                    if let Event::Video { tag: VideoTag::Frame { data, .. }, .. } = event {
+                    if let Event::Video {
+                        tag: VideoTag::Frame { data, .. },
+                        ..
+                    } = event
+                    {
                         let _ = flv::avc_frame_is_sane(&data);
                     }
                 }

@@ -12,7 +12,11 @@ pub enum VideoTag {
     /// `AVCDecoderConfigurationRecord`.
     SequenceHeader(Bytes),
     /// One access unit of length-prefixed NAL units.
-    Frame { keyframe: bool, composition_ms: i32, data: Bytes },
+    Frame {
+        keyframe: bool,
+        composition_ms: i32,
+        data: Bytes,
+    },
     EndOfSequence,
     /// Not H.264 (or an enhanced-RTMP codec we do not take).
     Unsupported(u8),
@@ -52,7 +56,11 @@ pub fn parse_video(body: &Bytes) -> Result<VideoTag, FlvError> {
     let composition_ms = (composition << 8) >> 8;
     match body[1] {
         0 => Ok(VideoTag::SequenceHeader(body.slice(5..))),
-        1 => Ok(VideoTag::Frame { keyframe, composition_ms, data: body.slice(5..) }),
+        1 => Ok(VideoTag::Frame {
+            keyframe,
+            composition_ms,
+            data: body.slice(5..),
+        }),
         2 => Ok(VideoTag::EndOfSequence),
         other => Err(FlvError::AvcPacketType(other)),
     }
@@ -99,18 +107,44 @@ mod tests {
     #[test]
     fn video_tags() {
         let seq = Bytes::from_static(&[0x17, 0, 0, 0, 0, 1, 0x64]);
-        assert_eq!(parse_video(&seq).unwrap(), VideoTag::SequenceHeader(Bytes::from_static(&[1, 0x64])));
+        assert_eq!(
+            parse_video(&seq).unwrap(),
+            VideoTag::SequenceHeader(Bytes::from_static(&[1, 0x64]))
+        );
         let key = Bytes::from_static(&[0x17, 1, 0, 0, 0x21, 0, 0, 0, 1, 0x65]);
         assert_eq!(
             parse_video(&key).unwrap(),
-            VideoTag::Frame { keyframe: true, composition_ms: 33, data: Bytes::from_static(&[0, 0, 0, 1, 0x65]) }
+            VideoTag::Frame {
+                keyframe: true,
+                composition_ms: 33,
+                data: Bytes::from_static(&[0, 0, 0, 1, 0x65])
+            }
         );
         let negative = Bytes::from_static(&[0x27, 1, 0xff, 0xff, 0xfe, 0, 0, 0, 1, 0x41]);
-        assert!(matches!(parse_video(&negative).unwrap(), VideoTag::Frame { keyframe: false, composition_ms: -2, .. }));
-        assert_eq!(parse_video(&Bytes::from_static(&[0x12, 0])).unwrap(), VideoTag::Unsupported(2));
-        assert_eq!(parse_video(&Bytes::from_static(&[0x17, 1])), Err(FlvError::Truncated("video", 2)));
-        assert_eq!(parse_video(&Bytes::new()), Err(FlvError::Truncated("video", 0)));
-        assert_eq!(parse_video(&Bytes::from_static(&[0x17, 9, 0, 0, 0])), Err(FlvError::AvcPacketType(9)));
+        assert!(matches!(
+            parse_video(&negative).unwrap(),
+            VideoTag::Frame {
+                keyframe: false,
+                composition_ms: -2,
+                ..
+            }
+        ));
+        assert_eq!(
+            parse_video(&Bytes::from_static(&[0x12, 0])).unwrap(),
+            VideoTag::Unsupported(2)
+        );
+        assert_eq!(
+            parse_video(&Bytes::from_static(&[0x17, 1])),
+            Err(FlvError::Truncated("video", 2))
+        );
+        assert_eq!(
+            parse_video(&Bytes::new()),
+            Err(FlvError::Truncated("video", 0))
+        );
+        assert_eq!(
+            parse_video(&Bytes::from_static(&[0x17, 9, 0, 0, 0])),
+            Err(FlvError::AvcPacketType(9))
+        );
     }
 
     #[test]
@@ -119,8 +153,14 @@ mod tests {
             parse_audio(&Bytes::from_static(&[0xaf, 0, 0x12, 0x10])).unwrap(),
             AudioTag::SequenceHeader(Bytes::from_static(&[0x12, 0x10]))
         );
-        assert_eq!(parse_audio(&Bytes::from_static(&[0xaf, 1, 9])).unwrap(), AudioTag::Frame(Bytes::from_static(&[9])));
-        assert_eq!(parse_audio(&Bytes::from_static(&[0x2f, 1])).unwrap(), AudioTag::Unsupported(2));
+        assert_eq!(
+            parse_audio(&Bytes::from_static(&[0xaf, 1, 9])).unwrap(),
+            AudioTag::Frame(Bytes::from_static(&[9]))
+        );
+        assert_eq!(
+            parse_audio(&Bytes::from_static(&[0x2f, 1])).unwrap(),
+            AudioTag::Unsupported(2)
+        );
         assert!(parse_audio(&Bytes::from_static(&[0xaf])).is_err());
     }
 

@@ -59,7 +59,12 @@ impl RtmpServer {
         factory: Arc<dyn GraphFactory>,
     ) -> std::io::Result<RtmpServer> {
         let listener = TcpListener::bind(listen).await?;
-        Ok(RtmpServer { listener, settings, registry, factory })
+        Ok(RtmpServer {
+            listener,
+            settings,
+            registry,
+            factory,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -162,7 +167,11 @@ impl ConnTask {
     ) -> End {
         let mut buf = vec![0u8; READ_BUFFER];
         loop {
-            let limit = if publishing.is_some() { self.settings.idle_timeout } else { self.settings.handshake_timeout };
+            let limit = if publishing.is_some() {
+                self.settings.idle_timeout
+            } else {
+                self.settings.handshake_timeout
+            };
             let read = tokio::select! {
                 r = tokio::time::timeout(limit, socket.read(&mut buf)) => r,
                 _ = self.shutdown.wait_for(|s| *s) => return End::Shutdown,
@@ -174,7 +183,11 @@ impl ConnTask {
                 Ok(Ok(n)) => n,
             };
             if let Some(p) = publishing.as_ref() {
-                p.claim.entry.counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                p.claim
+                    .entry
+                    .counters
+                    .bytes_in
+                    .fetch_add(n as u64, Ordering::Relaxed);
             }
             let out = match conn.handle_input(&buf[..n]) {
                 Ok(out) => out,
@@ -199,14 +212,20 @@ impl ConnTask {
         publishing: &mut Option<Publishing>,
     ) -> Result<(), End> {
         match event {
-            Event::Publish { request_id, app, key } => {
+            Event::Publish {
+                request_id,
+                app,
+                key,
+            } => {
                 let claimed = if publishing.is_some() {
                     Err("this connection already publishes".to_owned())
                 } else {
-                    self.registry.claim(&key, self.peer, "rtmp").map_err(|e| match e {
-                        ClaimError::UnknownKey => format!("unknown stream key on app {app:?}"),
-                        other => other.to_string(),
-                    })
+                    self.registry
+                        .claim(&key, self.peer, "rtmp")
+                        .map_err(|e| match e {
+                            ClaimError::UnknownKey => format!("unknown stream key on app {app:?}"),
+                            other => other.to_string(),
+                        })
                 };
                 match claimed {
                     Ok(claim) => {
@@ -244,7 +263,9 @@ impl ConnTask {
                 }
             }
             Event::PlayRefused { key } => {
-                return Err(End::Refused(format!("RTMP playback of {key:?} is not served")));
+                return Err(End::Refused(format!(
+                    "RTMP playback of {key:?} is not served"
+                )));
             }
         }
         Ok(())
@@ -265,11 +286,23 @@ struct Publishing {
 
 impl Publishing {
     fn new(claim: PublishClaim, factory: Arc<dyn GraphFactory>) -> Publishing {
-        Publishing { claim, factory, fps: None, video: None, audio: None, sink: None, timeline: Timeline::default() }
+        Publishing {
+            claim,
+            factory,
+            fps: None,
+            video: None,
+            audio: None,
+            sink: None,
+            timeline: Timeline::default(),
+        }
     }
 
     fn dropped(&self) {
-        self.claim.entry.counters.frames_dropped.fetch_add(1, Ordering::Relaxed);
+        self.claim
+            .entry
+            .counters
+            .frames_dropped
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     fn on_video(&mut self, timestamp: u32, tag: VideoTag) -> Result<(), String> {
@@ -277,13 +310,21 @@ impl Publishing {
             VideoTag::SequenceHeader(record) => match VideoTrack::from_avcc(record) {
                 Ok(track) if self.sink.is_none() => self.video = Some(track),
                 Ok(track) => {
-                    if self.video.as_ref().is_some_and(|v| v.codec_data != track.codec_data) {
+                    if self
+                        .video
+                        .as_ref()
+                        .is_some_and(|v| v.codec_data != track.codec_data)
+                    {
                         warn!(stream = %self.claim.session.stream, "new H.264 configuration mid-stream ignored");
                     }
                 }
                 Err(e) => return Err(format!("bad H.264 sequence header: {e}")),
             },
-            VideoTag::Frame { keyframe, composition_ms, data } => {
+            VideoTag::Frame {
+                keyframe,
+                composition_ms,
+                data,
+            } => {
                 let dts = self.timeline.map(timestamp);
                 if self.sink.is_none() {
                     if !keyframe || self.video.is_none() {
@@ -308,7 +349,9 @@ impl Publishing {
             VideoTag::EndOfSequence => {}
             VideoTag::Unsupported(codec) => {
                 if self.sink.is_none() {
-                    return Err(format!("video codec {codec} is not supported; publish H.264"));
+                    return Err(format!(
+                        "video codec {codec} is not supported; publish H.264"
+                    ));
                 }
             }
         }
@@ -331,7 +374,13 @@ impl Publishing {
                     self.dropped();
                     return Ok(());
                 }
-                self.push(Frame { kind: TrackKind::Audio, dts: ms(t), pts: ms(t), keyframe: true, data });
+                self.push(Frame {
+                    kind: TrackKind::Audio,
+                    dts: ms(t),
+                    pts: ms(t),
+                    keyframe: true,
+                    data,
+                });
             }
             AudioTag::Unsupported(format) => {
                 if self.sink.is_none() && self.audio.is_none() {
@@ -357,7 +406,10 @@ impl Publishing {
             return Err("no H.264 sequence header before the first keyframe".into());
         };
         video.fps = self.fps;
-        let tracks = SourceTracks { video, audio: self.audio.clone() };
+        let tracks = SourceTracks {
+            video,
+            audio: self.audio.clone(),
+        };
         info!(
             stream = %self.claim.session.stream,
             "source {}x{} {} {}",

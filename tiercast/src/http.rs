@@ -1,0 +1,122 @@
+//! The node's HTTP surface: `/healthz`, `/api/v1/…`, `/metrics`, and every crate's routes.
+
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use pipelines::{Config, Registry};
+
+#[derive(Clone)]
+struct Api {
+    registry: Arc<Registry>,
+}
+
+pub fn router(config: Arc<Config>, registry: Arc<Registry>) -> Router {
+    let hls = relay_tiers::hls::routes::HlsState {
+        registry: registry.clone(),
+        data_dir: config.node.data_dir.clone(),
+        ready_wait: Duration::from_secs(u64::from(config.hls.segment_seconds) * 3 + 2),
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/api/v1/streams", get(streams))
+        .route("/api/v1/streams/{name}", get(stream))
+        .route("/metrics", get(metrics))
+        .with_state(Api { registry })
+        .merge(relay_tiers::hls::routes::router(hls))
+}
+
+async fn healthz(State(api): State<Api>) -> Response {
+    Json(serde_json::json!({ "status": "ok", "live_streams": api.registry.live_count() }))
+        .into_response()
+}
+
+async fn streams(State(api): State<Api>) -> Response {
+    Json(serde_json::json!({ "streams": api.registry.snapshot() })).into_response()
+}
+
+async fn stream(State(api): State<Api>, Path(name): Path<String>) -> Response {
+    match api.registry.get(&name) {
+        Some(entry) => Json(entry.snapshot()).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no stream {name:?}") })),
+        )
+            .into_response(),
+    }
+}
+
+/// Prometheus text exposition.
+async fn metrics(State(api): State<Api>) -> Response {
+    let r = &api.registry;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP tiercast_active_streams Streams with a live publisher."
+    );
+    let _ = writeln!(out, "# TYPE tiercast_active_streams gauge");
+    let _ = writeln!(out, "tiercast_active_streams {}", r.live_count());
+    let counters: [(&str, &str, fn(&pipelines::registry::StreamCounters) -> u64); 4] = [
+        (
+            "tiercast_ingest_bytes_total",
+            "Bytes received from publishers.",
+            |c| c.bytes_in.load(Ordering::Relaxed),
+        ),
+        (
+            "tiercast_ingest_frames_total",
+            "Frames received from publishers.",
+            |c| c.frames_in.load(Ordering::Relaxed),
+        ),
+        (
+            "tiercast_dropped_frames_total",
+            "Frames dropped before the media graph.",
+            |c| c.frames_dropped.load(Ordering::Relaxed),
+        ),
+        (
+            "tiercast_publish_refused_total",
+            "Publish attempts refused (stream already live).",
+            |c| c.publishes_refused.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, get) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for e in r.streams() {
+            let _ = writeln!(
+                out,
+                "{name}{{stream=\"{}\"}} {}",
+                e.config.name,
+                get(&e.counters)
+            );
+        }
+    }
+    let name = "tiercast_rendition_frames_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Frames produced per rendition in the current session (encoded or passed through)."
+    );
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for e in r.streams() {
+        let Some(session) = e.session() else { continue };
+        for rend in session.renditions() {
+            let mode = if rend.passthrough {
+                "passthrough"
+            } else {
+                "encode"
+            };
+            let _ = writeln!(
+                out,
+                "{name}{{stream=\"{}\",rendition=\"{}\",mode=\"{mode}\"}} {}",
+                e.config.name,
+                rend.name,
+                rend.frames_out.load(Ordering::Relaxed)
+            );
+        }
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}

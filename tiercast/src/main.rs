@@ -1,0 +1,212 @@
+//! `tiercast`: one binary per node.
+//!
+//! - `tiercast run [--config FILE] [--demo-source]`: run a node (no `--config`: the built-in
+//!   all-in-one node).
+//! - `tiercast check --config FILE`: validate a config and say what it would run.
+
+mod demo;
+mod http;
+mod wiring;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pipelines::{Config, Registry};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tiercast",
+    version,
+    about = "Live broadcast, relay tiers and calls on GStreamer"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node.
+    Run {
+        /// The node's TOML file; without it, the built-in all-in-one node.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Also publish a synthetic camera and tone into the `demo` stream.
+        #[arg(long)]
+        demo_source: bool,
+    },
+    /// Validate a config file and print what the node would run.
+    Check {
+        #[arg(long)]
+        config: PathBuf,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
+    match path {
+        None => Ok(Config::builtin()),
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            Ok(Config::parse(&text, &path.display().to_string())?)
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { config } => check(&config),
+        Command::Run {
+            config,
+            demo_source,
+        } => load(config.as_ref()).and_then(|c| run(c, demo_source)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tiercast: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &PathBuf) -> anyhow::Result<()> {
+    let config = load(Some(path))?;
+    println!("{}: ok", path.display());
+    println!(
+        "  rtmp  {}  (app {:?})",
+        config.rtmp.listen, config.rtmp.app
+    );
+    println!("  http  {}", config.http.listen);
+    println!("  data  {}", config.node.data_dir.display());
+    for s in &config.streams {
+        let rungs: Vec<String> = config
+            .ladder(&s.ladder)
+            .iter()
+            .map(|r| format!("{} ({}p, {} kb/s)", r.name, r.height, r.video_kbps))
+            .collect();
+        println!(
+            "  stream {:?} ladder {:?}: {}",
+            s.name,
+            s.ladder,
+            rungs.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn run(config: Config, demo_source: bool) -> anyhow::Result<()> {
+    relay_tiers::init()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(Arc::new(config), demo_source))
+}
+
+async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.node.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.node.data_dir.display()))?;
+    let registry = Arc::new(Registry::new(&config.streams));
+    let factory = Arc::new(wiring::Broadcast::new(config.clone()));
+    let (shutdown_tx, shutdown) = watch::channel(false);
+
+    let rtmp_settings = ingest::rtmp::RtmpSettings {
+        app: config.rtmp.app.clone(),
+        max_connections: config.rtmp.max_connections,
+        ..Default::default()
+    };
+    let rtmp = ingest::rtmp::RtmpServer::bind(
+        config.rtmp.listen,
+        rtmp_settings,
+        registry.clone(),
+        factory,
+    )
+    .await
+    .with_context(|| format!("rtmp.listen {}", config.rtmp.listen))?;
+    let rtmp_addr = rtmp.local_addr()?;
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("http.listen {}", config.http.listen))?;
+    let http_addr = http_listener.local_addr()?;
+    let router = http::router(config.clone(), registry.clone());
+
+    // Tests and scripts read this line to find the ports (`listen = "127.0.0.1:0"`).
+    println!("tiercast listening rtmp={rtmp_addr} http={http_addr}");
+    info!(%rtmp_addr, %http_addr, data_dir = %config.node.data_dir.display(), "tiercast node up");
+    for s in &config.streams {
+        info!(
+            "publish to rtmp://{}/{}/<key of {}>, watch http://{}/hls/{}/master.m3u8",
+            rtmp_addr, config.rtmp.app, s.name, http_addr, s.name
+        );
+    }
+
+    let rtmp_task = tokio::spawn(rtmp.run(shutdown.clone()));
+    let mut http_shutdown = shutdown.clone();
+    let http_task = tokio::spawn(async move {
+        axum::serve(http_listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = http_shutdown.wait_for(|s| *s).await;
+            })
+            .await
+    });
+    let demo = if demo_source {
+        let key = config
+            .streams
+            .iter()
+            .find(|s| s.name == pipelines::config::DEFAULT_STREAM)
+            .or(config.streams.first())
+            .map(|s| (s.name.clone(), s.key.clone()));
+        match key {
+            Some((name, key)) => {
+                let url = format!("rtmp://{}/{}/{key}", loopback(rtmp_addr), config.rtmp.app);
+                info!(stream = %name, "demo source publishing");
+                Some(demo::DemoSource::start(&url)?)
+            }
+            None => None,
+        }
+    } else {
+        None
+    };
+
+    wait_for_signal().await;
+    info!("shutting down");
+    drop(demo);
+    let _ = shutdown_tx.send(true);
+    let _ = rtmp_task.await;
+    match http_task.await {
+        Ok(Err(e)) => warn!("http server: {e}"),
+        Err(e) => warn!("http server task: {e}"),
+        Ok(Ok(())) => {}
+    }
+    Ok(())
+}
+
+/// The address a local client reaches a listener on.
+fn loopback(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    if addr.ip().is_unspecified() {
+        std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+    } else {
+        addr
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
