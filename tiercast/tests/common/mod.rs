@@ -1,0 +1,273 @@
+//! Shared test harness: the real `tiercast` binary on free ports, real ffmpeg publishers, a
+//! plain HTTP/1.1 client and ffprobe.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "tiercast-test-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `tiercast run` on 127.0.0.1 with ports chosen by the OS.
+pub struct Node {
+    pub child: Child,
+    pub rtmp: SocketAddr,
+    pub http: SocketAddr,
+    pub dir: TempDir,
+    pub log: PathBuf,
+}
+
+/// `[node]`, `[http]` and `[rtmp]` are written by the harness; `extra` adds the rest.
+pub fn start_node(extra: &str) -> Node {
+    let dir = TempDir::new("node");
+    let config = dir.0.join("node.toml");
+    let data = dir.0.join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let log = dir.0.join("tiercast.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tiercast"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .spawn()
+        .expect("tiercast starts");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
+        let _ = child.kill();
+        panic!("tiercast did not report its ports: {}", std::fs::read_to_string(&log).unwrap_or_default())
+    });
+    let field = |name: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
+            .parse()
+            .unwrap()
+    };
+    Node { rtmp: field("rtmp"), http: field("http"), child, dir, log }
+}
+
+impl Node {
+    pub fn rtmp_url(&self, key: &str) -> String {
+        format!("rtmp://{}/live/{key}", self.rtmp)
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        http_get(self.http, path)
+    }
+
+    /// The node's log so far, for assertion messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Polls `path` until `check` accepts the response, at most `limit`.
+    pub fn wait_for(&self, path: &str, limit: Duration, check: impl Fn(&Response) -> bool) -> Response {
+        let deadline = Instant::now() + limit;
+        loop {
+            let r = self.get(path);
+            if check(&r) {
+                return r;
+            }
+            if Instant::now() > deadline {
+                panic!("{path}: gave up after {limit:?}; last answer {} {}\nnode log:\n{}", r.status, r.text(), self.log());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    pub fn streams_json(&self) -> serde_json::Value {
+        let r = self.get("/api/v1/streams");
+        assert_eq!(r.status, 200);
+        serde_json::from_slice(&r.body).expect("streams JSON")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A plain HTTP/1.1 GET with `Connection: close`; status 0 when the node does not answer.
+pub fn http_get(addr: SocketAddr, path: &str) -> Response {
+    let fail = Response { status: 0, headers: Vec::new(), body: Vec::new() };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else { return fail };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+    if write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").is_err() {
+        return fail;
+    }
+    let mut raw = Vec::new();
+    if s.read_to_end(&mut raw).is_err() && raw.is_empty() {
+        return fail;
+    }
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return fail };
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
+        .collect();
+    let mut body = raw[split + 4..].to_vec();
+    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+        body = dechunk(&body);
+    }
+    Response { status, headers, body }
+}
+
+fn dechunk(mut data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else { return out };
+        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        if size == 0 || data.len() < eol + 2 + size {
+            return out;
+        }
+        out.extend_from_slice(&data[eol + 2..eol + 2 + size]);
+        data = &data[(eol + 4 + size).min(data.len())..];
+    }
+}
+
+/// ffmpeg publishing `seconds` of a `width`x`height` test pattern (H.264) and a tone (AAC) at
+/// real-time pace.
+pub fn ffmpeg_publish(url: &str, width: u32, height: u32, seconds: u32) -> Command {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", &format!("testsrc2=size={width}x{height}:rate=30")])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args(["-t", &seconds.to_string()])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-b:a", "96k", "-ac", "2"])
+        .args(["-f", "flv", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Waits for `child` at most `limit`; kills it past that. Returns its exit status and stderr.
+pub fn wait_child(mut child: Child, limit: Duration) -> (Option<std::process::ExitStatus>, String) {
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break Some(status),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    (status, err)
+}
+
+/// `(width, height)` of the first video stream ffprobe finds in `file`.
+pub fn probe_video_size(file: &Path) -> (u32, u32) {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height", "-of", "csv=p=0"])
+        .arg(file)
+        .output()
+        .expect("ffprobe runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // MPEG-TS streams are listed once per program and once overall: take the first line.
+    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let mut it = line.split(',').map(|v| v.trim().parse::<u32>().unwrap_or(0));
+    (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// Codec types (`video`, `audio`) ffprobe finds in `file`, in stream order.
+pub fn probe_stream_types(file: &Path) -> Vec<String> {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_entries", "stream=codec_type", "-of", "json"])
+        .arg(file)
+        .output()
+        .expect("ffprobe runs");
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    json["streams"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|s| s["codec_type"].as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// The variants of a multivariant playlist: (attributes line, URI).
+pub fn variants(master: &str) -> Vec<(String, String)> {
+    let lines: Vec<&str> = master.lines().collect();
+    lines
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("#EXT-X-STREAM-INF:"))
+        .filter_map(|(i, l)| lines.get(i + 1).map(|uri| (l.to_string(), uri.to_string())))
+        .collect()
+}
+
+/// Segment URIs of a media playlist.
+pub fn segments(playlist: &str) -> Vec<String> {
+    playlist.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
+}
+
+/// Heavy tests (ffmpeg encoding, tiercast transcoding) take turns on a 2-core machine.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
