@@ -37,33 +37,54 @@ video_kbps = 800
 fn a_720p_source_gets_three_renditions_that_play_and_end() {
     let _turn = heavy();
     let node = start_node(LADDER_1080_TO_360);
-    let publisher = ffmpeg_publish(&node.rtmp_url("s3cret"), 1280, 720, 12).spawn().expect("ffmpeg runs");
+    let publisher = ffmpeg_publish(&node.rtmp_url("s3cret"), 1280, 720, 12)
+        .spawn()
+        .expect("ffmpeg runs");
 
-    let master = node.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| r.status == 200);
-    assert_eq!(master.header("content-type"), Some("application/vnd.apple.mpegurl"));
+    let master = node.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    assert_eq!(
+        master.header("content-type"),
+        Some("application/vnd.apple.mpegurl")
+    );
     assert_eq!(master.header("access-control-allow-origin"), Some("*"));
     let text = master.text();
     let vs = variants(&text);
     let uris: Vec<&str> = vs.iter().map(|(_, u)| u.as_str()).collect();
-    assert_eq!(uris, ["720p/index.m3u8", "480p/index.m3u8", "360p/index.m3u8"], "{text}");
+    assert_eq!(
+        uris,
+        ["720p/index.m3u8", "480p/index.m3u8", "360p/index.m3u8"],
+        "{text}"
+    );
     assert!(!text.contains("1080"), "no rung above the source: {text}");
     for ((attrs, _), res) in vs.iter().zip(["1280x720", "854x480", "640x360"]) {
         assert!(attrs.contains(&format!("RESOLUTION={res}")), "{attrs}");
         assert!(attrs.contains("BANDWIDTH="), "{attrs}");
-        assert!(attrs.contains("CODECS=\"avc1.") && attrs.contains("mp4a.40.2\""), "{attrs}");
+        assert!(
+            attrs.contains("CODECS=\"avc1.") && attrs.contains("mp4a.40.2\""),
+            "{attrs}"
+        );
     }
 
     // A second publisher on the live stream is refused; the first one goes on.
-    let intruder = ffmpeg_publish(&node.rtmp_url("s3cret"), 640, 360, 3).spawn().unwrap();
+    let intruder = ffmpeg_publish(&node.rtmp_url("s3cret"), 640, 360, 3)
+        .spawn()
+        .unwrap();
     let (status, stderr) = wait_child(intruder, Duration::from_secs(20));
-    assert!(status.is_some_and(|s| !s.success()), "second publisher must fail: {status:?} {stderr}");
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "second publisher must fail: {status:?} {stderr}"
+    );
 
     // Each rendition's segments are what the playlist says: right height, video and audio.
     let scratch = TempDir::new("segments");
     for (uri, height) in [("720p", 720), ("480p", 480), ("360p", 360)] {
-        let playlist = node.wait_for(&format!("/hls/main/{uri}/index.m3u8"), Duration::from_secs(20), |r| {
-            r.status == 200 && !segments(&r.text()).is_empty()
-        });
+        let playlist = node.wait_for(
+            &format!("/hls/main/{uri}/index.m3u8"),
+            Duration::from_secs(20),
+            |r| r.status == 200 && !segments(&r.text()).is_empty(),
+        );
         let text = playlist.text();
         assert!(text.contains("#EXT-X-TARGETDURATION:2"), "{text}");
         let seg = segments(&text).last().unwrap().clone();
@@ -71,7 +92,10 @@ fn a_720p_source_gets_three_renditions_that_play_and_end() {
         assert_eq!(r.status, 200);
         assert_eq!(r.header("content-type"), Some("video/mp2t"));
         let file = scratch.0.join(format!("{uri}.ts"));
-        std::fs::File::create(&file).unwrap().write_all(&r.body).unwrap();
+        std::fs::File::create(&file)
+            .unwrap()
+            .write_all(&r.body)
+            .unwrap();
         assert_eq!(probe_video_size(&file).1, height, "{uri}");
         assert_eq!(probe_stream_types(&file), ["video", "audio"], "{uri}");
     }
@@ -83,24 +107,41 @@ fn a_720p_source_gets_three_renditions_that_play_and_end() {
     assert_eq!(main["state"], "live", "{json}");
     let session = &main["session"];
     assert_eq!(session["source"]["height"], 720);
-    assert!(session["publisher"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(
+        session["publisher"]
+            .as_str()
+            .unwrap()
+            .starts_with("127.0.0.1:")
+    );
     let renditions = session["renditions"].as_array().unwrap();
     assert_eq!(renditions.len(), 3);
     assert_eq!(renditions[0]["passthrough"], true);
     assert_eq!(renditions[1]["passthrough"], false);
-    assert!(renditions.iter().all(|r| r["frames_out"].as_u64().unwrap() > 0), "{json}");
+    assert!(
+        renditions
+            .iter()
+            .all(|r| r["frames_out"].as_u64().unwrap() > 0),
+        "{json}"
+    );
     let metrics = node.get("/metrics").text();
     assert!(metrics.contains("tiercast_active_streams 1"), "{metrics}");
-    assert!(metrics.contains("tiercast_rendition_frames_total{stream=\"main\",rendition=\"480p\",mode=\"encode\"}"));
-    assert!(metrics.contains("tiercast_publish_refused_total{stream=\"main\"} 1"), "{metrics}");
+    assert!(metrics.contains(
+        "tiercast_rendition_frames_total{stream=\"main\",rendition=\"480p\",mode=\"encode\"}"
+    ));
+    assert!(
+        metrics.contains("tiercast_publish_refused_total{stream=\"main\"} 1"),
+        "{metrics}"
+    );
 
     // The publisher stops: every playlist ends.
     let (status, stderr) = wait_child(publisher, Duration::from_secs(40));
     assert!(status.is_some_and(|s| s.success()), "publisher: {stderr}");
     for uri in ["720p", "480p", "360p"] {
-        node.wait_for(&format!("/hls/main/{uri}/index.m3u8"), Duration::from_secs(15), |r| {
-            r.text().contains("#EXT-X-ENDLIST")
-        });
+        node.wait_for(
+            &format!("/hls/main/{uri}/index.m3u8"),
+            Duration::from_secs(15),
+            |r| r.text().contains("#EXT-X-ENDLIST"),
+        );
     }
     assert_eq!(node.streams_json()["streams"][0]["state"], "ended");
 }
@@ -108,14 +149,22 @@ fn a_720p_source_gets_three_renditions_that_play_and_end() {
 #[test]
 fn a_wrong_key_is_refused_and_never_listed() {
     let node = start_node("[[streams]]\nname = \"main\"\nkey = \"right\"\n");
-    let child = ffmpeg_publish(&node.rtmp_url("wrong"), 320, 240, 3).spawn().unwrap();
+    let child = ffmpeg_publish(&node.rtmp_url("wrong"), 320, 240, 3)
+        .spawn()
+        .unwrap();
     let (status, stderr) = wait_child(child, Duration::from_secs(20));
-    assert!(status.is_some_and(|s| !s.success()), "publishing with a wrong key must fail: {stderr}");
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "publishing with a wrong key must fail: {stderr}"
+    );
     let json = node.streams_json();
     assert_eq!(json["streams"][0]["state"], "idle", "{json}");
     assert_eq!(node.get("/hls/main/master.m3u8").status, 404);
     let log = node.log();
-    assert!(log.contains("publish refused") && log.contains("127.0.0.1:"), "refusal logged with the peer: {log}");
+    assert!(
+        log.contains("publish refused") && log.contains("127.0.0.1:"),
+        "refusal logged with the peer: {log}"
+    );
 }
 
 /// Sends `bytes` on a fresh connection to the RTMP port, then hangs up.
@@ -153,14 +202,20 @@ fn garbage_on_the_rtmp_port_costs_only_that_connection() {
     let node = start_node(
         "[[streams]]\nname = \"main\"\nkey = \"k\"\n[[ladders.default]]\nname = \"src\"\nheight = 360\nvideo_kbps = 800\n",
     );
-    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 10).spawn().unwrap();
-    node.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| r.status == 200);
+    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 10)
+        .spawn()
+        .unwrap();
+    node.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
 
     send_raw(&node, &noise(1, 100_000));
     send_raw(&node, &[3, 0, 0, 0]); // truncated handshake
     // Handshake, then a chunk that announces a 16 MiB message and an absurd chunk size.
     let mut big = handshake();
-    big.extend_from_slice(&[0x02, 0, 0, 0, 0, 0, 4, 0x01, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff]);
+    big.extend_from_slice(&[
+        0x02, 0, 0, 0, 0, 0, 4, 0x01, 0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff,
+    ]);
     big.extend_from_slice(&[0x03, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x09, 1, 0, 0, 0]);
     big.extend(noise(2, 50_000));
     send_raw(&node, &big);
@@ -185,11 +240,16 @@ fn garbage_on_the_rtmp_port_costs_only_that_connection() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(node.streams_json()["streams"][0]["state"], "live");
     let (status, stderr) = wait_child(publisher, Duration::from_secs(40));
-    assert!(status.is_some_and(|s| s.success()), "publisher was disturbed: {stderr}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "publisher was disturbed: {stderr}"
+    );
 
     // And the stream takes a new session afterwards.
     let first = node.streams_json()["streams"][0]["session"]["id"].clone();
-    let again = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 4).spawn().unwrap();
+    let again = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 4)
+        .spawn()
+        .unwrap();
     node.wait_for("/api/v1/streams", Duration::from_secs(20), |r| {
         let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
         json["streams"][0]["state"] == "live" && json["streams"][0]["session"]["id"] != first

@@ -8,8 +8,19 @@ fn check(text: &str) -> (bool, String) {
     let dir = common::TempDir::new("check");
     let path = dir.0.join("node.toml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tiercast")).args(["check", "--config"]).arg(&path).output().unwrap();
-    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    let out = Command::new(env!("CARGO_BIN_EXE_tiercast"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 #[test]
@@ -20,22 +31,44 @@ fn check_accepts_the_documented_config() {
          [[ladders.default]]\nname = \"720p\"\nheight = 720\nvideo_kbps = 2800\naudio_kbps = 128\n",
     );
     assert!(ok, "{out}");
-    assert!(out.contains("stream \"main\"") && out.contains("720p"), "{out}");
+    assert!(
+        out.contains("stream \"main\"") && out.contains("720p"),
+        "{out}"
+    );
 }
 
 #[test]
 fn check_names_the_key_and_line_of_a_mistake() {
     let cases = [
-        ("[rtmp]\nlisten = \"0.0.0.0:1935\"\nlissten = 1\n", "lissten", "line 3"),
-        ("[[streams]]\nname = \"a\"\nkey = \"k\"\nladder = \"nope\"\n", "streams[0].ladder", ":4:"),
-        ("[[streams]]\nname = \"a\"\nkey = \"k\"\n[[streams]]\nname = \"a\"\nkey = \"j\"\n", "duplicate stream name", ":5:"),
-        ("[[ladders.default]]\nname = \"x\"\nheight = 99999\nvideo_kbps = 100\n", "ladders.default[0].height", ":3:"),
+        (
+            "[rtmp]\nlisten = \"0.0.0.0:1935\"\nlissten = 1\n",
+            "lissten",
+            "line 3",
+        ),
+        (
+            "[[streams]]\nname = \"a\"\nkey = \"k\"\nladder = \"nope\"\n",
+            "streams[0].ladder",
+            ":4:",
+        ),
+        (
+            "[[streams]]\nname = \"a\"\nkey = \"k\"\n[[streams]]\nname = \"a\"\nkey = \"j\"\n",
+            "duplicate stream name",
+            ":5:",
+        ),
+        (
+            "[[ladders.default]]\nname = \"x\"\nheight = 99999\nvideo_kbps = 100\n",
+            "ladders.default[0].height",
+            ":3:",
+        ),
         ("[http]\nlisten = \"not an address\"\n", "listen", "line 2"),
     ];
     for (text, needle, line) in cases {
         let (ok, out) = check(text);
         assert!(!ok, "{text:?} must be refused");
-        assert!(out.contains(needle) && out.contains(line), "{text:?}: {out}");
+        assert!(
+            out.contains(needle) && out.contains(line),
+            "{text:?}: {out}"
+        );
     }
 }
 
@@ -44,7 +77,11 @@ fn run_refuses_a_bad_config_before_binding_anything() {
     let dir = common::TempDir::new("run-bad");
     let path = dir.0.join("node.toml");
     std::fs::write(&path, "[hls]\nsegment_seconds = 0\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_tiercast")).args(["run", "--config"]).arg(&path).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tiercast"))
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("hls.segment_seconds"));
 }

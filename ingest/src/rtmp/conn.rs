@@ -81,9 +81,11 @@ impl Connection {
         let mut out = Output::default();
         match &mut self.state {
             State::Handshaking(handshake) => {
-                let result = handshake
-                    .process_bytes(bytes)
-                    .map_err(|e| ConnError::Handshake(e.to_string()))?;
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    handshake.process_bytes(bytes)
+                }))
+                .map_err(|_| ConnError::Handshake("malformed handshake".into()))?
+                .map_err(|e| ConnError::Handshake(e.to_string()))?;
                 match result {
                     HandshakeProcessResult::InProgress { response_bytes } => {
                         out.send = response_bytes
@@ -106,9 +108,7 @@ impl Connection {
                 }
             }
             State::Session(session) => {
-                let results = session
-                    .handle_input(bytes)
-                    .map_err(|e| ConnError::Protocol(e.to_string()))?;
+                let results = guarded(|| session.handle_input(bytes))?;
                 self.absorb(results, &mut out)?;
             }
         }
@@ -118,10 +118,8 @@ impl Connection {
     /// Accepts a publish request; returns the bytes to send.
     pub fn accept(&mut self, request_id: u32) -> Result<Vec<u8>, ConnError> {
         let mut out = Output::default();
-        let results = self
-            .session()?
-            .accept_request(request_id)
-            .map_err(|e| ConnError::Protocol(e.to_string()))?;
+        let session = self.session()?;
+        let results = guarded(|| session.accept_request(request_id))?;
         self.absorb(results, &mut out)?;
         Ok(out.send)
     }
@@ -134,10 +132,8 @@ impl Connection {
         description: &str,
     ) -> Result<Vec<u8>, ConnError> {
         let mut out = Output::default();
-        let results = self
-            .session()?
-            .reject_request(request_id, code, description)
-            .map_err(|e| ConnError::Protocol(e.to_string()))?;
+        let session = self.session()?;
+        let results = guarded(|| session.reject_request(request_id, code, description))?;
         self.absorb(results, &mut out)?;
         Ok(out.send)
     }
@@ -175,21 +171,19 @@ impl Connection {
                 app_name,
             } => {
                 if app_name.trim_end_matches('/') != self.app {
-                    let results = self
-                        .session()?
-                        .reject_request(
+                    let session = self.session()?;
+                    let results = guarded(|| {
+                        session.reject_request(
                             request_id,
                             "NetConnection.Connect.Rejected",
                             "unknown application",
                         )
-                        .map_err(|e| ConnError::Protocol(e.to_string()))?;
+                    })?;
                     self.absorb(results, out)?;
                     return Err(ConnError::UnknownApp(app_name));
                 }
-                let results = self
-                    .session()?
-                    .accept_request(request_id)
-                    .map_err(|e| ConnError::Protocol(e.to_string()))?;
+                let session = self.session()?;
+                let results = guarded(|| session.accept_request(request_id))?;
                 self.absorb(results, out)?;
             }
             ServerSessionEvent::PublishStreamRequested {
@@ -235,14 +229,14 @@ impl Connection {
                 stream_key,
                 ..
             } => {
-                let results = self
-                    .session()?
-                    .reject_request(
+                let session = self.session()?;
+                let results = guarded(|| {
+                    session.reject_request(
                         request_id,
                         "NetStream.Play.Failed",
                         "playback is served over HLS and WebRTC",
                     )
-                    .map_err(|e| ConnError::Protocol(e.to_string()))?;
+                })?;
                 self.absorb(results, out)?;
                 out.events.push(Event::PlayRefused { key: stream_key });
             }
@@ -257,13 +251,23 @@ impl Connection {
     }
 }
 
+/// Runs one call into the RTMP library. Its chunk parser can panic on hostile input (integer
+/// overflow on absurd lengths); that must cost only this connection, as a protocol error.
+fn guarded<T, E: std::fmt::Display>(f: impl FnOnce() -> Result<T, E>) -> Result<T, ConnError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ConnError::Protocol(e.to_string())),
+        Err(_) => Err(ConnError::Protocol("malformed chunk stream".into())),
+    }
+}
+
 /// Runs `data` through a fresh connection as a peer would send it, accepting every publish:
 /// the fuzz entry point. Must never panic or hang, whatever the bytes.
 pub fn fuzz_one_connection(data: &[u8]) -> usize {
     let mut conn = Connection::new("live");
     let mut events = 0;
     // Feed in uneven pieces to exercise partial reads.
-    for piece in data.chunks(1 + data.len() % 997) {
+    for piece in data.chunks(16 + data.len() % 113) {
         match conn.handle_input(piece) {
             Ok(out) => {
                 for event in out.events {

@@ -73,10 +73,15 @@ pub fn start_node(extra: &str) -> Node {
             let _ = tx.send(line);
         }
     });
-    let line = rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|_| {
-        let _ = child.kill();
-        panic!("tiercast did not report its ports: {}", std::fs::read_to_string(&log).unwrap_or_default())
-    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| {
+            let _ = child.kill();
+            panic!(
+                "tiercast did not report its ports: {}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            )
+        });
     let field = |name: &str| -> SocketAddr {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(&format!("{name}=")))
@@ -84,7 +89,13 @@ pub fn start_node(extra: &str) -> Node {
             .parse()
             .unwrap()
     };
-    Node { rtmp: field("rtmp"), http: field("http"), child, dir, log }
+    Node {
+        rtmp: field("rtmp"),
+        http: field("http"),
+        child,
+        dir,
+        log,
+    }
 }
 
 impl Node {
@@ -102,7 +113,12 @@ impl Node {
     }
 
     /// Polls `path` until `check` accepts the response, at most `limit`.
-    pub fn wait_for(&self, path: &str, limit: Duration, check: impl Fn(&Response) -> bool) -> Response {
+    pub fn wait_for(
+        &self,
+        path: &str,
+        limit: Duration,
+        check: impl Fn(&Response) -> bool,
+    ) -> Response {
         let deadline = Instant::now() + limit;
         loop {
             let r = self.get(path);
@@ -110,7 +126,12 @@ impl Node {
                 return r;
             }
             if Instant::now() > deadline {
-                panic!("{path}: gave up after {limit:?}; last answer {} {}\nnode log:\n{}", r.status, r.text(), self.log());
+                panic!(
+                    "{path}: gave up after {limit:?}; last answer {} {}\nnode log:\n{}",
+                    r.status,
+                    r.text(),
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(250));
         }
@@ -142,41 +163,74 @@ impl Response {
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 }
 
 /// A plain HTTP/1.1 GET with `Connection: close`; status 0 when the node does not answer.
 pub fn http_get(addr: SocketAddr, path: &str) -> Response {
-    let fail = Response { status: 0, headers: Vec::new(), body: Vec::new() };
-    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else { return fail };
+    let fail = Response {
+        status: 0,
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return fail;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
-    if write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").is_err() {
+    if write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .is_err()
+    {
         return fail;
     }
     let mut raw = Vec::new();
     if s.read_to_end(&mut raw).is_err() && raw.is_empty() {
         return fail;
     }
-    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else { return fail };
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return fail;
+    };
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.lines();
-    let status = lines.next().and_then(|l| l.split_whitespace().nth(1)).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = lines
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
+        .filter_map(|l| {
+            l.split_once(':')
+                .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        })
         .collect();
     let mut body = raw[split + 4..].to_vec();
-    if headers.iter().any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked")) {
+    if headers
+        .iter()
+        .any(|(k, v)| k.eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked"))
+    {
         body = dechunk(&body);
     }
-    Response { status, headers, body }
+    Response {
+        status,
+        headers,
+        body,
+    }
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else { return out };
-        let size = usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
+        let Some(eol) = data.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&data[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 || data.len() < eol + 2 + size {
             return out;
         }
@@ -190,10 +244,26 @@ fn dechunk(mut data: &[u8]) -> Vec<u8> {
 pub fn ffmpeg_publish(url: &str, width: u32, height: u32, seconds: u32) -> Command {
     let mut cmd = Command::new("ffmpeg");
     cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
-        .args(["-f", "lavfi", "-i", &format!("testsrc2=size={width}x{height}:rate=30")])
+        .args([
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size={width}x{height}:rate=30"),
+        ])
         .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
         .args(["-t", &seconds.to_string()])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "30", "-pix_fmt", "yuv420p"])
+        .args([
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-tune",
+            "zerolatency",
+            "-g",
+            "30",
+            "-pix_fmt",
+            "yuv420p",
+        ])
         .args(["-c:a", "aac", "-b:a", "96k", "-ac", "2"])
         .args(["-f", "flv", url])
         .stdout(Stdio::null())
@@ -225,28 +295,53 @@ pub fn wait_child(mut child: Child, limit: Duration) -> (Option<std::process::Ex
 /// `(width, height)` of the first video stream ffprobe finds in `file`.
 pub fn probe_video_size(file: &Path) -> (u32, u32) {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-select_streams", "v:0", "-show_entries", "stream=width,height", "-of", "csv=p=0"])
+        .args([
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "stream=width,height",
+            "-of",
+            "csv=p=0",
+        ])
         .arg(file)
         .output()
         .expect("ffprobe runs");
     let text = String::from_utf8_lossy(&out.stdout);
     // MPEG-TS streams are listed once per program and once overall: take the first line.
-    let line = text.lines().find(|l| !l.trim().is_empty()).unwrap_or_default();
-    let mut it = line.split(',').map(|v| v.trim().parse::<u32>().unwrap_or(0));
+    let line = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or_default();
+    let mut it = line
+        .split(',')
+        .map(|v| v.trim().parse::<u32>().unwrap_or(0));
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
 }
 
 /// Codec types (`video`, `audio`) ffprobe finds in `file`, in stream order.
 pub fn probe_stream_types(file: &Path) -> Vec<String> {
     let out = Command::new("ffprobe")
-        .args(["-v", "error", "-show_entries", "stream=codec_type", "-of", "json"])
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type",
+            "-of",
+            "json",
+        ])
         .arg(file)
         .output()
         .expect("ffprobe runs");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     json["streams"]
         .as_array()
-        .map(|a| a.iter().filter_map(|s| s["codec_type"].as_str().map(str::to_owned)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s["codec_type"].as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -263,7 +358,11 @@ pub fn variants(master: &str) -> Vec<(String, String)> {
 
 /// Segment URIs of a media playlist.
 pub fn segments(playlist: &str) -> Vec<String> {
-    playlist.lines().filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_owned).collect()
+    playlist
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Heavy tests (ffmpeg encoding, tiercast transcoding) take turns on a 2-core machine.
