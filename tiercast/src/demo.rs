@@ -18,12 +18,15 @@ impl DemoSource {
         vcaps.set_property(
             "caps",
             gst::Caps::builder("video/x-raw")
+                .field("format", "I420")
                 .field("width", 1280i32)
                 .field("height", 720i32)
                 .field("framerate", gst::Fraction::new(30, 1))
                 .build(),
         );
-        let clock = make("timeoverlay", "demo_clock")?;
+        // A running clock on the picture when the pango plugin is installed.
+        let clock =
+            make("timeoverlay", "demo_clock").or_else(|_| make("identity", "demo_clock"))?;
         let venc = make("x264enc", "demo_x264")?;
         venc.set_property("bitrate", 2500u32);
         venc.set_property_from_str("speed-preset", "ultrafast");

@@ -172,7 +172,9 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
             Some((name, key)) => {
                 let url = format!("rtmp://{}/{}/{key}", loopback(rtmp_addr), config.rtmp.app);
                 info!(stream = %name, "demo source publishing");
-                Some(demo::DemoSource::start(&url)?)
+                demo::DemoSource::start(&url)
+                    .map_err(|e| warn!("demo source not started: {e}"))
+                    .ok()
             }
             None => None,
         }

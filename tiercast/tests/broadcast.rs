@@ -144,6 +144,44 @@ fn a_720p_source_gets_three_renditions_that_play_and_end() {
         );
     }
     assert_eq!(node.streams_json()["streams"][0]["state"], "ended");
+
+    // A player plays the ended stream from the multivariant playlist: about 12 s at 30 fps.
+    for uri in ["720p", "360p"] {
+        let url = format!("http://{}/hls/main/{uri}/index.m3u8", node.http);
+        let frames = play_hls(&url).unwrap_or_else(|e| panic!("{url} does not play: {e}"));
+        assert!((200..=400).contains(&frames), "{uri}: {frames} frames");
+    }
+    let master_url = format!("http://{}/hls/main/master.m3u8", node.http);
+    let frames =
+        play_hls(&master_url).unwrap_or_else(|e| panic!("{master_url} does not play: {e}"));
+    assert!(frames >= 200, "master: {frames} frames");
+}
+
+#[test]
+fn the_demo_source_publishes_into_the_demo_stream() {
+    let _turn = heavy();
+    let node = start_node_with(
+        "[transcode]\nx264_preset = \"ultrafast\"\n",
+        &["--demo-source"],
+    );
+    let master = node.wait_for("/hls/demo/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    assert_eq!(
+        variants(&master.text()).len(),
+        3,
+        "1280x720 demo: 720p, 480p, 360p"
+    );
+    let playlist = node.wait_for("/hls/demo/720p/index.m3u8", Duration::from_secs(20), |r| {
+        r.status == 200 && !segments(&r.text()).is_empty()
+    });
+    let seg = segments(&playlist.text())[0].clone();
+    let body = node.get(&format!("/hls/demo/720p/{seg}")).body;
+    let scratch = TempDir::new("demo");
+    let file = scratch.0.join("demo.ts");
+    std::fs::write(&file, body).unwrap();
+    assert_eq!(probe_video_size(&file), (1280, 720));
+    assert_eq!(probe_stream_types(&file), ["video", "audio"]);
 }
 
 #[test]

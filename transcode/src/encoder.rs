@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! video tee ─┬─ queue ──────────────────────────────────────────────► passthrough rendition
-//!            └─ queue ─ avdec_h264 ─ tee ─┬─ queue ─ videoscale ─ x264enc ─ h264parse ─► 480p
-//!                                         └─ queue ─ videoscale ─ x264enc ─ h264parse ─► 360p
+//!            └─ queue ─ avdec_h264 ─ tee ─┬─ queue ─ videoscale ─ videoconvert ─ x264enc ─ h264parse ─► 480p
+//!                                         └─ queue ─ videoscale ─ videoconvert ─ x264enc ─ h264parse ─► 360p
 //! ```
 //!
 //! Keyframes stay aligned across renditions (so players can switch at any segment): with a
@@ -127,7 +127,11 @@ fn add_encoder(
     let n = &r.name;
     let queue = make("queue", &format!("enc_queue_{n}"))?;
     let scale = make("videoscale", &format!("scale_{n}"))?;
+    // 4:2:2, 4:4:4 or 10-bit sources become 8-bit 4:2:0, which every player decodes; an
+    // I420 source passes through untouched.
+    let convert = make("videoconvert", &format!("convert_{n}"))?;
     let mut raw_caps = gst::Caps::builder("video/x-raw")
+        .field("format", "I420")
         .field("width", r.width as i32)
         .field("height", r.height as i32)
         .field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
@@ -171,7 +175,7 @@ fn add_encoder(
     let parse = make("h264parse", &format!("parse_{n}"))?;
     parse.set_property("config-interval", -1i32);
 
-    let mut chain: Vec<&gst::Element> = vec![&queue, &scale];
+    let mut chain: Vec<&gst::Element> = vec![&queue, &scale, &convert];
     if let Some(rate) = &rate {
         chain.push(rate);
     }

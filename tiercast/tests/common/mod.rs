@@ -45,6 +45,11 @@ pub struct Node {
 
 /// `[node]`, `[http]` and `[rtmp]` are written by the harness; `extra` adds the rest.
 pub fn start_node(extra: &str) -> Node {
+    start_node_with(extra, &[])
+}
+
+/// [`start_node`] with more `tiercast run` arguments (e.g. `--demo-source`).
+pub fn start_node_with(extra: &str, args: &[&str]) -> Node {
     let dir = TempDir::new("node");
     let config = dir.0.join("node.toml");
     let data = dir.0.join("data");
@@ -60,6 +65,7 @@ pub fn start_node(extra: &str) -> Node {
     let mut child = Command::new(env!("CARGO_BIN_EXE_tiercast"))
         .args(["run", "--config"])
         .arg(&config)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(&log).unwrap())
         .env("RUST_LOG", "info")
@@ -369,4 +375,35 @@ pub fn segments(playlist: &str) -> Vec<String> {
 pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Plays `url` with ffmpeg as a player would (decoding every frame, discarding the picture) and
+/// returns how many video frames it decoded, or the error it printed.
+pub fn play_hls(url: &str) -> Result<u64, String> {
+    let out = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "error",
+            "-stats_period",
+            "60",
+            "-progress",
+            "pipe:1",
+            "-i",
+            url,
+        ])
+        .args(["-map", "0:v:0", "-f", "null", "-"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        return Err(stderr.into_owned());
+    }
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("frame=").and_then(|v| v.trim().parse().ok()))
+        .ok_or_else(|| format!("no progress from ffmpeg: {stdout} {stderr}"))
 }
