@@ -23,12 +23,42 @@ pub enum GstError {
     Other { pipeline: String, message: String },
 }
 
-/// Initialises GStreamer once per process.
+/// Initialises GStreamer once per process and routes its log into `tracing` (warnings and
+/// errors by default; `GST_DEBUG` still raises it).
 pub fn init() -> Result<(), GstError> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
-    ONCE.call_once(|| result = gst::init().map_err(|e| GstError::Init(e.to_string())));
+    ONCE.call_once(|| {
+        result = gst::init().map_err(|e| GstError::Init(e.to_string()));
+        if result.is_ok() {
+            route_log_to_tracing();
+        }
+    });
     result
+}
+
+fn route_log_to_tracing() {
+    gst::log::remove_default_log_function();
+    if std::env::var_os("GST_DEBUG").is_none() {
+        gst::log::set_default_threshold(gst::DebugLevel::Warning);
+    }
+    gst::log::add_log_function(|category, level, file, _function, line, object, message| {
+        let Some(text) = message.get() else { return };
+        let object = object.map(|o| o.to_string()).unwrap_or_default();
+        let category = category.name();
+        match level {
+            gst::DebugLevel::Error => {
+                tracing::error!(target: "gstreamer", %category, %object, "{text} ({file}:{line})")
+            }
+            gst::DebugLevel::Warning | gst::DebugLevel::Fixme => {
+                tracing::warn!(target: "gstreamer", %category, %object, "{text}")
+            }
+            gst::DebugLevel::Info => {
+                tracing::info!(target: "gstreamer", %category, %object, "{text}")
+            }
+            _ => tracing::debug!(target: "gstreamer", %category, %object, "{text}"),
+        }
+    });
 }
 
 /// Makes element `factory` named `name`.

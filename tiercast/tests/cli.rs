@@ -85,3 +85,15 @@ fn run_refuses_a_bad_config_before_binding_anything() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("hls.segment_seconds"));
 }
+
+#[test]
+fn the_example_config_in_deploy_is_valid() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../deploy/node.example.toml"
+    ))
+    .unwrap();
+    let (ok, out) = check(&text);
+    assert!(ok, "{out}");
+    assert!(out.contains("stream \"main\""), "{out}");
+}

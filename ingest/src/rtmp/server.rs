@@ -48,6 +48,9 @@ pub struct RtmpServer {
 }
 
 const READ_BUFFER: usize = 64 * 1024;
+/// What a connection may send before it has published with a valid key: the handshake and a
+/// few commands take a few kilobytes, so a peer sending more is not a publisher.
+const PRE_PUBLISH_BUDGET: u64 = 256 * 1024;
 /// How long a publisher's media graph may take to drain once it has gone.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -138,6 +141,8 @@ enum End {
     Protocol(#[from] ConnError),
     #[error("publish refused: {0}")]
     Refused(String),
+    #[error("sent more than {0} bytes without publishing")]
+    Budget(u64),
     #[error("node shutting down")]
     Shutdown,
     #[error("{0}")]
@@ -166,6 +171,7 @@ impl ConnTask {
         publishing: &mut Option<Publishing>,
     ) -> End {
         let mut buf = vec![0u8; READ_BUFFER];
+        let mut unauthenticated_bytes = 0u64;
         loop {
             let limit = if publishing.is_some() {
                 self.settings.idle_timeout
@@ -182,12 +188,17 @@ impl ConnTask {
                 Ok(Ok(0)) => return End::Closed,
                 Ok(Ok(n)) => n,
             };
-            if let Some(p) = publishing.as_ref() {
-                p.claim
-                    .entry
-                    .counters
-                    .bytes_in
-                    .fetch_add(n as u64, Ordering::Relaxed);
+            match publishing.as_ref() {
+                Some(p) => {
+                    let counters = &p.claim.entry.counters;
+                    counters.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                None => {
+                    unauthenticated_bytes += n as u64;
+                    if unauthenticated_bytes > PRE_PUBLISH_BUDGET {
+                        return End::Budget(PRE_PUBLISH_BUDGET);
+                    }
+                }
             }
             let out = match conn.handle_input(&buf[..n]) {
                 Ok(out) => out,

@@ -96,7 +96,8 @@ async fn master(State(state): State<HlsState>, Path(stream): Path<String>) -> Re
             h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             return (h, multivariant(&variants)).into_response();
         }
-        if tokio::time::Instant::now() >= deadline || session.phase() != Phase::Live {
+        let starting = matches!(session.phase(), Phase::Starting | Phase::Live);
+        if tokio::time::Instant::now() >= deadline || !starting {
             return not_found("stream is not live yet");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
