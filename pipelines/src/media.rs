@@ -84,6 +84,32 @@ impl VideoTrack {
         })
     }
 
+    /// The SPS and PPS NAL units of the `avcC` record, in order.
+    pub fn parameter_sets(&self) -> Vec<&[u8]> {
+        let d = &self.codec_data[..];
+        let mut out = Vec::new();
+        let mut pos = 5;
+        // SPS count (low 5 bits), then the PPS count as a full byte.
+        for count_mask in [0x1f, 0xff] {
+            let Some(&count) = d.get(pos) else { return out };
+            pos += 1;
+            for _ in 0..(count & count_mask) {
+                let Some(len) = d
+                    .get(pos..pos + 2)
+                    .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+                else {
+                    return out;
+                };
+                let Some(nal) = d.get(pos + 2..pos + 2 + len) else {
+                    return out;
+                };
+                out.push(nal);
+                pos += 2 + len;
+            }
+        }
+        out
+    }
+
     /// The RFC 6381 codec string, e.g. `avc1.64001f`.
     pub fn codecs(&self) -> String {
         format!(
@@ -387,6 +413,10 @@ mod tests {
         let v = VideoTrack::from_avcc(Bytes::from(avcc)).unwrap();
         assert_eq!((v.width, v.height), (1280, 720));
         assert_eq!(v.codecs(), "avc1.64001f");
+        assert_eq!(
+            v.parameter_sets(),
+            vec![SPS_720P_HIGH, &[0x68, 0xeb, 0xe3, 0xcb][..]]
+        );
         assert!(VideoTrack::from_avcc(Bytes::from_static(&[1, 2, 3])).is_err());
         assert!(
             VideoTrack::from_avcc(Bytes::from_static(&[

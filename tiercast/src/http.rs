@@ -11,16 +11,17 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use pipelines::{Config, Registry};
+use relay_tiers::hls::store::HlsStore;
 
 #[derive(Clone)]
 struct Api {
     registry: Arc<Registry>,
 }
 
-pub fn router(config: Arc<Config>, registry: Arc<Registry>) -> Router {
+pub fn router(config: Arc<Config>, registry: Arc<Registry>, store: Arc<HlsStore>) -> Router {
     let hls = relay_tiers::hls::routes::HlsState {
         registry: registry.clone(),
-        data_dir: config.node.data_dir.clone(),
+        store,
         ready_wait: Duration::from_secs(u64::from(config.hls.segment_seconds) * 3 + 2),
     };
     Router::new()

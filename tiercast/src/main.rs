@@ -108,7 +108,7 @@ fn check(path: &PathBuf) -> anyhow::Result<()> {
 }
 
 fn run(config: Config, demo_source: bool) -> anyhow::Result<()> {
-    relay_tiers::init()?;
+    pipelines::gst_util::init()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -119,7 +119,8 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.node.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.node.data_dir.display()))?;
     let registry = Arc::new(Registry::new(&config.streams));
-    let factory = Arc::new(wiring::Broadcast::new(config.clone()));
+    let hls = Arc::new(relay_tiers::hls::store::HlsStore::default());
+    let factory = Arc::new(wiring::Broadcast::new(config.clone(), hls.clone()));
     let (shutdown_tx, shutdown) = watch::channel(false);
 
     let rtmp_settings = ingest::rtmp::RtmpSettings {
@@ -140,7 +141,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("http.listen {}", config.http.listen))?;
     let http_addr = http_listener.local_addr()?;
-    let router = http::router(config.clone(), registry.clone());
+    let router = http::router(config.clone(), registry.clone(), hls);
 
     // Tests and scripts read this line to find the ports (`listen = "127.0.0.1:0"`).
     println!("tiercast listening rtmp={rtmp_addr} http={http_addr}");

@@ -2,35 +2,66 @@
 //! ladder (`transcode`), HLS out (`relay-tiers`).
 //!
 //! ```text
-//! appsrc(video) ─ h264parse ─ tee ─ transcode::attach ─┬─ rendition pad ─ hlssink3 (per rendition)
-//! appsrc(audio) ─ aacparse ─ tee ──────────────────────┴─ (shared AAC, never re-encoded)
+//! source frames ─┬─────────────────────────────────────────────► passthrough segmenter (no GStreamer)
+//!   (video)      └─ appsrc ─ transcode::attach ─┬─ appsink ────► 480p segmenter
+//!                                               └─ appsink ────► 360p segmenter
+//! source frames (AAC audio) ───────────────────────────────────► every segmenter, shared as is
 //! ```
+//!
+//! Nothing is decoded unless a rung needs encoding, and then only once.
 
-use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gst::prelude::*;
 use pipelines::Config;
 use pipelines::graph::{Finish, FrameSources, GraphFactory, MediaSink};
-use pipelines::gst_util::{GstError, Outcome, PipelineHandle, link_chain, make};
-use pipelines::media::{Frame, SourceTracks, find_sps_annexb, parse_sps};
+use pipelines::gst_util::{GstError, Outcome, PipelineHandle, make};
+use pipelines::media::{Bytes, Frame, SourceTracks, TrackKind, VideoTrack};
 use pipelines::registry::{PublishClaim, Rendition};
-use relay_tiers::hls;
+use relay_tiers::hls::segmenter::Segmenter;
+use relay_tiers::hls::store::{HlsStore, SessionHls};
 use tracing::{info, warn};
 use transcode::{EncodeSettings, Mode};
 
-/// How long a finished session's pipeline may take to write its last segments.
+/// How long a finished session's encoders may take to hand over their last frames.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Broadcast {
     config: Arc<Config>,
+    hls: Arc<HlsStore>,
 }
 
 impl Broadcast {
-    pub fn new(config: Arc<Config>) -> Broadcast {
-        Broadcast { config }
+    pub fn new(config: Arc<Config>, hls: Arc<HlsStore>) -> Broadcast {
+        Broadcast { config, hls }
+    }
+}
+
+/// A rendition being produced: its registry entry and its segmenter.
+#[derive(Clone)]
+struct Output {
+    rendition: Arc<Rendition>,
+    segmenter: Arc<Mutex<Segmenter>>,
+}
+
+impl Output {
+    fn push(&self, frame: Frame) {
+        if frame.kind == TrackKind::Video {
+            self.rendition.frames_out.fetch_add(1, Ordering::Relaxed);
+        }
+        self.segmenter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(frame);
+    }
+
+    fn finish(&self) {
+        self.segmenter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .finish();
     }
 }
 
@@ -49,84 +80,108 @@ impl GraphFactory for Broadcast {
             stream = %stream.name,
             session = %session.id,
             "ladder: {}",
-            plan.iter()
-                .map(|r| format!("{} {}x{} {:?}", r.name, r.width, r.height, r.mode))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        remove_old_sessions(
-            &hls::stream_dir(&c.node.data_dir, &stream.name),
-            &session.id,
+            plan.iter().map(|r| format!("{} {}x{} {:?}", r.name, r.width, r.height, r.mode)).collect::<Vec<_>>().join(", ")
         );
 
-        let pipeline = gst::Pipeline::with_name(&session.id);
-        let sources = FrameSources::add_to(&pipeline, tracks)?;
-        let add_err = || GstError::Other {
-            pipeline: session.id.clone(),
-            message: "cannot add elements".into(),
-        };
-        let vparse = make("h264parse", "video_parse")?;
-        vparse.set_property("config-interval", -1i32);
-        let vtee = make("tee", "video_tee")?;
-        pipeline.add_many([&vparse, &vtee]).map_err(|_| add_err())?;
-        link_chain(&[sources.video.upcast_ref(), &vparse, &vtee])?;
-        let audio_tee = match &sources.audio {
-            None => None,
-            Some(src) => {
-                let aparse = make("aacparse", "audio_parse")?;
-                let atee = make("tee", "audio_tee")?;
-                pipeline.add_many([&aparse, &atee]).map_err(|_| add_err())?;
-                link_chain(&[src.upcast_ref(), &aparse, &atee])?;
-                Some(atee)
+        let audio_codecs = tracks.audio.as_ref().map(|a| a.codecs());
+        let target = Duration::from_secs(u64::from(c.hls.segment_seconds));
+        let mut passthrough = Vec::new();
+        let mut encoded = Vec::new();
+        let mut renditions = Vec::with_capacity(plan.len());
+        let mut store_entries = Vec::with_capacity(plan.len());
+        for r in &plan {
+            let with_audio = if audio_codecs.is_some() {
+                r.audio_kbps
+            } else {
+                0
+            };
+            let bandwidth = u64::from(r.video_kbps + with_audio) * 1000;
+            let is_passthrough = r.mode == Mode::Passthrough;
+            let rendition = Arc::new(Rendition::new(
+                &r.name,
+                r.width,
+                r.height,
+                bandwidth,
+                is_passthrough,
+            ));
+            // An encoder's configuration is known once it has negotiated (see `appsink_for`).
+            let video = is_passthrough.then(|| v.clone());
+            if let Some(video) = &video {
+                rendition.set_codecs(codecs(video, audio_codecs.as_deref()));
             }
-        };
+            let segmenter = Segmenter::new(
+                &session.id,
+                target,
+                c.hls.playlist_length as usize,
+                video,
+                tracks.audio.clone(),
+            );
+            let output = Output {
+                rendition: rendition.clone(),
+                segmenter: Arc::new(Mutex::new(segmenter)),
+            };
+            store_entries.push((r.name.clone(), output.segmenter.clone()));
+            if is_passthrough {
+                passthrough.push(output)
+            } else {
+                encoded.push(output)
+            }
+            renditions.push(rendition);
+        }
 
-        let fps = v.fps.unwrap_or(30.0).round().max(1.0) as u32;
+        let encoders = if encoded.is_empty() {
+            None
+        } else {
+            Some(self.start_encoders(claim, tracks, &plan, &encoded, audio_codecs)?)
+        };
+        session.go_live(tracks.clone(), renditions);
+        self.hls.publish(
+            &stream.name,
+            Arc::new(SessionHls::new(&session.id, store_entries)),
+        );
+        Ok(Box::new(LiveGraph {
+            passthrough,
+            encoded,
+            encoders,
+        }))
+    }
+}
+
+impl Broadcast {
+    /// `appsrc → decode → scale → x264 → appsink` for every encoded rung, one pipeline.
+    fn start_encoders(
+        &self,
+        claim: &PublishClaim,
+        tracks: &SourceTracks,
+        plan: &[transcode::PlannedRendition],
+        outputs: &[Output],
+        audio_codecs: Option<String>,
+    ) -> Result<Encoders, GstError> {
+        let c = &self.config;
+        let session = &claim.session;
+        let pipeline = gst::Pipeline::with_name(&session.id);
+        let video_only = SourceTracks {
+            video: tracks.video.clone(),
+            audio: None,
+        };
+        let sources = FrameSources::add_to(&pipeline, &video_only)?;
+        let fps = tracks.video.fps.unwrap_or(30.0).round().max(1.0) as u32;
         let settings = EncodeSettings {
             preset: c.transcode.x264_preset.clone(),
             tune: c.transcode.x264_tune.clone(),
             gop_frames: c.transcode.gop_seconds * fps,
             threads: c.transcode.threads,
         };
-        let pads = transcode::attach(&pipeline, &vtee, &plan, &settings)?;
-        let hls_settings = hls::sink::HlsSettings {
-            segment_seconds: c.hls.segment_seconds,
-            playlist_length: c.hls.playlist_length,
-        };
-        let audio_codecs = tracks.audio.as_ref().map(|a| a.codecs());
-        let mut renditions = Vec::with_capacity(plan.len());
-        for (r, pad) in plan.iter().zip(&pads) {
-            let bandwidth = u64::from(
-                r.video_kbps
-                    + if audio_codecs.is_some() {
-                        r.audio_kbps
-                    } else {
-                        0
-                    },
-            ) * 1000;
-            let rendition = Arc::new(Rendition::new(
-                &r.name,
-                r.width,
-                r.height,
-                bandwidth,
-                r.mode == Mode::Passthrough,
-            ));
-            watch_rendition(pad, rendition.clone(), audio_codecs.clone());
-            let dir = hls::rendition_dir(&c.node.data_dir, &stream.name, &session.id, &r.name);
-            hls::sink::attach(
-                &pipeline,
-                &r.name,
-                &session.id,
-                pad,
-                audio_tee.as_ref(),
-                &dir,
-                &hls_settings,
-            )?;
-            renditions.push(rendition);
+        let pads = transcode::attach(&pipeline, sources.video.upcast_ref(), plan, &settings)?;
+        for (pad, output) in pads.iter().zip(outputs) {
+            let sink = appsink_for(output.clone(), audio_codecs.clone())?;
+            pipeline.add(&sink).map_err(|_| GstError::Other {
+                pipeline: session.id.clone(),
+                message: "cannot add appsink".into(),
+            })?;
+            pipelines::gst_util::link_pad(pad, &sink)?;
         }
-        session.go_live(tracks.clone(), renditions);
         let handle = PipelineHandle::start(pipeline, session.id.clone(), None)?;
-
         let mut outcome = handle.outcome();
         let watched = session.clone();
         tokio::spawn(async move {
@@ -136,89 +191,129 @@ impl GraphFactory for Broadcast {
                 watched.fail(e.clone());
             }
         });
-        Ok(Box::new(LiveGraph {
-            sources,
-            handle,
-            offset: None,
-        }))
+        Ok(Encoders { sources, handle })
     }
 }
 
-/// Counts a rendition's frames and learns its RFC 6381 codecs from its first SPS.
-fn watch_rendition(pad: &gst::Pad, rendition: Arc<Rendition>, audio_codecs: Option<String>) {
-    pad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
-        if let Some(buffer) = info.buffer() {
-            rendition.frames_out.fetch_add(1, Ordering::Relaxed);
-            if rendition.codecs().is_none()
-                && let Ok(map) = buffer.map_readable()
-                && let Some(sps) = find_sps_annexb(&map)
-                && let Ok(info) = parse_sps(sps)
-            {
-                let video = format!(
-                    "avc1.{:02x}{:02x}{:02x}",
-                    info.profile_idc, info.constraint_flags, info.level_idc
-                );
-                rendition.set_codecs(match &audio_codecs {
-                    Some(a) => format!("{video},{a}"),
-                    None => video,
+fn codecs(video: &VideoTrack, audio: Option<&str>) -> String {
+    match audio {
+        Some(a) => format!("{},{a}", video.codecs()),
+        None => video.codecs(),
+    }
+}
+
+/// An `appsink` that hands each encoded access unit, without copying, to `output`.
+fn appsink_for(output: Output, audio_codecs: Option<String>) -> Result<gst::Element, GstError> {
+    let sink = make("appsink", &format!("out_{}", output.rendition.name))?
+        .downcast::<gst_app::AppSink>()
+        .expect("appsink is an AppSink");
+    sink.set_sync(false);
+    sink.set_property("enable-last-sample", false);
+    let mut configured = false;
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                if !configured
+                    && let Some(caps) = sample.caps()
+                    && let Some(s) = caps.structure(0)
+                    && let Ok(codec_data) = s.get::<gst::Buffer>("codec_data")
+                    && let Ok(map) = codec_data.map_readable()
+                    && let Ok(video) = VideoTrack::from_avcc(Bytes::copy_from_slice(&map))
+                {
+                    output
+                        .rendition
+                        .set_codecs(codecs(&video, audio_codecs.as_deref()));
+                    output
+                        .segmenter
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .set_video(video);
+                    configured = true;
+                }
+                let Some(buffer) = sample.buffer_owned() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let (Some(pts), dts) = (buffer.pts(), buffer.dts()) else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
+                let Ok(mapped) = buffer.into_mapped_buffer_readable() else {
+                    return Err(gst::FlowError::Error);
+                };
+                output.push(Frame {
+                    kind: TrackKind::Video,
+                    pts: Duration::from_nanos(pts.nseconds()),
+                    dts: Duration::from_nanos(dts.unwrap_or(pts).nseconds()),
+                    keyframe,
+                    data: Bytes::from_owner(mapped),
                 });
-            }
-        }
-        gst::PadProbeReturn::Ok
-    });
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+    Ok(sink.upcast())
 }
 
-/// Deletes the HLS trees of a stream's earlier sessions.
-fn remove_old_sessions(stream_dir: &Path, current: &str) {
-    let Ok(entries) = std::fs::read_dir(stream_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        if entry.file_name() != current
-            && let Err(e) = std::fs::remove_dir_all(entry.path())
-        {
-            warn!("cannot remove {}: {e}", entry.path().display());
-        }
-    }
+/// The GStreamer side of a session: only when some rung is encoded.
+struct Encoders {
+    sources: FrameSources,
+    handle: PipelineHandle,
 }
 
 /// A running session graph.
 struct LiveGraph {
-    sources: FrameSources,
-    handle: PipelineHandle,
-    /// The pipeline's running time when the first frame arrived: frames are stamped from there
-    /// so live elements (the muxers) see them on time.
-    offset: Option<Duration>,
+    passthrough: Vec<Output>,
+    encoded: Vec<Output>,
+    encoders: Option<Encoders>,
 }
 
 impl MediaSink for LiveGraph {
-    fn push(&mut self, mut frame: Frame) -> bool {
-        let offset = *self.offset.get_or_insert_with(|| {
-            let now = self
-                .handle
-                .pipeline()
-                .current_running_time()
-                .unwrap_or(gst::ClockTime::ZERO);
-            Duration::from_nanos(now.nseconds())
-        });
-        frame.pts += offset;
-        frame.dts += offset;
-        self.sources.push(frame)
+    fn push(&mut self, frame: Frame) -> bool {
+        match frame.kind {
+            TrackKind::Video => {
+                for out in &self.passthrough {
+                    out.push(frame.clone());
+                }
+                match &self.encoders {
+                    Some(enc) => enc.sources.push(frame),
+                    None => true,
+                }
+            }
+            TrackKind::Audio => {
+                for out in self.passthrough.iter().chain(&self.encoded) {
+                    out.push(frame.clone());
+                }
+                true
+            }
+        }
     }
 
     fn finish(self: Box<Self>) -> Finish {
-        self.sources.end();
         Box::pin(async move {
-            let name = self.handle.pipeline().name();
-            match self.handle.wait(DRAIN_TIMEOUT).await {
-                Outcome::Eos => info!(session = %name, "session drained"),
-                Outcome::Error(e) => warn!(session = %name, "session ended with an error: {e}"),
-                Outcome::Running => {
-                    warn!(session = %name, "session did not drain within {DRAIN_TIMEOUT:?}")
+            let LiveGraph {
+                passthrough,
+                encoded,
+                encoders,
+            } = *self;
+            if let Some(enc) = encoders {
+                enc.sources.end();
+                let name = enc.handle.pipeline().name();
+                match enc.handle.wait(DRAIN_TIMEOUT).await {
+                    Outcome::Eos => info!(session = %name, "encoders drained"),
+                    Outcome::Error(e) => {
+                        warn!(session = %name, "encoders ended with an error: {e}")
+                    }
+                    Outcome::Running => {
+                        warn!(session = %name, "encoders did not drain within {DRAIN_TIMEOUT:?}")
+                    }
                 }
+                let handle = enc.handle;
+                let _ = tokio::task::spawn_blocking(move || drop(handle)).await;
             }
-            let handle = self.handle;
-            let _ = tokio::task::spawn_blocking(move || drop(handle)).await;
+            for out in passthrough.iter().chain(&encoded) {
+                out.finish();
+            }
         })
     }
 }

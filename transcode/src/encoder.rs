@@ -1,11 +1,10 @@
-//! Encoder branches. The source is decoded at most once; every encoded rendition scales that
-//! shared picture and runs its own x264, so each rendition costs one encode however many
-//! viewers it has.
+//! Encoder branches. The source is decoded once; every encoded rendition scales that shared
+//! picture and runs its own x264, so each rendition costs one encode however many viewers it
+//! has. Passthrough renditions never enter this graph.
 //!
 //! ```text
-//! video tee ─┬─ queue ──────────────────────────────────────────────► passthrough rendition
-//!            └─ queue ─ avdec_h264 ─ tee ─┬─ queue ─ videoscale ─ videoconvert ─ x264enc ─ h264parse ─► 480p
-//!                                         └─ queue ─ videoscale ─ videoconvert ─ x264enc ─ h264parse ─► 360p
+//! source (H.264) ─ avdec_h264 ─ tee ─┬─ queue ─ videoscale ─ videoconvert ─ x264enc ─► 480p (AVC)
+//!                                    └─ queue ─ videoscale ─ videoconvert ─ x264enc ─► 360p (AVC)
 //! ```
 //!
 //! Keyframes stay aligned across renditions (so players can switch at any segment): with a
@@ -31,43 +30,31 @@ pub struct EncodeSettings {
 /// Longest GOP (frames) an encoder may run when it follows the source's keyframes.
 const FOLLOW_SOURCE_MAX_GOP: u32 = 600;
 
-/// Adds the branches for `plan` behind `video_tee` (which carries the source's parsed H.264)
-/// and returns, per planned rendition in order, the pad its encoded H.264 leaves from.
+/// Adds the encoded renditions of `plan` behind `source` (an element whose `src` pad carries
+/// the source's H.264) and returns, for each rendition with [`Mode::Encode`] in plan order,
+/// the pad its encoded H.264 (AVC, one access unit per buffer) leaves from.
 pub fn attach(
     pipeline: &gst::Pipeline,
-    video_tee: &gst::Element,
+    source: &gst::Element,
     plan: &[PlannedRendition],
     settings: &EncodeSettings,
 ) -> Result<Vec<gst::Pad>, GstError> {
     let follow_source = plan.iter().any(|r| r.mode == Mode::Passthrough);
     let encoded: Vec<&PlannedRendition> = plan.iter().filter(|r| r.mode == Mode::Encode).collect();
-    let raw_tee = if encoded.is_empty() {
-        None
-    } else {
-        Some(add_decoder(pipeline, video_tee, follow_source)?)
-    };
-
-    let mut pads = Vec::with_capacity(plan.len());
-    for r in plan {
-        let pad = match (r.mode, &raw_tee) {
-            (Mode::Passthrough, _) => {
-                let queue = make("queue", &format!("pass_{}", r.name))?;
-                add(pipeline, &[&queue])?;
-                link_chain(&[video_tee, &queue])?;
-                queue.static_pad("src")
-            }
-            (Mode::Encode, Some(raw_tee)) => {
-                let parse = add_encoder(pipeline, raw_tee, r, settings, follow_source)?;
-                parse.static_pad("src")
-            }
-            (Mode::Encode, None) => None,
-        };
-        pads.push(pad.ok_or_else(|| GstError::Link {
-            from: r.name.clone(),
-            to: "output".into(),
-        })?);
+    if encoded.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(pads)
+    let raw_tee = add_decoder(pipeline, source, follow_source)?;
+    encoded
+        .into_iter()
+        .map(|r| {
+            let last = add_encoder(pipeline, &raw_tee, r, settings, follow_source)?;
+            last.static_pad("src").ok_or_else(|| GstError::Link {
+                from: r.name.clone(),
+                to: "output".into(),
+            })
+        })
+        .collect()
 }
 
 fn add(pipeline: &gst::Pipeline, elements: &[&gst::Element]) -> Result<(), GstError> {
@@ -86,20 +73,22 @@ fn add(pipeline: &gst::Pipeline, elements: &[&gst::Element]) -> Result<(), GstEr
         })
 }
 
-/// `tee → queue → avdec_h264 → tee` and, when encoders follow the source, the probe that
-/// turns each source keyframe into a force-key-unit event ahead of it.
+/// `source → avdec_h264 → tee` and, when encoders follow the source, the probe that turns
+/// each source keyframe into a force-key-unit event ahead of it.
 fn add_decoder(
     pipeline: &gst::Pipeline,
-    video_tee: &gst::Element,
+    source: &gst::Element,
     follow_source: bool,
 ) -> Result<gst::Element, GstError> {
-    let queue = make("queue", "decode_queue")?;
     let decoder = make("avdec_h264", "decode")?;
     let raw_tee = make("tee", "raw_tee")?;
-    add(pipeline, &[&queue, &decoder, &raw_tee])?;
-    link_chain(&[video_tee, &queue, &decoder, &raw_tee])?;
+    add(pipeline, &[&decoder, &raw_tee])?;
+    link_chain(&[source, &decoder, &raw_tee])?;
     if follow_source {
-        let src = queue.static_pad("src").expect("queue has a src pad");
+        let src = source.static_pad("src").ok_or_else(|| GstError::Link {
+            from: source.name().into(),
+            to: "decode".into(),
+        })?;
         src.add_probe(gst::PadProbeType::BUFFER, |pad, info| {
             if let Some(buffer) = info.buffer()
                 && !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT)
@@ -127,6 +116,10 @@ fn add_encoder(
     let n = &r.name;
     let queue = make("queue", &format!("enc_queue_{n}"))?;
     let scale = make("videoscale", &format!("scale_{n}"))?;
+    // Same-format scaling needs no chroma resampling and no dithering; both cost CPU for
+    // nothing here.
+    scale.set_property_from_str("chroma-mode", "none");
+    scale.set_property_from_str("dither", "none");
     // 4:2:2, 4:4:4 or 10-bit sources become 8-bit 4:2:0, which every player decodes; an
     // I420 source passes through untouched.
     let convert = make("videoconvert", &format!("convert_{n}"))?;
@@ -165,24 +158,26 @@ fn add_encoder(
     encoder.set_property("threads", s.threads);
     // Scene cuts would add keyframes one rendition has and another lacks.
     encoder.set_property("option-string", "scenecut=0");
-    let h264_filter = make("capsfilter", &format!("profile_{n}"))?;
+    // AVC out, one access unit per buffer: the internal stream model, with the parameter
+    // sets in the caps' codec_data (the packager repeats them before each keyframe).
+    let h264_filter = make("capsfilter", &format!("avc_{n}"))?;
     h264_filter.set_property(
         "caps",
         gst::Caps::builder("video/x-h264")
             .field("profile", "high")
+            .field("stream-format", "avc")
+            .field("alignment", "au")
             .build(),
     );
-    let parse = make("h264parse", &format!("parse_{n}"))?;
-    parse.set_property("config-interval", -1i32);
 
     let mut chain: Vec<&gst::Element> = vec![&queue, &scale, &convert];
     if let Some(rate) = &rate {
         chain.push(rate);
     }
-    chain.extend([&raw_filter, &encoder, &h264_filter, &parse]);
+    chain.extend([&raw_filter, &encoder, &h264_filter]);
     add(pipeline, &chain)?;
     let mut linked = vec![raw_tee];
     linked.extend(chain.iter().copied());
     link_chain(&linked)?;
-    Ok(parse)
+    Ok(h264_filter)
 }

@@ -1,6 +1,5 @@
 //! `GET /hls/<stream>/master.m3u8` and `GET /hls/<stream>/<rendition>/<file>`.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,15 +8,16 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use pipelines::registry::{Phase, Registry, Session};
+use pipelines::registry::{Phase, Registry};
 
+use super::MEDIA_PLAYLIST;
 use super::playlist::{Variant, multivariant};
-use super::{MEDIA_PLAYLIST, rendition_dir};
+use super::store::HlsStore;
 
 #[derive(Debug, Clone)]
 pub struct HlsState {
     pub registry: Arc<Registry>,
-    pub data_dir: PathBuf,
+    pub store: Arc<HlsStore>,
     /// How long a request for a stream that has just gone live may wait for its first
     /// segments before it is answered 404.
     pub ready_wait: Duration,
@@ -36,48 +36,45 @@ const SEGMENT_TYPE: &str = "video/mp2t";
 fn not_found(why: &str) -> Response {
     (
         StatusCode::NOT_FOUND,
-        cors(HeaderMap::new()),
+        headers(None, None),
         format!("{why}\n"),
     )
         .into_response()
 }
 
-fn cors(mut h: HeaderMap) -> HeaderMap {
+fn headers(content_type: Option<&'static str>, cache: Option<&'static str>) -> HeaderMap {
+    let mut h = HeaderMap::new();
     h.insert(
         header::ACCESS_CONTROL_ALLOW_ORIGIN,
         HeaderValue::from_static("*"),
     );
+    if let Some(t) = content_type {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static(t));
+    }
+    if let Some(c) = cache {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static(c));
+    }
     h
-}
-
-fn session_of(state: &HlsState, stream: &str) -> Option<Arc<Session>> {
-    state
-        .registry
-        .get(stream)?
-        .session()
-        .filter(|s| s.phase() != Phase::Failed)
 }
 
 #[tracing::instrument(skip(state))]
 async fn master(State(state): State<HlsState>, Path(stream): Path<String>) -> Response {
-    let Some(session) = session_of(&state, &stream) else {
-        return not_found("stream is not live");
+    let Some(entry) = state.registry.get(&stream) else {
+        return not_found("no such stream");
     };
-    // A stream that has just gone live: wait (bounded) for every rendition's first playlist,
+    // A stream that has just gone live: wait (bounded) for every rendition's first segment,
     // so a player never gets a variant it cannot load yet.
     let deadline = tokio::time::Instant::now() + state.ready_wait;
     loop {
-        let renditions = session.renditions();
-        let ready = !renditions.is_empty()
-            && renditions.iter().all(|r| {
-                r.codecs().is_some()
-                    && rendition_dir(&state.data_dir, &stream, &session.id, &r.name)
-                        .join(MEDIA_PLAYLIST)
-                        .exists()
-            });
-        if ready {
+        let session = entry.session();
+        let hls = state.store.get(&stream);
+        if let (Some(session), Some(hls)) = (&session, &hls)
+            && hls.session == session.id
+            && hls.ready()
+        {
             let fps = session.source().and_then(|s| s.video.fps);
-            let variants: Vec<Variant> = renditions
+            let variants: Vec<Variant> = session
+                .renditions()
                 .iter()
                 .map(|r| Variant {
                     name: r.name.clone(),
@@ -88,19 +85,17 @@ async fn master(State(state): State<HlsState>, Path(stream): Path<String>) -> Re
                     frame_rate: fps,
                 })
                 .collect();
-            let mut h = cors(HeaderMap::new());
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static(PLAYLIST_TYPE),
-            );
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            return (h, multivariant(&variants)).into_response();
+            return (
+                headers(Some(PLAYLIST_TYPE), Some("no-cache")),
+                multivariant(&variants),
+            )
+                .into_response();
         }
-        let starting = matches!(session.phase(), Phase::Starting | Phase::Live);
-        if tokio::time::Instant::now() >= deadline || !starting {
-            return not_found("stream is not live yet");
+        let starting = session.is_some_and(|s| matches!(s.phase(), Phase::Starting | Phase::Live));
+        if !starting || tokio::time::Instant::now() >= deadline {
+            return not_found("stream is not live");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -109,33 +104,26 @@ async fn media_file(
     State(state): State<HlsState>,
     Path((stream, rendition, file)): Path<(String, String, String)>,
 ) -> Response {
-    let Some(session) = session_of(&state, &stream) else {
+    let Some(hls) = state.store.get(&stream) else {
         return not_found("stream is not live");
     };
-    if !session.renditions().iter().any(|r| r.name == rendition) {
+    let Some(segmenter) = hls.rendition(&rendition) else {
         return not_found("no such rendition");
-    }
-    let (content_type, cache) = match file.rsplit_once('.') {
-        Some((_, "m3u8")) => (PLAYLIST_TYPE, "no-cache"),
-        // Segment names carry the session id: a URL never changes content.
-        Some((_, "ts")) => (SEGMENT_TYPE, "public, max-age=3600, immutable"),
-        _ => return not_found("no such file"),
     };
-    if !file
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        || file.starts_with('.')
-    {
-        return not_found("no such file");
+    if file == MEDIA_PLAYLIST {
+        return (
+            headers(Some(PLAYLIST_TYPE), Some("no-cache")),
+            segmenter.playlist(),
+        )
+            .into_response();
     }
-    let path = rendition_dir(&state.data_dir, &stream, &session.id, &rendition).join(&file);
-    match tokio::fs::read(&path).await {
-        Ok(body) => {
-            let mut h = cors(HeaderMap::new());
-            h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
-            (h, body).into_response()
-        }
-        Err(_) => not_found("no such file"),
+    match segmenter.segment(&file) {
+        // Segment names carry the session id: a URL never changes content.
+        Some(data) => (
+            headers(Some(SEGMENT_TYPE), Some("public, max-age=3600, immutable")),
+            data,
+        )
+            .into_response(),
+        None => not_found("no such segment"),
     }
 }

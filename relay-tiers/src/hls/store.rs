@@ -1,0 +1,62 @@
+//! Where HLS lives while a stream is served: per stream, the current session's renditions,
+//! each a [`Segmenter`] in memory. No disk on the live path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+
+use super::segmenter::Segmenter;
+
+#[derive(Debug, Default)]
+pub struct HlsStore {
+    streams: RwLock<HashMap<String, Arc<SessionHls>>>,
+}
+
+/// One session's renditions, in ladder order.
+#[derive(Debug)]
+pub struct SessionHls {
+    pub session: String,
+    renditions: Vec<(String, Arc<Mutex<Segmenter>>)>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SessionHls {
+    pub fn new(session: &str, renditions: Vec<(String, Arc<Mutex<Segmenter>>)>) -> SessionHls {
+        SessionHls {
+            session: session.to_owned(),
+            renditions,
+        }
+    }
+
+    pub fn rendition(&self, name: &str) -> Option<MutexGuard<'_, Segmenter>> {
+        self.renditions
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, s)| lock(s))
+    }
+
+    /// Every rendition has at least one segment a player can fetch.
+    pub fn ready(&self) -> bool {
+        self.renditions.iter().all(|(_, s)| lock(s).has_segments())
+    }
+}
+
+impl HlsStore {
+    /// Makes `hls` the stream's current session; the previous one is dropped.
+    pub fn publish(&self, stream: &str, hls: Arc<SessionHls>) {
+        self.streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(stream.to_owned(), hls);
+    }
+
+    pub fn get(&self, stream: &str) -> Option<Arc<SessionHls>> {
+        self.streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(stream)
+            .cloned()
+    }
+}
