@@ -3,9 +3,11 @@
 //! has. Passthrough renditions never enter this graph.
 //!
 //! ```text
-//! source (H.264) ─ avdec_h264 ─ tee ─┬─ queue ─ videoscale ─ videoconvert ─ x264enc ─► 480p (AVC)
-//!                                    └─ queue ─ videoscale ─ videoconvert ─ x264enc ─► 360p (AVC)
+//! source (H.264) ─ avdec_h264 ─ tee ─ queue ─ scale ─ tee ─┬─ queue ─ x264enc ─► 480p (AVC)
+//!                                                          └─ queue ─ scale ─ tee ─ queue ─ x264enc ─► 360p (AVC)
 //! ```
+//!
+//! Each rung scales from the smallest picture already made that is at least its size.
 //!
 //! Keyframes stay aligned across renditions (so players can switch at any segment): with a
 //! passthrough rendition, every source keyframe forces a keyframe in every encoder; without
@@ -45,16 +47,28 @@ pub fn attach(
         return Ok(Vec::new());
     }
     let raw_tee = add_decoder(pipeline, source, follow_source)?;
-    encoded
-        .into_iter()
-        .map(|r| {
-            let last = add_encoder(pipeline, &raw_tee, r, settings, follow_source)?;
-            last.static_pad("src").ok_or_else(|| GstError::Link {
-                from: r.name.clone(),
-                to: "output".into(),
-            })
-        })
-        .collect()
+    // Each rung scales from the smallest picture already made that is at least its size:
+    // 720p → 480p → 360p costs less than scaling every rung from the source.
+    let mut pictures: Vec<(u32, gst::Element)> = vec![(u32::MAX, raw_tee)];
+    let mut pads = Vec::with_capacity(encoded.len());
+    for r in encoded {
+        let input = pictures
+            .iter()
+            .filter(|(height, _)| *height >= r.height)
+            .min_by_key(|(height, _)| *height)
+            .map(|(_, tee)| tee.clone())
+            .expect("the source picture is always there");
+        let (picture, last) = add_encoder(pipeline, &input, r, settings, follow_source)?;
+        // A frame-rate cap would pass on to every rung made from this picture.
+        if r.max_fps.is_none() {
+            pictures.push((r.height, picture));
+        }
+        pads.push(last.static_pad("src").ok_or_else(|| GstError::Link {
+            from: r.name.clone(),
+            to: "output".into(),
+        })?);
+    }
+    Ok(pads)
 }
 
 fn add(pipeline: &gst::Pipeline, elements: &[&gst::Element]) -> Result<(), GstError> {
@@ -106,13 +120,15 @@ fn add_decoder(
     Ok(raw_tee)
 }
 
+/// `input → queue → scale → convert → [rate] → caps → tee → queue → x264enc → caps`; returns
+/// the tee (this rung's raw picture, for smaller rungs) and the last element.
 fn add_encoder(
     pipeline: &gst::Pipeline,
-    raw_tee: &gst::Element,
+    input: &gst::Element,
     r: &PlannedRendition,
     s: &EncodeSettings,
     follow_source: bool,
-) -> Result<gst::Element, GstError> {
+) -> Result<(gst::Element, gst::Element), GstError> {
     let n = &r.name;
     let queue = make("queue", &format!("enc_queue_{n}"))?;
     let scale = make("videoscale", &format!("scale_{n}"))?;
@@ -170,14 +186,15 @@ fn add_encoder(
             .build(),
     );
 
-    let mut chain: Vec<&gst::Element> = vec![&queue, &scale, &convert];
+    let picture = make("tee", &format!("picture_{n}"))?;
+    let encode_queue = make("queue", &format!("x264_queue_{n}"))?;
+
+    let mut chain: Vec<&gst::Element> = vec![input, &queue, &scale, &convert];
     if let Some(rate) = &rate {
         chain.push(rate);
     }
-    chain.extend([&raw_filter, &encoder, &h264_filter]);
-    add(pipeline, &chain)?;
-    let mut linked = vec![raw_tee];
-    linked.extend(chain.iter().copied());
-    link_chain(&linked)?;
-    Ok(h264_filter)
+    chain.extend([&raw_filter, &picture, &encode_queue, &encoder, &h264_filter]);
+    add(pipeline, &chain[1..])?;
+    link_chain(&chain)?;
+    Ok((picture, h264_filter))
 }
