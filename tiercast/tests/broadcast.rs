@@ -145,6 +145,32 @@ fn a_720p_source_gets_three_renditions_that_play_and_end() {
     }
     assert_eq!(node.streams_json()["streams"][0]["state"], "ended");
 
+    // Segments line up across renditions, so a player can switch at any boundary: the same
+    // number of segments with the same durations (the last one may differ by a frame).
+    let durations = |uri: &str| -> Vec<String> {
+        let text = node.get(&format!("/hls/main/{uri}/index.m3u8")).text();
+        text.lines()
+            .filter(|l| l.starts_with("#EXTINF:"))
+            .map(str::to_owned)
+            .collect()
+    };
+    let reference = durations("720p");
+    assert!(reference.len() >= 3, "{reference:?}");
+    for uri in ["480p", "360p"] {
+        let other = durations(uri);
+        assert_eq!(
+            other.len(),
+            reference.len(),
+            "{uri}: {other:?} vs 720p {reference:?}"
+        );
+        let n = reference.len() - 1;
+        assert_eq!(
+            other[..n],
+            reference[..n],
+            "{uri} segments do not line up with 720p"
+        );
+    }
+
     // A player plays the ended stream from the multivariant playlist: about 12 s at 30 fps.
     for uri in ["720p", "360p"] {
         let url = format!("http://{}/hls/main/{uri}/index.m3u8", node.http);
