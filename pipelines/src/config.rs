@@ -22,6 +22,7 @@ pub const DEFAULT_LADDER: &str = "default";
 pub const DEFAULT_STREAM: &str = "demo";
 pub const DEFAULT_STREAM_KEY: &str = "demo";
 pub const MAX_RTMP_CONNECTIONS: usize = 256;
+pub const DEFAULT_MERGE_READ_MS: u32 = 200;
 
 /// x264's speed presets, fastest first.
 pub const X264_PRESETS: &[&str] = &[
@@ -70,6 +71,9 @@ pub struct RtmpConfig {
     pub app: String,
     /// Connections beyond this are closed at accept.
     pub max_connections: usize,
+    /// Merged reads: how long a publisher's small writes may gather before they are read,
+    /// trading that much ingest latency for far fewer wake-ups (0 reads at once).
+    pub merge_read_ms: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -149,6 +153,7 @@ impl Default for RtmpConfig {
             listen: addr(DEFAULT_RTMP_LISTEN),
             app: DEFAULT_RTMP_APP.to_owned(),
             max_connections: MAX_RTMP_CONNECTIONS,
+            merge_read_ms: DEFAULT_MERGE_READ_MS,
         }
     }
 }
@@ -315,6 +320,9 @@ impl Config {
                 "rtmp.app".into(),
                 "must be letters, digits, '-' or '_'".into(),
             );
+        }
+        if self.rtmp.merge_read_ms > 1000 {
+            return err("rtmp.merge_read_ms".into(), "must be at most 1000".into());
         }
         if self.rtmp.max_connections == 0 {
             return err("rtmp.max_connections".into(), "must be at least 1".into());

@@ -126,6 +126,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     let rtmp_settings = ingest::rtmp::RtmpSettings {
         app: config.rtmp.app.clone(),
         max_connections: config.rtmp.max_connections,
+        merge_read: std::time::Duration::from_millis(u64::from(config.rtmp.merge_read_ms)),
         ..Default::default()
     };
     let rtmp = ingest::rtmp::RtmpServer::bind(

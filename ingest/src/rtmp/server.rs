@@ -27,6 +27,8 @@ pub struct RtmpSettings {
     pub handshake_timeout: Duration,
     /// How long a publisher may stay silent.
     pub idle_timeout: Duration,
+    /// How long to let a publisher's data gather before reading it (0: read at once).
+    pub merge_read: Duration,
 }
 
 impl Default for RtmpSettings {
@@ -36,6 +38,7 @@ impl Default for RtmpSettings {
             max_connections: pipelines::config::MAX_RTMP_CONNECTIONS,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
+            merge_read: Duration::ZERO,
         }
     }
 }
@@ -211,6 +214,12 @@ impl ConnTask {
                 if let Err(end) = self.on_event(event, socket, conn, publishing).await {
                     return end;
                 }
+            }
+            // Merged reads: a publisher writes each small frame on its own; letting a few
+            // arrive before the next read costs nothing against 2 s segments and saves most
+            // of the wake-ups and system calls.
+            if publishing.is_some() && !self.settings.merge_read.is_zero() && n < READ_BUFFER / 2 {
+                tokio::time::sleep(self.settings.merge_read).await;
             }
         }
     }
