@@ -18,6 +18,7 @@ pub const DEFAULT_SEGMENT_SECONDS: u32 = 2;
 pub const DEFAULT_PLAYLIST_LENGTH: u32 = 6;
 pub const DEFAULT_X264_PRESET: &str = "veryfast";
 pub const DEFAULT_X264_TUNE: &str = "zerolatency";
+pub const DEFAULT_X264_THREADS: u32 = 1;
 pub const DEFAULT_LADDER: &str = "default";
 pub const DEFAULT_STREAM: &str = "demo";
 pub const DEFAULT_STREAM_KEY: &str = "demo";
@@ -93,7 +94,9 @@ pub struct TranscodeConfig {
     /// Keyframe interval of encoded rungs when no rung passes the source through
     /// (with a passthrough rung, encoded rungs follow the source's keyframes).
     pub gop_seconds: u32,
-    /// Encoder threads per rung; 0 lets x264 decide.
+    /// Encoder threads per rung; 0 lets x264 decide. Rungs already encode in parallel, and one
+    /// thread per rung is the cheapest in CPU; raise it for rungs one core cannot encode in
+    /// real time (4K, or slow presets).
     pub threads: u32,
 }
 
@@ -173,7 +176,7 @@ impl Default for TranscodeConfig {
             x264_preset: DEFAULT_X264_PRESET.to_owned(),
             x264_tune: DEFAULT_X264_TUNE.to_owned(),
             gop_seconds: DEFAULT_SEGMENT_SECONDS,
-            threads: 0,
+            threads: DEFAULT_X264_THREADS,
         }
     }
 }
