@@ -39,11 +39,18 @@ pub struct VideoTrack {
     pub fps: Option<f64>,
 }
 
+/// Sampling frequencies by their AAC index (ISO 14496-3, 1.6.3.3).
+pub const AAC_SAMPLE_RATES: [u32; 13] = [
+    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
+];
+
 /// AAC audio as described by its AudioSpecificConfig.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AudioTrack {
     pub codec_data: Bytes,
     pub object_type: u8,
+    /// Index into [`AAC_SAMPLE_RATES`], as ADTS headers carry it.
+    pub frequency_index: u8,
     pub sample_rate: u32,
     pub channels: u8,
 }
@@ -127,12 +134,11 @@ impl AudioTrack {
         }
         let object_type = d[0] >> 3;
         let freq_index = ((d[0] & 0x07) << 1) | (d[1] >> 7);
-        const RATES: [u32; 13] = [
-            96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
-        ];
-        let sample_rate = *RATES.get(freq_index as usize).ok_or(MediaError::Invalid(
-            "AudioSpecificConfig: explicit or reserved sample rate",
-        ))?;
+        let sample_rate = *AAC_SAMPLE_RATES
+            .get(freq_index as usize)
+            .ok_or(MediaError::Invalid(
+                "AudioSpecificConfig: explicit or reserved sample rate",
+            ))?;
         let channels = (d[1] >> 3) & 0x0f;
         if object_type == 0 || channels == 0 {
             return Err(MediaError::Invalid(
@@ -142,6 +148,7 @@ impl AudioTrack {
         Ok(AudioTrack {
             codec_data,
             object_type,
+            frequency_index: freq_index,
             sample_rate,
             channels,
         })

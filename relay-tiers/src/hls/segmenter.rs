@@ -244,17 +244,7 @@ impl Segmenter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn video_track() -> VideoTrack {
-        let sps: &[u8] = &[
-            0x67, 0x64, 0x00, 0x1f, 0xac, 0xd9, 0x40, 0x50, 0x05, 0xbb, 0x01, 0x10, 0x00, 0x00,
-            0x03, 0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x83, 0x19, 0x60,
-        ];
-        let mut avcc = vec![1, 0x64, 0x00, 0x1f, 0xff, 0xe1, 0x00, sps.len() as u8];
-        avcc.extend_from_slice(sps);
-        avcc.extend_from_slice(&[1, 0, 4, 0x68, 0xeb, 0xe3, 0xcb]);
-        VideoTrack::from_avcc(Bytes::from(avcc)).unwrap()
-    }
+    use crate::hls::fixtures::{audio_track, video_track};
 
     fn v(ms: u64, key: bool) -> Frame {
         let t = Duration::from_millis(ms);
@@ -279,7 +269,7 @@ mod tests {
     }
 
     fn segmenter() -> Segmenter {
-        let audio = AudioTrack::from_asc(Bytes::from_static(&[0x11, 0x90])).unwrap();
+        let audio = audio_track();
         Segmenter::new(
             "s1",
             Duration::from_secs(2),

@@ -215,13 +215,7 @@ fn annex_b(out: &mut Vec<u8>, video: &VideoTrack, data: &[u8], keyframe: bool) {
 }
 
 fn adts_header(out: &mut Vec<u8>, audio: &AudioTrack, frame_len: usize) {
-    const RATES: [u32; 13] = [
-        96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
-    ];
-    let sr_index = RATES
-        .iter()
-        .position(|&r| r == audio.sample_rate)
-        .unwrap_or(4) as u8;
+    let sr_index = audio.frequency_index & 0x0f;
     let profile = audio.object_type.saturating_sub(1).min(3);
     let channels = audio.channels.min(7);
     let len = frame_len.min(0x1fff);
@@ -351,21 +345,7 @@ mod tests {
     use pipelines::media::Bytes;
 
     use super::*;
-
-    fn video() -> VideoTrack {
-        let sps: &[u8] = &[
-            0x67, 0x64, 0x00, 0x1f, 0xac, 0xd9, 0x40, 0x50, 0x05, 0xbb, 0x01, 0x10, 0x00, 0x00,
-            0x03, 0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x83, 0x19, 0x60,
-        ];
-        let mut avcc = vec![1, 0x64, 0x00, 0x1f, 0xff, 0xe1, 0x00, sps.len() as u8];
-        avcc.extend_from_slice(sps);
-        avcc.extend_from_slice(&[1, 0, 4, 0x68, 0xeb, 0xe3, 0xcb]);
-        VideoTrack::from_avcc(Bytes::from(avcc)).unwrap()
-    }
-
-    fn audio() -> AudioTrack {
-        AudioTrack::from_asc(Bytes::from_static(&[0x11, 0x90])).unwrap()
-    }
+    use crate::hls::fixtures::{audio_track, video_track};
 
     fn frame(kind: TrackKind, ms: u64, keyframe: bool, data: &[u8]) -> Frame {
         let t = Duration::from_millis(ms);
@@ -400,7 +380,7 @@ mod tests {
 
     #[test]
     fn tables_then_frames_in_whole_packets_with_counting_continuity() {
-        let mut m = TsMuxer::new(Some(video()), Some(audio()));
+        let mut m = TsMuxer::new(Some(video_track()), Some(audio_track()));
         let mut out = Vec::new();
         m.write_tables(&mut out);
         let big = vec![0x65u8; 5000];
@@ -424,7 +404,7 @@ mod tests {
 
     #[test]
     fn keyframes_get_parameter_sets_and_everything_gets_a_delimiter() {
-        let v = video();
+        let v = video_track();
         let mut out = Vec::new();
         annex_b(&mut out, &v, &[0, 0, 0, 2, 0x65, 0x88], true);
         let mut want = AUD.to_vec();
@@ -469,7 +449,7 @@ mod tests {
     #[test]
     fn adts_header_describes_the_frame() {
         let mut out = Vec::new();
-        adts_header(&mut out, &audio(), 7 + 300);
+        adts_header(&mut out, &audio_track(), 7 + 300);
         assert_eq!(out[..2], [0xff, 0xf1]);
         let len =
             (usize::from(out[3] & 3) << 11) | (usize::from(out[4]) << 3) | usize::from(out[5] >> 5);
