@@ -10,6 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use pipelines::registry::StreamCounters;
 use pipelines::{Config, Registry};
 use relay_tiers::hls::store::HlsStore;
 
@@ -63,7 +64,8 @@ async fn metrics(State(api): State<Api>) -> Response {
     );
     let _ = writeln!(out, "# TYPE tiercast_active_streams gauge");
     let _ = writeln!(out, "tiercast_active_streams {}", r.live_count());
-    let counters: [(&str, &str, fn(&pipelines::registry::StreamCounters) -> u64); 4] = [
+    type Counter = fn(&StreamCounters) -> u64;
+    let counters: [(&str, &str, Counter); 4] = [
         (
             "tiercast_ingest_bytes_total",
             "Bytes received from publishers.",

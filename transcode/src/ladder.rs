@@ -84,16 +84,8 @@ pub fn plan(
 
 /// The width that keeps the source's aspect ratio at `target_height`, rounded to even.
 pub fn scaled_width(src_width: u32, src_height: u32, target_height: u32) -> u32 {
-    let exact = u64::from(src_width) * u64::from(target_height) / u64::from(src_height.max(1));
-    let rounded =
-        (u64::from(src_width) * u64::from(target_height) * 2 / u64::from(src_height.max(1)) + 1)
-            / 2;
-    let w = if rounded % 2 == 0 {
-        rounded
-    } else {
-        exact + (exact % 2)
-    };
-    (w.max(2)) as u32
+    let exact = f64::from(src_width) * f64::from(target_height) / f64::from(src_height.max(1));
+    ((exact / 2.0).round() as u32 * 2).max(2)
 }
 
 #[cfg(test)]
@@ -128,7 +120,8 @@ mod tests {
     #[test]
     fn plans() {
         use Mode::*;
-        let cases: Vec<(u32, u32, Vec<(&str, u32, u32, Mode)>)> = vec![
+        type Case<'a> = (u32, u32, Vec<(&'a str, u32, u32, Mode)>);
+        let cases: Vec<Case> = vec![
             (
                 1280,
                 720,
