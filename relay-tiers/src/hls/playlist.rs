@@ -7,7 +7,9 @@ use super::MEDIA_PLAYLIST;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Variant {
     pub name: String,
+    /// Peak bits per second.
     pub bandwidth: u64,
+    pub average_bandwidth: Option<u64>,
     pub width: u32,
     pub height: u32,
     pub codecs: Option<String>,
@@ -24,6 +26,9 @@ pub fn multivariant(variants: &[Variant]) -> String {
             "#EXT-X-STREAM-INF:BANDWIDTH={},RESOLUTION={}x{}",
             v.bandwidth, v.width, v.height
         );
+        if let Some(average) = v.average_bandwidth {
+            let _ = write!(out, ",AVERAGE-BANDWIDTH={average}");
+        }
         if let Some(codecs) = &v.codecs {
             let _ = write!(out, ",CODECS=\"{codecs}\"");
         }
@@ -45,6 +50,7 @@ mod tests {
             Variant {
                 name: "720p".into(),
                 bandwidth: 2_928_000,
+                average_bandwidth: Some(2_500_000),
                 width: 1280,
                 height: 720,
                 codecs: Some("avc1.64001f,mp4a.40.2".into()),
@@ -53,6 +59,7 @@ mod tests {
             Variant {
                 name: "360p".into(),
                 bandwidth: 928_000,
+                average_bandwidth: None,
                 width: 640,
                 height: 360,
                 codecs: None,
@@ -62,7 +69,7 @@ mod tests {
         assert_eq!(
             text,
             "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-INDEPENDENT-SEGMENTS\n\
-             #EXT-X-STREAM-INF:BANDWIDTH=2928000,RESOLUTION=1280x720,CODECS=\"avc1.64001f,mp4a.40.2\",FRAME-RATE=30.000\n720p/index.m3u8\n\
+             #EXT-X-STREAM-INF:BANDWIDTH=2928000,RESOLUTION=1280x720,AVERAGE-BANDWIDTH=2500000,CODECS=\"avc1.64001f,mp4a.40.2\",FRAME-RATE=30.000\n720p/index.m3u8\n\
              #EXT-X-STREAM-INF:BANDWIDTH=928000,RESOLUTION=640x360\n360p/index.m3u8\n"
         );
     }

@@ -76,13 +76,19 @@ async fn master(State(state): State<HlsState>, Path(stream): Path<String>) -> Re
             let variants: Vec<Variant> = session
                 .renditions()
                 .iter()
-                .map(|r| Variant {
-                    name: r.name.clone(),
-                    bandwidth: r.bandwidth,
-                    width: r.width,
-                    height: r.height,
-                    codecs: r.codecs(),
-                    frame_rate: fps,
+                .map(|r| {
+                    // What the segments really weigh; the configured rate until there are
+                    // enough of them to say (the passthrough rung carries the source's rate).
+                    let measured = hls.bitrates(&r.name);
+                    Variant {
+                        name: r.name.clone(),
+                        bandwidth: measured.map_or(r.bandwidth, |(peak, _)| peak),
+                        average_bandwidth: measured.map(|(_, average)| average),
+                        width: r.width,
+                        height: r.height,
+                        codecs: r.codecs(),
+                        frame_rate: fps,
+                    }
                 })
                 .collect();
             return (

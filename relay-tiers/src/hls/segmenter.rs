@@ -198,6 +198,22 @@ impl Segmenter {
         !self.segments.is_empty()
     }
 
+    /// Measured bits per second over the kept segments: (peak, average). What a player
+    /// actually downloads, transport overhead included, for `BANDWIDTH` and
+    /// `AVERAGE-BANDWIDTH`.
+    pub fn bitrates(&self) -> Option<(u64, u64)> {
+        let rate =
+            |bytes: usize, d: Duration| (bytes as f64 * 8.0 / d.as_secs_f64().max(0.001)) as u64;
+        let peak = self
+            .segments
+            .iter()
+            .map(|s| rate(s.data.len(), s.duration))
+            .max()?;
+        let bytes: usize = self.segments.iter().map(|s| s.data.len()).sum();
+        let duration: Duration = self.segments.iter().map(|s| s.duration).sum();
+        Some((peak, rate(bytes, duration)))
+    }
+
     pub fn segment_name(&self, sequence: u64) -> String {
         format!("{}-{sequence}.ts", self.prefix)
     }
@@ -311,6 +327,8 @@ mod tests {
         assert!(text.ends_with("#EXT-X-ENDLIST\n"), "{text}");
         assert_eq!(s.segment("s1-5.ts").map(|d| d.len() % 188), Some(0));
         assert!(s.segment("s2-0.ts").is_none() && s.segment("s1-x.ts").is_none());
+        let (peak, average) = s.bitrates().unwrap();
+        assert!(peak >= average && average > 0, "{peak} {average}");
     }
 
     #[test]

@@ -37,6 +37,11 @@ impl SessionHls {
             .map(|(_, s)| lock(s))
     }
 
+    /// Measured (peak, average) bits per second of rendition `name`.
+    pub fn bitrates(&self, name: &str) -> Option<(u64, u64)> {
+        self.rendition(name)?.bitrates()
+    }
+
     /// Every rendition has at least one segment a player can fetch.
     pub fn ready(&self) -> bool {
         self.renditions.iter().all(|(_, s)| lock(s).has_segments())
