@@ -140,6 +140,7 @@ impl GraphFactory for Broadcast {
             Arc::new(SessionHls::new(&session.id, store_entries)),
         );
         Ok(Box::new(LiveGraph {
+            session: session.id.clone(),
             passthrough,
             encoded,
             encoders,
@@ -263,6 +264,7 @@ struct Encoders {
 
 /// A running session graph.
 struct LiveGraph {
+    session: String,
     passthrough: Vec<Output>,
     encoded: Vec<Output>,
     encoders: Option<Encoders>,
@@ -292,6 +294,7 @@ impl MediaSink for LiveGraph {
     fn finish(self: Box<Self>) -> Finish {
         Box::pin(async move {
             let LiveGraph {
+                session,
                 passthrough,
                 encoded,
                 encoders,
@@ -314,6 +317,7 @@ impl MediaSink for LiveGraph {
             for out in passthrough.iter().chain(&encoded) {
                 out.finish();
             }
+            info!(%session, "session finished; every playlist ended");
         })
     }
 }

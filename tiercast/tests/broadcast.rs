@@ -321,3 +321,46 @@ fn garbage_on_the_rtmp_port_costs_only_that_connection() {
     let (status, stderr) = wait_child(again, Duration::from_secs(30));
     assert!(status.is_some_and(|s| s.success()), "{stderr}");
 }
+
+#[test]
+fn sigterm_ends_publishes_cleanly_and_exits() {
+    let _turn = heavy();
+    let mut node = start_node(
+        "[[streams]]\nname = \"main\"\nkey = \"k\"\n[[ladders.default]]\nname = \"src\"\nheight = 360\nvideo_kbps = 800\n",
+    );
+    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 30)
+        .spawn()
+        .unwrap();
+    node.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &node.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = node.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tiercast did not exit after SIGTERM:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "exit status {status}:\n{}", node.log());
+    let log = node.log();
+    assert!(
+        log.contains("shutting down") && log.contains("every playlist ended"),
+        "{log}"
+    );
+    // The publisher loses its server and stops.
+    let (status, _) = wait_child(publisher, Duration::from_secs(20));
+    assert!(
+        status.is_some(),
+        "ffmpeg kept running against a stopped node"
+    );
+}
