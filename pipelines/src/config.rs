@@ -107,6 +107,9 @@ pub struct StreamConfig {
     pub key: String,
     #[serde(default = "default_ladder_name")]
     pub ladder: String,
+    /// Record every session: chunks while live, one MP4 in the object store when it ends.
+    #[serde(default)]
+    pub record: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,6 +216,7 @@ impl Default for Config {
                 name: DEFAULT_STREAM.to_owned(),
                 key: DEFAULT_STREAM_KEY.to_owned(),
                 ladder: default_ladder_name(),
+                record: false,
             }],
             ladders: BTreeMap::new(),
         }

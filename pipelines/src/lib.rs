@@ -8,6 +8,7 @@
 //! - [`graph`]: the contract between an ingest protocol and the media graph it feeds.
 
 pub mod config;
+pub mod events;
 pub mod graph;
 pub mod gst_util;
 pub mod media;

@@ -408,6 +408,7 @@ mod tests {
             name: "main".into(),
             key: "k".into(),
             ladder: "default".into(),
+            record: false,
         }])
     }
 

@@ -12,14 +12,21 @@ use axum::routing::get;
 use axum::{Json, Router};
 use pipelines::registry::StreamCounters;
 use pipelines::{Config, Registry};
+use recorder::store::{LocalObjectStore, RecordingInfo};
 use relay_tiers::hls::store::HlsStore;
 
 #[derive(Clone)]
 struct Api {
     registry: Arc<Registry>,
+    recordings: LocalObjectStore,
 }
 
-pub fn router(config: Arc<Config>, registry: Arc<Registry>, store: Arc<HlsStore>) -> Router {
+pub fn router(
+    config: Arc<Config>,
+    registry: Arc<Registry>,
+    store: Arc<HlsStore>,
+    recordings: LocalObjectStore,
+) -> Router {
     let hls = relay_tiers::hls::routes::HlsState {
         registry: registry.clone(),
         store,
@@ -30,7 +37,13 @@ pub fn router(config: Arc<Config>, registry: Arc<Registry>, store: Arc<HlsStore>
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/streams/{name}", get(stream))
         .route("/metrics", get(metrics))
-        .with_state(Api { registry })
+        .route("/api/v1/recordings", get(recordings_list))
+        .route("/api/v1/recordings/{id}", get(recording))
+        .route("/recordings/{file}", get(recording_file))
+        .with_state(Api {
+            registry,
+            recordings,
+        })
         .merge(relay_tiers::hls::routes::router(hls))
 }
 
@@ -122,4 +135,54 @@ async fn metrics(State(api): State<Api>) -> Response {
         }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+}
+
+fn with_url(info: RecordingInfo) -> serde_json::Value {
+    let url = format!("/recordings/{}.mp4", info.id);
+    let mut json = serde_json::to_value(info).unwrap_or_default();
+    json["download_url"] = serde_json::Value::String(url);
+    json
+}
+
+async fn recordings_list(State(api): State<Api>) -> Response {
+    let list: Vec<serde_json::Value> = api.recordings.list().into_iter().map(with_url).collect();
+    Json(serde_json::json!({ "recordings": list })).into_response()
+}
+
+async fn recording(State(api): State<Api>, Path(id): Path<String>) -> Response {
+    match api.recordings.get(&id) {
+        Some(info) => Json(with_url(info)).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": format!("no recording {id:?}") })),
+        )
+            .into_response(),
+    }
+}
+
+/// The MP4 itself, streamed from the local object store.
+async fn recording_file(State(api): State<Api>, Path(file): Path<String>) -> Response {
+    let not_found = || (StatusCode::NOT_FOUND, "no such recording\n").into_response();
+    let Some(id) = file.strip_suffix(".mp4") else {
+        return not_found();
+    };
+    let Some(info) = api.recordings.get(id) else {
+        return not_found();
+    };
+    let Ok(f) = tokio::fs::File::open(api.recordings.path(&info.key)).await else {
+        return not_found();
+    };
+    let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(f));
+    (
+        [
+            (header::CONTENT_TYPE, "video/mp4".to_owned()),
+            (header::CONTENT_LENGTH, info.size.to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{}.mp4\"", info.id),
+            ),
+        ],
+        body,
+    )
+        .into_response()
 }

@@ -13,7 +13,11 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use pipelines::events::EventBus;
 use pipelines::{Config, Registry};
+use recorder::archiver::Archiver;
+use recorder::chunks::ChunkStore;
+use recorder::store::LocalObjectStore;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -119,9 +123,24 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.node.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.node.data_dir.display()))?;
     let registry = Arc::new(Registry::new(&config.streams));
+    let data = &config.node.data_dir;
+    let bus = Arc::new(
+        EventBus::new(Some(&data.join("events.jsonl")))
+            .with_context(|| format!("{}/events.jsonl", data.display()))?,
+    );
+    let chunks = ChunkStore::new(data.join("chunks"));
+    let recordings = LocalObjectStore::new(data.join("recordings"));
     let hls = Arc::new(relay_tiers::hls::store::HlsStore::default());
-    let factory = Arc::new(wiring::Broadcast::new(config.clone(), hls.clone()));
+    let factory = Arc::new(wiring::Broadcast::new(
+        config.clone(),
+        hls.clone(),
+        bus.clone(),
+        chunks.clone(),
+    ));
     let (shutdown_tx, shutdown) = watch::channel(false);
+    let (archiver_stop, archiver_shutdown) = watch::channel(false);
+    let archiver = Arc::new(Archiver::new(chunks, recordings.clone(), bus.clone()));
+    let archiver_task = tokio::spawn(archiver.run(archiver_shutdown));
 
     let rtmp_settings = ingest::rtmp::RtmpSettings {
         app: config.rtmp.app.clone(),
@@ -142,7 +161,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("http.listen {}", config.http.listen))?;
     let http_addr = http_listener.local_addr()?;
-    let router = http::router(config.clone(), registry.clone(), hls);
+    let router = http::router(config.clone(), registry.clone(), hls, recordings);
 
     // Tests and scripts read this line to find the ports (`listen = "127.0.0.1:0"`).
     println!("tiercast listening rtmp={rtmp_addr} http={http_addr}");
@@ -189,6 +208,14 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     drop(demo);
     let _ = shutdown_tx.send(true);
     let _ = rtmp_task.await;
+    // Publishes have ended; the archiver makes their recordings, then stops.
+    let _ = archiver_stop.send(true);
+    if tokio::time::timeout(std::time::Duration::from_secs(60), archiver_task)
+        .await
+        .is_err()
+    {
+        warn!("archiver still busy at exit; its sessions are archived at the next start");
+    }
     match http_task.await {
         Ok(Err(e)) => warn!("http server: {e}"),
         Err(e) => warn!("http server task: {e}"),

@@ -16,10 +16,13 @@ use std::time::Duration;
 
 use gst::prelude::*;
 use pipelines::Config;
+use pipelines::events::{EventBus, EventKind};
 use pipelines::graph::{Finish, FrameSources, GraphFactory, MediaSink};
 use pipelines::gst_util::{GstError, Outcome, PipelineHandle, make};
 use pipelines::media::{Bytes, Frame, SourceTracks, TrackKind, VideoTrack};
 use pipelines::registry::{PublishClaim, Rendition};
+use recorder::chunks::ChunkStore;
+use recorder::session::SessionRecorder;
 use relay_tiers::hls::segmenter::Segmenter;
 use relay_tiers::hls::store::{HlsStore, SessionHls};
 use tracing::{info, warn};
@@ -31,11 +34,23 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Broadcast {
     config: Arc<Config>,
     hls: Arc<HlsStore>,
+    bus: Arc<EventBus>,
+    chunks: ChunkStore,
 }
 
 impl Broadcast {
-    pub fn new(config: Arc<Config>, hls: Arc<HlsStore>) -> Broadcast {
-        Broadcast { config, hls }
+    pub fn new(
+        config: Arc<Config>,
+        hls: Arc<HlsStore>,
+        bus: Arc<EventBus>,
+        chunks: ChunkStore,
+    ) -> Broadcast {
+        Broadcast {
+            config,
+            hls,
+            bus,
+            chunks,
+        }
     }
 }
 
@@ -135,12 +150,40 @@ impl GraphFactory for Broadcast {
             Some(self.start_encoders(claim, tracks, &plan, &encoded, audio_codecs)?)
         };
         session.go_live(tracks.clone(), renditions);
+        // The top rendition (the source itself when it passes through) is what gets recorded.
+        let recorder = stream.record.then(|| {
+            let recorder = SessionRecorder::start(
+                self.chunks.clone(),
+                self.bus.clone(),
+                &stream.name,
+                &session.id,
+            );
+            let chunks = recorder.sender();
+            if let Some((_, top)) = store_entries.first() {
+                top.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_on_segment(Box::new(move |segment| {
+                        chunks.send(segment.sequence, segment.duration, segment.data.clone())
+                    }));
+            }
+            recorder
+        });
+        self.bus.publish(EventKind::StreamStarted {
+            stream: stream.name.clone(),
+            session: session.id.clone(),
+            protocol: session.protocol.to_owned(),
+            publisher: session.publisher.to_string(),
+        });
         self.hls.publish(
             &stream.name,
             Arc::new(SessionHls::new(&session.id, store_entries)),
         );
         Ok(Box::new(LiveGraph {
+            stream: stream.name.clone(),
             session: session.id.clone(),
+            started: std::time::Instant::now(),
+            bus: self.bus.clone(),
+            recorder,
             passthrough,
             encoded,
             encoders,
@@ -264,7 +307,11 @@ struct Encoders {
 
 /// A running session graph.
 struct LiveGraph {
+    stream: String,
     session: String,
+    started: std::time::Instant,
+    bus: Arc<EventBus>,
+    recorder: Option<SessionRecorder>,
     passthrough: Vec<Output>,
     encoded: Vec<Output>,
     encoders: Option<Encoders>,
@@ -294,7 +341,11 @@ impl MediaSink for LiveGraph {
     fn finish(self: Box<Self>) -> Finish {
         Box::pin(async move {
             let LiveGraph {
+                stream,
                 session,
+                started,
+                bus,
+                recorder,
                 passthrough,
                 encoded,
                 encoders,
@@ -318,6 +369,16 @@ impl MediaSink for LiveGraph {
                 out.finish();
             }
             info!(%session, "session finished; every playlist ended");
+            let recorded = recorder.is_some();
+            if let Some(recorder) = recorder {
+                recorder.finish().await;
+            }
+            bus.publish(EventKind::StreamEnded {
+                stream,
+                session,
+                duration_secs: started.elapsed().as_secs_f64(),
+                recorded,
+            });
         })
     }
 }

@@ -23,7 +23,9 @@ pub struct Segment {
     pub data: Bytes,
 }
 
-#[derive(Debug)]
+/// Called with each segment as it closes (the recorder's way in).
+pub type SegmentHook = Box<dyn FnMut(&Segment) + Send>;
+
 pub struct Segmenter {
     /// Prefix of segment names; unique per session so URLs never repeat.
     prefix: String,
@@ -41,6 +43,18 @@ pub struct Segmenter {
     frame_gap: Duration,
     max_duration: Duration,
     ended: bool,
+    on_segment: Option<SegmentHook>,
+}
+
+impl std::fmt::Debug for Segmenter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Segmenter")
+            .field("prefix", &self.prefix)
+            .field("segments", &self.segments.len())
+            .field("next_sequence", &self.next_sequence)
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -72,7 +86,13 @@ impl Segmenter {
             frame_gap: Duration::from_millis(33),
             max_duration: target,
             ended: false,
+            on_segment: None,
         }
+    }
+
+    /// Hands every segment, as it closes, to `hook` too.
+    pub fn set_on_segment(&mut self, hook: SegmentHook) {
+        self.on_segment = Some(hook);
     }
 
     /// The video configuration, for renditions whose encoder announces it late.
@@ -161,11 +181,15 @@ impl Segmenter {
         };
         let duration = end.saturating_sub(open.start).max(Duration::from_millis(1));
         self.max_duration = self.max_duration.max(duration);
-        self.segments.push_back(Segment {
+        let segment = Segment {
             sequence: self.next_sequence,
             duration,
             data: Bytes::from(open.data),
-        });
+        };
+        if let Some(hook) = self.on_segment.as_mut() {
+            hook(&segment);
+        }
+        self.segments.push_back(segment);
         self.next_sequence += 1;
         while self.segments.len() > self.playlist_length + self.keep_extra {
             self.segments.pop_front();
@@ -322,7 +346,15 @@ mod tests {
             s.segment("s1-0.ts").is_some(),
             "kept past the window for late fetches"
         );
+        let closed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = closed.clone();
+        s.set_on_segment(Box::new(move |seg| seen.lock().unwrap().push(seg.sequence)));
         s.finish();
+        assert_eq!(
+            *closed.lock().unwrap(),
+            [5],
+            "the hook sees the segment the end closes"
+        );
         let text = s.playlist();
         assert!(text.ends_with("#EXT-X-ENDLIST\n"), "{text}");
         assert_eq!(s.segment("s1-5.ts").map(|d| d.len() % 188), Some(0));

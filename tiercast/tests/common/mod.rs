@@ -62,12 +62,30 @@ pub fn start_node_with(extra: &str, args: &[&str]) -> Node {
     )
     .unwrap();
     let log = dir.0.join("tiercast.log");
+    let (child, rtmp, http) = spawn(&config, args, &log);
+    Node {
+        rtmp,
+        http,
+        child,
+        dir,
+        log,
+    }
+}
+
+/// Runs `tiercast run --config <config>`, logging to `log` (appended), and reads the ports it
+/// reports.
+fn spawn(config: &Path, args: &[&str], log: &Path) -> (Child, SocketAddr, SocketAddr) {
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_tiercast"))
         .args(["run", "--config"])
-        .arg(&config)
+        .arg(config)
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(log_file)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .spawn()
@@ -85,7 +103,7 @@ pub fn start_node_with(extra: &str, args: &[&str]) -> Node {
             let _ = child.kill();
             panic!(
                 "tiercast did not report its ports: {}",
-                std::fs::read_to_string(&log).unwrap_or_default()
+                std::fs::read_to_string(log).unwrap_or_default()
             )
         });
     let field = |name: &str| -> SocketAddr {
@@ -95,16 +113,23 @@ pub fn start_node_with(extra: &str, args: &[&str]) -> Node {
             .parse()
             .unwrap()
     };
-    Node {
-        rtmp: field("rtmp"),
-        http: field("http"),
-        child,
-        dir,
-        log,
-    }
+    (child, field("rtmp"), field("http"))
 }
 
 impl Node {
+    /// Kills the node with SIGKILL, as a crash would, and starts it again on the same config
+    /// and data (new ports).
+    pub fn crash_and_restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let (child, rtmp, http) = spawn(&self.dir.0.join("node.toml"), &[], &self.log);
+        (self.child, self.rtmp, self.http) = (child, rtmp, http);
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.0.join("data")
+    }
+
     pub fn rtmp_url(&self, key: &str) -> String {
         format!("rtmp://{}/live/{key}", self.rtmp)
     }
@@ -324,6 +349,26 @@ pub fn probe_video_size(file: &Path) -> (u32, u32) {
         .split(',')
         .map(|v| v.trim().parse::<u32>().unwrap_or(0));
     (it.next().unwrap_or(0), it.next().unwrap_or(0))
+}
+
+/// The duration ffprobe reads from `file`, in seconds.
+pub fn probe_duration(file: &Path) -> f64 {
+    let out = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "format=duration",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(file)
+        .output()
+        .expect("ffprobe runs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0.0)
 }
 
 /// Codec types (`video`, `audio`) ffprobe finds in `file`, in stream order.

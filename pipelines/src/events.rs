@@ -1,0 +1,189 @@
+//! The event model every crate emits and the in-process bus that carries it.
+//!
+//! Events are versioned JSON objects: `{"v":1,"id":"…","time":1795683196.46,"type":"stream.started",…}`.
+//! The embedded bus hands them to in-process subscribers (the archiver, WebSocket pushes) and
+//! appends each as one line to `<data_dir>/events.jsonl`. Schema: `docs/events.md`.
+
+use std::io::Write;
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+/// Bumped when a field changes meaning or goes away (adding fields does not bump it).
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub v: u32,
+    /// Unique per event; consumers use it to drop redeliveries.
+    pub id: String,
+    /// Seconds since the Unix epoch.
+    pub time: f64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+#[non_exhaustive]
+pub enum EventKind {
+    #[serde(rename = "stream.started")]
+    StreamStarted {
+        stream: String,
+        session: String,
+        protocol: String,
+        publisher: String,
+    },
+    #[serde(rename = "stream.ended")]
+    StreamEnded {
+        stream: String,
+        session: String,
+        duration_secs: f64,
+        recorded: bool,
+    },
+    #[serde(rename = "recording.chunk_written")]
+    ChunkWritten {
+        stream: String,
+        session: String,
+        sequence: u64,
+        duration_secs: f64,
+        bytes: u64,
+    },
+    #[serde(rename = "recording.ready")]
+    RecordingReady {
+        stream: String,
+        session: String,
+        /// The recording's id in `/api/v1/recordings/<id>`.
+        recording: String,
+        /// Where it is in the object store.
+        key: String,
+        duration_secs: f64,
+        size: u64,
+        tracks: Vec<String>,
+    },
+    #[serde(rename = "recording.failed")]
+    RecordingFailed {
+        stream: String,
+        session: String,
+        reason: String,
+    },
+}
+
+impl EventKind {
+    /// The Kafka topic this kind of event belongs on.
+    pub fn topic(&self) -> &'static str {
+        match self {
+            EventKind::StreamStarted { .. } | EventKind::StreamEnded { .. } => "tiercast.streams",
+            EventKind::ChunkWritten { .. }
+            | EventKind::RecordingReady { .. }
+            | EventKind::RecordingFailed { .. } => "tiercast.recordings",
+        }
+    }
+
+    /// The stream the event is about: the partition key.
+    pub fn stream(&self) -> &str {
+        match self {
+            EventKind::StreamStarted { stream, .. }
+            | EventKind::StreamEnded { stream, .. }
+            | EventKind::ChunkWritten { stream, .. }
+            | EventKind::RecordingReady { stream, .. }
+            | EventKind::RecordingFailed { stream, .. } => stream,
+        }
+    }
+}
+
+/// Subscribers that fall this far behind lose the oldest events (and see a `Lagged`).
+const BUS_CAPACITY: usize = 4096;
+
+/// The embedded, in-process event bus.
+#[derive(Debug)]
+pub struct EventBus {
+    tx: broadcast::Sender<Event>,
+    log: Mutex<Option<std::fs::File>>,
+    sequence: AtomicU64,
+    boot: u128,
+}
+
+impl EventBus {
+    /// A bus that also appends every event to `jsonl` (when given).
+    pub fn new(jsonl: Option<&Path>) -> std::io::Result<EventBus> {
+        let log = match jsonl {
+            Some(path) => Some(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+            None => None,
+        };
+        let boot = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_micros())
+            .unwrap_or_default();
+        Ok(EventBus {
+            tx: broadcast::channel(BUS_CAPACITY).0,
+            log: Mutex::new(log),
+            sequence: AtomicU64::new(0),
+            boot,
+        })
+    }
+
+    pub fn publish(&self, kind: EventKind) -> Event {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        let n = self.sequence.fetch_add(1, Ordering::Relaxed);
+        let event = Event {
+            v: SCHEMA_VERSION,
+            id: format!("{:x}-{n}", self.boot),
+            time: now,
+            kind,
+        };
+        if let Some(file) = self.log.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+            && let Ok(line) = serde_json::to_string(&event)
+            && let Err(e) = writeln!(file, "{line}")
+        {
+            tracing::warn!("cannot append to events.jsonl: {e}");
+        }
+        let _ = self.tx.send(event.clone());
+        event
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_versioned_tagged_json_and_land_in_the_log() {
+        let dir = std::env::temp_dir().join(format!("tiercast-events-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let bus = EventBus::new(Some(&path)).unwrap();
+        let mut rx = bus.subscribe();
+        let sent = bus.publish(EventKind::StreamEnded {
+            stream: "main".into(),
+            session: "main-1".into(),
+            duration_secs: 20.0,
+            recorded: true,
+        });
+        assert_eq!(rx.try_recv().unwrap(), sent);
+        let line = std::fs::read_to_string(&path).unwrap();
+        let json: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+        assert_eq!(json["v"], 1);
+        assert_eq!(json["type"], "stream.ended");
+        assert_eq!(json["stream"], "main");
+        assert_eq!(serde_json::from_str::<Event>(line.trim()).unwrap(), sent);
+        assert_eq!(sent.kind.topic(), "tiercast.streams");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,37 @@
+//! Recording, as the seed's logger service → DFS → file creator → object store:
+//!
+//! - [`chunks`]: the chunk store (`<data_dir>/chunks/` by default). While a recorded stream is
+//!   live, its top rendition's segments (keyframe-aligned MPEG-TS, a few seconds each) are
+//!   written here as they close, so a crash loses at most the chunk in flight.
+//! - [`archiver`]: when a session ends, its chunks are remuxed (never re-encoded) into one MP4
+//!   with the index at the front, put in the object store, announced as `recording.ready`, and
+//!   the chunks removed.
+//! - [`store`]: the object store (`<data_dir>/recordings/` by default) and its listing.
+
+pub mod archiver;
+pub mod chunks;
+pub mod session;
+pub mod store;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RecordError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("remuxing {session}: {message}")]
+    Remux { session: String, message: String },
+    #[error("session {0} has no chunks")]
+    NoChunks(String),
+}
+
+impl RecordError {
+    pub(crate) fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> RecordError + '_ {
+        move |source| RecordError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,115 @@
+//! Recording end to end: ffmpeg publishes over RTMP to a stream with `record = true`; the MP4
+//! the node serves afterwards is what ffprobe says it is, and the events say so in order.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const RECORDED: &str = "[transcode]\nx264_preset = \"ultrafast\"\n[[streams]]\nname = \"main\"\nkey = \"k\"\nrecord = true\n";
+
+fn recordings(node: &Node) -> Vec<serde_json::Value> {
+    let r = node.get("/api/v1/recordings");
+    let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+    json["recordings"].as_array().cloned().unwrap_or_default()
+}
+
+fn download(node: &Node, recording: &serde_json::Value, scratch: &TempDir) -> std::path::PathBuf {
+    let url = recording["download_url"].as_str().expect("a download URL");
+    let r = node.get(url);
+    assert_eq!(r.status, 200, "{url}");
+    assert_eq!(r.header("content-type"), Some("video/mp4"));
+    let file = scratch.0.join("recording.mp4");
+    std::fs::write(&file, &r.body).unwrap();
+    file
+}
+
+#[test]
+fn a_recorded_stream_becomes_one_mp4_with_both_tracks_and_its_events() {
+    let _turn = heavy();
+    let node = start_node(RECORDED);
+    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 1280, 720, 20)
+        .spawn()
+        .unwrap();
+    let (status, stderr) = wait_child(publisher, Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()), "{stderr}");
+    node.wait_for("/api/v1/recordings", Duration::from_secs(30), |r| {
+        r.text().contains("download_url")
+    });
+
+    let list = recordings(&node);
+    assert_eq!(list.len(), 1, "{list:?}");
+    let scratch = TempDir::new("recording");
+    let file = download(&node, &list[0], &scratch);
+    let duration = probe_duration(&file);
+    assert!((duration - 20.0).abs() <= 0.5, "duration {duration}");
+    assert_eq!(probe_stream_types(&file), ["video", "audio"]);
+    assert_eq!(probe_video_size(&file), (1280, 720));
+    // The index is at the front, so a player can start before the whole file is there.
+    let head = &std::fs::read(&file).unwrap()[..64 * 1024];
+    let moov = head
+        .windows(4)
+        .position(|w| w == b"moov")
+        .expect("moov in the first 64 KiB");
+    let mdat = head.windows(4).position(|w| w == b"mdat");
+    assert!(mdat.is_none_or(|m| moov < m));
+
+    // The events, in order, in events.jsonl.
+    let events = std::fs::read_to_string(node.data_dir().join("events.jsonl")).unwrap();
+    let kinds: Vec<String> = events
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["type"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .filter(|t| t != "recording.chunk_written")
+        .collect();
+    assert_eq!(
+        kinds,
+        ["stream.started", "stream.ended", "recording.ready"],
+        "{events}"
+    );
+    assert!(
+        events.matches("recording.chunk_written").count() >= 9,
+        "{events}"
+    );
+    let ready: serde_json::Value = serde_json::from_str(events.lines().last().unwrap()).unwrap();
+    assert_eq!(ready["v"], 1);
+    assert_eq!(ready["recording"], list[0]["id"]);
+    // The chunks are gone once the MP4 is made.
+    let chunks = node.data_dir().join("chunks/main");
+    assert!(
+        std::fs::read_dir(&chunks).map(|d| d.count()).unwrap_or(0) == 0,
+        "chunks left in {}",
+        chunks.display()
+    );
+}
+
+#[test]
+fn a_node_killed_mid_stream_still_yields_a_recording_after_restart() {
+    let _turn = heavy();
+    let mut node = start_node(RECORDED);
+    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 30)
+        .spawn()
+        .unwrap();
+    node.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    std::thread::sleep(Duration::from_secs(10));
+    node.crash_and_restart();
+    let _ = wait_child(publisher, Duration::from_secs(20));
+
+    node.wait_for("/api/v1/recordings", Duration::from_secs(30), |r| {
+        r.text().contains("download_url")
+    });
+    let list = recordings(&node);
+    assert_eq!(list.len(), 1, "{list:?}");
+    let scratch = TempDir::new("crash");
+    let file = download(&node, &list[0], &scratch);
+    let duration = probe_duration(&file);
+    assert!(duration >= 8.0, "only {duration} s survived the crash");
+    assert_eq!(probe_stream_types(&file), ["video", "audio"]);
+}
