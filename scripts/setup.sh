@@ -8,6 +8,7 @@ PACKAGES=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice
   ffmpeg
+  cmake libssl-dev libcurl4-openssl-dev zlib1g-dev
 )
 
 missing=()

@@ -24,6 +24,7 @@ pub const DEFAULT_STREAM: &str = "demo";
 pub const DEFAULT_STREAM_KEY: &str = "demo";
 pub const MAX_RTMP_CONNECTIONS: usize = 256;
 pub const DEFAULT_MERGE_READ_MS: u32 = 200;
+pub const DEFAULT_KAFKA_QUEUE: u32 = 100_000;
 
 /// x264's speed presets, fastest first.
 pub const X264_PRESETS: &[&str] = &[
@@ -47,6 +48,7 @@ pub struct Config {
     pub rtmp: RtmpConfig,
     pub hls: HlsConfig,
     pub transcode: TranscodeConfig,
+    pub events: EventsConfig,
     pub streams: Vec<StreamConfig>,
     /// Named ladders. `default` exists unless the file defines its own.
     pub ladders: BTreeMap<String, Vec<RungConfig>>,
@@ -98,6 +100,28 @@ pub struct TranscodeConfig {
     /// thread per rung is the cheapest in CPU; raise it for rungs one core cannot encode in
     /// real time (4K, or slow presets).
     pub threads: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EventsConfig {
+    /// Also send every event to Kafka (`tiercast.streams`, `tiercast.recordings`, ...).
+    pub kafka: Option<KafkaConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port[,host:port...]`
+    pub brokers: String,
+    /// Events held while the brokers are unreachable; past this, new events are dropped and
+    /// counted.
+    #[serde(default = "default_kafka_queue")]
+    pub queue_limit: u32,
+}
+
+fn default_kafka_queue() -> u32 {
+    DEFAULT_KAFKA_QUEUE
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,6 +236,7 @@ impl Default for Config {
             rtmp: RtmpConfig::default(),
             hls: HlsConfig::default(),
             transcode: TranscodeConfig::default(),
+            events: EventsConfig::default(),
             streams: vec![StreamConfig {
                 name: DEFAULT_STREAM.to_owned(),
                 key: DEFAULT_STREAM_KEY.to_owned(),
@@ -327,6 +352,22 @@ impl Config {
                 "rtmp.app".into(),
                 "must be letters, digits, '-' or '_'".into(),
             );
+        }
+        if let Some(kafka) = &self.events.kafka {
+            if kafka.brokers.trim().is_empty()
+                || kafka.brokers.split(',').any(|b| !b.trim().contains(':'))
+            {
+                return err(
+                    "events.kafka.brokers".into(),
+                    format!("{:?}: use host:port[,host:port...]", kafka.brokers),
+                );
+            }
+            if !(100..=10_000_000).contains(&kafka.queue_limit) {
+                return err(
+                    "events.kafka.queue_limit".into(),
+                    "must be from 100 to 10000000".into(),
+                );
+            }
         }
         if self.rtmp.merge_read_ms > 1000 {
             return err("rtmp.merge_read_ms".into(), "must be at most 1000".into());

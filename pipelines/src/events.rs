@@ -99,13 +99,32 @@ impl EventKind {
 /// Subscribers that fall this far behind lose the oldest events (and see a `Lagged`).
 const BUS_CAPACITY: usize = 4096;
 
+/// Somewhere else events go (Kafka). Must not block: the caller may be on a media path.
+pub trait EventSink: Send + Sync {
+    fn deliver(&self, event: &Event);
+}
+
+impl<T: EventSink> EventSink for std::sync::Arc<T> {
+    fn deliver(&self, event: &Event) {
+        (**self).deliver(event)
+    }
+}
+
 /// The embedded, in-process event bus.
-#[derive(Debug)]
 pub struct EventBus {
     tx: broadcast::Sender<Event>,
     log: Mutex<Option<std::fs::File>>,
     sequence: AtomicU64,
     boot: u128,
+    sinks: Vec<Box<dyn EventSink>>,
+}
+
+impl std::fmt::Debug for EventBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBus")
+            .field("sinks", &self.sinks.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl EventBus {
@@ -129,7 +148,14 @@ impl EventBus {
             log: Mutex::new(log),
             sequence: AtomicU64::new(0),
             boot,
+            sinks: Vec::new(),
         })
+    }
+
+    /// Also delivers every event to `sink`.
+    pub fn with_sink(mut self, sink: Box<dyn EventSink>) -> EventBus {
+        self.sinks.push(sink);
+        self
     }
 
     pub fn publish(&self, kind: EventKind) -> Event {
@@ -149,6 +175,9 @@ impl EventBus {
             && let Err(e) = writeln!(file, "{line}")
         {
             tracing::warn!("cannot append to events.jsonl: {e}");
+        }
+        for sink in &self.sinks {
+            sink.deliver(&event);
         }
         let _ = self.tx.send(event.clone());
         event

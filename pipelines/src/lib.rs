@@ -11,6 +11,7 @@ pub mod config;
 pub mod events;
 pub mod graph;
 pub mod gst_util;
+pub mod kafka;
 pub mod media;
 pub mod registry;
 

@@ -10,6 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use pipelines::kafka::KafkaSink;
 use pipelines::registry::StreamCounters;
 use pipelines::{Config, Registry};
 use recorder::store::{LocalObjectStore, RecordingInfo};
@@ -19,6 +20,7 @@ use relay_tiers::hls::store::HlsStore;
 struct Api {
     registry: Arc<Registry>,
     recordings: LocalObjectStore,
+    kafka: Option<Arc<KafkaSink>>,
 }
 
 pub fn router(
@@ -26,6 +28,7 @@ pub fn router(
     registry: Arc<Registry>,
     store: Arc<HlsStore>,
     recordings: LocalObjectStore,
+    kafka: Option<Arc<KafkaSink>>,
 ) -> Router {
     let hls = relay_tiers::hls::routes::HlsState {
         registry: registry.clone(),
@@ -43,6 +46,7 @@ pub fn router(
         .with_state(Api {
             registry,
             recordings,
+            kafka,
         })
         .merge(relay_tiers::hls::routes::router(hls))
 }
@@ -131,6 +135,41 @@ async fn metrics(State(api): State<Api>) -> Response {
                 e.config.name,
                 rend.name,
                 rend.frames_out.load(Ordering::Relaxed)
+            );
+        }
+    }
+    if let Some(kafka) = &api.kafka {
+        let c = kafka.counters();
+        let _ = writeln!(
+            out,
+            "# HELP tiercast_kafka_events_queued Events waiting for the Kafka brokers."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tiercast_kafka_events_queued gauge\ntiercast_kafka_events_queued {}",
+            kafka.queued()
+        );
+        for (name, help, value) in [
+            (
+                "tiercast_kafka_events_delivered_total",
+                "Events the brokers acknowledged.",
+                &c.delivered,
+            ),
+            (
+                "tiercast_kafka_events_failed_total",
+                "Events the brokers refused.",
+                &c.failed,
+            ),
+            (
+                "tiercast_kafka_events_dropped_total",
+                "Events dropped because the queue was full.",
+                &c.dropped,
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                value.load(Ordering::Relaxed)
             );
         }
     }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pipelines::events::EventBus;
+use pipelines::kafka::KafkaSink;
 use pipelines::{Config, Registry};
 use recorder::archiver::Archiver;
 use recorder::chunks::ChunkStore;
@@ -124,10 +125,18 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data_dir {}", config.node.data_dir.display()))?;
     let registry = Arc::new(Registry::new(&config.streams));
     let data = &config.node.data_dir;
-    let bus = Arc::new(
-        EventBus::new(Some(&data.join("events.jsonl")))
-            .with_context(|| format!("{}/events.jsonl", data.display()))?,
-    );
+    let mut bus = EventBus::new(Some(&data.join("events.jsonl")))
+        .with_context(|| format!("{}/events.jsonl", data.display()))?;
+    let kafka = match &config.events.kafka {
+        None => None,
+        Some(k) => {
+            let sink = Arc::new(KafkaSink::new(k)?);
+            bus = bus.with_sink(Box::new(sink.clone()));
+            info!(brokers = %k.brokers, "events go to Kafka too");
+            Some(sink)
+        }
+    };
+    let bus = Arc::new(bus);
     let chunks = ChunkStore::new(data.join("chunks"));
     let recordings = LocalObjectStore::new(data.join("recordings"));
     let hls = Arc::new(relay_tiers::hls::store::HlsStore::default());
@@ -161,7 +170,13 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("http.listen {}", config.http.listen))?;
     let http_addr = http_listener.local_addr()?;
-    let router = http::router(config.clone(), registry.clone(), hls, recordings);
+    let router = http::router(
+        config.clone(),
+        registry.clone(),
+        hls,
+        recordings,
+        kafka.clone(),
+    );
 
     // Tests and scripts read this line to find the ports (`listen = "127.0.0.1:0"`).
     println!("tiercast listening rtmp={rtmp_addr} http={http_addr}");

@@ -1,0 +1,114 @@
+//! Events to Kafka through rdkafka: one topic per kind of event, keyed by stream, JSON values.
+//!
+//! Media never waits on Kafka: `deliver` only enqueues. While the brokers are unreachable,
+//! librdkafka keeps the events (up to `queue_limit`) and retries until they are delivered;
+//! past the limit new events are dropped and counted.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::message::DeliveryResult;
+use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+
+use crate::config::KafkaConfig;
+use crate::events::{Event, EventSink};
+
+/// Every topic tiercast writes.
+pub const TOPICS: &[&str] = &[
+    "tiercast.streams",
+    "tiercast.recordings",
+    "tiercast.quality",
+    "tiercast.analytics",
+];
+
+#[derive(Debug, Default)]
+pub struct KafkaCounters {
+    pub delivered: AtomicU64,
+    pub failed: AtomicU64,
+    /// Refused because the queue was full.
+    pub dropped: AtomicU64,
+}
+
+struct Context(Arc<KafkaCounters>);
+
+impl ClientContext for Context {}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        match result {
+            Ok(_) => self.0.delivered.fetch_add(1, Ordering::Relaxed),
+            Err((e, _)) => {
+                tracing::warn!("event not delivered to Kafka: {e}");
+                self.0.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+    }
+}
+
+pub struct KafkaSink {
+    producer: ThreadedProducer<Context>,
+    counters: Arc<KafkaCounters>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("kafka ({brokers}): {message}")]
+pub struct KafkaError {
+    pub brokers: String,
+    pub message: String,
+}
+
+impl KafkaSink {
+    pub fn new(config: &KafkaConfig) -> Result<KafkaSink, KafkaError> {
+        let counters = Arc::new(KafkaCounters::default());
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", &config.brokers)
+            // Keep retrying while the brokers are away: events may not be lost.
+            .set("message.timeout.ms", "0")
+            .set(
+                "queue.buffering.max.messages",
+                config.queue_limit.to_string(),
+            )
+            .set("linger.ms", "5")
+            .set("enable.idempotence", "false")
+            .create_with_context(Context(counters.clone()))
+            .map_err(|e| KafkaError {
+                brokers: config.brokers.clone(),
+                message: e.to_string(),
+            })?;
+        Ok(KafkaSink { producer, counters })
+    }
+
+    pub fn counters(&self) -> Arc<KafkaCounters> {
+        self.counters.clone()
+    }
+
+    /// Events waiting to be delivered.
+    pub fn queued(&self) -> i32 {
+        self.producer.in_flight_count()
+    }
+
+    /// Waits up to `timeout` for queued events to be delivered (at shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+impl EventSink for KafkaSink {
+    fn deliver(&self, event: &Event) {
+        let Ok(payload) = serde_json::to_vec(event) else {
+            return;
+        };
+        let record = BaseRecord::to(event.kind.topic())
+            .key(event.kind.stream())
+            .payload(&payload);
+        if let Err((e, _)) = self.producer.send(record) {
+            self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("event {} dropped: {e}", event.id);
+        }
+    }
+}
