@@ -28,3 +28,9 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is missing; install Rust 1.95 or newer (https://rustup.rs)" >&2
   exit 1
 fi
+
+# The tests run a real Kafka-protocol broker on loopback: tansu, built once (a few minutes).
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+  echo "setup: installing tansu (Kafka-protocol broker for the tests)"
+  cargo install tansu --locked --features dynostore
+fi

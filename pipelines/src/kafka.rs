@@ -9,9 +9,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
 use crate::events::{Event, EventSink};
@@ -53,6 +56,7 @@ impl ProducerContext for Context {
 pub struct KafkaSink {
     producer: ThreadedProducer<Context>,
     counters: Arc<KafkaCounters>,
+    brokers: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,7 +84,54 @@ impl KafkaSink {
                 brokers: config.brokers.clone(),
                 message: e.to_string(),
             })?;
-        Ok(KafkaSink { producer, counters })
+        Ok(KafkaSink {
+            producer,
+            counters,
+            brokers: config.brokers.clone(),
+        })
+    }
+
+    /// Creates tiercast's topics if the brokers lack them, retrying until the brokers answer
+    /// (they may be down when the node starts). Events wait in the queue meanwhile.
+    pub async fn ensure_topics(&self) {
+        let admin: AdminClient<DefaultClientContext> = match ClientConfig::new()
+            .set("bootstrap.servers", &self.brokers)
+            .create()
+        {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("kafka admin client: {e}");
+                return;
+            }
+        };
+        let topics: Vec<NewTopic> = TOPICS
+            .iter()
+            .map(|t| NewTopic::new(t, 1, TopicReplication::Fixed(1)))
+            .collect();
+        let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(5)));
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match admin.create_topics(&topics, &options).await {
+                Ok(results) => {
+                    let failed: Vec<String> = results
+                        .into_iter()
+                        .filter_map(|r| r.err())
+                        .filter(|(_, code)| *code != RDKafkaErrorCode::TopicAlreadyExists)
+                        .map(|(topic, code)| format!("{topic}: {code}"))
+                        .collect();
+                    if failed.is_empty() {
+                        tracing::info!(brokers = %self.brokers, "kafka topics ready");
+                        return;
+                    }
+                    tracing::warn!("kafka topics not created: {}", failed.join(", "));
+                }
+                Err(e) => {
+                    tracing::warn!(brokers = %self.brokers, "kafka unreachable, retrying: {e}")
+                }
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
     }
 
     pub fn counters(&self) -> Arc<KafkaCounters> {

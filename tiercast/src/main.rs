@@ -132,6 +132,10 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         Some(k) => {
             let sink = Arc::new(KafkaSink::new(k)?);
             bus = bus.with_sink(Box::new(sink.clone()));
+            tokio::spawn({
+                let sink = sink.clone();
+                async move { sink.ensure_topics().await }
+            });
             info!(brokers = %k.brokers, "events go to Kafka too");
             Some(sink)
         }

@@ -1,0 +1,213 @@
+//! Events on a real Kafka-protocol broker (tansu, started here on loopback): what a consumer of
+//! `tiercast.streams` and `tiercast.recordings` sees, with the broker up and with it down
+//! while a stream is live.
+
+mod common;
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+
+struct Broker {
+    child: Child,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn tansu() -> String {
+    std::env::var("TANSU").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let cargo_bin = format!("{home}/.cargo/bin/tansu");
+        if std::path::Path::new(&cargo_bin).exists() {
+            cargo_bin
+        } else {
+            "tansu".into()
+        }
+    })
+}
+
+fn start_broker(port: u16, log: &std::path::Path) -> Broker {
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = Command::new(tansu())
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
+        .args(["--storage-engine", "memory://tansu/"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap())
+        .spawn()
+        .expect("tansu runs (scripts/setup.sh installs it)");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Broker { child }
+}
+
+/// Reads `topics` from the beginning until `done` is satisfied, at most `limit`.
+fn consume(
+    port: u16,
+    topics: &[&str],
+    limit: Duration,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+        .set("group.id", format!("test-{}-{port}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    consumer.subscribe(topics).unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + limit;
+    while !done(&seen) {
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {limit:?}; saw {seen:#?}"
+        );
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(500))
+            && let Some(payload) = m.payload()
+        {
+            let mut event: serde_json::Value = serde_json::from_slice(payload).unwrap();
+            event["_topic"] = m.topic().into();
+            event["_key"] = String::from_utf8_lossy(m.key().unwrap_or_default())
+                .into_owned()
+                .into();
+            seen.push(event);
+        }
+    }
+    seen
+}
+
+fn types(events: &[serde_json::Value]) -> Vec<&str> {
+    events.iter().filter_map(|e| e["type"].as_str()).collect()
+}
+
+fn node_config(port: u16) -> String {
+    format!(
+        "[events.kafka]\nbrokers = \"127.0.0.1:{port}\"\n[transcode]\nx264_preset = \"ultrafast\"\n\
+         [[streams]]\nname = \"main\"\nkey = \"k\"\nrecord = true\n\
+         [[ladders.default]]\nname = \"360p\"\nheight = 360\nvideo_kbps = 800\n"
+    )
+}
+
+#[test]
+fn stream_and_recording_events_arrive_on_their_topics() {
+    let _turn = heavy();
+    let scratch = TempDir::new("kafka");
+    let port = free_port();
+    let _broker = start_broker(port, &scratch.0.join("tansu.log"));
+    let node = start_node(&node_config(port));
+    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 10)
+        .spawn()
+        .unwrap();
+    let (status, stderr) = wait_child(publisher, Duration::from_secs(40));
+    assert!(status.is_some_and(|s| s.success()), "{stderr}");
+
+    let events = consume(
+        port,
+        &["tiercast.streams", "tiercast.recordings"],
+        Duration::from_secs(60),
+        |seen| types(seen).contains(&"recording.ready") && types(seen).contains(&"stream.ended"),
+    );
+    let streams: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["_topic"] == "tiercast.streams")
+        .collect();
+    assert_eq!(
+        types(&streams.iter().map(|e| (*e).clone()).collect::<Vec<_>>()),
+        ["stream.started", "stream.ended"]
+    );
+    assert!(
+        events.iter().all(|e| e["_key"] == "main" && e["v"] == 1),
+        "{events:#?}"
+    );
+    let ready = events
+        .iter()
+        .find(|e| e["type"] == "recording.ready")
+        .unwrap();
+    assert_eq!(ready["_topic"], "tiercast.recordings");
+    let duration = ready["duration_secs"].as_f64().unwrap();
+    assert!((duration - 10.0).abs() <= 0.5, "{ready}");
+    let metrics = node.get("/metrics").text();
+    assert!(
+        metrics.contains("tiercast_kafka_events_dropped_total 0"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn events_wait_for_a_broker_that_is_down_and_the_media_does_not() {
+    let _turn = heavy();
+    let scratch = TempDir::new("kafka-down");
+    let port = free_port();
+    let node = start_node(&node_config(port));
+    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 8)
+        .spawn()
+        .unwrap();
+    // No broker: the stream is still served.
+    node.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    let (status, stderr) = wait_child(publisher, Duration::from_secs(40));
+    assert!(status.is_some_and(|s| s.success()), "{stderr}");
+    node.wait_for("/api/v1/recordings", Duration::from_secs(30), |r| {
+        r.text().contains("download_url")
+    });
+    let metrics = node.get("/metrics").text();
+    let queued: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tiercast_kafka_events_queued "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(
+        queued >= 3,
+        "events wait while the broker is down: {metrics}"
+    );
+
+    // The broker comes back: every event arrives.
+    let _broker = start_broker(port, &scratch.0.join("tansu.log"));
+    let events = consume(
+        port,
+        &["tiercast.streams", "tiercast.recordings"],
+        Duration::from_secs(90),
+        |seen| {
+            ["stream.started", "stream.ended", "recording.ready"]
+                .iter()
+                .all(|t| types(seen).contains(t))
+        },
+    );
+    assert!(
+        types(&events)
+            .iter()
+            .filter(|t| **t == "recording.chunk_written")
+            .count()
+            >= 3,
+        "{events:#?}"
+    );
+}
