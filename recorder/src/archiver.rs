@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use gst::prelude::*;
-use pipelines::events::{EventBus, EventKind};
+use pipelines::events::{Event, EventBus, EventKind};
 use pipelines::gst_util::make;
 use tokio::sync::{broadcast, watch};
 use tracing::{info, warn};
@@ -49,30 +49,12 @@ impl Archiver {
             let Some(event) = event else {
                 // Sessions that ended during shutdown are archived before the node exits.
                 while let Ok(e) = events.try_recv() {
-                    if let EventKind::StreamEnded {
-                        stream,
-                        session,
-                        recorded: true,
-                        ..
-                    } = e.kind
-                    {
-                        self.clone().archive_in_background(stream, session).await;
-                    }
+                    self.clone().on_event(e).await;
                 }
                 return;
             };
             match event {
-                Ok(e) => {
-                    if let EventKind::StreamEnded {
-                        stream,
-                        session,
-                        recorded: true,
-                        ..
-                    } = e.kind
-                    {
-                        self.clone().archive_in_background(stream, session).await;
-                    }
-                }
+                Ok(e) => self.clone().on_event(e).await,
                 Err(broadcast::error::RecvError::Lagged(n)) => {
                     warn!("archiver missed {n} events; looking for unarchived sessions");
                     for left in self.chunks.sessions() {
@@ -83,6 +65,19 @@ impl Archiver {
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }
+        }
+    }
+
+    /// Archives the session a `stream.ended` names, if it was recorded.
+    async fn on_event(self: Arc<Self>, event: Event) {
+        if let EventKind::StreamEnded {
+            stream,
+            session,
+            recorded: true,
+            ..
+        } = event.kind
+        {
+            self.archive_in_background(stream, session).await;
         }
     }
 
