@@ -49,6 +49,7 @@ pub struct Config {
     pub hls: HlsConfig,
     pub transcode: TranscodeConfig,
     pub events: EventsConfig,
+    pub recording: RecordingConfig,
     pub streams: Vec<StreamConfig>,
     /// Named ladders. `default` exists unless the file defines its own.
     pub ladders: BTreeMap<String, Vec<RungConfig>>,
@@ -100,6 +101,22 @@ pub struct TranscodeConfig {
     /// thread per rung is the cheapest in CPU; raise it for rungs one core cannot encode in
     /// real time (4K, or slow presets).
     pub threads: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordingConfig {
+    /// Run the archiver inside this node. Off when `tiercast archiver` processes do the work
+    /// (they share it through the Kafka consumer group `tiercast-archiver`).
+    pub embedded_archiver: bool,
+}
+
+impl Default for RecordingConfig {
+    fn default() -> Self {
+        RecordingConfig {
+            embedded_archiver: true,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -237,6 +254,7 @@ impl Default for Config {
             hls: HlsConfig::default(),
             transcode: TranscodeConfig::default(),
             events: EventsConfig::default(),
+            recording: RecordingConfig::default(),
             streams: vec![StreamConfig {
                 name: DEFAULT_STREAM.to_owned(),
                 key: DEFAULT_STREAM_KEY.to_owned(),

@@ -12,7 +12,9 @@ use rdkafka::ClientContext;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::DeliveryResult;
+use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
@@ -162,4 +164,45 @@ impl EventSink for KafkaSink {
             tracing::warn!("event {} dropped: {e}", event.id);
         }
     }
+}
+
+/// Reads `topics` as member of consumer group `group` (so several consumers share the work) and
+/// hands each event to `tx`, on its own thread, until `stop` is set. Events a consumer has not
+/// committed are delivered again after a restart: consumers must be idempotent.
+pub fn consume(
+    config: &KafkaConfig,
+    group: &str,
+    topics: &[&str],
+    tx: tokio::sync::broadcast::Sender<Event>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>, KafkaError> {
+    let err = |e: rdkafka::error::KafkaError| KafkaError {
+        brokers: config.brokers.clone(),
+        message: e.to_string(),
+    };
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.brokers)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "true")
+        .create()
+        .map_err(err)?;
+    consumer.subscribe(topics).map_err(err)?;
+    Ok(std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            match consumer.poll(Duration::from_millis(500)) {
+                Some(Ok(message)) => match message.payload().map(serde_json::from_slice::<Event>) {
+                    Some(Ok(event)) => {
+                        let _ = tx.send(event);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(topic = message.topic(), "not a tiercast event: {e}")
+                    }
+                    None => {}
+                },
+                Some(Err(e)) => tracing::debug!("kafka consumer: {e}"),
+                None => {}
+            }
+        }
+    }))
 }

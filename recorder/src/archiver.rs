@@ -31,10 +31,14 @@ impl Archiver {
         Archiver { chunks, store, bus }
     }
 
-    /// Archives what an earlier run left behind, then every recorded session as it ends, until
-    /// `shutdown`.
-    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut events = self.bus.subscribe();
+    /// Archives what an earlier run left behind, then every recorded session whose
+    /// `stream.ended` arrives on `events` (the node's own bus, or a Kafka consumer group),
+    /// until `shutdown`.
+    pub async fn run(
+        self: Arc<Self>,
+        mut events: broadcast::Receiver<Event>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         for left in self.chunks.sessions() {
             info!(stream = %left.stream, session = %left.session, "archiving a session an earlier run left behind");
             self.clone()

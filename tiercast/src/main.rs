@@ -44,6 +44,11 @@ enum Command {
         #[arg(long)]
         demo_source: bool,
     },
+    /// Run the archiver alone: recorded sessions become MP4s as they end.
+    Archiver {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Validate a config file and print what the node would run.
     Check {
         #[arg(long)]
@@ -73,6 +78,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => check(&config),
+        Command::Archiver { config } => load(Some(&config)).and_then(archiver),
         Command::Run {
             config,
             demo_source,
@@ -125,22 +131,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data_dir {}", config.node.data_dir.display()))?;
     let registry = Arc::new(Registry::new(&config.streams));
     let data = &config.node.data_dir;
-    let mut bus = EventBus::new(Some(&data.join("events.jsonl")))
-        .with_context(|| format!("{}/events.jsonl", data.display()))?;
-    let kafka = match &config.events.kafka {
-        None => None,
-        Some(k) => {
-            let sink = Arc::new(KafkaSink::new(k)?);
-            bus = bus.with_sink(Box::new(sink.clone()));
-            tokio::spawn({
-                let sink = sink.clone();
-                async move { sink.ensure_topics().await }
-            });
-            info!(brokers = %k.brokers, "events go to Kafka too");
-            Some(sink)
-        }
-    };
-    let bus = Arc::new(bus);
+    let (bus, kafka) = event_bus(&config)?;
     let chunks = ChunkStore::new(data.join("chunks"));
     let recordings = LocalObjectStore::new(data.join("recordings"));
     let hls = Arc::new(relay_tiers::hls::store::HlsStore::default());
@@ -152,8 +143,10 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     ));
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (archiver_stop, archiver_shutdown) = watch::channel(false);
-    let archiver = Arc::new(Archiver::new(chunks, recordings.clone(), bus.clone()));
-    let archiver_task = tokio::spawn(archiver.run(archiver_shutdown));
+    let archiver_task = config.recording.embedded_archiver.then(|| {
+        let archiver = Arc::new(Archiver::new(chunks, recordings.clone(), bus.clone()));
+        tokio::spawn(archiver.run(bus.subscribe(), archiver_shutdown))
+    });
 
     let rtmp_settings = ingest::rtmp::RtmpSettings {
         app: config.rtmp.app.clone(),
@@ -229,11 +222,16 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     let _ = rtmp_task.await;
     // Publishes have ended; the archiver makes their recordings, then stops.
     let _ = archiver_stop.send(true);
-    if tokio::time::timeout(std::time::Duration::from_secs(60), archiver_task)
-        .await
-        .is_err()
+    if let Some(task) = archiver_task
+        && tokio::time::timeout(std::time::Duration::from_secs(60), task)
+            .await
+            .is_err()
     {
         warn!("archiver still busy at exit; its sessions are archived at the next start");
+    }
+    if let Some(kafka) = kafka {
+        let _ = tokio::task::spawn_blocking(move || kafka.flush(std::time::Duration::from_secs(5)))
+            .await;
     }
     match http_task.await {
         Ok(Err(e)) => warn!("http server: {e}"),
@@ -241,6 +239,86 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         Ok(Ok(())) => {}
     }
     Ok(())
+}
+
+/// The node's event bus: `events.jsonl` always, Kafka when configured.
+fn event_bus(config: &Config) -> anyhow::Result<(Arc<EventBus>, Option<Arc<KafkaSink>>)> {
+    let data = &config.node.data_dir;
+    let mut bus = EventBus::new(Some(&data.join("events.jsonl")))
+        .with_context(|| format!("{}/events.jsonl", data.display()))?;
+    let kafka = match &config.events.kafka {
+        None => None,
+        Some(k) => {
+            let sink = Arc::new(KafkaSink::new(k)?);
+            bus = bus.with_sink(Box::new(sink.clone()));
+            tokio::spawn({
+                let sink = sink.clone();
+                async move { sink.ensure_topics().await }
+            });
+            info!(brokers = %k.brokers, "events go to Kafka too");
+            Some(sink)
+        }
+    };
+    Ok((Arc::new(bus), kafka))
+}
+
+/// Kafka consumer group shared by every archiver.
+const ARCHIVER_GROUP: &str = "tiercast-archiver";
+
+/// `tiercast archiver`: the archiver alone. With Kafka, it takes `stream.ended` from the
+/// `tiercast-archiver` consumer group (several archivers share the work) until stopped;
+/// without, it archives what is in the chunk store and exits.
+fn archiver(config: Config) -> anyhow::Result<()> {
+    pipelines::gst_util::init()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let data = config.node.data_dir.clone();
+        std::fs::create_dir_all(&data)
+            .with_context(|| format!("cannot create data_dir {}", data.display()))?;
+        let (bus, kafka) = event_bus(&config)?;
+        let archiver = Arc::new(Archiver::new(
+            ChunkStore::new(data.join("chunks")),
+            LocalObjectStore::new(data.join("recordings")),
+            bus.clone(),
+        ));
+        let (stop_tx, stop) = watch::channel(false);
+        let stop_consumer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (events, consumer) = match &config.events.kafka {
+            Some(k) => {
+                let (tx, rx) = tokio::sync::broadcast::channel(1024);
+                let thread = pipelines::kafka::consume(
+                    k,
+                    ARCHIVER_GROUP,
+                    &["tiercast.streams"],
+                    tx,
+                    stop_consumer.clone(),
+                )?;
+                (rx, Some(thread))
+            }
+            None => (bus.subscribe(), None),
+        };
+        println!("tiercast archiver ready");
+        info!(kafka = consumer.is_some(), "archiver running");
+        if consumer.is_none() {
+            // Nothing will announce new sessions: archive what is there, then stop.
+            let _ = stop_tx.send(true);
+        }
+        let task = tokio::spawn(archiver.run(events, stop));
+        if consumer.is_some() {
+            wait_for_signal().await;
+            let _ = stop_tx.send(true);
+        }
+        let _ = task.await;
+        stop_consumer.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(kafka) = kafka {
+            let _ =
+                tokio::task::spawn_blocking(move || kafka.flush(std::time::Duration::from_secs(5)))
+                    .await;
+        }
+        Ok(())
+    })
 }
 
 /// The address a local client reaches a listener on.

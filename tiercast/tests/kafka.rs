@@ -211,3 +211,54 @@ fn events_wait_for_a_broker_that_is_down_and_the_media_does_not() {
         "{events:#?}"
     );
 }
+
+#[test]
+fn a_separate_archiver_in_the_consumer_group_makes_the_recording() {
+    let _turn = heavy();
+    let scratch = TempDir::new("kafka-archiver");
+    let port = free_port();
+    let _broker = start_broker(port, &scratch.0.join("tansu.log"));
+    let node = start_node(&format!(
+        "{}[recording]\nembedded_archiver = false\n",
+        node_config(port)
+    ));
+    // `tiercast archiver` on the node's own config, as an operator would run it beside it.
+    let mut archiver = Command::new(env!("CARGO_BIN_EXE_tiercast"))
+        .args(["archiver", "--config"])
+        .arg(node.dir.0.join("node.toml"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(scratch.0.join("archiver.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(archiver.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert_eq!(ready.trim(), "tiercast archiver ready");
+
+    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 8)
+        .spawn()
+        .unwrap();
+    let (status, stderr) = wait_child(publisher, Duration::from_secs(40));
+    assert!(status.is_some_and(|s| s.success()), "{stderr}");
+    let events = consume(
+        port,
+        &["tiercast.recordings"],
+        Duration::from_secs(90),
+        |seen| types(seen).contains(&"recording.ready"),
+    );
+    let ready = events
+        .iter()
+        .find(|e| e["type"] == "recording.ready")
+        .unwrap();
+    // The node serves what the archiver made.
+    let r = node.get(&format!(
+        "/api/v1/recordings/{}",
+        ready["recording"].as_str().unwrap()
+    ));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let _ = archiver.kill();
+    let _ = archiver.wait();
+}
