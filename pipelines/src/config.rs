@@ -50,6 +50,7 @@ pub struct Config {
     pub transcode: TranscodeConfig,
     pub events: EventsConfig,
     pub recording: RecordingConfig,
+    pub notify: NotifyConfig,
     pub streams: Vec<StreamConfig>,
     /// Named ladders. `default` exists unless the file defines its own.
     pub ladders: BTreeMap<String, Vec<RungConfig>>,
@@ -101,6 +102,15 @@ pub struct TranscodeConfig {
     /// thread per rung is the cheapest in CPU; raise it for rungs one core cannot encode in
     /// real time (4K, or slow presets).
     pub threads: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    /// `http://` URLs that get a POST for every `recording.ready` (and `recording.failed`).
+    pub webhooks: Vec<String>,
+    /// Key of the `X-Tiercast-Signature: sha256=<hex HMAC-SHA256 of the body>` header.
+    pub secret: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -255,6 +265,7 @@ impl Default for Config {
             transcode: TranscodeConfig::default(),
             events: EventsConfig::default(),
             recording: RecordingConfig::default(),
+            notify: NotifyConfig::default(),
             streams: vec![StreamConfig {
                 name: DEFAULT_STREAM.to_owned(),
                 key: DEFAULT_STREAM_KEY.to_owned(),
@@ -386,6 +397,20 @@ impl Config {
                     "must be from 100 to 10000000".into(),
                 );
             }
+        }
+        for (i, url) in self.notify.webhooks.iter().enumerate() {
+            if !url.starts_with("http://") || url.parse::<std::net::SocketAddr>().is_ok() {
+                return err(
+                    format!("notify.webhooks[{i}]"),
+                    format!("{url:?}: an http:// URL"),
+                );
+            }
+        }
+        if !self.notify.webhooks.is_empty() && self.notify.secret.len() < 8 {
+            return err(
+                "notify.secret".into(),
+                "webhooks need a secret of at least 8 characters".into(),
+            );
         }
         if self.rtmp.merge_read_ms > 1000 {
             return err("rtmp.merge_read_ms".into(), "must be at most 1000".into());

@@ -10,6 +10,7 @@
 
 pub mod archiver;
 pub mod chunks;
+pub mod notifier;
 pub mod session;
 pub mod store;
 

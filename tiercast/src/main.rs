@@ -18,6 +18,7 @@ use pipelines::kafka::KafkaSink;
 use pipelines::{Config, Registry};
 use recorder::archiver::Archiver;
 use recorder::chunks::ChunkStore;
+use recorder::notifier::Notifier;
 use recorder::store::LocalObjectStore;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -144,6 +145,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (archiver_stop, archiver_shutdown) = watch::channel(false);
     let archiver_task = config.recording.embedded_archiver.then(|| {
+        notify(&config, &bus, archiver_shutdown.clone());
         let archiver = Arc::new(Archiver::new(chunks, recordings.clone(), bus.clone()));
         tokio::spawn(archiver.run(bus.subscribe(), archiver_shutdown))
     });
@@ -262,6 +264,18 @@ fn event_bus(config: &Config) -> anyhow::Result<(Arc<EventBus>, Option<Arc<Kafka
     Ok((Arc::new(bus), kafka))
 }
 
+/// Webhooks for recording events, in the process that makes the recordings.
+fn notify(config: &Config, bus: &Arc<EventBus>, shutdown: watch::Receiver<bool>) {
+    if config.notify.webhooks.is_empty() {
+        return;
+    }
+    let notifier = Arc::new(Notifier::new(
+        config.notify.webhooks.clone(),
+        config.notify.secret.clone(),
+    ));
+    tokio::spawn(notifier.run(bus.clone(), shutdown));
+}
+
 /// Kafka consumer group shared by every archiver.
 const ARCHIVER_GROUP: &str = "tiercast-archiver";
 
@@ -305,6 +319,7 @@ fn archiver(config: Config) -> anyhow::Result<()> {
             // Nothing will announce new sessions: archive what is there, then stop.
             let _ = stop_tx.send(true);
         }
+        notify(&config, &bus, stop.clone());
         let task = tokio::spawn(archiver.run(events, stop));
         if consumer.is_some() {
             wait_for_signal().await;

@@ -113,3 +113,110 @@ fn a_node_killed_mid_stream_still_yields_a_recording_after_restart() {
     assert!(duration >= 8.0, "only {duration} s survived the crash");
     assert_eq!(probe_stream_types(&file), ["video", "audio"]);
 }
+
+/// One request a webhook receiver got: headers (lower-case names) and body.
+struct Hook {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+/// A webhook receiver on loopback that answers 503 to its first request and 200 after that.
+fn webhook_receiver() -> (u16, std::sync::mpsc::Receiver<Hook>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for (n, stream) in listener.incoming().flatten().enumerate() {
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut reader = BufReader::new(stream);
+            let mut headers = Vec::new();
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line.trim() != "" {
+                if let Some((k, v)) = line.split_once(':') {
+                    headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
+                }
+                line.clear();
+            }
+            let len = headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            let _ = reader.read_exact(&mut body);
+            let status = if n == 0 {
+                "503 Service Unavailable"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(
+                reader.get_mut(),
+                "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = tx.send(Hook { headers, body });
+        }
+    });
+    (port, rx)
+}
+
+#[test]
+fn a_ready_recording_is_posted_to_webhooks_signed_and_retried() {
+    use hmac::Mac;
+    let _turn = heavy();
+    let (port, hooks) = webhook_receiver();
+    let secret = "webhook-secret";
+    let node = start_node(&format!(
+        "{RECORDED}[notify]\nwebhooks = [\"http://127.0.0.1:{port}/hooks/tiercast\"]\nsecret = \"{secret}\"\n"
+    ));
+    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 6)
+        .spawn()
+        .unwrap();
+    let (status, stderr) = wait_child(publisher, Duration::from_secs(30));
+    assert!(status.is_some_and(|s| s.success()), "{stderr}");
+
+    let first = hooks
+        .recv_timeout(Duration::from_secs(40))
+        .expect("a webhook call");
+    let second = hooks
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a retry after the 503");
+    let header = |h: &Hook, name: &str| {
+        h.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    assert_eq!(
+        header(&first, "x-tiercast-delivery"),
+        header(&second, "x-tiercast-delivery")
+    );
+    assert_eq!(first.body, second.body);
+    assert_eq!(
+        header(&second, "x-tiercast-event").as_deref(),
+        Some("recording.ready")
+    );
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(&second.body);
+    let hex: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(
+        header(&second, "x-tiercast-signature"),
+        Some(format!("sha256={hex}"))
+    );
+    let event: serde_json::Value = serde_json::from_slice(&second.body).unwrap();
+    assert_eq!(event["type"], "recording.ready");
+    assert_eq!(event["stream"], "main");
+    assert!(
+        node.get(&format!(
+            "/api/v1/recordings/{}",
+            event["recording"].as_str().unwrap()
+        ))
+        .status
+            == 200
+    );
+}
