@@ -10,6 +10,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use pipelines::events::EventBus;
 use pipelines::kafka::KafkaSink;
 use pipelines::registry::StreamCounters;
 use pipelines::{Config, Registry};
@@ -21,6 +22,7 @@ struct Api {
     registry: Arc<Registry>,
     recordings: LocalObjectStore,
     kafka: Option<Arc<KafkaSink>>,
+    bus: Arc<EventBus>,
 }
 
 pub fn router(
@@ -29,6 +31,7 @@ pub fn router(
     store: Arc<HlsStore>,
     recordings: LocalObjectStore,
     kafka: Option<Arc<KafkaSink>>,
+    bus: Arc<EventBus>,
 ) -> Router {
     let hls = relay_tiers::hls::routes::HlsState {
         registry: registry.clone(),
@@ -43,10 +46,12 @@ pub fn router(
         .route("/api/v1/recordings", get(recordings_list))
         .route("/api/v1/recordings/{id}", get(recording))
         .route("/recordings/{file}", get(recording_file))
+        .route("/api/v1/events", get(events))
         .with_state(Api {
             registry,
             recordings,
             kafka,
+            bus,
         })
         .merge(relay_tiers::hls::routes::router(hls))
 }
@@ -224,4 +229,48 @@ async fn recording_file(State(api): State<Api>, Path(file): Path<String>) -> Res
         body,
     )
         .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct EventFilter {
+    /// Comma-separated event types (`recording.ready,stream.ended`); all when absent.
+    types: Option<String>,
+}
+
+/// `GET /api/v1/events` (WebSocket): every event from now on, one JSON text message each.
+async fn events(
+    State(api): State<Api>,
+    axum::extract::Query(filter): axum::extract::Query<EventFilter>,
+    ws: axum::extract::ws::WebSocketUpgrade,
+) -> Response {
+    let wanted: Option<Vec<String>> = filter
+        .types
+        .map(|t| t.split(',').map(|s| s.trim().to_owned()).collect());
+    let mut rx = api.bus.subscribe();
+    ws.on_upgrade(move |mut socket| async move {
+        use axum::extract::ws::Message;
+        loop {
+            tokio::select! {
+                event = rx.recv() => match event {
+                    Ok(event) => {
+                        let Ok(text) = serde_json::to_string(&event) else { continue };
+                        let kind = serde_json::to_value(&event).ok().and_then(|v| v["type"].as_str().map(str::to_owned));
+                        if wanted.as_ref().is_some_and(|w| !kind.as_ref().is_some_and(|k| w.contains(k))) {
+                            continue;
+                        }
+                        if socket.send(Message::Text(text.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                    // A subscriber too slow to keep up misses events rather than holding others back.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => return,
+                },
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                    _ => {}
+                },
+            }
+        }
+    })
 }

@@ -175,6 +175,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         hls,
         recordings,
         kafka.clone(),
+        bus.clone(),
     );
 
     // Tests and scripts read this line to find the ports (`listen = "127.0.0.1:0"`).

@@ -220,3 +220,32 @@ fn a_ready_recording_is_posted_to_webhooks_signed_and_retried() {
             == 200
     );
 }
+
+#[test]
+fn websocket_subscribers_see_the_events_as_they_happen() {
+    let _turn = heavy();
+    let node = start_node(RECORDED);
+    let url = format!(
+        "ws://{}/api/v1/events?types=stream.started,stream.ended,recording.ready",
+        node.http
+    );
+    let (mut socket, _) = tungstenite::connect(&url).expect("websocket upgrade");
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = socket.get_mut() {
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    }
+    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 5)
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        match socket.read().expect("an event within 60 s") {
+            tungstenite::Message::Text(text) => {
+                let event: serde_json::Value = serde_json::from_str(&text).unwrap();
+                seen.push(event["type"].as_str().unwrap().to_owned());
+            }
+            _ => continue,
+        }
+    }
+    assert_eq!(seen, ["stream.started", "stream.ended", "recording.ready"]);
+    let _ = wait_child(publisher, Duration::from_secs(20));
+}
