@@ -123,11 +123,7 @@ fn stream_and_recording_events_arrive_on_their_topics() {
     let port = free_port();
     let _broker = start_broker(port, &scratch.0.join("tansu.log"));
     let node = start_node(&node_config(port));
-    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 10)
-        .spawn()
-        .unwrap();
-    let (status, stderr) = wait_child(publisher, Duration::from_secs(40));
-    assert!(status.is_some_and(|s| s.success()), "{stderr}");
+    publish_to_the_end(&node.rtmp_url("k"), 640, 360, 10);
 
     let events = consume(
         port,
@@ -238,11 +234,7 @@ fn a_separate_archiver_in_the_consumer_group_makes_the_recording() {
     .unwrap();
     assert_eq!(ready.trim(), "tiercast archiver ready");
 
-    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 8)
-        .spawn()
-        .unwrap();
-    let (status, stderr) = wait_child(publisher, Duration::from_secs(40));
-    assert!(status.is_some_and(|s| s.success()), "{stderr}");
+    publish_to_the_end(&node.rtmp_url("k"), 640, 360, 8);
     let events = consume(
         port,
         &["tiercast.recordings"],

@@ -29,11 +29,7 @@ fn download(node: &Node, recording: &serde_json::Value, scratch: &TempDir) -> st
 fn a_recorded_stream_becomes_one_mp4_with_both_tracks_and_its_events() {
     let _turn = heavy();
     let node = start_node(RECORDED);
-    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 1280, 720, 20)
-        .spawn()
-        .unwrap();
-    let (status, stderr) = wait_child(publisher, Duration::from_secs(60));
-    assert!(status.is_some_and(|s| s.success()), "{stderr}");
+    publish_to_the_end(&node.rtmp_url("k"), 1280, 720, 20);
     node.wait_for("/api/v1/recordings", Duration::from_secs(30), |r| {
         r.text().contains("download_url")
     });
@@ -169,11 +165,7 @@ fn a_ready_recording_is_posted_to_webhooks_signed_and_retried() {
     let node = start_node(&format!(
         "{RECORDED}[notify]\nwebhooks = [\"http://127.0.0.1:{port}/hooks/tiercast\"]\nsecret = \"{secret}\"\n"
     ));
-    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 6)
-        .spawn()
-        .unwrap();
-    let (status, stderr) = wait_child(publisher, Duration::from_secs(30));
-    assert!(status.is_some_and(|s| s.success()), "{stderr}");
+    publish_to_the_end(&node.rtmp_url("k"), 640, 360, 6);
 
     let first = hooks
         .recv_timeout(Duration::from_secs(40))

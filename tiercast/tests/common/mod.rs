@@ -302,6 +302,18 @@ pub fn ffmpeg_publish(url: &str, width: u32, height: u32, seconds: u32) -> Comma
     cmd
 }
 
+/// Publishes with [`ffmpeg_publish`] and waits for ffmpeg to finish, which it must do cleanly.
+pub fn publish_to_the_end(url: &str, width: u32, height: u32, seconds: u32) {
+    let child = ffmpeg_publish(url, width, height, seconds)
+        .spawn()
+        .expect("ffmpeg runs");
+    let (status, stderr) = wait_child(child, Duration::from_secs(u64::from(seconds) * 3 + 20));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "ffmpeg publishing to {url}: {status:?} {stderr}"
+    );
+}
+
 /// Waits for `child` at most `limit`; kills it past that. Returns its exit status and stderr.
 pub fn wait_child(mut child: Child, limit: Duration) -> (Option<std::process::ExitStatus>, String) {
     let deadline = Instant::now() + limit;
