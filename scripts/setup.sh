@@ -9,6 +9,7 @@ PACKAGES=(
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-nice
   ffmpeg
   cmake libssl-dev libcurl4-openssl-dev zlib1g-dev
+  curl python3 python3-pip
 )
 
 missing=()
@@ -33,4 +34,12 @@ fi
 if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
   echo "setup: installing tansu (Kafka-protocol broker for the tests)"
   cargo install tansu --locked --features dynostore
+fi
+
+# ... and a real S3-API server: moto's, from PyPI (5.2.5 or newer: older ones answer
+# CompleteMultipartUpload with a root element the AWS SDKs reject).
+MOTO='moto[server]>=5.2.5'
+if ! python3 -c "import boto3, flask, moto.server, sys; sys.exit(tuple(map(int, moto.__version__.split('.')[:3])) < (5, 2, 5))" >/dev/null 2>&1; then
+  echo "setup: installing moto (S3-API server for the tests)"
+  python3 -m pip install --quiet "$MOTO" || python3 -m pip install --quiet --break-system-packages "$MOTO"
 fi

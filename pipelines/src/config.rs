@@ -25,6 +25,7 @@ pub const DEFAULT_STREAM_KEY: &str = "demo";
 pub const MAX_RTMP_CONNECTIONS: usize = 256;
 pub const DEFAULT_MERGE_READ_MS: u32 = 200;
 pub const DEFAULT_KAFKA_QUEUE: u32 = 100_000;
+pub const DEFAULT_ORPHAN_AFTER_SECONDS: u32 = 60;
 
 /// x264's speed presets, fastest first.
 pub const X264_PRESETS: &[&str] = &[
@@ -119,14 +120,114 @@ pub struct RecordingConfig {
     /// Run the archiver inside this node. Off when `tiercast archiver` processes do the work
     /// (they share it through the Kafka consumer group `tiercast-archiver`).
     pub embedded_archiver: bool,
+    /// A recorded session whose chunks stop arriving for this long, without `stream.ended`,
+    /// lost its node: the archiver makes its recording from what is there.
+    pub orphan_after_seconds: u32,
+    /// Keep chunks and recordings in an S3-compatible bucket instead of under `data_dir`.
+    pub s3: Option<S3Config>,
 }
 
 impl Default for RecordingConfig {
     fn default() -> Self {
         RecordingConfig {
             embedded_archiver: true,
+            orphan_after_seconds: DEFAULT_ORPHAN_AFTER_SECONDS,
+            s3: None,
         }
     }
+}
+
+/// An S3-compatible bucket (AWS S3, MinIO, Ceph RGW, R2, ...). Credentials come from the usual
+/// AWS environment (`AWS_ACCESS_KEY_ID`, profiles, instance roles) unless both keys are set here.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    pub bucket: String,
+    /// `https://host[:port]` for a store that is not AWS; empty for AWS.
+    #[serde(default)]
+    pub endpoint: String,
+    /// Empty: from the AWS environment, else `us-east-1`.
+    #[serde(default)]
+    pub region: String,
+    /// Address objects as `endpoint/bucket/key` (MinIO and most self-hosted stores need it).
+    #[serde(default)]
+    pub path_style: bool,
+    #[serde(default)]
+    pub access_key_id: String,
+    #[serde(default)]
+    pub secret_access_key: String,
+    /// Where finished recordings go: `<recordings_prefix><stream>/<session>.mp4`.
+    #[serde(default = "default_recordings_prefix")]
+    pub recordings_prefix: String,
+    /// Where live chunks go (the seed's DFS), so an archiver on any machine can finish a
+    /// session. Empty: chunks stay under `data_dir` on the recording node.
+    #[serde(default = "default_chunks_prefix")]
+    pub chunks_prefix: String,
+    /// How long a download URL handed out by `GET /api/v1/recordings` stays valid.
+    #[serde(default = "default_presign_seconds")]
+    pub presign_seconds: u32,
+}
+
+impl S3Config {
+    fn validate(&self) -> Result<(), (String, String)> {
+        let bucket_ok = (3..=63).contains(&self.bucket.len())
+            && self
+                .bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+        if !bucket_ok {
+            return Err((
+                "bucket".into(),
+                format!(
+                    "{:?}: 3 to 63 lowercase letters, digits, '-' or '.'",
+                    self.bucket
+                ),
+            ));
+        }
+        let ep = &self.endpoint;
+        if !ep.is_empty() && !(ep.starts_with("http://") || ep.starts_with("https://")) {
+            return Err(("endpoint".into(), format!("{ep:?}: an http(s):// URL")));
+        }
+        if self.access_key_id.is_empty() != self.secret_access_key.is_empty() {
+            return Err((
+                "secret_access_key".into(),
+                "set both access_key_id and secret_access_key, or neither".into(),
+            ));
+        }
+        for (key, prefix) in [
+            ("recordings_prefix", &self.recordings_prefix),
+            ("chunks_prefix", &self.chunks_prefix),
+        ] {
+            if prefix.starts_with('/') || !(prefix.is_empty() || prefix.ends_with('/')) {
+                return Err((key.into(), format!("{prefix:?}: empty, or like \"name/\"")));
+            }
+        }
+        if !self.chunks_prefix.is_empty() && self.chunks_prefix == self.recordings_prefix {
+            return Err((
+                "chunks_prefix".into(),
+                "must differ from recordings_prefix".into(),
+            ));
+        }
+        if !(60..=7 * 24 * 3600).contains(&self.presign_seconds) {
+            return Err((
+                "presign_seconds".into(),
+                "must be from 60 to 604800 (7 days)".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_recordings_prefix() -> String {
+    "recordings/".into()
+}
+
+fn default_chunks_prefix() -> String {
+    "chunks/".into()
+}
+
+fn default_presign_seconds() -> u32 {
+    3600
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -397,6 +498,16 @@ impl Config {
                     "must be from 100 to 10000000".into(),
                 );
             }
+        }
+        if !(10..=86_400).contains(&self.recording.orphan_after_seconds) {
+            return err(
+                "recording.orphan_after_seconds".into(),
+                "must be from 10 to 86400".into(),
+            );
+        }
+        if let Some(s3) = &self.recording.s3 {
+            s3.validate()
+                .map_err(|(k, m)| (format!("recording.s3.{k}"), m))?;
         }
         for (i, url) in self.notify.webhooks.iter().enumerate() {
             if !url.starts_with("http://") || url.parse::<std::net::SocketAddr>().is_ok() {
@@ -694,6 +805,26 @@ audio_kbps = 128
                 "[[streams]]\nname=\"a/b\"\nkey=\"k\"\n",
                 "streams[0].name",
                 Some(2),
+            ),
+            (
+                "[recording.s3]\nbucket = \"My_Bucket\"\n",
+                "recording.s3.bucket",
+                Some(2),
+            ),
+            (
+                "[recording.s3]\nbucket = \"rec\"\nendpoint = \"minio:9000\"\n",
+                "recording.s3.endpoint",
+                Some(3),
+            ),
+            (
+                "[recording.s3]\nbucket = \"rec\"\naccess_key_id = \"AKIA\"\n",
+                "recording.s3.secret_access_key",
+                Some(1),
+            ),
+            (
+                "[recording.s3]\nbucket = \"rec\"\nchunks_prefix = \"recordings/\"\n",
+                "recording.s3.chunks_prefix",
+                Some(3),
             ),
         ];
         for (text, key, line) in cases {

@@ -3,32 +3,115 @@
 //! store, emits `recording.ready` and removes the chunks. At start it also archives sessions
 //! left behind by a node that died before it could say `stream.ended`.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use bytes::Bytes;
 use gst::prelude::*;
 use pipelines::events::{Event, EventBus, EventKind};
 use pipelines::gst_util::make;
-use tokio::sync::{broadcast, watch};
+use serde::Serialize;
+use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::RecordError;
 use crate::chunks::ChunkStore;
-use crate::store::{LocalObjectStore, RecordingInfo};
+use crate::store::{ObjectStore, RecordingInfo};
 
 pub struct Archiver {
     chunks: ChunkStore,
-    store: LocalObjectStore,
+    store: ObjectStore,
     bus: Arc<EventBus>,
+    jobs: Mutex<BTreeMap<String, ArchiveJob>>,
+    /// A session with chunks but none written for this long lost its node: archive it.
+    orphan_after: Duration,
+    /// Whether this process is the only one writing the chunk store (an all-in-one node with
+    /// local chunks): then everything found at start was left behind by its previous run.
+    sole_writer: bool,
+    /// Whether a session is live in this process (never an orphan, however quiet).
+    is_live: Box<dyn Fn(&str, &str) -> bool + Send + Sync>,
+    /// Left-behind sessions that failed to archive, and how often.
+    failures: Mutex<BTreeMap<String, u32>>,
+}
+
+/// A left-behind session that fails this often is left to an operator (its chunks stay).
+const ORPHAN_ATTEMPTS: u32 = 3;
+
+/// A recording being made, as `GET /api/v1/archives` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArchiveJob {
+    pub stream: String,
+    pub session: String,
+    /// `remuxing`, then `uploading`.
+    pub phase: &'static str,
+    pub chunks: u64,
+    pub chunks_done: u64,
+    /// Size of the MP4, once remuxed.
+    pub bytes: u64,
+    pub bytes_stored: u64,
+    pub elapsed_secs: f64,
+    #[serde(skip)]
+    started: Instant,
+    #[serde(skip)]
+    logged: Instant,
 }
 
 /// Remuxing longer than this is treated as stuck.
 const REMUX_TIMEOUT: Duration = Duration::from_secs(600);
+/// Long jobs log their progress this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Chunks read ahead of the remuxer.
+const READ_AHEAD: usize = 4;
 
 impl Archiver {
-    pub fn new(chunks: ChunkStore, store: LocalObjectStore, bus: Arc<EventBus>) -> Archiver {
-        Archiver { chunks, store, bus }
+    pub fn new(chunks: ChunkStore, store: ObjectStore, bus: Arc<EventBus>) -> Archiver {
+        Archiver {
+            chunks,
+            store,
+            bus,
+            jobs: Mutex::default(),
+            orphan_after: Duration::from_secs(60),
+            sole_writer: false,
+            is_live: Box::new(|_, _| false),
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Tells which sessions are live in this process: a stalled publisher's session is not
+    /// archived from under it.
+    pub fn live_sessions(
+        mut self,
+        is_live: impl Fn(&str, &str) -> bool + Send + Sync + 'static,
+    ) -> Archiver {
+        self.is_live = Box::new(is_live);
+        self
+    }
+
+    /// Sessions whose chunks stop arriving for `idle` (their node died without `stream.ended`)
+    /// are archived.
+    pub fn orphans_after(mut self, idle: Duration) -> Archiver {
+        self.orphan_after = idle;
+        self
+    }
+
+    /// This process is the only writer of the chunk store and has just started: archive every
+    /// session found there at once instead of waiting for it to look idle.
+    pub fn sole_writer(mut self, sole: bool) -> Archiver {
+        self.sole_writer = sole;
+        self
+    }
+
+    /// Recordings being made right now.
+    pub fn jobs(&self) -> Vec<ArchiveJob> {
+        let jobs = self.jobs.lock().expect("archive jobs");
+        jobs.values()
+            .map(|j| ArchiveJob {
+                elapsed_secs: j.started.elapsed().as_secs_f64(),
+                ..j.clone()
+            })
+            .collect()
     }
 
     /// Archives what an earlier run left behind, then every recorded session whose
@@ -39,41 +122,86 @@ impl Archiver {
         mut events: broadcast::Receiver<Event>,
         mut shutdown: watch::Receiver<bool>,
     ) {
-        for left in self.chunks.sessions() {
-            info!(stream = %left.stream, session = %left.session, "archiving a session an earlier run left behind");
-            self.clone()
-                .archive_in_background(left.stream, left.session)
-                .await;
-        }
+        let at_start = if self.sole_writer {
+            Duration::ZERO
+        } else {
+            self.orphan_after
+        };
+        self.archive_left_behind(at_start).await;
+        let mut scan = tokio::time::interval((self.orphan_after / 2).max(Duration::from_secs(1)));
+        scan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        scan.tick().await;
         loop {
-            let event = tokio::select! {
-                e = events.recv() => Some(e),
-                _ = shutdown.wait_for(|s| *s) => None,
+            enum Next {
+                Event(Result<Event, broadcast::error::RecvError>),
+                Scan,
+                Stop,
+            }
+            let next = tokio::select! {
+                e = events.recv() => Next::Event(e),
+                _ = scan.tick() => Next::Scan,
+                _ = shutdown.wait_for(|s| *s) => Next::Stop,
             };
-            let Some(event) = event else {
-                // Sessions that ended during shutdown are archived before the node exits.
-                while let Ok(e) = events.try_recv() {
-                    self.clone().on_event(e).await;
-                }
-                return;
-            };
-            match event {
-                Ok(e) => self.clone().on_event(e).await,
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    warn!("archiver missed {n} events; looking for unarchived sessions");
-                    for left in self.chunks.sessions() {
-                        self.clone()
-                            .archive_in_background(left.stream, left.session)
-                            .await;
+            match next {
+                Next::Event(Ok(e)) => self.on_event(e).await,
+                Next::Scan => self.archive_left_behind(self.orphan_after).await,
+                Next::Stop => {
+                    // Sessions that ended during shutdown are archived before the node exits.
+                    while let Ok(e) = events.try_recv() {
+                        self.on_event(e).await;
                     }
+                    return;
                 }
-                Err(broadcast::error::RecvError::Closed) => return,
+                Next::Event(Err(broadcast::error::RecvError::Lagged(n))) => {
+                    warn!("archiver missed {n} events; looking for unarchived sessions");
+                    self.archive_left_behind(self.orphan_after).await;
+                }
+                Next::Event(Err(broadcast::error::RecvError::Closed)) => return,
+            }
+        }
+    }
+
+    /// Archives sessions in the chunk store that no chunk reached for `idle`.
+    async fn archive_left_behind(&self, idle: Duration) {
+        let sessions = match self.chunks.sessions().await {
+            Ok(sessions) => sessions,
+            Err(e) => return warn!("cannot list the chunk store: {e}"),
+        };
+        let now = SystemTime::now();
+        for left in sessions {
+            let quiet = now.duration_since(left.last_write).unwrap_or_default();
+            let failed = self
+                .failures
+                .lock()
+                .expect("archive failures")
+                .get(&left.session)
+                .copied()
+                .unwrap_or(0);
+            if quiet < idle
+                || failed >= ORPHAN_ATTEMPTS
+                || (self.is_live)(&left.stream, &left.session)
+            {
+                continue;
+            }
+            info!(stream = %left.stream, session = %left.session, ?quiet, "archiving a session left behind");
+            if self.archive_logged(&left.stream, &left.session).await {
+                self.failures
+                    .lock()
+                    .expect("archive failures")
+                    .remove(&left.session);
+            } else {
+                *self
+                    .failures
+                    .lock()
+                    .expect("archive failures")
+                    .entry(left.session)
+                    .or_default() += 1;
             }
         }
     }
 
     /// Archives the session a `stream.ended` names, if it was recorded.
-    async fn on_event(self: Arc<Self>, event: Event) {
+    async fn on_event(&self, event: Event) {
         if let EventKind::StreamEnded {
             stream,
             session,
@@ -81,29 +209,48 @@ impl Archiver {
             ..
         } = event.kind
         {
-            self.archive_in_background(stream, session).await;
+            self.archive_logged(&stream, &session).await;
         }
     }
 
-    async fn archive_in_background(self: Arc<Self>, stream: String, session: String) {
-        let (st, se) = (stream.clone(), session.clone());
-        let result = tokio::task::spawn_blocking(move || self.archive(&st, &se)).await;
-        match result {
-            Ok(Ok(info)) => {
-                info!(%stream, %session, key = %info.key, duration = info.duration_secs, "recording ready")
+    /// Whether the session's recording is ready.
+    async fn archive_logged(&self, stream: &str, session: &str) -> bool {
+        match self.archive(stream, session).await {
+            Ok(info) => {
+                info!(%stream, %session, key = %info.key, duration = info.duration_secs, "recording ready");
+                true
             }
-            Ok(Err(e)) => warn!(%stream, %session, "recording failed: {e}"),
-            Err(e) => warn!(%stream, %session, "archiver task failed: {e}"),
+            Err(e) => {
+                warn!(%stream, %session, "recording failed: {e}");
+                false
+            }
         }
     }
 
     /// Makes the session's MP4. Idempotent: a session already archived is not archived again.
-    pub fn archive(&self, stream: &str, session: &str) -> Result<RecordingInfo, RecordError> {
-        if let Some(done) = self.store.get(session) {
-            self.chunks.remove(stream, session)?;
+    pub async fn archive(&self, stream: &str, session: &str) -> Result<RecordingInfo, RecordError> {
+        if let Some(done) = self.store.find(stream, session).await? {
+            self.chunks.remove(stream, session).await?;
             return Ok(done);
         }
-        let result = self.make(stream, session);
+        let now = Instant::now();
+        self.jobs.lock().expect("archive jobs").insert(
+            session.to_owned(),
+            ArchiveJob {
+                stream: stream.to_owned(),
+                session: session.to_owned(),
+                phase: "remuxing",
+                chunks: 0,
+                chunks_done: 0,
+                bytes: 0,
+                bytes_stored: 0,
+                elapsed_secs: 0.0,
+                started: now,
+                logged: now,
+            },
+        );
+        let result = self.make(stream, session).await;
+        self.jobs.lock().expect("archive jobs").remove(session);
         match &result {
             Ok(info) => {
                 self.bus.publish(EventKind::RecordingReady {
@@ -115,7 +262,7 @@ impl Archiver {
                     size: info.size,
                     tracks: info.tracks.clone(),
                 });
-                self.chunks.remove(stream, session)?;
+                self.chunks.remove(stream, session).await?;
             }
             Err(e) => {
                 self.bus.publish(EventKind::RecordingFailed {
@@ -128,18 +275,69 @@ impl Archiver {
         result
     }
 
-    fn make(&self, stream: &str, session: &str) -> Result<RecordingInfo, RecordError> {
-        let chunks = self.chunks.list(stream, session)?;
+    /// Updates the session's job, and logs it now and then.
+    fn progress(&self, session: &str, update: impl FnOnce(&mut ArchiveJob)) {
+        let mut jobs = self.jobs.lock().expect("archive jobs");
+        let Some(job) = jobs.get_mut(session) else {
+            return;
+        };
+        update(job);
+        if job.logged.elapsed() >= PROGRESS_EVERY {
+            job.logged = Instant::now();
+            info!(
+                stream = %job.stream, %session, phase = job.phase,
+                chunks = format!("{}/{}", job.chunks_done, job.chunks),
+                bytes = format!("{}/{}", job.bytes_stored, job.bytes),
+                elapsed = ?job.started.elapsed(),
+                "archiving"
+            );
+        }
+    }
+
+    async fn make(&self, stream: &str, session: &str) -> Result<RecordingInfo, RecordError> {
+        let chunks = self.chunks.list(stream, session).await?;
         if chunks.is_empty() {
             return Err(RecordError::NoChunks(session.to_owned()));
         }
+        self.progress(session, |j| j.chunks = chunks.len() as u64);
         let scratch = self.store.scratch(session)?;
         let remux_err = |message: String| RecordError::Remux {
             session: session.to_owned(),
             message,
         };
-        remux(&chunks, &scratch).map_err(remux_err)?;
-        let (duration_secs, tracks) = discover(&scratch).map_err(remux_err)?;
+        // Chunks are read (from disk or the bucket) while the remuxer works on earlier ones.
+        let (tx, rx) = mpsc::channel::<Bytes>(READ_AHEAD);
+        let out = scratch.clone();
+        let remuxing = tokio::task::spawn_blocking(move || remux(rx, &out));
+        let mut read_error = None;
+        for (done, sequence) in chunks.iter().enumerate() {
+            match self.chunks.read(stream, session, *sequence).await {
+                Ok(data) => {
+                    if tx.send(data).await.is_err() {
+                        break; // the remuxer failed; its error says why
+                    }
+                }
+                Err(e) => {
+                    read_error = Some(e);
+                    break;
+                }
+            }
+            self.progress(session, |j| j.chunks_done = done as u64 + 1);
+        }
+        drop(tx);
+        let remuxed = remuxing
+            .await
+            .unwrap_or_else(|e| Err(format!("remuxer panicked: {e}")));
+        if let Some(e) = read_error {
+            let _ = std::fs::remove_file(&scratch);
+            return Err(e);
+        }
+        remuxed.map_err(remux_err)?;
+        let probe = scratch.clone();
+        let (duration_secs, tracks) = tokio::task::spawn_blocking(move || discover(&probe))
+            .await
+            .unwrap_or_else(|e| Err(format!("discoverer panicked: {e}")))
+            .map_err(remux_err)?;
         let size = std::fs::metadata(&scratch)
             .map_err(RecordError::io(&scratch))?
             .len();
@@ -147,7 +345,7 @@ impl Archiver {
             id: session.to_owned(),
             stream: stream.to_owned(),
             session: session.to_owned(),
-            key: LocalObjectStore::key_for(stream, session),
+            key: self.store.key_for(stream, session),
             duration_secs,
             size,
             tracks,
@@ -156,13 +354,18 @@ impl Archiver {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or_default(),
         };
-        self.store.put(&scratch, &info)?;
+        self.progress(session, |j| {
+            j.phase = "uploading";
+            j.bytes = size;
+        });
+        let stored = |bytes| self.progress(session, |j| j.bytes_stored = bytes);
+        self.store.put(&scratch, &info, &stored).await?;
         Ok(info)
     }
 }
 
 /// `appsrc (the chunks, in order) → tsdemux → h264parse / aacparse → mp4mux faststart → file`.
-fn remux(chunks: &[PathBuf], out: &Path) -> Result<(), String> {
+fn remux(chunks: mpsc::Receiver<Bytes>, out: &Path) -> Result<(), String> {
     pipelines::gst_util::init().map_err(|e| e.to_string())?;
     let pipeline = gst::Pipeline::with_name("archive");
     let e = |e: pipelines::gst_util::GstError| e.to_string();
@@ -257,12 +460,11 @@ fn remux(chunks: &[PathBuf], out: &Path) -> Result<(), String> {
     outcome
 }
 
-fn feed(appsrc: &gst_app::AppSrc, chunks: &[PathBuf]) -> Result<(), String> {
-    for chunk in chunks {
-        let data = std::fs::read(chunk).map_err(|e| format!("{}: {e}", chunk.display()))?;
+fn feed(appsrc: &gst_app::AppSrc, mut chunks: mpsc::Receiver<Bytes>) -> Result<(), String> {
+    while let Some(data) = chunks.blocking_recv() {
         appsrc
-            .push_buffer(gst::Buffer::from_mut_slice(data))
-            .map_err(|e| format!("pushing {}: {e:?}", chunk.display()))?;
+            .push_buffer(gst::Buffer::from_slice(data))
+            .map_err(|e| format!("pushing a chunk: {e:?}"))?;
     }
     appsrc.end_of_stream().map_err(|e| format!("{e:?}"))?;
     Ok(())

@@ -1,14 +1,20 @@
-//! The chunk store: `<root>/<stream>/<session>/<sequence>.ts`, each written to a temporary
-//! name and renamed, so a reader never sees half a chunk and a crash loses only the chunk in
-//! flight.
+//! The chunk store (the seed's DFS): `<stream>/<session>/<sequence>.ts` under a local root or a
+//! bucket prefix. A chunk appears whole or not at all (a local file is written to a temporary
+//! name and renamed; an S3 PUT is atomic), so a crash loses only the chunk in flight.
 
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
 
 use crate::RecordError;
+use crate::s3::Bucket;
 
+/// Where chunks go: local files by default, or a bucket prefix shared by every node.
 #[derive(Debug, Clone)]
-pub struct ChunkStore {
-    root: PathBuf,
+pub enum ChunkStore {
+    Local(LocalChunks),
+    S3 { bucket: Bucket, prefix: String },
 }
 
 /// A session that has chunks in the store.
@@ -16,18 +22,174 @@ pub struct ChunkStore {
 pub struct StoredSession {
     pub stream: String,
     pub session: String,
+    /// When its newest chunk was written: a live session writes one every few seconds.
+    pub last_write: SystemTime,
 }
 
 impl ChunkStore {
-    pub fn new(root: PathBuf) -> ChunkStore {
-        ChunkStore { root }
+    pub fn local(root: PathBuf) -> ChunkStore {
+        ChunkStore::Local(LocalChunks { root })
     }
 
+    fn session_prefix(prefix: &str, stream: &str, session: &str) -> String {
+        format!("{prefix}{stream}/{session}/")
+    }
+
+    pub async fn write(
+        &self,
+        stream: &str,
+        session: &str,
+        sequence: u64,
+        data: Bytes,
+    ) -> Result<(), RecordError> {
+        match self {
+            ChunkStore::Local(local) => {
+                let (local, st, se) = (local.clone(), stream.to_owned(), session.to_owned());
+                blocking(move || local.write(&st, &se, sequence, &data)).await
+            }
+            ChunkStore::S3 { bucket, prefix } => {
+                let key = format!(
+                    "{}{}",
+                    Self::session_prefix(prefix, stream, session),
+                    chunk_name(sequence)
+                );
+                bucket.put(&key, data, "video/mp2t").await
+            }
+        }
+    }
+
+    /// The sequence numbers of the session's complete chunks, in order.
+    pub async fn list(&self, stream: &str, session: &str) -> Result<Vec<u64>, RecordError> {
+        match self {
+            ChunkStore::Local(local) => {
+                let (local, st, se) = (local.clone(), stream.to_owned(), session.to_owned());
+                blocking(move || local.list(&st, &se)).await
+            }
+            ChunkStore::S3 { bucket, prefix } => {
+                let dir = Self::session_prefix(prefix, stream, session);
+                let mut seqs: Vec<u64> = bucket
+                    .list(&dir)
+                    .await?
+                    .iter()
+                    .filter_map(|k| parse_chunk_name(&k[dir.len()..]))
+                    .collect();
+                seqs.sort_unstable();
+                Ok(seqs)
+            }
+        }
+    }
+
+    pub async fn read(
+        &self,
+        stream: &str,
+        session: &str,
+        sequence: u64,
+    ) -> Result<Bytes, RecordError> {
+        match self {
+            ChunkStore::Local(local) => {
+                let path = local.dir(stream, session).join(chunk_name(sequence));
+                tokio::fs::read(&path)
+                    .await
+                    .map(Bytes::from)
+                    .map_err(RecordError::io(&path))
+            }
+            ChunkStore::S3 { bucket, prefix } => {
+                let key = format!(
+                    "{}{}",
+                    Self::session_prefix(prefix, stream, session),
+                    chunk_name(sequence)
+                );
+                bucket.get(&key).await?.ok_or(RecordError::Store {
+                    op: "get",
+                    key,
+                    message: "the chunk is gone".into(),
+                })
+            }
+        }
+    }
+
+    /// Every session with chunks (after a crash: the ones that never got archived).
+    pub async fn sessions(&self) -> Result<Vec<StoredSession>, RecordError> {
+        match self {
+            ChunkStore::Local(local) => {
+                let local = local.clone();
+                blocking(move || Ok(local.sessions())).await
+            }
+            ChunkStore::S3 { bucket, prefix } => {
+                let mut out: Vec<StoredSession> = Vec::new();
+                for (key, modified) in bucket.list_modified(prefix).await? {
+                    let mut parts = key[prefix.len()..].split('/');
+                    let (Some(stream), Some(session), Some(chunk)) =
+                        (parts.next(), parts.next(), parts.next())
+                    else {
+                        continue;
+                    };
+                    if parse_chunk_name(chunk).is_none() {
+                        continue;
+                    }
+                    match out.last_mut() {
+                        Some(last) if last.stream == stream && last.session == session => {
+                            last.last_write = last.last_write.max(modified);
+                        }
+                        _ => out.push(StoredSession {
+                            stream: stream.to_owned(),
+                            session: session.to_owned(),
+                            last_write: modified,
+                        }),
+                    }
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    pub async fn remove(&self, stream: &str, session: &str) -> Result<(), RecordError> {
+        match self {
+            ChunkStore::Local(local) => {
+                let (local, st, se) = (local.clone(), stream.to_owned(), session.to_owned());
+                blocking(move || local.remove(&st, &se)).await
+            }
+            ChunkStore::S3 { bucket, prefix } => {
+                let keys = bucket
+                    .list(&Self::session_prefix(prefix, stream, session))
+                    .await?;
+                bucket.delete(&keys).await
+            }
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RecordError> + Send + 'static,
+) -> Result<T, RecordError> {
+    tokio::task::spawn_blocking(f).await.unwrap_or_else(|e| {
+        Err(RecordError::Io {
+            path: "chunk store".into(),
+            source: std::io::Error::other(e),
+        })
+    })
+}
+
+fn chunk_name(sequence: u64) -> String {
+    format!("{sequence:010}.ts")
+}
+
+fn parse_chunk_name(name: &str) -> Option<u64> {
+    name.strip_suffix(".ts")?.parse().ok()
+}
+
+/// `<root>/<stream>/<session>/<sequence>.ts` on a local filesystem.
+#[derive(Debug, Clone)]
+pub struct LocalChunks {
+    root: PathBuf,
+}
+
+impl LocalChunks {
     fn dir(&self, stream: &str, session: &str) -> PathBuf {
         self.root.join(stream).join(session)
     }
 
-    pub fn write(
+    fn write(
         &self,
         stream: &str,
         session: &str,
@@ -36,37 +198,44 @@ impl ChunkStore {
     ) -> Result<(), RecordError> {
         let dir = self.dir(stream, session);
         std::fs::create_dir_all(&dir).map_err(RecordError::io(&dir))?;
-        let path = dir.join(format!("{sequence:010}.ts"));
+        let path = dir.join(chunk_name(sequence));
         let tmp = dir.join(format!(".{sequence:010}.ts.part"));
         std::fs::write(&tmp, data).map_err(RecordError::io(&tmp))?;
         std::fs::rename(&tmp, &path).map_err(RecordError::io(&path))
     }
 
-    /// The session's complete chunks, in order.
-    pub fn list(&self, stream: &str, session: &str) -> Result<Vec<PathBuf>, RecordError> {
+    fn list(&self, stream: &str, session: &str) -> Result<Vec<u64>, RecordError> {
         let dir = self.dir(stream, session);
-        let mut chunks: Vec<PathBuf> = match std::fs::read_dir(&dir) {
+        let mut chunks: Vec<u64> = match std::fs::read_dir(&dir) {
             Ok(entries) => entries
                 .flatten()
                 .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|e| e == "ts") && !is_hidden(p))
+                .filter(|p| !is_hidden(p))
+                .filter_map(|p| parse_chunk_name(p.file_name()?.to_str()?))
                 .collect(),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(RecordError::io(&dir)(e)),
         };
-        chunks.sort();
+        chunks.sort_unstable();
         Ok(chunks)
     }
 
-    /// Every session with chunks (after a crash: the ones that never got archived).
-    pub fn sessions(&self) -> Vec<StoredSession> {
+    fn sessions(&self) -> Vec<StoredSession> {
         let mut out = Vec::new();
         for stream in read_dirs(&self.root) {
             for session in read_dirs(&stream) {
                 if let (Some(st), Some(se)) = (name_of(&stream), name_of(&session)) {
+                    let last_write = std::fs::read_dir(&session)
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                        .filter_map(|e| e.metadata().ok()?.modified().ok())
+                        .max()
+                        .unwrap_or(UNIX_EPOCH);
                     out.push(StoredSession {
                         stream: st,
                         session: se,
+                        last_write,
                     });
                 }
             }
@@ -75,7 +244,7 @@ impl ChunkStore {
         out
     }
 
-    pub fn remove(&self, stream: &str, session: &str) -> Result<(), RecordError> {
+    fn remove(&self, stream: &str, session: &str) -> Result<(), RecordError> {
         let dir = self.dir(stream, session);
         match std::fs::remove_dir_all(&dir) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(RecordError::io(&dir)(e)),
@@ -109,39 +278,28 @@ fn name_of(p: &Path) -> Option<String> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn writes_lists_in_order_and_removes() {
+    #[tokio::test]
+    async fn writes_lists_in_order_and_removes() {
         let root = std::env::temp_dir().join(format!("tiercast-chunks-{}", std::process::id()));
-        let store = ChunkStore::new(root.clone());
+        let store = ChunkStore::local(root.clone());
         for seq in [2u64, 0, 10, 1] {
-            store.write("main", "s1", seq, &[seq as u8; 188]).unwrap();
+            let data = Bytes::from(vec![seq as u8; 188]);
+            store.write("main", "s1", seq, data).await.unwrap();
         }
         // A chunk a crash left half-written is never listed.
         std::fs::write(root.join("main/s1/.0000000011.ts.part"), b"half").unwrap();
-        let names: Vec<String> = store
-            .list("main", "s1")
-            .unwrap()
-            .iter()
-            .map(|p| p.file_name().unwrap().to_string_lossy().into())
-            .collect();
+        assert_eq!(store.list("main", "s1").await.unwrap(), [0, 1, 2, 10]);
+        assert_eq!(store.read("main", "s1", 10).await.unwrap()[0], 10);
+        let sessions = store.sessions().await.unwrap();
+        assert_eq!(sessions.len(), 1);
         assert_eq!(
-            names,
-            [
-                "0000000000.ts",
-                "0000000001.ts",
-                "0000000002.ts",
-                "0000000010.ts"
-            ]
+            (&sessions[0].stream[..], &sessions[0].session[..]),
+            ("main", "s1")
         );
-        assert_eq!(
-            store.sessions(),
-            [StoredSession {
-                stream: "main".into(),
-                session: "s1".into()
-            }]
-        );
-        store.remove("main", "s1").unwrap();
-        assert!(store.list("main", "s1").unwrap().is_empty());
+        let age = sessions[0].last_write.elapsed().unwrap_or_default();
+        assert!(age < std::time::Duration::from_secs(60), "{age:?}");
+        store.remove("main", "s1").await.unwrap();
+        assert!(store.list("main", "s1").await.unwrap().is_empty());
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -7,10 +7,12 @@
 //!   with the index at the front, put in the object store, announced as `recording.ready`, and
 //!   the chunks removed.
 //! - [`store`]: the object store (`<data_dir>/recordings/` by default) and its listing.
+//! - [`s3`]: an S3-compatible bucket, for both stores when `[recording.s3]` is configured.
 
 pub mod archiver;
 pub mod chunks;
 pub mod notifier;
+pub mod s3;
 pub mod session;
 pub mod store;
 
@@ -26,6 +28,12 @@ pub enum RecordError {
     Remux { session: String, message: String },
     #[error("session {0} has no chunks")]
     NoChunks(String),
+    #[error("object store: {op} {key}: {message}")]
+    Store {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
 }
 
 impl RecordError {

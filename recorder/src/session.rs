@@ -43,6 +43,31 @@ impl ChunkSender {
     }
 }
 
+/// Chunk writes are tried this many times, with backoff, before the chunk is given up.
+const WRITE_ATTEMPTS: u32 = 6;
+
+async fn write_with_retries(
+    store: &ChunkStore,
+    stream: &str,
+    session: &str,
+    sequence: u64,
+    data: Bytes,
+) -> Result<(), crate::RecordError> {
+    let mut delay = Duration::from_millis(500);
+    let mut attempt = 1;
+    loop {
+        match store.write(stream, session, sequence, data.clone()).await {
+            Err(e) if attempt < WRITE_ATTEMPTS => {
+                warn!(%stream, %session, attempt, "chunk {sequence} not written yet, trying again in {delay:?}: {e}");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 impl SessionRecorder {
     pub fn start(
         store: ChunkStore,
@@ -65,13 +90,10 @@ impl SessionRecorder {
                         continue;
                     }
                 };
-                let (store, st, se) = (store.clone(), stream.clone(), session.clone());
                 let bytes = data.len() as u64;
-                let written =
-                    tokio::task::spawn_blocking(move || store.write(&st, &se, sequence, &data))
-                        .await;
+                let written = write_with_retries(&store, &stream, &session, sequence, data).await;
                 match written {
-                    Ok(Ok(())) => {
+                    Ok(()) => {
                         bus.publish(EventKind::ChunkWritten {
                             stream: stream.clone(),
                             session: session.clone(),
@@ -80,8 +102,7 @@ impl SessionRecorder {
                             bytes,
                         });
                     }
-                    Ok(Err(e)) => warn!(%stream, %session, "chunk {sequence} not written: {e}"),
-                    Err(e) => warn!(%stream, %session, "chunk writer failed: {e}"),
+                    Err(e) => warn!(%stream, %session, "chunk {sequence} not written: {e}"),
                 }
             }
         });

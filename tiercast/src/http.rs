@@ -14,13 +14,15 @@ use pipelines::events::EventBus;
 use pipelines::kafka::KafkaSink;
 use pipelines::registry::StreamCounters;
 use pipelines::{Config, Registry};
-use recorder::store::{LocalObjectStore, RecordingInfo};
+use recorder::archiver::Archiver;
+use recorder::store::{Download, ObjectStore, RecordingInfo};
 use relay_tiers::hls::store::HlsStore;
 
 #[derive(Clone)]
 struct Api {
     registry: Arc<Registry>,
-    recordings: LocalObjectStore,
+    recordings: ObjectStore,
+    archiver: Option<Arc<Archiver>>,
     kafka: Option<Arc<KafkaSink>>,
     bus: Arc<EventBus>,
 }
@@ -29,7 +31,8 @@ pub fn router(
     config: Arc<Config>,
     registry: Arc<Registry>,
     store: Arc<HlsStore>,
-    recordings: LocalObjectStore,
+    recordings: ObjectStore,
+    archiver: Option<Arc<Archiver>>,
     kafka: Option<Arc<KafkaSink>>,
     bus: Arc<EventBus>,
 ) -> Router {
@@ -46,10 +49,12 @@ pub fn router(
         .route("/api/v1/recordings", get(recordings_list))
         .route("/api/v1/recordings/{id}", get(recording))
         .route("/recordings/{file}", get(recording_file))
+        .route("/api/v1/archives", get(archives))
         .route("/api/v1/events", get(events))
         .with_state(Api {
             registry,
             recordings,
+            archiver,
             kafka,
             bus,
         })
@@ -181,39 +186,76 @@ async fn metrics(State(api): State<Api>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 
-fn with_url(info: RecordingInfo) -> serde_json::Value {
-    let url = format!("/recordings/{}.mp4", info.id);
+/// A recording as the API shows it: its description and where to download it.
+async fn described(api: &Api, info: RecordingInfo) -> serde_json::Value {
+    let url = match api.recordings.download(&info).await {
+        Ok(Download::Url(url)) => Some(url),
+        Ok(Download::File(_)) => Some(format!("/recordings/{}.mp4", info.id)),
+        Err(e) => {
+            tracing::warn!(recording = %info.id, "no download URL: {e}");
+            None
+        }
+    };
     let mut json = serde_json::to_value(info).unwrap_or_default();
-    json["download_url"] = serde_json::Value::String(url);
+    json["download_url"] = url.map_or(serde_json::Value::Null, serde_json::Value::String);
     json
 }
 
+fn store_unavailable(e: recorder::RecordError) -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(serde_json::json!({ "error": format!("recordings unavailable: {e}") })),
+    )
+        .into_response()
+}
+
 async fn recordings_list(State(api): State<Api>) -> Response {
-    let list: Vec<serde_json::Value> = api.recordings.list().into_iter().map(with_url).collect();
+    let infos = match api.recordings.list().await {
+        Ok(infos) => infos,
+        Err(e) => return store_unavailable(e),
+    };
+    let mut list = Vec::with_capacity(infos.len());
+    for info in infos {
+        list.push(described(&api, info).await);
+    }
     Json(serde_json::json!({ "recordings": list })).into_response()
 }
 
 async fn recording(State(api): State<Api>, Path(id): Path<String>) -> Response {
-    match api.recordings.get(&id) {
-        Some(info) => Json(with_url(info)).into_response(),
-        None => (
+    match api.recordings.get(&id).await {
+        Ok(Some(info)) => Json(described(&api, info).await).into_response(),
+        Ok(None) => (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({ "error": format!("no recording {id:?}") })),
         )
             .into_response(),
+        Err(e) => store_unavailable(e),
     }
 }
 
-/// The MP4 itself, streamed from the local object store.
+/// `GET /api/v1/archives`: recordings being made, with their progress.
+async fn archives(State(api): State<Api>) -> Response {
+    let jobs = api.archiver.as_ref().map(|a| a.jobs()).unwrap_or_default();
+    Json(serde_json::json!({ "archives": jobs })).into_response()
+}
+
+/// The MP4 itself, streamed from the local object store (or a redirect to the bucket).
 async fn recording_file(State(api): State<Api>, Path(file): Path<String>) -> Response {
     let not_found = || (StatusCode::NOT_FOUND, "no such recording\n").into_response();
     let Some(id) = file.strip_suffix(".mp4") else {
         return not_found();
     };
-    let Some(info) = api.recordings.get(id) else {
+    let Ok(Some(info)) = api.recordings.get(id).await else {
         return not_found();
     };
-    let Ok(f) = tokio::fs::File::open(api.recordings.path(&info.key)).await else {
+    let path = match api.recordings.download(&info).await {
+        Ok(Download::File(path)) => path,
+        Ok(Download::Url(url)) => {
+            return (StatusCode::FOUND, [(header::LOCATION, url)]).into_response();
+        }
+        Err(e) => return store_unavailable(e),
+    };
+    let Ok(f) = tokio::fs::File::open(path).await else {
         return not_found();
     };
     let body = axum::body::Body::from_stream(tokio_util::io::ReaderStream::new(f));

@@ -19,7 +19,8 @@ use pipelines::{Config, Registry};
 use recorder::archiver::Archiver;
 use recorder::chunks::ChunkStore;
 use recorder::notifier::Notifier;
-use recorder::store::LocalObjectStore;
+use recorder::s3::Bucket;
+use recorder::store::{LocalObjectStore, ObjectStore, S3ObjectStore};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -131,10 +132,8 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.node.data_dir)
         .with_context(|| format!("cannot create data_dir {}", config.node.data_dir.display()))?;
     let registry = Arc::new(Registry::new(&config.streams));
-    let data = &config.node.data_dir;
     let (bus, kafka) = event_bus(&config)?;
-    let chunks = ChunkStore::new(data.join("chunks"));
-    let recordings = LocalObjectStore::new(data.join("recordings"));
+    let (chunks, recordings) = stores(&config).await;
     let hls = Arc::new(relay_tiers::hls::store::HlsStore::default());
     let factory = Arc::new(wiring::Broadcast::new(
         config.clone(),
@@ -144,11 +143,23 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     ));
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (archiver_stop, archiver_shutdown) = watch::channel(false);
-    let archiver_task = config.recording.embedded_archiver.then(|| {
+    let archiver = config.recording.embedded_archiver.then(|| {
         notify(&config, &bus, archiver_shutdown.clone());
-        let archiver = Arc::new(Archiver::new(chunks, recordings.clone(), bus.clone()));
-        tokio::spawn(archiver.run(bus.subscribe(), archiver_shutdown))
+        // Local chunks are this node's alone: what is there at start was left by its last run.
+        let sole_writer = matches!(chunks, ChunkStore::Local(_));
+        let live = registry.clone();
+        let archiver = archiver_for(&config, chunks, recordings.clone(), &bus)
+            .sole_writer(sole_writer)
+            .live_sessions(move |stream, session| {
+                live.get(stream)
+                    .and_then(|e| e.live_session())
+                    .is_some_and(|s| s.id == session)
+            });
+        Arc::new(archiver)
     });
+    let archiver_task = archiver
+        .clone()
+        .map(|a| tokio::spawn(a.run(bus.subscribe(), archiver_shutdown)));
 
     let rtmp_settings = ingest::rtmp::RtmpSettings {
         app: config.rtmp.app.clone(),
@@ -174,6 +185,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         registry.clone(),
         hls,
         recordings,
+        archiver,
         kafka.clone(),
         bus.clone(),
     );
@@ -265,6 +277,52 @@ fn event_bus(config: &Config) -> anyhow::Result<(Arc<EventBus>, Option<Arc<Kafka
     Ok((Arc::new(bus), kafka))
 }
 
+/// The chunk store and the object store: under `data_dir`, or in the `[recording.s3]` bucket.
+async fn stores(config: &Config) -> (ChunkStore, ObjectStore) {
+    let data = &config.node.data_dir;
+    let local_chunks = ChunkStore::local(data.join("chunks"));
+    let Some(s3) = &config.recording.s3 else {
+        let objects = ObjectStore::Local(LocalObjectStore::new(data.join("recordings")));
+        return (local_chunks, objects);
+    };
+    let bucket = Bucket::connect(s3).await;
+    tokio::spawn({
+        let bucket = bucket.clone();
+        async move {
+            match bucket.check().await {
+                Ok(()) => info!(bucket = %bucket.name(), "recordings go to S3"),
+                Err(e) => warn!("the recordings bucket is not reachable yet: {e}"),
+            }
+        }
+    });
+    let chunks = if s3.chunks_prefix.is_empty() {
+        local_chunks
+    } else {
+        ChunkStore::S3 {
+            bucket: bucket.clone(),
+            prefix: s3.chunks_prefix.clone(),
+        }
+    };
+    let objects = ObjectStore::S3(S3ObjectStore::new(
+        bucket,
+        &s3.recordings_prefix,
+        data.join("archive-tmp"),
+        std::time::Duration::from_secs(u64::from(s3.presign_seconds)),
+    ));
+    (chunks, objects)
+}
+
+fn archiver_for(
+    config: &Config,
+    chunks: ChunkStore,
+    recordings: ObjectStore,
+    bus: &Arc<EventBus>,
+) -> Archiver {
+    Archiver::new(chunks, recordings, bus.clone()).orphans_after(std::time::Duration::from_secs(
+        u64::from(config.recording.orphan_after_seconds),
+    ))
+}
+
 /// Webhooks for recording events, in the process that makes the recordings.
 fn notify(config: &Config, bus: &Arc<EventBus>, shutdown: watch::Receiver<bool>) {
     if config.notify.webhooks.is_empty() {
@@ -293,11 +351,8 @@ fn archiver(config: Config) -> anyhow::Result<()> {
         std::fs::create_dir_all(&data)
             .with_context(|| format!("cannot create data_dir {}", data.display()))?;
         let (bus, kafka) = event_bus(&config)?;
-        let archiver = Arc::new(Archiver::new(
-            ChunkStore::new(data.join("chunks")),
-            LocalObjectStore::new(data.join("recordings")),
-            bus.clone(),
-        ));
+        let (chunks, recordings) = stores(&config).await;
+        let archiver = Arc::new(archiver_for(&config, chunks, recordings, &bus));
         let (stop_tx, stop) = watch::channel(false);
         let stop_consumer = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (events, consumer) = match &config.events.kafka {

@@ -254,3 +254,81 @@ fn a_separate_archiver_in_the_consumer_group_makes_the_recording() {
     let _ = archiver.kill();
     let _ = archiver.wait();
 }
+
+#[test]
+fn the_recording_lands_in_the_bucket_and_is_announced_on_kafka() {
+    let _turn = heavy();
+    let scratch = TempDir::new("s3");
+    let port = free_port();
+    let _broker = start_broker(port, &scratch.0.join("tansu.log"));
+    let s3 = S3Server::start("tiercast-recordings", &scratch.0.join("s3.log"));
+    // A 720p source through a 720p rung: recorded as it came, never re-encoded.
+    let node = start_node(&format!(
+        "[events.kafka]\nbrokers = \"127.0.0.1:{port}\"\n\
+         [[streams]]\nname = \"main\"\nkey = \"k\"\nrecord = true\n\
+         [[ladders.default]]\nname = \"720p\"\nheight = 720\nvideo_kbps = 3000\n{}",
+        s3.node_config()
+    ));
+    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 1280, 720, 20)
+        .spawn()
+        .unwrap();
+
+    // While live, chunks land in the bucket (the shared chunk store).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while s3.keys("chunks/main/").len() < 3 {
+        assert!(Instant::now() < deadline, "no chunks in the bucket");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let (status, stderr) = wait_child(publisher, Duration::from_secs(80));
+    assert!(status.is_some_and(|s| s.success()), "{stderr}");
+
+    let events = consume(
+        port,
+        &["tiercast.recordings"],
+        Duration::from_secs(60),
+        |seen| types(seen).contains(&"recording.ready"),
+    );
+    let ready = events
+        .iter()
+        .find(|e| e["type"] == "recording.ready")
+        .unwrap();
+    let id = ready["recording"].as_str().unwrap();
+    let key = ready["key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with("recordings/main/"), "{key}");
+    let keys = s3.keys("");
+    assert!(keys.contains(&key), "{key} not in {keys:?}");
+    assert!(
+        keys.iter().all(|k| !k.starts_with("chunks/")),
+        "chunks left after archiving: {keys:?}"
+    );
+
+    // The API hands out a presigned URL; ffprobe reads the MP4 straight from the bucket.
+    let listed = node.get(&format!("/api/v1/recordings/{id}"));
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let info: serde_json::Value = serde_json::from_slice(&listed.body).unwrap();
+    let url = info["download_url"].as_str().unwrap();
+    assert!(
+        url.starts_with(&s3.endpoint) && url.contains("X-Amz-Signature="),
+        "{url}"
+    );
+    let url = std::path::Path::new(url);
+    let duration = probe_duration(url);
+    assert!((duration - 20.0).abs() <= 0.5, "duration {duration}");
+    assert_eq!(probe_stream_types(url), ["video", "audio"]);
+    assert_eq!(probe_video_size(url), (1280, 720));
+    assert_eq!(info["size"].as_u64(), Some(size_of(&s3, &key)));
+
+    let redirect = node.get(&format!("/recordings/{id}.mp4"));
+    assert_eq!(redirect.status, 302);
+    assert!(redirect.header("location").unwrap().contains(&key));
+}
+
+/// The object's size, as a plain GET of it counts it.
+fn size_of(s3: &S3Server, key: &str) -> u64 {
+    let out = Command::new("curl")
+        .args(["-sSf", "-o", "/dev/null", "-w", "%{size_download}"])
+        .arg(format!("{}/{}/{key}", s3.endpoint, s3.bucket))
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+}

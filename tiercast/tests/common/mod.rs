@@ -464,3 +464,72 @@ pub fn play_hls(url: &str) -> Result<u64, String> {
         .find_map(|l| l.strip_prefix("frame=").and_then(|v| v.trim().parse().ok()))
         .ok_or_else(|| format!("no progress from ffmpeg: {stdout} {stderr}"))
 }
+
+/// A real S3-API server (moto's) on a loopback port the OS picks, with `bucket` created.
+pub struct S3Server {
+    child: Child,
+    _stdin: std::process::ChildStdin,
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+impl S3Server {
+    pub fn start(bucket: &str, log: &Path) -> S3Server {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/s3-test-server.py");
+        let mut child = Command::new("python3")
+            .args([script, bucket])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .expect("python3 runs (scripts/setup.sh installs moto)");
+        let stdin = child.stdin.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let endpoint = line
+            .trim()
+            .strip_prefix("s3 listening ")
+            .unwrap_or_else(|| panic!("the S3 server did not start: {line:?}"))
+            .to_owned();
+        S3Server {
+            child,
+            _stdin: stdin,
+            endpoint,
+            bucket: bucket.to_owned(),
+        }
+    }
+
+    /// `[recording.s3]` for a node that keeps its chunks and recordings here.
+    pub fn node_config(&self) -> String {
+        format!(
+            "[recording.s3]\nbucket = \"{}\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+             path_style = true\naccess_key_id = \"test\"\nsecret_access_key = \"test\"\n",
+            self.bucket, self.endpoint
+        )
+    }
+
+    /// The keys under `prefix`, as S3's ListObjectsV2 returns them.
+    pub fn keys(&self, prefix: &str) -> Vec<String> {
+        let addr: SocketAddr = self.endpoint.trim_start_matches("http://").parse().unwrap();
+        let listing = http_get(
+            addr,
+            &format!("/{}?list-type=2&prefix={prefix}", self.bucket),
+        );
+        assert_eq!(listing.status, 200, "{}", listing.text());
+        listing
+            .text()
+            .split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split_once("</Key>").map(|(k, _)| k.to_owned()))
+            .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
