@@ -241,3 +241,74 @@ fn websocket_subscribers_see_the_events_as_they_happen() {
     assert_eq!(seen, ["stream.started", "stream.ended", "recording.ready"]);
     let _ = wait_child(publisher, Duration::from_secs(20));
 }
+
+/// Runs `tiercast archiver` once (no Kafka: it archives the idle sessions it finds, then exits).
+fn archive_once(config: &std::path::Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiercast"))
+        .args(["archiver", "--config"])
+        .arg(config)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
+#[test]
+fn a_session_whose_node_died_is_archived_from_the_bucket_by_another_archiver() {
+    let _turn = heavy();
+    let scratch = TempDir::new("orphan");
+    let s3 = S3Server::start("tiercast-orphans", &scratch.0.join("s3.log"));
+    let shared = format!(
+        "[recording]\norphan_after_seconds = 12\n{}",
+        s3.node_config()
+    );
+    let mut node = start_node(&format!("{RECORDED}{shared}"));
+    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 30)
+        .spawn()
+        .unwrap();
+    node.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    std::thread::sleep(Duration::from_secs(10));
+    // The node dies without a word; its chunks are in the bucket.
+    let _ = node.child.kill();
+    let _ = node.child.wait();
+    let _ = wait_child(publisher, Duration::from_secs(20));
+    assert!(!s3.keys("chunks/main/").is_empty());
+
+    // An archiver on another machine (its own data_dir), sharing only the bucket.
+    let config = scratch.0.join("archiver.toml");
+    let data = scratch.0.join("archiver-data");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\ndata_dir = {:?}\n{shared}",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    // While chunks are fresh the session may still be live somewhere: left alone.
+    archive_once(&config);
+    assert!(
+        s3.keys("recordings/").is_empty(),
+        "archived a session too soon"
+    );
+    // Once no chunk has come for `orphan_after_seconds`, it is archived.
+    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    while s3.keys("recordings/").is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never archived");
+        std::thread::sleep(Duration::from_secs(3));
+        archive_once(&config);
+    }
+    assert!(s3.keys("chunks/").is_empty(), "chunks left behind");
+    let key = s3
+        .keys("recordings/main/")
+        .into_iter()
+        .find(|k| k.ends_with(".mp4"))
+        .unwrap();
+    let file = scratch.0.join("orphan.mp4");
+    s3.download(&key, &file);
+    let duration = probe_duration(&file);
+    assert!(duration >= 8.0, "only {duration} s survived the crash");
+    assert_eq!(probe_stream_types(&file), ["video", "audio"]);
+}

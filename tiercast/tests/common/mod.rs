@@ -527,6 +527,22 @@ impl S3Server {
     }
 }
 
+impl S3Server {
+    /// Downloads `key` into `dest` with a signed request (boto3), as an operator would.
+    pub fn download(&self, key: &str, dest: &Path) {
+        let script = "import boto3, sys\n\
+            s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1',\n\
+                aws_access_key_id='test', aws_secret_access_key='test')\n\
+            s3.download_file(sys.argv[2], sys.argv[3], sys.argv[4])\n";
+        let out = Command::new("python3")
+            .args(["-c", script, &self.endpoint, &self.bucket, key])
+            .arg(dest)
+            .output()
+            .expect("python3 runs");
+        assert!(out.status.success(), "downloading {key}: {out:?}");
+    }
+}
+
 impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
