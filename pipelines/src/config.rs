@@ -108,7 +108,8 @@ pub struct TranscodeConfig {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NotifyConfig {
-    /// `http://` URLs that get a POST for every `recording.ready` (and `recording.failed`).
+    /// `http://` or `https://` URLs that get a POST for every `recording.ready` (and
+    /// `recording.failed`). HTTPS is verified against the system's trust store.
     pub webhooks: Vec<String>,
     /// Key of the `X-Tiercast-Signature: sha256=<hex HMAC-SHA256 of the body>` header.
     pub secret: String,
@@ -510,10 +511,13 @@ impl Config {
                 .map_err(|(k, m)| (format!("recording.s3.{k}"), m))?;
         }
         for (i, url) in self.notify.webhooks.iter().enumerate() {
-            if !url.starts_with("http://") || url.parse::<std::net::SocketAddr>().is_ok() {
+            let rest = url
+                .strip_prefix("https://")
+                .or_else(|| url.strip_prefix("http://"));
+            if rest.is_none_or(|r| r.is_empty() || r.starts_with('/')) {
                 return err(
                     format!("notify.webhooks[{i}]"),
-                    format!("{url:?}: an http:// URL"),
+                    format!("{url:?}: an http:// or https:// URL"),
                 );
             }
         }

@@ -17,10 +17,12 @@ use tracing::{info, warn};
 /// Attempts per webhook and event before it is given up.
 const ATTEMPTS: u32 = 6;
 
+type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
+
 pub struct Notifier {
     webhooks: Vec<String>,
     secret: String,
-    client: Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    client: Client<Connector, Full<Bytes>>,
 }
 
 /// `sha256=<hex>` of `body` under `secret`: the `X-Tiercast-Signature` header.
@@ -34,9 +36,21 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 }
 
 impl Notifier {
+    /// `https://` webhooks are verified against the system's trust store (or `SSL_CERT_FILE`).
     pub fn new(webhooks: Vec<String>, secret: String) -> Notifier {
-        let mut connector = hyper_util::client::legacy::connect::HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+        http.set_connect_timeout(Some(Duration::from_secs(5)));
+        http.enforce_http(false);
+        let builder = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .unwrap_or_else(|e| {
+                warn!("no trusted certificates for https webhooks: {e}");
+                let config = rustls::ClientConfig::builder()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+            });
+        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
         Notifier {
             webhooks,
             secret,

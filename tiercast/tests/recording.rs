@@ -312,3 +312,175 @@ fn a_session_whose_node_died_is_archived_from_the_bucket_by_another_archiver() {
     assert!(duration >= 8.0, "only {duration} s survived the crash");
     assert_eq!(probe_stream_types(&file), ["video", "audio"]);
 }
+
+/// A certificate authority of its own and a certificate it signed for 127.0.0.1, made with the
+/// openssl CLI in `dir`: returns (CA certificate, leaf certificate, leaf key).
+fn test_pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    std::fs::create_dir_all(dir).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(out.status.success(), "openssl {args:?}: {out:?}");
+    };
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=tiercast test CA",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+        "-out",
+        "leaf.pem",
+    ]);
+    (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    )
+}
+
+/// An HTTPS webhook receiver (Python's http.server over TLS) on a loopback port; each POST it
+/// gets comes out of `lines` as one JSON line.
+struct HttpsReceiver {
+    child: std::process::Child,
+    port: u16,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Drop for HttpsReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const HTTPS_RECEIVER: &str = r#"
+import http.server, json, ssl, sys
+class Hook(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        print(json.dumps({"signature": self.headers.get("x-tiercast-signature"),
+                          "body": body.decode()}), flush=True)
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+tls.load_cert_chain(sys.argv[1], sys.argv[2])
+server.socket = tls.wrap_socket(server.socket, server_side=True)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"#;
+
+fn https_receiver(cert: &std::path::Path, key: &std::path::Path) -> HttpsReceiver {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", HTTPS_RECEIVER])
+        .arg(cert)
+        .arg(key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let port = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the HTTPS receiver starts")
+        .parse()
+        .unwrap();
+    HttpsReceiver { child, port, lines }
+}
+
+#[test]
+fn https_webhooks_are_verified_against_the_trust_store() {
+    let _turn = heavy();
+    let scratch = TempDir::new("https-hooks");
+    let (trusted_ca, cert, key) = test_pki(&scratch.0.join("trusted"));
+    let (_, stranger_cert, stranger_key) = test_pki(&scratch.0.join("stranger"));
+    let trusted = https_receiver(&cert, &key);
+    let stranger = https_receiver(&stranger_cert, &stranger_key);
+    let node = start_node_env(
+        &format!(
+            "{RECORDED}[notify]\nwebhooks = [\"https://127.0.0.1:{}/hook\", \"https://127.0.0.1:{}/hook\"]\n\
+             secret = \"webhook-secret\"\n",
+            trusted.port, stranger.port
+        ),
+        &[],
+        &[("SSL_CERT_FILE", &trusted_ca)],
+    );
+    publish_to_the_end(&node.rtmp_url("k"), 640, 360, 6);
+
+    let line = trusted
+        .lines
+        .recv_timeout(Duration::from_secs(40))
+        .expect("a POST over verified TLS");
+    let hook: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let body: serde_json::Value = serde_json::from_str(hook["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["type"], "recording.ready", "{body}");
+    assert!(hook["signature"].as_str().unwrap().starts_with("sha256="));
+    // A certificate nobody vouches for gets nothing, and the log says why.
+    assert!(stranger.lines.try_recv().is_err());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !node
+        .log()
+        .contains(&format!("127.0.0.1:{}/hook", stranger.port))
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", node.log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = node.log();
+    assert!(log.contains("webhook failed"), "{log}");
+}

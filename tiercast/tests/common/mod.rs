@@ -50,6 +50,11 @@ pub fn start_node(extra: &str) -> Node {
 
 /// [`start_node`] with more `tiercast run` arguments (e.g. `--demo-source`).
 pub fn start_node_with(extra: &str, args: &[&str]) -> Node {
+    start_node_env(extra, args, &[])
+}
+
+/// [`start_node_with`] with more environment variables for the node.
+pub fn start_node_env(extra: &str, args: &[&str], env: &[(&str, &Path)]) -> Node {
     let dir = TempDir::new("node");
     let config = dir.0.join("node.toml");
     let data = dir.0.join("data");
@@ -62,7 +67,7 @@ pub fn start_node_with(extra: &str, args: &[&str]) -> Node {
     )
     .unwrap();
     let log = dir.0.join("tiercast.log");
-    let (child, rtmp, http) = spawn(&config, args, &log);
+    let (child, rtmp, http) = spawn(&config, args, env, &log);
     Node {
         rtmp,
         http,
@@ -74,7 +79,12 @@ pub fn start_node_with(extra: &str, args: &[&str]) -> Node {
 
 /// Runs `tiercast run --config <config>`, logging to `log` (appended), and reads the ports it
 /// reports.
-fn spawn(config: &Path, args: &[&str], log: &Path) -> (Child, SocketAddr, SocketAddr) {
+fn spawn(
+    config: &Path,
+    args: &[&str],
+    env: &[(&str, &Path)],
+    log: &Path,
+) -> (Child, SocketAddr, SocketAddr) {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -88,6 +98,7 @@ fn spawn(config: &Path, args: &[&str], log: &Path) -> (Child, SocketAddr, Socket
         .stderr(log_file)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .spawn()
         .expect("tiercast starts");
     let stdout = child.stdout.take().unwrap();
@@ -122,7 +133,7 @@ impl Node {
     pub fn crash_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, rtmp, http) = spawn(&self.dir.0.join("node.toml"), &[], &self.log);
+        let (child, rtmp, http) = spawn(&self.dir.0.join("node.toml"), &[], &[], &self.log);
         (self.child, self.rtmp, self.http) = (child, rtmp, http);
     }
 
