@@ -26,6 +26,8 @@ pub const MAX_RTMP_CONNECTIONS: usize = 256;
 pub const DEFAULT_MERGE_READ_MS: u32 = 200;
 pub const DEFAULT_KAFKA_QUEUE: u32 = 100_000;
 pub const DEFAULT_ORPHAN_AFTER_SECONDS: u32 = 60;
+pub const DEFAULT_LINGER_SECONDS: u32 = 30;
+pub const DEFAULT_REGION: &str = "default";
 
 /// x264's speed presets, fastest first.
 pub const X264_PRESETS: &[&str] = &[
@@ -52,6 +54,7 @@ pub struct Config {
     pub events: EventsConfig,
     pub recording: RecordingConfig,
     pub notify: NotifyConfig,
+    pub cluster: ClusterConfig,
     pub streams: Vec<StreamConfig>,
     /// Named ladders. `default` exists unless the file defines its own.
     pub ladders: BTreeMap<String, Vec<RungConfig>>,
@@ -61,6 +64,62 @@ pub struct Config {
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     pub data_dir: PathBuf,
+    /// What this node does in the relay tiers.
+    pub role: Role,
+    /// This node's name in the cluster view; empty: the HTTP address it listens on.
+    pub name: String,
+    /// Where this node is, for viewer routing (`eu-west`, `us-east`, ...).
+    pub region: String,
+}
+
+/// A node's place in the relay tiers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything on one node: ingest, transcode, record, serve.
+    #[default]
+    All,
+    /// Ingests, transcodes and records; feeds distribution nodes.
+    Origin,
+    /// Pulls renditions from origins and feeds edges.
+    Distribution,
+    /// Pulls from distribution nodes and serves viewers of its region.
+    Edge,
+}
+
+impl Role {
+    /// Whether media comes from upstream instead of publishers.
+    pub fn pulls(self) -> bool {
+        matches!(self, Role::Distribution | Role::Edge)
+    }
+}
+
+/// `[cluster]`: how the tiers find and trust each other.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Shared by every node of the cluster; authenticates requests between tiers. At least 16
+    /// characters.
+    pub secret: String,
+    /// `host:port` of the HTTP doors of the tier above (origins for a distribution node,
+    /// distribution nodes for an edge), in order of preference.
+    pub upstreams: Vec<String>,
+    /// How long a pulled stream is kept after its last viewer (or node below) left.
+    pub linger_seconds: u32,
+    /// The renditions a distribution node carries (the seed: one format per second-tier
+    /// server); empty: all.
+    pub renditions: Vec<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            secret: String::new(),
+            upstreams: Vec::new(),
+            linger_seconds: DEFAULT_LINGER_SECONDS,
+            renditions: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -294,6 +353,9 @@ impl Default for NodeConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
+            role: Role::All,
+            name: String::new(),
+            region: DEFAULT_REGION.to_owned(),
         }
     }
 }
@@ -368,6 +430,7 @@ impl Default for Config {
             events: EventsConfig::default(),
             recording: RecordingConfig::default(),
             notify: NotifyConfig::default(),
+            cluster: ClusterConfig::default(),
             streams: vec![StreamConfig {
                 name: DEFAULT_STREAM.to_owned(),
                 key: DEFAULT_STREAM_KEY.to_owned(),
@@ -499,6 +562,43 @@ impl Config {
                     "must be from 100 to 10000000".into(),
                 );
             }
+        }
+        let cluster = &self.cluster;
+        let role = self.node.role;
+        if role != Role::All && cluster.secret.len() < 16 {
+            return err(
+                "cluster.secret".into(),
+                "nodes of a cluster need a shared secret of at least 16 characters".into(),
+            );
+        }
+        if role.pulls() && cluster.upstreams.is_empty() {
+            return err(
+                "cluster.upstreams".into(),
+                "a distribution or edge node needs the host:port of the tier above".into(),
+            );
+        }
+        for (i, up) in cluster.upstreams.iter().enumerate() {
+            let ok = up.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok || up.contains('/') {
+                return err(
+                    "cluster.upstreams".into(),
+                    format!("entry {i}, {up:?}: use host:port (the HTTP door of the node above)"),
+                );
+            }
+        }
+        if !(1..=3600).contains(&cluster.linger_seconds) {
+            return err(
+                "cluster.linger_seconds".into(),
+                "must be from 1 to 3600".into(),
+            );
+        }
+        if !is_path_safe(&self.node.region) {
+            return err(
+                "node.region".into(),
+                "must be letters, digits, '-' or '_'".into(),
+            );
         }
         if !(10..=86_400).contains(&self.recording.orphan_after_seconds) {
             return err(
@@ -809,6 +909,17 @@ audio_kbps = 128
                 "[[streams]]\nname=\"a/b\"\nkey=\"k\"\n",
                 "streams[0].name",
                 Some(2),
+            ),
+            (
+                "[node]\nrole = \"edge\"\n[cluster]\nsecret = \"0123456789abcdef\"\n",
+                "cluster.upstreams",
+                Some(3),
+            ),
+            ("[node]\nrole = \"origin\"\n", "cluster.secret", None),
+            (
+                "[node]\nrole = \"edge\"\n[cluster]\nsecret = \"0123456789abcdef\"\nupstreams = [\"dist-1\"]\n",
+                "cluster.upstreams",
+                Some(5),
             ),
             (
                 "[recording.s3]\nbucket = \"My_Bucket\"\n",

@@ -1,4 +1,6 @@
-//! Egress: how encoded renditions leave a node. Today: HLS, segmented in memory from encoded
-//! frames (never decoded here) and served over HTTP ([`hls`]).
+//! Egress and relay tiers: how encoded renditions leave a node. HLS, segmented in memory from
+//! encoded frames (never decoded here) and served over HTTP ([`hls`]); the inter-tier relay that
+//! carries renditions from the origin through distribution nodes to regional edges ([`relay`]).
 
 pub mod hls;
+pub mod relay;

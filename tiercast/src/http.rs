@@ -17,6 +17,9 @@ use pipelines::{Config, Registry};
 use recorder::archiver::Archiver;
 use recorder::store::{Download, ObjectStore, RecordingInfo};
 use relay_tiers::hls::store::HlsStore;
+use relay_tiers::relay::pull::Puller;
+use relay_tiers::relay::routes::RelayState;
+use relay_tiers::relay::tap::TapStore;
 
 #[derive(Clone)]
 struct Api {
@@ -25,26 +28,43 @@ struct Api {
     archiver: Option<Arc<Archiver>>,
     kafka: Option<Arc<KafkaSink>>,
     bus: Arc<EventBus>,
+    config: Arc<Config>,
+    puller: Option<Puller>,
+    taps: Option<Arc<TapStore>>,
 }
 
-pub fn router(
-    config: Arc<Config>,
-    registry: Arc<Registry>,
-    store: Arc<HlsStore>,
-    recordings: ObjectStore,
-    archiver: Option<Arc<Archiver>>,
-    kafka: Option<Arc<KafkaSink>>,
-    bus: Arc<EventBus>,
-) -> Router {
+/// Everything the HTTP doors serve from.
+pub struct Services {
+    pub config: Arc<Config>,
+    pub registry: Arc<Registry>,
+    pub hls: Arc<HlsStore>,
+    pub recordings: ObjectStore,
+    pub archiver: Option<Arc<Archiver>>,
+    pub kafka: Option<Arc<KafkaSink>>,
+    pub bus: Arc<EventBus>,
+    /// Renditions leaving for the tier below (origin, distribution).
+    pub taps: Option<Arc<TapStore>>,
+    /// Streams pulled from the tier above (distribution, edge).
+    pub puller: Option<Puller>,
+}
+
+pub fn router(s: Services) -> Router {
+    let ready_wait = Duration::from_secs(u64::from(s.config.hls.segment_seconds) * 3 + 2);
+    let demand = s
+        .puller
+        .clone()
+        .map(|p| Arc::new(p) as Arc<dyn relay_tiers::relay::Demand>);
     let hls = relay_tiers::hls::routes::HlsState {
-        registry: registry.clone(),
-        store,
-        ready_wait: Duration::from_secs(u64::from(config.hls.segment_seconds) * 3 + 2),
+        registry: s.registry.clone(),
+        store: s.hls,
+        demand: demand.clone(),
+        ready_wait,
     };
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/streams/{name}", get(stream))
+        .route("/api/v1/cluster", get(cluster))
         .route("/metrics", get(metrics))
         .route("/api/v1/recordings", get(recordings_list))
         .route("/api/v1/recordings/{id}", get(recording))
@@ -52,13 +72,41 @@ pub fn router(
         .route("/api/v1/archives", get(archives))
         .route("/api/v1/events", get(events))
         .with_state(Api {
-            registry,
-            recordings,
-            archiver,
-            kafka,
-            bus,
+            config: s.config.clone(),
+            registry: s.registry,
+            recordings: s.recordings,
+            archiver: s.archiver,
+            kafka: s.kafka,
+            bus: s.bus,
+            puller: s.puller,
+            taps: s.taps.clone(),
         })
-        .merge(relay_tiers::hls::routes::router(hls))
+        .merge(relay_tiers::hls::routes::router(hls));
+    if let Some(taps) = s.taps {
+        router = router.merge(relay_tiers::relay::routes::router(RelayState {
+            taps,
+            secret: s.config.cluster.secret.clone(),
+            demand,
+            wait: ready_wait,
+        }));
+    }
+    router
+}
+
+/// `GET /api/v1/cluster`: this node, and what it pulls from the tier above.
+async fn cluster(State(api): State<Api>) -> Response {
+    let node = &api.config.node;
+    let pulls = api.puller.as_ref().map(|p| p.status()).unwrap_or_default();
+    Json(serde_json::json!({
+        "node": {
+            "name": node.name,
+            "role": node.role,
+            "region": node.region,
+            "upstreams": api.config.cluster.upstreams,
+        },
+        "pulling": pulls,
+    }))
+    .into_response()
 }
 
 async fn healthz(State(api): State<Api>) -> Response {
@@ -147,6 +195,20 @@ async fn metrics(State(api): State<Api>) -> Response {
                 rend.frames_out.load(Ordering::Relaxed)
             );
         }
+    }
+    if let Some(taps) = &api.taps {
+        let _ = writeln!(
+            out,
+            "# HELP tiercast_relay_subscribers Connections of the tier below reading renditions from this node.\n\
+             # TYPE tiercast_relay_subscribers gauge\ntiercast_relay_subscribers {}",
+            taps.subscribers()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP tiercast_relay_bytes_sent_total Bytes sent to the tier below.\n\
+             # TYPE tiercast_relay_bytes_sent_total counter\ntiercast_relay_bytes_sent_total {}",
+            taps.bytes_sent.load(Ordering::Relaxed)
+        );
     }
     if let Some(kafka) = &api.kafka {
         let c = kafka.counters();

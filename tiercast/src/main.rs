@@ -21,6 +21,8 @@ use recorder::chunks::ChunkStore;
 use recorder::notifier::Notifier;
 use recorder::s3::Bucket;
 use recorder::store::{LocalObjectStore, ObjectStore, S3ObjectStore};
+use relay_tiers::relay::pull::{PullSettings, Puller};
+use relay_tiers::relay::tap::TapStore;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -135,15 +137,38 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     let (bus, kafka) = event_bus(&config)?;
     let (chunks, recordings) = stores(&config).await;
     let hls = Arc::new(relay_tiers::hls::store::HlsStore::default());
+    let role = config.node.role;
+    // Distribution and edge nodes take their media from the tier above, not from publishers.
+    let ingests = !role.pulls();
+    // Renditions leave for the tier below through taps, wherever a cluster is configured.
+    let taps = (!config.cluster.secret.is_empty()).then(|| Arc::new(TapStore::default()));
+    let puller = role.pulls().then(|| {
+        let c = &config.cluster;
+        Puller::new(
+            PullSettings {
+                upstreams: c.upstreams.clone(),
+                secret: c.secret.clone(),
+                linger: std::time::Duration::from_secs(u64::from(c.linger_seconds)),
+                renditions: c.renditions.clone(),
+                segment_target: std::time::Duration::from_secs(u64::from(
+                    config.hls.segment_seconds,
+                )),
+                playlist_length: config.hls.playlist_length as usize,
+            },
+            hls.clone(),
+            taps.clone().unwrap_or_default(),
+        )
+    });
     let factory = Arc::new(wiring::Broadcast::new(
         config.clone(),
         hls.clone(),
         bus.clone(),
         chunks.clone(),
+        taps.clone().filter(|_| ingests),
     ));
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (archiver_stop, archiver_shutdown) = watch::channel(false);
-    let archiver = config.recording.embedded_archiver.then(|| {
+    let archiver = (ingests && config.recording.embedded_archiver).then(|| {
         notify(&config, &bus, archiver_shutdown.clone());
         // Local chunks are this node's alone: what is there at start was left by its last run.
         let sole_writer = matches!(chunks, ChunkStore::Local(_));
@@ -161,46 +186,58 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         .clone()
         .map(|a| tokio::spawn(a.run(bus.subscribe(), archiver_shutdown)));
 
-    let rtmp_settings = ingest::rtmp::RtmpSettings {
-        app: config.rtmp.app.clone(),
-        max_connections: config.rtmp.max_connections,
-        merge_read: std::time::Duration::from_millis(u64::from(config.rtmp.merge_read_ms)),
-        ..Default::default()
+    let rtmp = if ingests {
+        let rtmp_settings = ingest::rtmp::RtmpSettings {
+            app: config.rtmp.app.clone(),
+            max_connections: config.rtmp.max_connections,
+            merge_read: std::time::Duration::from_millis(u64::from(config.rtmp.merge_read_ms)),
+            ..Default::default()
+        };
+        let server = ingest::rtmp::RtmpServer::bind(
+            config.rtmp.listen,
+            rtmp_settings,
+            registry.clone(),
+            factory,
+        )
+        .await
+        .with_context(|| format!("rtmp.listen {}", config.rtmp.listen))?;
+        Some(server)
+    } else {
+        None
     };
-    let rtmp = ingest::rtmp::RtmpServer::bind(
-        config.rtmp.listen,
-        rtmp_settings,
-        registry.clone(),
-        factory,
-    )
-    .await
-    .with_context(|| format!("rtmp.listen {}", config.rtmp.listen))?;
-    let rtmp_addr = rtmp.local_addr()?;
+    let rtmp_addr = rtmp.as_ref().map(|r| r.local_addr()).transpose()?;
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("http.listen {}", config.http.listen))?;
     let http_addr = http_listener.local_addr()?;
-    let router = http::router(
-        config.clone(),
-        registry.clone(),
+    let router = http::router(http::Services {
+        config: config.clone(),
+        registry: registry.clone(),
         hls,
         recordings,
         archiver,
-        kafka.clone(),
-        bus.clone(),
-    );
+        kafka: kafka.clone(),
+        bus: bus.clone(),
+        taps,
+        puller,
+    });
 
     // Tests and scripts read this line to find the ports (`listen = "127.0.0.1:0"`).
-    println!("tiercast listening rtmp={rtmp_addr} http={http_addr}");
-    info!(%rtmp_addr, %http_addr, data_dir = %config.node.data_dir.display(), "tiercast node up");
-    for s in &config.streams {
-        info!(
-            "publish to rtmp://{}/{}/<key of {}>, watch http://{}/hls/{}/master.m3u8",
-            rtmp_addr, config.rtmp.app, s.name, http_addr, s.name
-        );
+    let rtmp_shown = rtmp_addr.map_or("none".to_owned(), |a| a.to_string());
+    println!("tiercast listening rtmp={rtmp_shown} http={http_addr}");
+    info!(rtmp_addr = %rtmp_shown, %http_addr, ?role, region = %config.node.region, data_dir = %config.node.data_dir.display(), "tiercast node up");
+    if let Some(rtmp_addr) = rtmp_addr {
+        for s in &config.streams {
+            info!(
+                "publish to rtmp://{}/{}/<key of {}>, watch http://{}/hls/{}/master.m3u8",
+                rtmp_addr, config.rtmp.app, s.name, http_addr, s.name
+            );
+        }
+    } else {
+        info!(upstreams = ?config.cluster.upstreams, "streams are pulled from upstream when first watched");
     }
 
-    let rtmp_task = tokio::spawn(rtmp.run(shutdown.clone()));
+    let rtmp_task = rtmp.map(|r| tokio::spawn(r.run(shutdown.clone())));
     let mut http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(async move {
         axum::serve(http_listener, router)
@@ -209,7 +246,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
             })
             .await
     });
-    let demo = if demo_source {
+    let demo = if let (true, Some(rtmp_addr)) = (demo_source, rtmp_addr) {
         let key = config
             .streams
             .iter()
@@ -234,7 +271,9 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     info!("shutting down");
     drop(demo);
     let _ = shutdown_tx.send(true);
-    let _ = rtmp_task.await;
+    if let Some(task) = rtmp_task {
+        let _ = task.await;
+    }
     // Publishes have ended; the archiver makes their recordings, then stops.
     let _ = archiver_stop.send(true);
     if let Some(task) = archiver_task

@@ -25,6 +25,8 @@ use recorder::chunks::ChunkStore;
 use recorder::session::SessionRecorder;
 use relay_tiers::hls::segmenter::Segmenter;
 use relay_tiers::hls::store::{HlsStore, SessionHls};
+use relay_tiers::relay::tap::{SessionTaps, Tap, TapStore};
+use relay_tiers::relay::wire::RenditionInfo;
 use tracing::{info, warn};
 use transcode::{EncodeSettings, Mode};
 
@@ -36,6 +38,8 @@ pub struct Broadcast {
     hls: Arc<HlsStore>,
     bus: Arc<EventBus>,
     chunks: ChunkStore,
+    /// Where renditions leave for the tier below, on an origin.
+    taps: Option<Arc<TapStore>>,
 }
 
 impl Broadcast {
@@ -44,27 +48,34 @@ impl Broadcast {
         hls: Arc<HlsStore>,
         bus: Arc<EventBus>,
         chunks: ChunkStore,
+        taps: Option<Arc<TapStore>>,
     ) -> Broadcast {
         Broadcast {
             config,
             hls,
             bus,
             chunks,
+            taps,
         }
     }
 }
 
-/// A rendition being produced: its registry entry and its segmenter.
+/// A rendition being produced: its registry entry, its segmenter, and its way to the tier
+/// below.
 #[derive(Clone)]
 struct Output {
     rendition: Arc<Rendition>,
     segmenter: Arc<Mutex<Segmenter>>,
+    tap: Option<Arc<Tap>>,
 }
 
 impl Output {
     fn push(&self, frame: Frame) {
         if frame.kind == TrackKind::Video {
             self.rendition.frames_out.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(tap) = &self.tap {
+            tap.push(&frame);
         }
         self.segmenter
             .lock()
@@ -77,6 +88,9 @@ impl Output {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .finish();
+        if let Some(tap) = &self.tap {
+            tap.end();
+        }
     }
 }
 
@@ -104,6 +118,7 @@ impl GraphFactory for Broadcast {
         let mut encoded = Vec::new();
         let mut renditions = Vec::with_capacity(plan.len());
         let mut store_entries = Vec::with_capacity(plan.len());
+        let mut session_taps = Vec::with_capacity(plan.len());
         for r in &plan {
             let with_audio = if audio_codecs.is_some() {
                 r.audio_kbps
@@ -128,12 +143,29 @@ impl GraphFactory for Broadcast {
                 &session.id,
                 target,
                 c.hls.playlist_length as usize,
-                video,
+                video.clone(),
                 tracks.audio.clone(),
             );
+            let tap = self.taps.as_ref().map(|_| {
+                Arc::new(Tap::new(
+                    &session.id,
+                    RenditionInfo {
+                        name: r.name.clone(),
+                        width: r.width,
+                        height: r.height,
+                        bandwidth,
+                        codecs: rendition.codecs().unwrap_or_default(),
+                        frame_rate: v.fps,
+                    },
+                    video.as_ref(),
+                    tracks.audio.as_ref(),
+                ))
+            });
+            session_taps.extend(tap.clone());
             let output = Output {
                 rendition: rendition.clone(),
                 segmenter: Arc::new(Mutex::new(segmenter)),
+                tap,
             };
             store_entries.push((r.name.clone(), output.segmenter.clone()));
             if is_passthrough {
@@ -178,6 +210,15 @@ impl GraphFactory for Broadcast {
             &stream.name,
             Arc::new(SessionHls::new(&session.id, store_entries)),
         );
+        if let Some(taps) = &self.taps {
+            taps.publish(
+                &stream.name,
+                Arc::new(SessionTaps {
+                    session: session.id.clone(),
+                    renditions: session_taps,
+                }),
+            );
+        }
         Ok(Box::new(LiveGraph {
             stream: stream.name.clone(),
             session: session.id.clone(),
@@ -265,9 +306,12 @@ fn appsink_for(output: Output, audio_codecs: Option<String>) -> Result<gst::Elem
                     && let Ok(map) = codec_data.map_readable()
                     && let Ok(video) = VideoTrack::from_avcc(Bytes::copy_from_slice(&map))
                 {
-                    output
-                        .rendition
-                        .set_codecs(codecs(&video, audio_codecs.as_deref()));
+                    let all = codecs(&video, audio_codecs.as_deref());
+                    if let Some(tap) = &output.tap {
+                        tap.set_codecs(&all);
+                        tap.set_video(&video);
+                    }
+                    output.rendition.set_codecs(all);
                     output
                         .segmenter
                         .lock()

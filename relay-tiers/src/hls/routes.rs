@@ -12,12 +12,15 @@ use pipelines::registry::{Phase, Registry};
 
 use super::MEDIA_PLAYLIST;
 use super::playlist::{Variant, multivariant};
-use super::store::HlsStore;
+use super::store::{HlsStore, SessionHls};
+use crate::relay::Demand;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HlsState {
     pub registry: Arc<Registry>,
     pub store: Arc<HlsStore>,
+    /// On a relay node (distribution, edge): streams come from upstream when first asked for.
+    pub demand: Option<Arc<dyn Demand>>,
     /// How long a request for a stream that has just gone live may wait for its first
     /// segments before it is answered 404.
     pub ready_wait: Duration,
@@ -59,6 +62,9 @@ fn headers(content_type: Option<&'static str>, cache: Option<&'static str>) -> H
 
 #[tracing::instrument(skip(state))]
 async fn master(State(state): State<HlsState>, Path(stream): Path<String>) -> Response {
+    if let Some(demand) = &state.demand {
+        return relayed_master(&state, demand.as_ref(), &stream).await;
+    }
     let Some(entry) = state.registry.get(&stream) else {
         return not_found("no such stream");
     };
@@ -105,11 +111,58 @@ async fn master(State(state): State<HlsState>, Path(stream): Path<String>) -> Re
     }
 }
 
+/// The multivariant playlist of a stream relayed from upstream (pulled now if it is not here).
+async fn relayed_master(state: &HlsState, demand: &dyn Demand, stream: &str) -> Response {
+    demand.want(stream);
+    let deadline = tokio::time::Instant::now() + state.ready_wait;
+    loop {
+        if let Some(hls) = state.store.get(stream)
+            && let Some(renditions) = hls.relayed_renditions()
+            && hls.ready()
+        {
+            return (
+                headers(Some(PLAYLIST_TYPE), Some("no-cache")),
+                multivariant(&relayed_variants(&hls, renditions)),
+            )
+                .into_response();
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return not_found("stream is not live");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn relayed_variants(
+    hls: &SessionHls,
+    renditions: &[crate::relay::wire::RenditionInfo],
+) -> Vec<Variant> {
+    renditions
+        .iter()
+        .map(|r| {
+            let measured = hls.bitrates(&r.name);
+            Variant {
+                name: r.name.clone(),
+                bandwidth: measured.map_or(r.bandwidth, |(peak, _)| peak),
+                average_bandwidth: measured.map(|(_, average)| average),
+                width: r.width,
+                height: r.height,
+                codecs: (!r.codecs.is_empty()).then(|| r.codecs.clone()),
+                frame_rate: r.frame_rate,
+            }
+        })
+        .collect()
+}
+
 #[tracing::instrument(skip(state))]
 async fn media_file(
     State(state): State<HlsState>,
     Path((stream, rendition, file)): Path<(String, String, String)>,
 ) -> Response {
+    if let Some(demand) = &state.demand {
+        // A viewer still watching keeps the stream pulled.
+        demand.want(&stream);
+    }
     let Some(hls) = state.store.get(&stream) else {
         return not_found("stream is not live");
     };

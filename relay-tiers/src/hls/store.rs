@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use super::segmenter::Segmenter;
+use crate::relay::wire::RenditionInfo;
 
 #[derive(Debug, Default)]
 pub struct HlsStore {
@@ -16,6 +17,9 @@ pub struct HlsStore {
 pub struct SessionHls {
     pub session: String,
     renditions: Vec<(String, Arc<Mutex<Segmenter>>)>,
+    /// For a session relayed from upstream: what its renditions are (a local session's
+    /// renditions are in the registry).
+    relayed: Option<Vec<RenditionInfo>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -27,7 +31,18 @@ impl SessionHls {
         SessionHls {
             session: session.to_owned(),
             renditions,
+            relayed: None,
         }
+    }
+
+    /// Marks the session as relayed from upstream, with its renditions' descriptions.
+    pub fn relayed(mut self, renditions: Vec<RenditionInfo>) -> SessionHls {
+        self.relayed = Some(renditions);
+        self
+    }
+
+    pub fn relayed_renditions(&self) -> Option<&[RenditionInfo]> {
+        self.relayed.as_deref()
     }
 
     pub fn rendition(&self, name: &str) -> Option<MutexGuard<'_, Segmenter>> {
@@ -55,6 +70,14 @@ impl HlsStore {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(stream.to_owned(), hls);
+    }
+
+    /// Drops the stream's HLS if it is still `session`'s.
+    pub fn remove(&self, stream: &str, session: &str) {
+        let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        if streams.get(stream).is_some_and(|h| h.session == session) {
+            streams.remove(stream);
+        }
     }
 
     pub fn get(&self, stream: &str) -> Option<Arc<SessionHls>> {

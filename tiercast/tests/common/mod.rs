@@ -117,12 +117,13 @@ fn spawn(
                 std::fs::read_to_string(log).unwrap_or_default()
             )
         });
+    // A relay node (distribution, edge) has no RTMP door: `rtmp=none`, kept as 0.0.0.0:0.
     let field = |name: &str| -> SocketAddr {
         line.split_whitespace()
             .find_map(|w| w.strip_prefix(&format!("{name}=")))
             .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
             .parse()
-            .unwrap()
+            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
     };
     (child, field("rtmp"), field("http"))
 }

@@ -1,0 +1,148 @@
+//! The upstream side of the relay: `GET /relay/v1/<stream>` (what the stream's session carries)
+//! and `GET /relay/v1/<stream>/<rendition>` (the rendition itself, as long as it lasts), for
+//! nodes of the tier below that hold the cluster secret.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::StreamExt;
+use pipelines::media::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use super::Demand;
+use super::auth;
+use super::tap::{SessionTaps, TapStore};
+use super::wire::RenditionInfo;
+
+#[derive(Clone)]
+pub struct RelayState {
+    pub taps: Arc<TapStore>,
+    pub secret: String,
+    /// A relay node pulls what it is asked for from its own upstream.
+    pub demand: Option<Arc<dyn Demand>>,
+    /// How long a request may wait for a stream being pulled from upstream.
+    pub wait: Duration,
+}
+
+/// `GET /relay/v1/<stream>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StreamInfo {
+    pub session: String,
+    pub renditions: Vec<RenditionInfo>,
+}
+
+pub fn router(state: RelayState) -> Router {
+    Router::new()
+        .route("/relay/v1/{stream}", get(stream_info))
+        .route("/relay/v1/{stream}/{rendition}", get(rendition))
+        .with_state(state)
+}
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    (status, format!("{why}\n")).into_response()
+}
+
+impl RelayState {
+    fn authorized(&self, path: &str, headers: &HeaderMap) -> bool {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        auth::verify(&self.secret, path, given)
+    }
+
+    /// The stream's taps: here already, or once the upstream has delivered them.
+    async fn taps(&self, stream: &str) -> Option<Arc<SessionTaps>> {
+        if let Some(demand) = &self.demand {
+            demand.want(stream);
+        }
+        let deadline = tokio::time::Instant::now() + self.wait;
+        loop {
+            if let Some(taps) = self.taps.get(stream) {
+                return Some(taps);
+            }
+            if self.demand.is_none() || tokio::time::Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn stream_info(
+    State(state): State<RelayState>,
+    Path(stream): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if !state.authorized(&format!("/relay/v1/{stream}"), &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "a cluster token is needed");
+    }
+    let Some(taps) = state.taps(&stream).await else {
+        return refuse(StatusCode::NOT_FOUND, "stream is not live here");
+    };
+    axum::Json(StreamInfo {
+        session: taps.session.clone(),
+        renditions: taps.renditions.iter().map(|t| t.info()).collect(),
+    })
+    .into_response()
+}
+
+async fn rendition(
+    State(state): State<RelayState>,
+    Path((stream, rendition)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    if !state.authorized(&format!("/relay/v1/{stream}/{rendition}"), &headers) {
+        return refuse(StatusCode::UNAUTHORIZED, "a cluster token is needed");
+    }
+    let Some(taps) = state.taps(&stream).await else {
+        return refuse(StatusCode::NOT_FOUND, "stream is not live here");
+    };
+    let Some(tap) = taps.rendition(&rendition) else {
+        return refuse(StatusCode::NOT_FOUND, "no such rendition");
+    };
+    let sub = tap.subscribe();
+    let preface = sub.preface.into_iter();
+    let taps = state.taps.clone();
+    let body = futures_util::stream::unfold(
+        (preface, sub.live, sub.ended),
+        |(mut preface, mut live, ended)| async move {
+            if let Some(b) = preface.next() {
+                return Some((Ok::<Bytes, Infallible>(b), (preface, live, ended)));
+            }
+            if ended {
+                return None;
+            }
+            match live.recv().await {
+                Ok(b) => {
+                    let end = b.first() == Some(&super::wire::END_TYPE);
+                    Some((Ok(b), (preface, live, end)))
+                }
+                // Too slow: cut off; it reconnects and starts again at the current GOP.
+                Err(broadcast::error::RecvError::Lagged(_)) => None,
+                Err(broadcast::error::RecvError::Closed) => None,
+            }
+        },
+    )
+    .inspect(move |b| {
+        if let Ok(b) = b {
+            taps.bytes_sent
+                .fetch_add(b.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        }
+    });
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-tiercast-relay"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
