@@ -55,13 +55,22 @@ pub fn start_node_with(extra: &str, args: &[&str]) -> Node {
 
 /// [`start_node_with`] with more environment variables for the node.
 pub fn start_node_env(extra: &str, args: &[&str], env: &[(&str, &Path)]) -> Node {
+    start_node_full("", extra, args, env)
+}
+
+/// A node with more keys in its `[node]` table (`role = "edge"`, `region = ...`).
+pub fn start_node_in(node: &str, extra: &str) -> Node {
+    start_node_full(node, extra, &[], &[])
+}
+
+fn start_node_full(node: &str, extra: &str, args: &[&str], env: &[(&str, &Path)]) -> Node {
     let dir = TempDir::new("node");
     let config = dir.0.join("node.toml");
     let data = dir.0.join("data");
     std::fs::write(
         &config,
         format!(
-            "[node]\ndata_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            "[node]\ndata_dir = {:?}\n{node}\n[http]\nlisten = \"127.0.0.1:0\"\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra}",
             data.display().to_string()
         ),
     )

@@ -1,0 +1,180 @@
+//! The relay tiers end to end: five real `tiercast` processes on loopback (an origin, two
+//! distribution nodes, an edge in each of two regions). ffmpeg publishes to the origin over
+//! RTMP; HLS players at the edges get every rendition; the origin's egress does not depend on
+//! the number of viewers; a distribution node killed with SIGKILL does not stop the edges.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const SECRET: &str = "relay-test-cluster-secret";
+
+/// A 360p source through a 360p (passed through) and a 180p (encoded) rung.
+fn origin() -> Node {
+    start_node_in(
+        "role = \"origin\"\nregion = \"core\"\nname = \"origin\"",
+        &format!(
+            "[cluster]\nsecret = \"{SECRET}\"\n[transcode]\nx264_preset = \"ultrafast\"\n\
+             [[streams]]\nname = \"main\"\nkey = \"k\"\n\
+             [[ladders.default]]\nname = \"360p\"\nheight = 360\nvideo_kbps = 800\n\
+             [[ladders.default]]\nname = \"180p\"\nheight = 180\nvideo_kbps = 300\n"
+        ),
+    )
+}
+
+fn relay_node(role: &str, name: &str, region: &str, upstreams: &[&Node]) -> Node {
+    let ups: Vec<String> = upstreams
+        .iter()
+        .map(|n| format!("\"{}\"", n.http))
+        .collect();
+    start_node_in(
+        &format!("role = \"{role}\"\nregion = \"{region}\"\nname = \"{name}\""),
+        &format!(
+            "[cluster]\nsecret = \"{SECRET}\"\nupstreams = [{}]\nlinger_seconds = 5\n",
+            ups.join(", ")
+        ),
+    )
+}
+
+fn metric(node: &Node, name: &str) -> f64 {
+    let text = node.get("/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+}
+
+/// The last segment a media playlist lists.
+fn last_segment(node: &Node, rendition: &str) -> Option<String> {
+    let playlist = node.get(&format!("/hls/main/{rendition}/index.m3u8"));
+    (playlist.status == 200)
+        .then(|| segments(&playlist.text()).pop())
+        .flatten()
+}
+
+/// Plays what a viewer at `edge` would: the master playlist, then a segment of every variant,
+/// which ffprobe must read at the rendition's height.
+fn watch(edge: &Node, scratch: &TempDir) {
+    let master = edge.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    let variants = variants(&master.text());
+    let names: Vec<&str> = variants.iter().map(|(_, uri)| uri.as_str()).collect();
+    assert_eq!(
+        names,
+        ["360p/index.m3u8", "180p/index.m3u8"],
+        "{}",
+        master.text()
+    );
+    assert!(variants[0].0.contains("RESOLUTION=640x360"), "{variants:?}");
+    for (rendition, height) in [("360p", 360), ("180p", 180)] {
+        let segment = last_segment(edge, rendition).expect("a segment");
+        let data = edge.get(&format!("/hls/main/{rendition}/{segment}"));
+        assert_eq!(data.status, 200);
+        let file = scratch
+            .0
+            .join(format!("{}-{rendition}.ts", edge.http.port()));
+        std::fs::write(&file, &data.body).unwrap();
+        assert_eq!(
+            probe_video_size(&file).1,
+            height,
+            "{rendition} at {}",
+            edge.http
+        );
+        assert_eq!(probe_stream_types(&file), ["video", "audio"]);
+    }
+}
+
+#[test]
+fn five_nodes_carry_every_rendition_to_both_regions_and_survive_a_distribution_node() {
+    let _turn = heavy();
+    let scratch = TempDir::new("relay");
+    let origin = origin();
+    let mut dist_1 = relay_node("distribution", "dist-1", "core", &[&origin]);
+    let dist_2 = relay_node("distribution", "dist-2", "core", &[&origin]);
+    let edge_a = relay_node("edge", "edge-a", "region-a", &[&dist_1, &dist_2]);
+    let edge_b = relay_node("edge", "edge-b", "region-b", &[&dist_2, &dist_1]);
+    // Nobody watches yet: the origin sends nothing anywhere.
+    let mut publisher = ffmpeg_publish(&origin.rtmp_url("k"), 640, 360, 60)
+        .spawn()
+        .unwrap();
+    origin.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    assert_eq!(metric(&origin, "tiercast_relay_subscribers"), 0.0);
+
+    watch(&edge_a, &scratch);
+    watch(&edge_b, &scratch);
+    // Each distribution node pulls each rendition once, whatever the number of edges.
+    let pulled = |node: &Node| -> serde_json::Value {
+        serde_json::from_slice(&node.get("/api/v1/cluster").body).unwrap()
+    };
+    assert_eq!(
+        pulled(&edge_a)["pulling"][0]["upstream"],
+        dist_1.http.to_string()
+    );
+    assert_eq!(
+        pulled(&edge_b)["pulling"][0]["upstream"],
+        dist_2.http.to_string()
+    );
+    assert_eq!(metric(&origin, "tiercast_relay_subscribers"), 4.0);
+
+    // Fifty viewers more at the edges: the origin's egress does not change.
+    let before = metric(&origin, "tiercast_relay_subscribers");
+    std::thread::scope(|s| {
+        for i in 0..50 {
+            let edge = if i % 2 == 0 { &edge_a } else { &edge_b };
+            s.spawn(move || {
+                for _ in 0..3 {
+                    let r = edge.get("/hls/main/360p/index.m3u8");
+                    assert_eq!(r.status, 200);
+                    if let Some(seg) = segments(&r.text()).pop() {
+                        assert_eq!(edge.get(&format!("/hls/main/360p/{seg}")).status, 200);
+                    }
+                }
+            });
+        }
+    });
+    assert_eq!(metric(&origin, "tiercast_relay_subscribers"), before);
+    assert_eq!(metric(&dist_1, "tiercast_relay_subscribers"), 2.0);
+
+    // dist-1 dies: edge A moves to dist-2 and keeps producing segments.
+    let last_a = last_segment(&edge_a, "360p").unwrap();
+    let last_b = last_segment(&edge_b, "360p").unwrap();
+    let killed = Instant::now();
+    let _ = dist_1.child.kill();
+    let _ = dist_1.child.wait();
+    let mut fresh = [false, false];
+    while fresh != [true, true] {
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "edges stalled after the failover: {fresh:?}\n{}",
+            edge_a.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        fresh = [
+            last_segment(&edge_a, "360p").is_some_and(|s| s != last_a),
+            last_segment(&edge_b, "360p").is_some_and(|s| s != last_b),
+        ];
+    }
+    eprintln!(
+        "both edges had a new segment {:?} after the kill",
+        killed.elapsed()
+    );
+    assert_eq!(
+        pulled(&edge_a)["pulling"][0]["upstream"],
+        dist_2.http.to_string()
+    );
+    watch(&edge_a, &scratch);
+
+    // When the publisher stops, the end travels down: the edges' playlists end too.
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+    for edge in [&edge_a, &edge_b] {
+        edge.wait_for("/hls/main/180p/index.m3u8", Duration::from_secs(20), |r| {
+            r.text().contains("#EXT-X-ENDLIST")
+        });
+    }
+}
