@@ -55,6 +55,7 @@ pub struct Config {
     pub recording: RecordingConfig,
     pub notify: NotifyConfig,
     pub cluster: ClusterConfig,
+    pub routing: RoutingConfig,
     pub streams: Vec<StreamConfig>,
     /// Named ladders. `default` exists unless the file defines its own.
     pub ladders: BTreeMap<String, Vec<RungConfig>>,
@@ -70,6 +71,9 @@ pub struct NodeConfig {
     pub name: String,
     /// Where this node is, for viewer routing (`eu-west`, `us-east`, ...).
     pub region: String,
+    /// `host:port` where viewers and other nodes reach this node's HTTP door; empty: the
+    /// address `http.listen` is bound to.
+    pub advertise: String,
 }
 
 /// A node's place in the relay tiers.
@@ -92,6 +96,25 @@ impl Role {
     pub fn pulls(self) -> bool {
         matches!(self, Role::Distribution | Role::Edge)
     }
+}
+
+/// `[routing]`: which edge a viewer is sent to.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Client networks and their regions, for viewers who do not say where they are.
+    pub regions: Vec<RegionNetwork>,
+    /// For a region, the other regions in order of nearness (where its viewers go when it has
+    /// no healthy edge).
+    pub nearby: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionNetwork {
+    /// `10.1.0.0/16`, `2001:db8::/32`
+    pub cidr: String,
+    pub region: String,
 }
 
 /// `[cluster]`: how the tiers find and trust each other.
@@ -356,6 +379,7 @@ impl Default for NodeConfig {
             role: Role::All,
             name: String::new(),
             region: DEFAULT_REGION.to_owned(),
+            advertise: String::new(),
         }
     }
 }
@@ -431,6 +455,7 @@ impl Default for Config {
             recording: RecordingConfig::default(),
             notify: NotifyConfig::default(),
             cluster: ClusterConfig::default(),
+            routing: RoutingConfig::default(),
             streams: vec![StreamConfig {
                 name: DEFAULT_STREAM.to_owned(),
                 key: DEFAULT_STREAM_KEY.to_owned(),
@@ -587,6 +612,35 @@ impl Config {
                     format!("entry {i}, {up:?}: use host:port (the HTTP door of the node above)"),
                 );
             }
+        }
+        for (i, net) in self.routing.regions.iter().enumerate() {
+            let valid = net.cidr.split_once('/').is_some_and(|(ip, prefix)| {
+                let max = match ip.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V4(_)) => 32,
+                    Ok(std::net::IpAddr::V6(_)) => 128,
+                    Err(_) => return false,
+                };
+                prefix.parse::<u8>().is_ok_and(|p| p <= max)
+            });
+            if !valid {
+                return err(
+                    format!("routing.regions[{i}].cidr"),
+                    format!("{:?}: a network such as 10.1.0.0/16", net.cidr),
+                );
+            }
+        }
+        if !self.node.advertise.is_empty()
+            && self.node.advertise.parse::<SocketAddr>().is_err()
+            && !self
+                .node
+                .advertise
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
+        {
+            return err(
+                "node.advertise".into(),
+                format!("{:?}: use host:port", self.node.advertise),
+            );
         }
         if !(1..=3600).contains(&cluster.linger_seconds) {
             return err(

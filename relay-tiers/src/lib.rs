@@ -2,5 +2,6 @@
 //! encoded frames (never decoded here) and served over HTTP ([`hls`]); the inter-tier relay that
 //! carries renditions from the origin through distribution nodes to regional edges ([`relay`]).
 
+pub mod cluster;
 pub mod hls;
 pub mod relay;

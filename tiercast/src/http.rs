@@ -10,12 +10,14 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use pipelines::config::Role;
 use pipelines::events::EventBus;
 use pipelines::kafka::KafkaSink;
 use pipelines::registry::StreamCounters;
 use pipelines::{Config, Registry};
 use recorder::archiver::Archiver;
 use recorder::store::{Download, ObjectStore, RecordingInfo};
+use relay_tiers::cluster::Cluster;
 use relay_tiers::hls::store::HlsStore;
 use relay_tiers::relay::pull::Puller;
 use relay_tiers::relay::routes::RelayState;
@@ -28,8 +30,6 @@ struct Api {
     archiver: Option<Arc<Archiver>>,
     kafka: Option<Arc<KafkaSink>>,
     bus: Arc<EventBus>,
-    config: Arc<Config>,
-    puller: Option<Puller>,
     taps: Option<Arc<TapStore>>,
 }
 
@@ -46,6 +46,7 @@ pub struct Services {
     pub taps: Option<Arc<TapStore>>,
     /// Streams pulled from the tier above (distribution, edge).
     pub puller: Option<Puller>,
+    pub cluster: Arc<Cluster>,
 }
 
 pub fn router(s: Services) -> Router {
@@ -58,13 +59,14 @@ pub fn router(s: Services) -> Router {
         registry: s.registry.clone(),
         store: s.hls,
         demand: demand.clone(),
+        cluster: Some(s.cluster.clone()),
+        redirect_to_edges: matches!(s.config.node.role, Role::Origin | Role::Distribution),
         ready_wait,
     };
     let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/api/v1/streams", get(streams))
         .route("/api/v1/streams/{name}", get(stream))
-        .route("/api/v1/cluster", get(cluster))
         .route("/metrics", get(metrics))
         .route("/api/v1/recordings", get(recordings_list))
         .route("/api/v1/recordings/{id}", get(recording))
@@ -72,16 +74,15 @@ pub fn router(s: Services) -> Router {
         .route("/api/v1/archives", get(archives))
         .route("/api/v1/events", get(events))
         .with_state(Api {
-            config: s.config.clone(),
             registry: s.registry,
             recordings: s.recordings,
             archiver: s.archiver,
             kafka: s.kafka,
             bus: s.bus,
-            puller: s.puller,
             taps: s.taps.clone(),
         })
-        .merge(relay_tiers::hls::routes::router(hls));
+        .merge(relay_tiers::hls::routes::router(hls))
+        .merge(relay_tiers::cluster::router(s.cluster));
     if let Some(taps) = s.taps {
         router = router.merge(relay_tiers::relay::routes::router(RelayState {
             taps,
@@ -91,22 +92,6 @@ pub fn router(s: Services) -> Router {
         }));
     }
     router
-}
-
-/// `GET /api/v1/cluster`: this node, and what it pulls from the tier above.
-async fn cluster(State(api): State<Api>) -> Response {
-    let node = &api.config.node;
-    let pulls = api.puller.as_ref().map(|p| p.status()).unwrap_or_default();
-    Json(serde_json::json!({
-        "node": {
-            "name": node.name,
-            "role": node.role,
-            "region": node.region,
-            "upstreams": api.config.cluster.upstreams,
-        },
-        "pulling": pulls,
-    }))
-    .into_response()
 }
 
 async fn healthz(State(api): State<Api>) -> Response {

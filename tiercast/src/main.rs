@@ -21,6 +21,7 @@ use recorder::chunks::ChunkStore;
 use recorder::notifier::Notifier;
 use recorder::s3::Bucket;
 use recorder::store::{LocalObjectStore, ObjectStore, S3ObjectStore};
+use relay_tiers::cluster::{Cluster, Member, RegionRule, RoutingRules};
 use relay_tiers::relay::pull::{PullSettings, Puller};
 use relay_tiers::relay::tap::TapStore;
 use tokio::sync::watch;
@@ -210,6 +211,27 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("http.listen {}", config.http.listen))?;
     let http_addr = http_listener.local_addr()?;
+    let cluster = Arc::new(cluster_view(&config, http_addr));
+    if !config.cluster.upstreams.is_empty() {
+        tokio::spawn(cluster.clone().run(shutdown.clone()));
+    }
+    if let Some(puller) = puller.clone() {
+        // What this node reads from, for the cluster view.
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            loop {
+                let mut links: Vec<String> = puller
+                    .status()
+                    .into_iter()
+                    .filter_map(|p| p.upstream)
+                    .collect();
+                links.sort();
+                links.dedup();
+                cluster.set_links(links);
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+        });
+    }
     let router = http::router(http::Services {
         config: config.clone(),
         registry: registry.clone(),
@@ -220,6 +242,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         bus: bus.clone(),
         taps,
         puller,
+        cluster,
     });
 
     // Tests and scripts read this line to find the ports (`listen = "127.0.0.1:0"`).
@@ -240,7 +263,8 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     let rtmp_task = rtmp.map(|r| tokio::spawn(r.run(shutdown.clone())));
     let mut http_shutdown = shutdown.clone();
     let http_task = tokio::spawn(async move {
-        axum::serve(http_listener, router)
+        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+        axum::serve(http_listener, service)
             .with_graceful_shutdown(async move {
                 let _ = http_shutdown.wait_for(|s| *s).await;
             })
@@ -314,6 +338,44 @@ fn event_bus(config: &Config) -> anyhow::Result<(Arc<EventBus>, Option<Arc<Kafka
         }
     };
     Ok((Arc::new(bus), kafka))
+}
+
+/// This node as the cluster sees it, and how it routes viewers.
+fn cluster_view(config: &Config, http_addr: std::net::SocketAddr) -> Cluster {
+    let node = &config.node;
+    let address = if node.advertise.is_empty() {
+        http_addr.to_string()
+    } else {
+        node.advertise.clone()
+    };
+    let me = Member {
+        name: if node.name.is_empty() {
+            address.clone()
+        } else {
+            node.name.clone()
+        },
+        role: node.role,
+        region: node.region.clone(),
+        address,
+        load: 0.0,
+        links: Vec::new(),
+        seen_ms: 0,
+    };
+    let rules = RoutingRules {
+        regions: config
+            .routing
+            .regions
+            .iter()
+            .filter_map(|r| RegionRule::parse(&r.cidr, &r.region))
+            .collect(),
+        nearby: config.routing.nearby.clone().into_iter().collect(),
+    };
+    Cluster::new(
+        me,
+        &config.cluster.secret,
+        config.cluster.upstreams.clone(),
+        rules,
+    )
 }
 
 /// The chunk store and the object store: under `data_dir`, or in the `[recording.s3]` bucket.

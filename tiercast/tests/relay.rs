@@ -46,6 +46,28 @@ fn metric(node: &Node, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in {text}"))
 }
 
+/// The upstreams `node` reads from, as its cluster view says (updated twice a second).
+fn links(node: &Node) -> Vec<String> {
+    std::thread::sleep(Duration::from_millis(600));
+    let view: serde_json::Value =
+        serde_json::from_slice(&node.get("/api/v1/cluster").body).unwrap();
+    let me = view["me"].clone();
+    view["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == me)
+        .map(|m| {
+            m["links"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l.as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap()
+}
+
 /// The last segment a media playlist lists.
 fn last_segment(node: &Node, rendition: &str) -> Option<String> {
     let playlist = node.get(&format!("/hls/main/{rendition}/index.m3u8"));
@@ -108,18 +130,39 @@ fn five_nodes_carry_every_rendition_to_both_regions_and_survive_a_distribution_n
     watch(&edge_a, &scratch);
     watch(&edge_b, &scratch);
     // Each distribution node pulls each rendition once, whatever the number of edges.
-    let pulled = |node: &Node| -> serde_json::Value {
-        serde_json::from_slice(&node.get("/api/v1/cluster").body).unwrap()
-    };
-    assert_eq!(
-        pulled(&edge_a)["pulling"][0]["upstream"],
-        dist_1.http.to_string()
-    );
-    assert_eq!(
-        pulled(&edge_b)["pulling"][0]["upstream"],
-        dist_2.http.to_string()
-    );
+    assert_eq!(links(&edge_a), [dist_1.http.to_string()]);
+    assert_eq!(links(&edge_b), [dist_2.http.to_string()]);
     assert_eq!(metric(&origin, "tiercast_relay_subscribers"), 4.0);
+
+    // Any node sends a viewer to the edge of their region.
+    let route = origin.wait_for(
+        "/api/v1/route?stream=main&region=region-a",
+        Duration::from_secs(10),
+        |r| r.status == 200,
+    );
+    let route: serde_json::Value = serde_json::from_slice(&route.body).unwrap();
+    assert_eq!(route["edge"], "edge-a", "{route}");
+    assert_eq!(
+        route["hls"],
+        format!("http://{}/hls/main/master.m3u8", edge_a.http)
+    );
+    for (node, region, edge) in [
+        (&origin, "region-b", &edge_b),
+        (&dist_2, "region-a", &edge_a),
+    ] {
+        let to = node.wait_for(
+            &format!("/hls/main/master.m3u8?region={region}"),
+            Duration::from_secs(10),
+            |r| r.status == 302,
+        );
+        assert_eq!(
+            to.header("location"),
+            Some(&*format!("http://{}/hls/main/master.m3u8", edge.http))
+        );
+    }
+    // A region without an edge goes to the least loaded edge elsewhere.
+    let elsewhere = origin.get("/api/v1/route?stream=main&region=region-z");
+    assert_eq!(elsewhere.status, 200);
 
     // Fifty viewers more at the edges: the origin's egress does not change.
     let before = metric(&origin, "tiercast_relay_subscribers");
@@ -163,11 +206,17 @@ fn five_nodes_carry_every_rendition_to_both_regions_and_survive_a_distribution_n
         "both edges had a new segment {:?} after the kill",
         killed.elapsed()
     );
-    assert_eq!(
-        pulled(&edge_a)["pulling"][0]["upstream"],
-        dist_2.http.to_string()
-    );
+    assert_eq!(links(&edge_a), [dist_2.http.to_string()]);
     watch(&edge_a, &scratch);
+    // The origin hears, through the heartbeats, that dist-1 is gone.
+    origin.wait_for("/api/v1/cluster", Duration::from_secs(10), |r| {
+        let view: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        view["members"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| m["name"] == "dist-1" && m["healthy"] == false)
+    });
 
     // When the publisher stops, the end travels down: the edges' playlists end too.
     let _ = publisher.kill();

@@ -13,6 +13,7 @@ use pipelines::registry::{Phase, Registry};
 use super::MEDIA_PLAYLIST;
 use super::playlist::{Variant, multivariant};
 use super::store::{HlsStore, SessionHls};
+use crate::cluster::{Cluster, Peer, viewer_region};
 use crate::relay::Demand;
 
 #[derive(Clone)]
@@ -21,6 +22,11 @@ pub struct HlsState {
     pub store: Arc<HlsStore>,
     /// On a relay node (distribution, edge): streams come from upstream when first asked for.
     pub demand: Option<Arc<dyn Demand>>,
+    /// Counts viewer requests (an edge's load) and routes viewers to edges.
+    pub cluster: Option<Arc<Cluster>>,
+    /// Send viewers who ask this node for a master playlist to the best edge (origins and
+    /// distribution nodes of a cluster with edges).
+    pub redirect_to_edges: bool,
     /// How long a request for a stream that has just gone live may wait for its first
     /// segments before it is answered 404.
     pub ready_wait: Duration,
@@ -45,6 +51,10 @@ fn not_found(why: &str) -> Response {
         .into_response()
 }
 
+fn headers_for_redirect() -> HeaderMap {
+    headers(None, Some("no-cache"))
+}
+
 fn headers(content_type: Option<&'static str>, cache: Option<&'static str>) -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(
@@ -60,8 +70,40 @@ fn headers(content_type: Option<&'static str>, cache: Option<&'static str>) -> H
     h
 }
 
-#[tracing::instrument(skip(state))]
-async fn master(State(state): State<HlsState>, Path(stream): Path<String>) -> Response {
+#[derive(Debug, serde::Deserialize)]
+struct MasterQuery {
+    region: Option<String>,
+}
+
+#[tracing::instrument(skip(state, peer, request))]
+async fn master(
+    State(state): State<HlsState>,
+    Path(stream): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<MasterQuery>,
+    peer: Option<Peer>,
+    request: HeaderMap,
+) -> Response {
+    if let Some(cluster) = &state.cluster {
+        cluster
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if state.redirect_to_edges {
+            let region = viewer_region(
+                &cluster.rules,
+                q.region.as_deref(),
+                &request,
+                peer.map(|p| p.0.0.ip()),
+            );
+            if let Some(edge) = cluster.route(region.as_deref()) {
+                let to = format!("http://{}/hls/{stream}/master.m3u8", edge.address);
+                let mut h = headers_for_redirect();
+                if let Ok(v) = HeaderValue::from_str(&to) {
+                    h.insert(header::LOCATION, v);
+                }
+                return (StatusCode::FOUND, h).into_response();
+            }
+        }
+    }
     if let Some(demand) = &state.demand {
         return relayed_master(&state, demand.as_ref(), &stream).await;
     }
@@ -159,6 +201,11 @@ async fn media_file(
     State(state): State<HlsState>,
     Path((stream, rendition, file)): Path<(String, String, String)>,
 ) -> Response {
+    if let Some(cluster) = &state.cluster {
+        cluster
+            .requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
     if let Some(demand) = &state.demand {
         // A viewer still watching keeps the stream pulled.
         demand.want(&stream);

@@ -1,0 +1,492 @@
+//! Who is in the cluster, whether they are healthy, and which edge a viewer should go to.
+//!
+//! Every node below the origin sends a heartbeat to each of its upstreams every second
+//! (`POST /api/v1/cluster/heartbeat`, authenticated like the relay) carrying itself and every
+//! member it knows of; the answer carries every member the upstream knows of. So news travels
+//! up with the requests and down with the answers, and every node soon knows every edge, which
+//! is what routing needs: `GET /api/v1/route` (and a master playlist asked of a node that is not
+//! an edge) sends the viewer to the least loaded healthy edge of their region, else of the
+//! nearest region that has one.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use pipelines::config::Role;
+use pipelines::media::Bytes;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::relay::auth;
+
+pub const HEARTBEAT_PATH: &str = "/api/v1/cluster/heartbeat";
+/// Heartbeats are sent this often...
+pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+/// ... and a member not heard of for this long is unhealthy.
+pub const HEALTHY_FOR: Duration = Duration::from_secs(3);
+
+/// A node as the cluster knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub role: Role,
+    pub region: String,
+    /// Where viewers and other nodes reach its HTTP door: `host:port`.
+    pub address: String,
+    /// Viewer requests per second, averaged over the last heartbeats.
+    pub load: f64,
+    /// The upstreams it reads from now.
+    pub links: Vec<String>,
+    /// When the member itself last said so (milliseconds since the Unix epoch).
+    pub seen_ms: u64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl Member {
+    pub fn healthy(&self, now_ms: u64) -> bool {
+        now_ms.saturating_sub(self.seen_ms) <= HEALTHY_FOR.as_millis() as u64
+    }
+}
+
+/// Where a viewer's region comes from when they do not say: their address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RegionRule {
+    pub network: IpAddr,
+    pub prefix: u8,
+    pub region: String,
+}
+
+impl RegionRule {
+    /// `10.1.0.0/16` → a rule for `region`.
+    pub fn parse(cidr: &str, region: &str) -> Option<RegionRule> {
+        let (net, prefix) = cidr.split_once('/')?;
+        let network: IpAddr = net.parse().ok()?;
+        let prefix: u8 = prefix.parse().ok()?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        (prefix <= max).then(|| RegionRule {
+            network,
+            prefix,
+            region: region.to_owned(),
+        })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// How routing decides.
+#[derive(Debug, Clone, Default)]
+pub struct RoutingRules {
+    /// Client address → region, first match wins.
+    pub regions: Vec<RegionRule>,
+    /// For a region, the other regions in order of nearness.
+    pub nearby: HashMap<String, Vec<String>>,
+}
+
+impl RoutingRules {
+    pub fn region_of(&self, ip: IpAddr) -> Option<&str> {
+        self.regions
+            .iter()
+            .find(|r| r.contains(ip))
+            .map(|r| r.region.as_str())
+    }
+}
+
+/// The healthy edge a viewer from `region` should use: the least loaded of their region, else
+/// of the nearest region that has one, else of any region.
+pub fn choose<'a>(
+    members: &'a [Member],
+    region: Option<&str>,
+    rules: &RoutingRules,
+    now_ms: u64,
+) -> Option<&'a Member> {
+    let edges: Vec<&Member> = members
+        .iter()
+        .filter(|m| m.role == Role::Edge && m.healthy(now_ms))
+        .collect();
+    let least = |region: &str| {
+        edges
+            .iter()
+            .filter(|m| m.region == region)
+            .min_by(|a, b| a.load.total_cmp(&b.load).then(a.name.cmp(&b.name)))
+            .copied()
+    };
+    if let Some(region) = region {
+        if let Some(m) = least(region) {
+            return Some(m);
+        }
+        for other in rules.nearby.get(region).into_iter().flatten() {
+            if let Some(m) = least(other) {
+                return Some(m);
+            }
+        }
+    }
+    edges
+        .iter()
+        .min_by(|a, b| a.load.total_cmp(&b.load).then(a.name.cmp(&b.name)))
+        .copied()
+}
+
+/// This node's view of the cluster.
+pub struct Cluster {
+    me: Mutex<Member>,
+    members: Mutex<HashMap<String, Member>>,
+    secret: String,
+    upstreams: Vec<String>,
+    pub rules: RoutingRules,
+    /// Viewer requests served since the last heartbeat.
+    pub requests: AtomicU64,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Cluster {
+    pub fn new(me: Member, secret: &str, upstreams: Vec<String>, rules: RoutingRules) -> Cluster {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_millis(500)));
+        Cluster {
+            me: Mutex::new(me),
+            members: Mutex::new(HashMap::new()),
+            secret: secret.to_owned(),
+            upstreams,
+            rules,
+            requests: AtomicU64::new(0),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    pub fn me(&self) -> Member {
+        let mut me = lock(&self.me).clone();
+        me.seen_ms = now_ms();
+        me
+    }
+
+    pub fn set_links(&self, links: Vec<String>) {
+        lock(&self.me).links = links;
+    }
+
+    /// Every member, this node included, by name.
+    pub fn members(&self) -> Vec<Member> {
+        let me = self.me();
+        let mut all: Vec<Member> = lock(&self.members)
+            .values()
+            .filter(|m| m.name != me.name)
+            .cloned()
+            .collect();
+        all.push(me);
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+
+    /// Takes in what a heartbeat says, keeping the newest word on each member.
+    pub fn merge(&self, heard: Vec<Member>) {
+        let me = lock(&self.me).name.clone();
+        let mut members = lock(&self.members);
+        for m in heard {
+            if m.name == me {
+                continue;
+            }
+            match members.get(&m.name) {
+                Some(known) if known.seen_ms >= m.seen_ms => {}
+                _ => {
+                    if !members.contains_key(&m.name) {
+                        info!(member = %m.name, role = ?m.role, region = %m.region, "cluster member joined");
+                    }
+                    members.insert(m.name.clone(), m);
+                }
+            }
+        }
+        // Members silent for a minute are forgotten.
+        let now = now_ms();
+        members.retain(|_, m| now.saturating_sub(m.seen_ms) < 60_000);
+    }
+
+    pub fn authorized(&self, path: &str, header: Option<&str>) -> bool {
+        auth::verify(&self.secret, path, header)
+    }
+
+    /// Sends heartbeats to the upstreams until `shutdown`.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            let rate =
+                self.requests.swap(0, Ordering::Relaxed) as f64 / HEARTBEAT_EVERY.as_secs_f64();
+            {
+                let mut me = lock(&self.me);
+                me.load = me.load * 0.5 + rate * 0.5;
+            }
+            let body = Bytes::from(serde_json::to_vec(&self.members()).unwrap_or_default());
+            for upstream in &self.upstreams {
+                match self.beat(upstream, body.clone()).await {
+                    Ok(heard) => self.merge(heard),
+                    Err(e) => debug!(%upstream, "heartbeat not answered: {e}"),
+                }
+            }
+        }
+    }
+
+    async fn beat(&self, upstream: &str, body: Bytes) -> Result<Vec<Member>, String> {
+        let request = hyper::Request::post(format!("http://{upstream}{HEARTBEAT_PATH}"))
+            .header(
+                hyper::header::AUTHORIZATION,
+                auth::token(&self.secret, HEARTBEAT_PATH),
+            )
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let response = tokio::time::timeout(HEARTBEAT_EVERY, self.client.request(request))
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        if !response.status().is_success() {
+            return Err(response.status().to_string());
+        }
+        let body = tokio::time::timeout(HEARTBEAT_EVERY, response.into_body().collect())
+            .await
+            .map_err(|_| "timed out".to_owned())?
+            .map_err(|e| e.to_string())?;
+        serde_json::from_slice(&body.to_bytes()).map_err(|e| e.to_string())
+    }
+}
+
+/// `POST /api/v1/cluster/heartbeat`, `GET /api/v1/cluster`, `GET /api/v1/route`.
+pub fn router(cluster: Arc<Cluster>) -> axum::Router {
+    use axum::routing::{get, post};
+    axum::Router::new()
+        .route(HEARTBEAT_PATH, post(heartbeat))
+        .route("/api/v1/cluster", get(view))
+        .route("/api/v1/route", get(route))
+        .with_state(cluster)
+}
+
+/// The viewer's address, where the server records it.
+pub type Peer = axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>;
+
+/// The region a viewer is in: what they say (`?region=`, `X-Tiercast-Region`), else what their
+/// address says.
+pub fn viewer_region(
+    rules: &RoutingRules,
+    query: Option<&str>,
+    headers: &axum::http::HeaderMap,
+    peer: Option<IpAddr>,
+) -> Option<String> {
+    query
+        .map(str::to_owned)
+        .or_else(|| {
+            headers
+                .get("x-tiercast-region")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .or_else(|| peer.and_then(|ip| rules.region_of(ip)).map(str::to_owned))
+        .filter(|r| !r.is_empty())
+}
+
+impl Cluster {
+    /// The edge a viewer from `region` should watch on, if there is a healthy one.
+    pub fn route(&self, region: Option<&str>) -> Option<Member> {
+        let members = self.members();
+        choose(&members, region, &self.rules, now_ms()).cloned()
+    }
+}
+
+async fn heartbeat(
+    axum::extract::State(cluster): axum::extract::State<Arc<Cluster>>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !cluster.authorized(HEARTBEAT_PATH, token) {
+        return (
+            axum::http::StatusCode::UNAUTHORIZED,
+            "a cluster token is needed\n",
+        )
+            .into_response();
+    }
+    match serde_json::from_slice::<Vec<Member>>(&body) {
+        Ok(heard) => {
+            cluster.merge(heard);
+            axum::Json(cluster.members()).into_response()
+        }
+        Err(e) => (
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("not a list of members: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn view(
+    axum::extract::State(cluster): axum::extract::State<Arc<Cluster>>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let now = now_ms();
+    let members: Vec<serde_json::Value> = cluster
+        .members()
+        .into_iter()
+        .map(|m| {
+            let healthy = m.healthy(now);
+            let age = now.saturating_sub(m.seen_ms) as f64 / 1000.0;
+            let mut v = serde_json::to_value(m).unwrap_or_default();
+            v["healthy"] = healthy.into();
+            v["seen_secs_ago"] = age.into();
+            v
+        })
+        .collect();
+    axum::Json(serde_json::json!({ "me": cluster.me().name, "members": members })).into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct RouteQuery {
+    stream: String,
+    region: Option<String>,
+}
+
+async fn route(
+    axum::extract::State(cluster): axum::extract::State<Arc<Cluster>>,
+    axum::extract::Query(q): axum::extract::Query<RouteQuery>,
+    peer: Option<Peer>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let region = viewer_region(
+        &cluster.rules,
+        q.region.as_deref(),
+        &headers,
+        peer.map(|p| p.0.0.ip()),
+    );
+    match cluster.route(region.as_deref()) {
+        Some(edge) => axum::Json(serde_json::json!({
+            "stream": q.stream,
+            "region": region,
+            "edge": edge.name,
+            "edge_region": edge.region,
+            "hls": format!("http://{}/hls/{}/master.m3u8", edge.address, q.stream),
+        }))
+        .into_response(),
+        None => (
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "error": "no healthy edge" })),
+        )
+            .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(name: &str, role: Role, region: &str, load: f64, seen_ms: u64) -> Member {
+        Member {
+            name: name.into(),
+            role,
+            region: region.into(),
+            address: format!("{name}:8080"),
+            load,
+            links: Vec::new(),
+            seen_ms,
+        }
+    }
+
+    #[test]
+    fn viewers_go_to_the_least_loaded_healthy_edge_of_their_region_then_the_nearest() {
+        let now = 100_000;
+        let members = vec![
+            member("origin", Role::Origin, "core", 0.0, now),
+            member("a1", Role::Edge, "eu", 5.0, now),
+            member("a2", Role::Edge, "eu", 2.0, now),
+            member("a3", Role::Edge, "eu", 0.0, now - 10_000), // dead
+            member("b1", Role::Edge, "us", 9.0, now),
+            member("c1", Role::Edge, "asia", 1.0, now),
+        ];
+        let rules = RoutingRules {
+            regions: vec![RegionRule::parse("10.1.0.0/16", "eu").unwrap()],
+            nearby: HashMap::from([("africa".into(), vec!["mars".into(), "us".into()])]),
+        };
+        let pick =
+            |region: Option<&str>| choose(&members, region, &rules, now).map(|m| &m.name[..]);
+        assert_eq!(pick(Some("eu")), Some("a2"));
+        assert_eq!(pick(Some("us")), Some("b1"));
+        assert_eq!(
+            pick(Some("africa")),
+            Some("b1"),
+            "the nearest region with an edge"
+        );
+        assert_eq!(
+            pick(Some("nowhere")),
+            Some("c1"),
+            "else the least loaded anywhere"
+        );
+        assert_eq!(pick(None), Some("c1"));
+        assert_eq!(rules.region_of("10.1.200.3".parse().unwrap()), Some("eu"));
+        assert_eq!(rules.region_of("10.2.0.1".parse().unwrap()), None);
+        assert_eq!(choose(&members[..1], Some("eu"), &rules, now), None);
+    }
+
+    #[test]
+    fn cidr_rules_parse_and_match() {
+        assert!(RegionRule::parse("10.0.0.0/33", "x").is_none());
+        assert!(RegionRule::parse("nonsense", "x").is_none());
+        let all = RegionRule::parse("0.0.0.0/0", "x").unwrap();
+        assert!(all.contains("192.0.2.1".parse().unwrap()));
+        let v6 = RegionRule::parse("2001:db8::/32", "x").unwrap();
+        assert!(v6.contains("2001:db8::1".parse().unwrap()));
+        assert!(!v6.contains("2001:db9::1".parse().unwrap()));
+        assert!(!v6.contains("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_newest_word_on_a_member_wins() {
+        let c = Cluster::new(
+            member("me", Role::Distribution, "core", 0.0, 0),
+            "secret-secret-secret",
+            Vec::new(),
+            RoutingRules::default(),
+        );
+        let now = now_ms();
+        c.merge(vec![member("e", Role::Edge, "eu", 1.0, now)]);
+        c.merge(vec![member("e", Role::Edge, "eu", 7.0, now - 500)]);
+        c.merge(vec![member("me", Role::Edge, "eu", 7.0, now + 1000)]);
+        let names: Vec<(String, f64)> = c.members().into_iter().map(|m| (m.name, m.load)).collect();
+        assert_eq!(names, [("e".into(), 1.0), ("me".into(), 0.0)]);
+    }
+}
