@@ -43,3 +43,10 @@ if ! python3 -c "import boto3, flask, moto.server, sys; sys.exit(tuple(map(int, 
   echo "setup: installing moto (S3-API server for the tests)"
   python3 -m pip install --quiet "$MOTO" || python3 -m pip install --quiet --break-system-packages "$MOTO"
 fi
+
+# ... and the Kubernetes API schemas, to check deploy/k8s offline.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-validate"
+  python3 -m pip install --quiet kubernetes-validate \
+    || python3 -m pip install --quiet --break-system-packages kubernetes-validate
+fi

@@ -28,6 +28,8 @@ pub const DEFAULT_KAFKA_QUEUE: u32 = 100_000;
 pub const DEFAULT_ORPHAN_AFTER_SECONDS: u32 = 60;
 pub const DEFAULT_LINGER_SECONDS: u32 = 30;
 pub const DEFAULT_REGION: &str = "default";
+/// Overrides `[cluster] secret` when set.
+pub const CLUSTER_SECRET_ENV: &str = "TIERCAST_CLUSTER_SECRET";
 
 /// x264's speed presets, fastest first.
 pub const X264_PRESETS: &[&str] = &[
@@ -122,7 +124,7 @@ pub struct RegionNetwork {
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
     /// Shared by every node of the cluster; authenticates requests between tiers. At least 16
-    /// characters.
+    /// characters. The environment variable `TIERCAST_CLUSTER_SECRET` overrides it.
     pub secret: String,
     /// `host:port` of the HTTP doors of the tier above (origins for a distribution node,
     /// distribution nodes for an edge), in order of preference.
@@ -492,6 +494,12 @@ impl Config {
             origin: origin.to_owned(),
             source: Box::new(e),
         })?;
+        // Secrets may stay out of the file (a Kubernetes Secret, a systemd credential).
+        if let Ok(secret) = std::env::var(CLUSTER_SECRET_ENV)
+            && !secret.is_empty()
+        {
+            config.cluster.secret = secret;
+        }
         // A file that lists streams replaces the demo stream rather than adding to it.
         if !text_has_streams(text) {
             config.streams = Config::default().streams;
