@@ -129,6 +129,19 @@ fn five_nodes_carry_every_rendition_to_both_regions_and_survive_a_distribution_n
 
     watch(&edge_a, &scratch);
     watch(&edge_b, &scratch);
+    // Every tier cuts the same segments under the same names: a viewer moved to another edge
+    // (or a CDN in front of them) finds the same URLs.
+    let seg = last_segment(&edge_b, "180p").unwrap();
+    assert_eq!(
+        origin.get(&format!("/hls/main/180p/{seg}")).status,
+        200,
+        "{seg}"
+    );
+    assert_eq!(
+        edge_a.get(&format!("/hls/main/180p/{seg}")).status,
+        200,
+        "{seg}"
+    );
     // Each distribution node pulls each rendition once, whatever the number of edges.
     assert_eq!(links(&edge_a), [dist_1.http.to_string()]);
     assert_eq!(links(&edge_b), [dist_2.http.to_string()]);

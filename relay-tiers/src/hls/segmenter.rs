@@ -19,6 +19,8 @@ const MAX_AUDIO_WAIT: Duration = Duration::from_secs(3);
 #[derive(Debug, Clone)]
 pub struct Segment {
     pub sequence: u64,
+    /// Session time of its first frame; names it.
+    pub start: Duration,
     pub duration: Duration,
     pub data: Bytes,
 }
@@ -128,10 +130,11 @@ impl Segmenter {
         if frame.keyframe {
             match &self.current {
                 None => self.open(frame.dts),
-                // Half a frame of slack: 60 frames at 29.97 fps still make a 2 s segment.
-                Some(open)
-                    if frame.dts.saturating_sub(open.start) + self.frame_gap / 2 >= self.target =>
-                {
+                // Segments end on a grid of target-long slots of session time, so every node
+                // that cuts the same frames (origin, distribution, edges, whenever they joined)
+                // cuts them at the same keyframes, under the same names. Half a frame of slack:
+                // a keyframe at 1.999 s is on the 2 s line.
+                Some(open) if self.slot(frame.dts + self.frame_gap / 2) > self.slot(open.start) => {
                     self.close(frame.dts);
                     self.open(frame.dts);
                 }
@@ -142,6 +145,10 @@ impl Segmenter {
         if let Some(open) = self.current.as_mut() {
             self.muxer.write_frame(&frame, &mut open.data);
         }
+    }
+
+    fn slot(&self, t: Duration) -> u128 {
+        t.as_nanos() / self.target.as_nanos().max(1)
     }
 
     fn write_audio_until(&mut self, until: Duration) {
@@ -183,6 +190,7 @@ impl Segmenter {
         self.max_duration = self.max_duration.max(duration);
         let segment = Segment {
             sequence: self.next_sequence,
+            start: open.start,
             duration,
             data: Bytes::from(open.data),
         };
@@ -238,13 +246,14 @@ impl Segmenter {
         Some((peak, rate(bytes, duration)))
     }
 
-    pub fn segment_name(&self, sequence: u64) -> String {
-        format!("{}-{sequence}.ts", self.prefix)
+    /// `<session>-<start in ms>.ts`: the same segment has the same name on every node.
+    pub fn segment_name(&self, segment: &Segment) -> String {
+        format!("{}-{}.ts", self.prefix, segment.start.as_millis())
     }
 
     /// The segment called `name`, if it is still kept.
     pub fn segment(&self, name: &str) -> Option<Bytes> {
-        let sequence: u64 = name
+        let start_ms: u128 = name
             .strip_prefix(&self.prefix)?
             .strip_prefix('-')?
             .strip_suffix(".ts")?
@@ -252,7 +261,7 @@ impl Segmenter {
             .ok()?;
         self.segments
             .iter()
-            .find(|s| s.sequence == sequence)
+            .find(|s| s.start.as_millis() == start_ms)
             .map(|s| s.data.clone())
     }
 
@@ -271,7 +280,7 @@ impl Segmenter {
                 out,
                 "#EXTINF:{:.3},\n{}\n",
                 s.duration.as_secs_f64(),
-                self.segment_name(s.sequence)
+                self.segment_name(s)
             );
         }
         if self.ended {
@@ -357,10 +366,41 @@ mod tests {
         );
         let text = s.playlist();
         assert!(text.ends_with("#EXT-X-ENDLIST\n"), "{text}");
-        assert_eq!(s.segment("s1-5.ts").map(|d| d.len() % 188), Some(0));
+        assert_eq!(s.segment("s1-10000.ts").map(|d| d.len() % 188), Some(0));
         assert!(s.segment("s2-0.ts").is_none() && s.segment("s1-x.ts").is_none());
         let (peak, average) = s.bitrates().unwrap();
         assert!(peak >= average && average > 0, "{peak} {average}");
+    }
+
+    #[test]
+    fn a_node_that_joins_late_cuts_the_same_segments_under_the_same_names() {
+        // 1 s GOPs, 2 s segments: the late one starts on an odd keyframe.
+        let frames: Vec<Frame> = (0..300u64).map(|n| v(n * 1000 / 30, n % 30 == 0)).collect();
+        let mut early = segmenter();
+        let mut late = segmenter();
+        for (i, f) in frames.iter().enumerate() {
+            early.push(f.clone());
+            if i >= 90 {
+                late.push(f.clone());
+            }
+        }
+        let names = |s: &Segmenter| -> Vec<String> {
+            s.playlist()
+                .lines()
+                .filter(|l| l.ends_with(".ts"))
+                .map(str::to_owned)
+                .collect()
+        };
+        let (early, late) = (names(&early), names(&late));
+        assert_eq!(
+            late[0], "s1-3000.ts",
+            "a short first segment up to the grid"
+        );
+        assert_eq!(
+            late[1..],
+            early[early.len() - (late.len() - 1)..],
+            "{early:?} {late:?}"
+        );
     }
 
     #[test]
