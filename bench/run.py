@@ -80,6 +80,7 @@ class PlaylistWatch(threading.Thread):
     def __init__(self, source):
         super().__init__(daemon=True)
         self.source, self.seen, self.stop, self.ended = source, {}, False, False
+        self.interval = 0.02
 
     def read(self):
         try:
@@ -103,7 +104,7 @@ class PlaylistWatch(threading.Thread):
                     self.seen[line] = (now, duration or 0.0)
             if "#EXT-X-ENDLIST" in text:
                 self.ended = True
-            time.sleep(0.02)
+            time.sleep(self.interval)
 
     def latencies(self, t0):
         """Seconds from the last frame of each segment being sent (t0 + its media end time) to the
