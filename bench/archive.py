@@ -2,7 +2,7 @@
 """Archiving benchmark: 10 minutes of 720p chunks remuxed into one MP4.
 
 tiercast: the chunks are laid out in a chunk store as a recorded session leaves them and
-`tiercast archiver --config` (no Kafka: it archives what the store holds, then exits) makes the
+`tiercast archiver --config --all` (no Kafka: it archives what the store holds, then exits) makes the
 MP4. Baseline in the same run: `ffmpeg -f concat -c copy -movflags +faststart` on the same chunks.
 Both times are wall-clock from start to a finished file, and both outputs are checked with
 ffprobe. Usage: bench/archive.py [--minutes 10]
@@ -54,7 +54,7 @@ def main():
             f.write(f'[node]\ndata_dir = "{work}/data"\n[[streams]]\nname = "bench"\nkey = "bench"\nrecord = true\n')
 
         t = time.time()
-        subprocess.run([tiercast, "archiver", "--config", config], check=True,
+        subprocess.run([tiercast, "archiver", "--config", config, "--all"], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tc_time = time.time() - t
         tc_out = os.path.join(work, "data", "recordings", "bench", "bench-1.mp4")

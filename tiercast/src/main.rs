@@ -53,6 +53,10 @@ enum Command {
     Archiver {
         #[arg(long)]
         config: PathBuf,
+        /// Archive every session in the chunk store now, without waiting for it to look idle
+        /// (only when no node is recording into this store).
+        #[arg(long)]
+        all: bool,
     },
     /// Validate a config file and print what the node would run.
     Check {
@@ -83,7 +87,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => check(&config),
-        Command::Archiver { config } => load(Some(&config)).and_then(archiver),
+        Command::Archiver { config, all } => load(Some(&config)).and_then(|c| archiver(c, all)),
         Command::Run {
             config,
             demo_source,
@@ -440,9 +444,10 @@ fn notify(config: &Config, bus: &Arc<EventBus>, shutdown: watch::Receiver<bool>)
 const ARCHIVER_GROUP: &str = "tiercast-archiver";
 
 /// `tiercast archiver`: the archiver alone. With Kafka, it takes `stream.ended` from the
-/// `tiercast-archiver` consumer group (several archivers share the work) until stopped;
-/// without, it archives what is in the chunk store and exits.
-fn archiver(config: Config) -> anyhow::Result<()> {
+/// `tiercast-archiver` consumer group (several archivers share the work) until stopped, and
+/// archives sessions whose node died (no chunk for `recording.orphan_after_seconds`). Without
+/// Kafka it archives such sessions (every session with `--all`) and exits.
+fn archiver(config: Config, all: bool) -> anyhow::Result<()> {
     pipelines::gst_util::init()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -453,7 +458,7 @@ fn archiver(config: Config) -> anyhow::Result<()> {
             .with_context(|| format!("cannot create data_dir {}", data.display()))?;
         let (bus, kafka) = event_bus(&config)?;
         let (chunks, recordings) = stores(&config).await;
-        let archiver = Arc::new(archiver_for(&config, chunks, recordings, &bus));
+        let archiver = Arc::new(archiver_for(&config, chunks, recordings, &bus).sole_writer(all));
         let (stop_tx, stop) = watch::channel(false);
         let stop_consumer = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (events, consumer) = match &config.events.kafka {

@@ -74,11 +74,22 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Streams pulled at once, at most: a client asking for made-up names cannot make a node
+/// hammer its upstream.
+const MAX_PULLS: usize = 256;
+
 impl Demand for Puller {
     fn want(&self, stream: &str) {
+        if !pipelines::config::is_path_safe(stream) {
+            return;
+        }
         let mut pulls = lock(&self.0.pulls);
         if let Some(pull) = pulls.get(stream) {
             *lock(&pull.wanted) = Instant::now();
+            return;
+        }
+        if pulls.len() >= MAX_PULLS {
+            warn!(%stream, "not pulled: {MAX_PULLS} streams are pulled already");
             return;
         }
         let pull = Arc::new(Pull {
