@@ -129,6 +129,8 @@ def wrk(work, port, playlist, segment, pid_fn, seconds=10):
     cpu = sum(base.cpu_seconds(p) for p in pid_fn()) - before
     requests = int([l for l in out.splitlines() if "requests in" in l][0].split()[0])
     errors = [l.strip() for l in out.splitlines() if "Non-2xx" in l or "Socket errors" in l]
+    if errors:
+        sys.exit(f"wrk saw errors against port {port}: {errors}")
     return {"requests": requests, "cpu_s": round(cpu, 2), "errors": errors,
             "pairs_per_cpu_s": round(requests / 2 / max(cpu, 1e-3))}
 
@@ -155,6 +157,7 @@ def edge_capacity(work, e_http, edge_pid):
     conf = os.path.join(root, "nginx.conf")
     with open(conf, "w") as f:
         f.write(textwrap.dedent(f"""\
+            user root;
             worker_processes 1;
             daemon off;
             error_log {root}/error.log;
