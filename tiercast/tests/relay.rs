@@ -240,3 +240,51 @@ fn five_nodes_carry_every_rendition_to_both_regions_and_survive_a_distribution_n
         });
     }
 }
+
+#[test]
+fn a_distribution_node_carries_only_its_renditions_and_lets_go_when_nobody_watches() {
+    let _turn = heavy();
+    let origin = origin();
+    let ups = format!("\"{}\"", origin.http);
+    let dist = start_node_in(
+        "role = \"distribution\"\nname = \"dist-180p\"",
+        &format!(
+            "[cluster]\nsecret = \"{SECRET}\"\nupstreams = [{ups}]\nlinger_seconds = 2\n\
+             renditions = [\"180p\"]\n"
+        ),
+    );
+    let edge = relay_node("edge", "edge-x", "region-x", &[&dist]);
+    let mut publisher = ffmpeg_publish(&origin.rtmp_url("k"), 640, 360, 60)
+        .spawn()
+        .unwrap();
+    origin.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    // The edge's linger is 5 s, the distribution node's 2 s.
+    let master = edge.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    let listed: Vec<String> = variants(&master.text())
+        .into_iter()
+        .map(|(_, u)| u)
+        .collect();
+    assert_eq!(listed, ["180p/index.m3u8"], "{}", master.text());
+    assert_eq!(metric(&origin, "tiercast_relay_subscribers"), 1.0);
+
+    // Nobody asks any more: the edge lets go after its linger, then the distribution node.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(&origin, "tiercast_relay_subscribers") != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the origin still feeds a node nobody watches"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // A new viewer pulls it again.
+    edge.wait_for("/hls/main/180p/index.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200 && !segments(&r.text()).is_empty()
+    });
+    assert_eq!(metric(&origin, "tiercast_relay_subscribers"), 1.0);
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+}
