@@ -159,6 +159,7 @@ impl GraphFactory for Broadcast {
                     },
                     video.as_ref(),
                     tracks.audio.as_ref(),
+                    &c.cluster.secret,
                 ))
             });
             session_taps.extend(tap.clone());

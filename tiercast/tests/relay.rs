@@ -25,6 +25,16 @@ fn origin() -> Node {
 }
 
 fn relay_node(role: &str, name: &str, region: &str, upstreams: &[&Node]) -> Node {
+    relay_node_with_secret(role, name, region, upstreams, SECRET)
+}
+
+fn relay_node_with_secret(
+    role: &str,
+    name: &str,
+    region: &str,
+    upstreams: &[&Node],
+    secret: &str,
+) -> Node {
     let ups: Vec<String> = upstreams
         .iter()
         .map(|n| format!("\"{}\"", n.http))
@@ -32,7 +42,7 @@ fn relay_node(role: &str, name: &str, region: &str, upstreams: &[&Node]) -> Node
     start_node_in(
         &format!("role = \"{role}\"\nregion = \"{region}\"\nname = \"{name}\""),
         &format!(
-            "[cluster]\nsecret = \"{SECRET}\"\nupstreams = [{}]\nlinger_seconds = 5\n",
+            "[cluster]\nsecret = \"{secret}\"\nupstreams = [{}]\nlinger_seconds = 5\n",
             ups.join(", ")
         ),
     )
@@ -126,6 +136,16 @@ fn five_nodes_carry_every_rendition_to_both_regions_and_survive_a_distribution_n
         r.status == 200
     });
     assert_eq!(metric(&origin, "tiercast_relay_subscribers"), 0.0);
+    // Without the cluster's token, nothing.
+    assert_eq!(origin.get("/relay/v1/main/360p").status, 401);
+    let stranger = relay_node_with_secret(
+        "edge",
+        "stranger",
+        "region-a",
+        &[&dist_2],
+        "not-the-cluster-secret",
+    );
+    assert_eq!(stranger.get("/hls/main/master.m3u8").status, 404);
 
     watch(&edge_a, &scratch);
     watch(&edge_b, &scratch);

@@ -302,7 +302,7 @@ impl Puller {
                 Ok(r) => r.into_body(),
                 Err(e) => return Ended::Upstream(e),
             };
-            let mut decoder = Decoder::default();
+            let mut decoder = Decoder::sealed(&self.0.settings.secret);
             let header = match read_message(&mut body, &mut decoder).await {
                 Ok(Message::Header(h)) if h.session == info.session => h,
                 Ok(_) => return Ended::Upstream(format!("{path}: no header")),
@@ -389,6 +389,7 @@ impl Puller {
                 header.rendition.clone(),
                 video.as_ref(),
                 audio.as_ref(),
+                &s.secret,
             ));
             let name = header.rendition.name.clone();
             segmenters.push((name.clone(), segmenter.clone()));

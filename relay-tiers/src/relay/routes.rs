@@ -121,10 +121,7 @@ async fn rendition(
                 return None;
             }
             match live.recv().await {
-                Ok(b) => {
-                    let end = b.first() == Some(&super::wire::END_TYPE);
-                    Some((Ok(b), (preface, live, end)))
-                }
+                Ok(sent) => Some((Ok(sent.bytes), (preface, live, sent.end))),
                 // Too slow: cut off; it reconnects and starts again at the current GOP.
                 Err(broadcast::error::RecvError::Lagged(_)) => None,
                 Err(broadcast::error::RecvError::Closed) => None,

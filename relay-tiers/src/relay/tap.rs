@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use pipelines::media::{AudioTrack, Bytes, Frame, TrackKind, VideoTrack};
 use tokio::sync::broadcast;
 
+use super::seal::Sealer;
 use super::wire::{self, Header, RenditionInfo};
 
 /// Messages a slow downstream may fall behind by before it is cut off (it reconnects and
@@ -20,7 +21,15 @@ const GOP_LIMIT: usize = 4096;
 #[derive(Debug)]
 pub struct Tap {
     inner: Mutex<TapInner>,
-    tx: broadcast::Sender<Bytes>,
+    tx: broadcast::Sender<Sent>,
+    sealer: Sealer,
+}
+
+/// A sealed message on its way down, and whether it ends the session.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub bytes: Bytes,
+    pub end: bool,
 }
 
 #[derive(Debug)]
@@ -35,7 +44,7 @@ struct TapInner {
 /// from `live` on.
 pub struct Subscription {
     pub preface: Vec<Bytes>,
-    pub live: broadcast::Receiver<Bytes>,
+    pub live: broadcast::Receiver<Sent>,
     pub ended: bool,
 }
 
@@ -44,11 +53,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Tap {
+    /// A tap whose messages are sealed with the cluster `secret`.
     pub fn new(
         session: &str,
         rendition: RenditionInfo,
         video: Option<&VideoTrack>,
         audio: Option<&AudioTrack>,
+        secret: &str,
     ) -> Tap {
         let (tx, _) = broadcast::channel(LAG_LIMIT);
         Tap {
@@ -63,6 +74,7 @@ impl Tap {
                 ended: false,
             }),
             tx,
+            sealer: Sealer::new(secret),
         }
     }
 
@@ -78,12 +90,14 @@ impl Tap {
     pub fn set_video(&self, video: &VideoTrack) {
         let mut inner = lock(&self.inner);
         inner.header.video = Some(wire::to_hex(&video.codec_data));
-        let message = wire::encode_video_config(&video.codec_data);
-        let _ = self.tx.send(message);
+        let bytes = self
+            .sealer
+            .seal(&wire::encode_video_config(&video.codec_data));
+        let _ = self.tx.send(Sent { bytes, end: false });
     }
 
     pub fn push(&self, frame: &Frame) {
-        let message = wire::encode_frame(frame);
+        let message = self.sealer.seal(&wire::encode_frame(frame));
         let mut inner = lock(&self.inner);
         if inner.ended {
             return;
@@ -95,28 +109,33 @@ impl Tap {
             inner.gop.push(message.clone());
         }
         // No receivers is fine: nobody downstream wants this rendition right now.
-        let _ = self.tx.send(message);
+        let _ = self.tx.send(Sent {
+            bytes: message,
+            end: false,
+        });
     }
 
     pub fn end(&self) {
         let mut inner = lock(&self.inner);
         inner.ended = true;
         inner.gop.clear();
-        let _ = self.tx.send(wire::encode_end());
+        let bytes = self.sealer.seal(&wire::encode_end());
+        let _ = self.tx.send(Sent { bytes, end: true });
     }
 
     pub fn subscribe(&self) -> Subscription {
         let inner = lock(&self.inner);
         // Under the lock: nothing is pushed between the preface and the first live message.
         let live = self.tx.subscribe();
-        let mut preface = Vec::with_capacity(inner.gop.len() + 1);
-        preface.push(wire::encode_header(&inner.header));
+        let mut preface = Vec::with_capacity(inner.gop.len() + 3);
+        preface.push(self.sealer.hello());
+        preface.push(self.sealer.seal(&wire::encode_header(&inner.header)));
         // The cached GOP only if it starts at a keyframe a decoder can use.
         if inner.header.video.is_some() {
             preface.extend(inner.gop.iter().cloned());
         }
         if inner.ended {
-            preface.push(wire::encode_end());
+            preface.push(self.sealer.seal(&wire::encode_end()));
         }
         Subscription {
             preface,
@@ -208,8 +227,10 @@ mod tests {
         }
     }
 
+    const SECRET: &str = "tap-test-secret-0123";
+
     fn decode(all: &[Bytes]) -> Vec<Message> {
-        let mut d = Decoder::default();
+        let mut d = Decoder::sealed(SECRET);
         for b in all {
             d.feed(b);
         }
@@ -226,7 +247,7 @@ mod tests {
             codecs: String::new(),
             frame_rate: None,
         };
-        let tap = Tap::new("s", info, None, None);
+        let tap = Tap::new("s", info, None, None, SECRET);
         tap.set_video(&VideoTrack {
             codec_data: Bytes::from_static(&[1, 0x64, 0, 0x1f]),
             width: 640,
@@ -254,7 +275,9 @@ mod tests {
         assert_eq!(tap.subscribers(), 1);
         tap.push(&frame(TrackKind::Video, 100, false));
         tap.end();
-        let live = decode(&[sub.live.try_recv().unwrap(), sub.live.try_recv().unwrap()]);
+        let (a, b) = (sub.live.try_recv().unwrap(), sub.live.try_recv().unwrap());
+        assert!(!a.end && b.end);
+        let live = decode(&[sub.preface[0].clone(), a.bytes, b.bytes]);
         assert!(matches!(&live[0], Message::Frame(f) if f.pts == Duration::from_millis(100)));
         assert!(matches!(live[1], Message::End));
     }

@@ -10,6 +10,11 @@
 //! | 2 video, 3 audio | `[flags: u8 (bit 0: keyframe)][pts ns: u64][dts ns: u64][access unit]` |
 //! | 4 video configuration | a new `avcC` (an encoder that announced it late) |
 //! | 5 end | the session ended at the origin |
+//! | 6 hello | the sender's salt, in the clear: the first message of a connection |
+//! | 7 sealed | `[counter: u64][ChaCha20-Poly1305 of one of the messages above]` ([`super::seal`]) |
+//!
+//! Between nodes everything after `hello` is sealed; a decoder made with the cluster secret
+//! refuses anything else.
 
 use std::time::Duration;
 
@@ -24,8 +29,8 @@ const VIDEO: u8 = 2;
 const AUDIO: u8 = 3;
 const VIDEO_CONFIG: u8 = 4;
 const END: u8 = 5;
-/// The first byte of an end message.
-pub const END_TYPE: u8 = END;
+pub(crate) const HELLO: u8 = 6;
+pub(crate) const SEALED: u8 = 7;
 
 /// What a rendition is, as the master playlist needs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,6 +73,10 @@ pub enum WireError {
     TooLarge(usize),
     #[error("malformed {0} message")]
     Malformed(&'static str),
+    #[error("a message not sealed with the cluster secret")]
+    NotSealedForUs,
+    #[error("an unsealed message where sealed ones are expected")]
+    Unsealed,
 }
 
 impl Header {
@@ -94,7 +103,8 @@ fn from_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-fn message(kind: u8, payload: &[&[u8]]) -> Bytes {
+/// `[kind][length][payload...]`.
+pub fn frame_message(kind: u8, payload: &[&[u8]]) -> Bytes {
     let len: usize = payload.iter().map(|p| p.len()).sum();
     let mut out = Vec::with_capacity(5 + len);
     out.push(kind);
@@ -107,7 +117,7 @@ fn message(kind: u8, payload: &[&[u8]]) -> Bytes {
 
 pub fn encode_header(header: &Header) -> Bytes {
     let json = serde_json::to_vec(header).expect("a header serialises");
-    message(HEADER, &[&json])
+    frame_message(HEADER, &[&json])
 }
 
 pub fn encode_frame(frame: &Frame) -> Bytes {
@@ -119,74 +129,119 @@ pub fn encode_frame(frame: &Frame) -> Bytes {
     head[0] = u8::from(frame.keyframe);
     head[1..9].copy_from_slice(&(frame.pts.as_nanos() as u64).to_be_bytes());
     head[9..17].copy_from_slice(&(frame.dts.as_nanos() as u64).to_be_bytes());
-    message(kind, &[&head, &frame.data])
+    frame_message(kind, &[&head, &frame.data])
 }
 
 pub fn encode_video_config(avcc: &[u8]) -> Bytes {
-    message(VIDEO_CONFIG, &[avcc])
+    frame_message(VIDEO_CONFIG, &[avcc])
 }
 
 pub fn encode_end() -> Bytes {
-    message(END, &[])
+    frame_message(END, &[])
 }
 
 /// Reassembles messages from bytes as they arrive, in any pieces.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Decoder {
     buf: Vec<u8>,
+    /// Set: only sealed messages (after a hello) are accepted.
+    secret: Option<String>,
+    opener: Option<super::seal::Opener>,
+}
+
+impl std::fmt::Debug for Decoder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Decoder")
+            .field("buffered", &self.buf.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Splits one `[kind][length][payload]` off the front of `buf`, if it is all there.
+fn split_message(buf: &mut Vec<u8>) -> Result<Option<(u8, Vec<u8>)>, WireError> {
+    if buf.len() < 5 {
+        return Ok(None);
+    }
+    let kind = buf[0];
+    let len = u32::from_be_bytes(buf[1..5].try_into().expect("4 bytes")) as usize;
+    if len > MAX_MESSAGE {
+        return Err(WireError::TooLarge(len));
+    }
+    if !(HEADER..=SEALED).contains(&kind) {
+        return Err(WireError::UnknownType(kind));
+    }
+    if buf.len() < 5 + len {
+        return Ok(None);
+    }
+    let rest = buf.split_off(5 + len);
+    let mut whole = std::mem::replace(buf, rest);
+    whole.drain(..5);
+    Ok(Some((kind, whole)))
+}
+
+fn parse(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
+    Ok(match kind {
+        HEADER => Message::Header(
+            serde_json::from_slice(payload).map_err(|_| WireError::Malformed("header"))?,
+        ),
+        VIDEO | AUDIO => {
+            if payload.len() < 17 {
+                return Err(WireError::Malformed("frame"));
+            }
+            let nanos =
+                |b: &[u8]| Duration::from_nanos(u64::from_be_bytes(b.try_into().expect("8 bytes")));
+            Message::Frame(Frame {
+                kind: if kind == VIDEO {
+                    TrackKind::Video
+                } else {
+                    TrackKind::Audio
+                },
+                keyframe: payload[0] & 1 == 1,
+                pts: nanos(&payload[1..9]),
+                dts: nanos(&payload[9..17]),
+                data: Bytes::copy_from_slice(&payload[17..]),
+            })
+        }
+        VIDEO_CONFIG => Message::VideoConfig(Bytes::copy_from_slice(payload)),
+        END => Message::End,
+        _ => return Err(WireError::Malformed("nested")),
+    })
 }
 
 impl Decoder {
+    /// A decoder that accepts only messages sealed with `secret`.
+    pub fn sealed(secret: &str) -> Decoder {
+        Decoder {
+            secret: Some(secret.to_owned()),
+            ..Decoder::default()
+        }
+    }
+
     pub fn feed(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
 
     /// The next whole message, if one has arrived.
     pub fn next(&mut self) -> Result<Option<Message>, WireError> {
-        if self.buf.len() < 5 {
-            return Ok(None);
-        }
-        let kind = self.buf[0];
-        let len = u32::from_be_bytes(self.buf[1..5].try_into().expect("4 bytes")) as usize;
-        if len > MAX_MESSAGE {
-            return Err(WireError::TooLarge(len));
-        }
-        if !(HEADER..=END).contains(&kind) {
-            return Err(WireError::UnknownType(kind));
-        }
-        if self.buf.len() < 5 + len {
-            return Ok(None);
-        }
-        let rest = self.buf.split_off(5 + len);
-        let whole = std::mem::replace(&mut self.buf, rest);
-        let payload = &whole[5..];
-        let message = match kind {
-            HEADER => Message::Header(
-                serde_json::from_slice(payload).map_err(|_| WireError::Malformed("header"))?,
-            ),
-            VIDEO | AUDIO => {
-                if payload.len() < 17 {
-                    return Err(WireError::Malformed("frame"));
+        loop {
+            let Some((kind, payload)) = split_message(&mut self.buf)? else {
+                return Ok(None);
+            };
+            let Some(secret) = &self.secret else {
+                return parse(kind, &payload).map(Some);
+            };
+            match kind {
+                HELLO => self.opener = Some(super::seal::Opener::new(secret, &payload)?),
+                SEALED => {
+                    let opener = self.opener.as_ref().ok_or(WireError::Unsealed)?;
+                    let mut inner = opener.open(&payload)?;
+                    let (kind, payload) =
+                        split_message(&mut inner)?.ok_or(WireError::Malformed("sealed"))?;
+                    return parse(kind, &payload).map(Some);
                 }
-                let nanos = |b: &[u8]| {
-                    Duration::from_nanos(u64::from_be_bytes(b.try_into().expect("8 bytes")))
-                };
-                Message::Frame(Frame {
-                    kind: if kind == VIDEO {
-                        TrackKind::Video
-                    } else {
-                        TrackKind::Audio
-                    },
-                    keyframe: payload[0] & 1 == 1,
-                    pts: nanos(&payload[1..9]),
-                    dts: nanos(&payload[9..17]),
-                    data: Bytes::copy_from_slice(&payload[17..]),
-                })
+                _ => return Err(WireError::Unsealed),
             }
-            VIDEO_CONFIG => Message::VideoConfig(Bytes::copy_from_slice(payload)),
-            _ => Message::End,
-        };
-        Ok(Some(message))
+        }
     }
 }
 
@@ -247,6 +302,45 @@ mod tests {
             assert!(matches!(&got[2], Message::VideoConfig(c) if c[..] == [1, 2, 3]));
             assert!(matches!(got[3], Message::End));
         }
+    }
+
+    #[test]
+    fn sealed_messages_open_only_with_the_secret() {
+        let sealer = crate::relay::seal::Sealer::new("cluster-secret-one");
+        let frame = Frame {
+            kind: TrackKind::Audio,
+            pts: Duration::from_millis(21),
+            dts: Duration::from_millis(21),
+            keyframe: false,
+            data: Bytes::from_static(b"aac frame"),
+        };
+        let mut wire = sealer.hello().to_vec();
+        wire.extend_from_slice(&sealer.seal(&encode_header(&header())));
+        wire.extend_from_slice(&sealer.seal(&encode_frame(&frame)));
+        // Nothing of the payload travels in the clear.
+        assert!(!wire.windows(9).any(|w| w == b"aac frame"));
+
+        let mut ours = Decoder::sealed("cluster-secret-one");
+        ours.feed(&wire);
+        assert!(matches!(ours.next().unwrap(), Some(Message::Header(_))));
+        assert!(matches!(ours.next().unwrap(), Some(Message::Frame(f)) if f.data == frame.data));
+
+        let mut theirs = Decoder::sealed("another-secret-two");
+        theirs.feed(&wire);
+        assert_eq!(theirs.next().unwrap_err(), WireError::NotSealedForUs);
+
+        let mut tampered = wire.clone();
+        let last = tampered.len() - 1;
+        tampered[last] ^= 1;
+        let mut d = Decoder::sealed("cluster-secret-one");
+        d.feed(&tampered);
+        assert!(d.next().unwrap().is_some());
+        assert_eq!(d.next().unwrap_err(), WireError::NotSealedForUs);
+
+        // A plain message where sealed ones are expected.
+        let mut d = Decoder::sealed("cluster-secret-one");
+        d.feed(&encode_end());
+        assert_eq!(d.next().unwrap_err(), WireError::Unsealed);
     }
 
     #[test]
