@@ -10,6 +10,7 @@ PACKAGES=(
   ffmpeg
   cmake libssl-dev libcurl4-openssl-dev zlib1g-dev
   curl python3 python3-pip
+  chromium
 )
 
 missing=()
@@ -49,4 +50,16 @@ if ! command -v kubernetes-validate >/dev/null 2>&1; then
   echo "setup: installing kubernetes-validate"
   python3 -m pip install --quiet kubernetes-validate \
     || python3 -m pip install --quiet --break-system-packages kubernetes-validate
+fi
+
+# The watch page's HLS fallback (hls.js), pinned in web/package-lock.json.
+if [ ! -f "$(dirname "$0")/../web/node_modules/hls.js/dist/hls.min.js" ]; then
+  if ! command -v npm >/dev/null 2>&1; then
+    SUDO=""
+    [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm
+  fi
+  echo "setup: installing hls.js for the watch page"
+  npm ci --prefix "$(dirname "$0")/../web" --no-audit --no-fund --silent
 fi

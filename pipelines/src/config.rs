@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_DATA_DIR: &str = "./tiercast-data";
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_ASSETS_DIR: &str = "web/node_modules/hls.js/dist";
 pub const DEFAULT_RTMP_LISTEN: &str = "0.0.0.0:1935";
 pub const DEFAULT_RTMP_APP: &str = "live";
 pub const DEFAULT_SEGMENT_SECONDS: u32 = 2;
@@ -151,6 +152,8 @@ impl Default for ClusterConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Where the watch page's scripts are (`hls.min.js`, installed by `npm ci --prefix web`).
+    pub assets_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -390,6 +393,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: addr(DEFAULT_HTTP_LISTEN),
+            assets_dir: PathBuf::from(DEFAULT_ASSETS_DIR),
         }
     }
 }

@@ -394,17 +394,24 @@ async fn route(
         &headers,
         peer.map(|p| p.0.0.ip()),
     );
+    // Watch pages on any edge ask this when their edge dies.
+    let cors = [(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, "*")];
     match cluster.route(region.as_deref()) {
-        Some(edge) => axum::Json(serde_json::json!({
-            "stream": q.stream,
-            "region": region,
-            "edge": edge.name,
-            "edge_region": edge.region,
-            "hls": format!("http://{}/hls/{}/master.m3u8", edge.address, q.stream),
-        }))
-        .into_response(),
+        Some(edge) => (
+            cors,
+            axum::Json(serde_json::json!({
+                "stream": q.stream,
+                "region": region,
+                "edge": edge.name,
+                "edge_region": edge.region,
+                "hls": format!("http://{}/hls/{}/master.m3u8", edge.address, q.stream),
+                "watch": format!("http://{}/watch/{}", edge.address, q.stream),
+            })),
+        )
+            .into_response(),
         None => (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            cors,
             axum::Json(serde_json::json!({ "error": "no healthy edge" })),
         )
             .into_response(),

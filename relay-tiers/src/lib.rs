@@ -5,3 +5,4 @@
 pub mod cluster;
 pub mod hls;
 pub mod relay;
+pub mod watch;

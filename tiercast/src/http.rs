@@ -22,6 +22,7 @@ use relay_tiers::hls::store::HlsStore;
 use relay_tiers::relay::pull::Puller;
 use relay_tiers::relay::routes::RelayState;
 use relay_tiers::relay::tap::TapStore;
+use relay_tiers::watch::WatchState;
 
 #[derive(Clone)]
 struct Api {
@@ -55,12 +56,14 @@ pub fn router(s: Services) -> Router {
         .puller
         .clone()
         .map(|p| Arc::new(p) as Arc<dyn relay_tiers::relay::Demand>);
+    let redirect_to_edges = matches!(s.config.node.role, Role::Origin | Role::Distribution);
+    let hls_store = s.hls.clone();
     let hls = relay_tiers::hls::routes::HlsState {
         registry: s.registry.clone(),
         store: s.hls,
         demand: demand.clone(),
         cluster: Some(s.cluster.clone()),
-        redirect_to_edges: matches!(s.config.node.role, Role::Origin | Role::Distribution),
+        redirect_to_edges,
         ready_wait,
     };
     let mut router = Router::new()
@@ -82,6 +85,12 @@ pub fn router(s: Services) -> Router {
             taps: s.taps.clone(),
         })
         .merge(relay_tiers::hls::routes::router(hls))
+        .merge(relay_tiers::watch::router(WatchState {
+            cluster: s.cluster.clone(),
+            redirect_to_edges,
+            hls: hls_store,
+            assets_dir: s.config.http.assets_dir.clone(),
+        }))
         .merge(relay_tiers::cluster::router(s.cluster));
     if let Some(taps) = s.taps {
         router = router.merge(relay_tiers::relay::routes::router(RelayState {

@@ -80,6 +80,18 @@ impl HlsStore {
         }
     }
 
+    /// Streams whose current session is still going, by name.
+    pub fn live_streams(&self) -> Vec<String> {
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        let mut live: Vec<String> = streams
+            .iter()
+            .filter(|(_, h)| h.renditions.iter().any(|(_, s)| !lock(s).is_ended()))
+            .map(|(name, _)| name.clone())
+            .collect();
+        live.sort();
+        live
+    }
+
     pub fn get(&self, stream: &str) -> Option<Arc<SessionHls>> {
         self.streams
             .read()

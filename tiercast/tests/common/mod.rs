@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -70,8 +72,9 @@ fn start_node_full(node: &str, extra: &str, args: &[&str], env: &[(&str, &Path)]
     std::fs::write(
         &config,
         format!(
-            "[node]\ndata_dir = {:?}\n{node}\n[http]\nlisten = \"127.0.0.1:0\"\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra}",
-            data.display().to_string()
+            "[node]\ndata_dir = {:?}\n{node}\n[http]\nlisten = \"127.0.0.1:0\"\nassets_dir = {:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            data.display().to_string(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../web/node_modules/hls.js/dist")
         ),
     )
     .unwrap();

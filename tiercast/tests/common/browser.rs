@@ -1,0 +1,141 @@
+//! Headless Chromium driven over the DevTools protocol: open a page, evaluate JavaScript in it.
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{TempDir, http_get};
+
+pub struct Browser {
+    child: Child,
+    _profile: TempDir,
+    devtools: std::net::SocketAddr,
+}
+
+pub struct Page {
+    ws: tungstenite::WebSocket<TcpStream>,
+    next_id: u64,
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Browser {
+    /// Chromium showing `url` (Debian's `chromium`, headless, fake camera and autoplay allowed).
+    pub fn open(url: &str) -> (Browser, Page) {
+        let profile = TempDir::new("chromium");
+        let mut child = Command::new("chromium")
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                "--disable-background-networking",
+                "--disable-gpu",
+                "--autoplay-policy=no-user-gesture-required",
+                "--remote-debugging-port=0",
+                "--remote-allow-origins=*",
+            ])
+            .arg(format!("--user-data-dir={}", profile.0.display()))
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("chromium runs (scripts/setup.sh installs it)");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.strip_prefix("DevTools listening on ws://") {
+                    let _ = tx.send(rest.split('/').next().unwrap_or_default().to_owned());
+                }
+            }
+        });
+        let devtools = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("chromium opens its DevTools port")
+            .parse()
+            .unwrap();
+        let browser = Browser {
+            child,
+            _profile: profile,
+            devtools,
+        };
+        let page = browser.page();
+        (browser, page)
+    }
+
+    fn page(&self) -> Page {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let list = http_get(self.devtools, "/json/list");
+            let targets: serde_json::Value = serde_json::from_slice(&list.body).unwrap_or_default();
+            if let Some(ws) = targets
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|t| t["type"] == "page")
+                .and_then(|t| t["webSocketDebuggerUrl"].as_str())
+            {
+                let addr = ws.trim_start_matches("ws://").split('/').next().unwrap();
+                let stream = TcpStream::connect(addr).unwrap();
+                let (ws, _) = tungstenite::client(ws, stream).expect("DevTools WebSocket");
+                return Page { ws, next_id: 1 };
+            }
+            assert!(Instant::now() < deadline, "chromium shows no page");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Page {
+    /// The value of `expression` in the page (JSON), or `Null` when it throws.
+    pub fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = serde_json::json!({
+            "id": id,
+            "method": "Runtime.evaluate",
+            "params": { "expression": expression, "returnByValue": true, "awaitPromise": true },
+        });
+        self.ws
+            .send(tungstenite::Message::text(request.to_string()))
+            .unwrap();
+        loop {
+            let message = self.ws.read().expect("DevTools answers");
+            let Ok(text) = message.to_text() else {
+                continue;
+            };
+            let reply: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
+            if reply["id"] == id {
+                return reply["result"]["result"]["value"].clone();
+            }
+        }
+    }
+
+    /// Polls `expression` until `done` holds, at most `limit`; returns the last value.
+    pub fn wait_for(
+        &mut self,
+        expression: &str,
+        limit: Duration,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let value = self.eval(expression);
+            if done(&value) {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up after {limit:?}: {expression} = {value}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+}

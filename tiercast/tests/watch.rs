@@ -1,0 +1,110 @@
+//! The watch page in a real browser (headless Chromium, driven over the DevTools protocol): it
+//! plays what a publisher sends, falls back to HLS where WebRTC is not offered, and moves to
+//! another edge when its edge dies.
+
+mod common;
+
+use std::time::Duration;
+
+use common::browser::Browser;
+use common::*;
+
+/// Video element state, and what the page says about itself.
+const PLAYER: &str = "(() => { const v = document.querySelector('video'); \
+    return { width: v.videoWidth, time: v.currentTime, host: location.host, \
+             state: window.tiercast.state, protocol: window.tiercast.protocol }; })()";
+
+/// Waits until the page plays: a picture, and time that moves.
+fn plays(page: &mut common::browser::Page) -> serde_json::Value {
+    let first = page.wait_for(PLAYER, Duration::from_secs(40), |v| {
+        v["width"].as_u64().unwrap_or(0) > 0 && v["time"].as_f64().unwrap_or(0.0) > 0.0
+    });
+    let t0 = first["time"].as_f64().unwrap();
+    page.wait_for(PLAYER, Duration::from_secs(20), |v| {
+        v["time"].as_f64().unwrap_or(0.0) > t0 + 1.0 && v["state"] == "playing"
+    })
+}
+
+#[test]
+fn the_watch_page_plays_a_live_stream_through_hls_when_webrtc_is_not_offered() {
+    let _turn = heavy();
+    let node = start_node(
+        "[transcode]\nx264_preset = \"ultrafast\"\n[[streams]]\nname = \"main\"\nkey = \"k\"\n\
+         [[ladders.default]]\nname = \"360p\"\nheight = 360\nvideo_kbps = 800\n",
+    );
+    let mut publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 60)
+        .spawn()
+        .unwrap();
+    node.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    let index = node.get("/");
+    assert!(
+        index.text().contains("href=\"/watch/main\""),
+        "{}",
+        index.text()
+    );
+
+    let (_browser, mut page) = Browser::open(&format!("http://{}/watch/main", node.http));
+    let playing = plays(&mut page);
+    assert_eq!(playing["width"], 640, "{playing}");
+    assert_eq!(playing["protocol"], "hls", "{playing}");
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+}
+
+#[test]
+fn a_viewer_whose_edge_dies_is_moved_to_another_edge() {
+    let _turn = heavy();
+    let secret = "watch-test-cluster-secret";
+    let origin = start_node_in(
+        "role = \"origin\"\nname = \"origin\"",
+        &format!(
+            "[cluster]\nsecret = \"{secret}\"\n[[streams]]\nname = \"main\"\nkey = \"k\"\n\
+             [[ladders.default]]\nname = \"360p\"\nheight = 360\nvideo_kbps = 800\n"
+        ),
+    );
+    let relay = |role: &str, name: &str, up: &Node| {
+        start_node_in(
+            &format!("role = \"{role}\"\nname = \"{name}\"\nregion = \"here\""),
+            &format!(
+                "[cluster]\nsecret = \"{secret}\"\nupstreams = [\"{}\"]\n",
+                up.http
+            ),
+        )
+    };
+    let dist = relay("distribution", "dist", &origin);
+    let mut edges = vec![
+        relay("edge", "edge-1", &dist),
+        relay("edge", "edge-2", &dist),
+    ];
+    let mut publisher = ffmpeg_publish(&origin.rtmp_url("k"), 640, 360, 90)
+        .spawn()
+        .unwrap();
+    origin.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    // Both edges are known at the origin before the viewer comes.
+    origin.wait_for("/api/v1/cluster", Duration::from_secs(15), |r| {
+        let text = r.text();
+        text.contains("\"edge-1\"") && text.contains("\"edge-2\"")
+    });
+
+    // The viewer opens the origin's page and is sent to an edge; that edge dies.
+    let (_browser, mut page) = Browser::open(&format!("http://{}/watch/main", origin.http));
+    let first = plays(&mut page);
+    let serving = edges
+        .iter()
+        .position(|e| first["host"] == e.http.to_string())
+        .unwrap_or_else(|| panic!("not on an edge: {first}"));
+    let dead = edges.remove(serving);
+    let other = edges[0].http;
+    drop(dead); // SIGKILL
+    let moved = page.wait_for(PLAYER, Duration::from_secs(40), |v| {
+        v["host"] == other.to_string() && v["state"] == "playing"
+    });
+    assert!(moved["width"].as_u64().unwrap_or(0) > 0, "{moved}");
+    plays(&mut page);
+    let _ = publisher.kill();
+    let _ = publisher.wait();
+}
