@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 pub const DEFAULT_DATA_DIR: &str = "./tiercast-data";
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_WEBRTC_LISTEN: &str = "0.0.0.0:8189";
 pub const DEFAULT_ASSETS_DIR: &str = "web/node_modules/hls.js/dist";
 pub const DEFAULT_RTMP_LISTEN: &str = "0.0.0.0:1935";
 pub const DEFAULT_RTMP_APP: &str = "live";
@@ -59,6 +60,7 @@ pub struct Config {
     pub notify: NotifyConfig,
     pub cluster: ClusterConfig,
     pub routing: RoutingConfig,
+    pub webrtc: WebrtcConfig,
     pub streams: Vec<StreamConfig>,
     /// Named ladders. `default` exists unless the file defines its own.
     pub ladders: BTreeMap<String, Vec<RungConfig>>,
@@ -98,6 +100,31 @@ impl Role {
     /// Whether media comes from upstream instead of publishers.
     pub fn pulls(self) -> bool {
         matches!(self, Role::Distribution | Role::Edge)
+    }
+}
+
+/// `[webrtc]`: WHEP viewers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WebrtcConfig {
+    /// The one UDP socket every WebRTC viewer's media goes through.
+    pub listen: SocketAddr,
+    /// The address put in SDP answers for viewers to reach `listen` (a public IP behind NAT);
+    /// empty: `listen`'s own, or 127.0.0.1 when that is unspecified.
+    pub advertise: String,
+    /// WHEP viewers on this node, and per stream; past these, `503` with the reason.
+    pub max_viewers: usize,
+    pub max_viewers_per_stream: usize,
+}
+
+impl Default for WebrtcConfig {
+    fn default() -> Self {
+        WebrtcConfig {
+            listen: addr(DEFAULT_WEBRTC_LISTEN),
+            advertise: String::new(),
+            max_viewers: 2000,
+            max_viewers_per_stream: 1000,
+        }
     }
 }
 
@@ -462,6 +489,7 @@ impl Default for Config {
             notify: NotifyConfig::default(),
             cluster: ClusterConfig::default(),
             routing: RoutingConfig::default(),
+            webrtc: WebrtcConfig::default(),
             streams: vec![StreamConfig {
                 name: DEFAULT_STREAM.to_owned(),
                 key: DEFAULT_STREAM_KEY.to_owned(),
@@ -652,6 +680,20 @@ impl Config {
             return err(
                 "node.advertise".into(),
                 format!("{:?}: use host:port", self.node.advertise),
+            );
+        }
+        if !self.webrtc.advertise.is_empty()
+            && self.webrtc.advertise.parse::<std::net::IpAddr>().is_err()
+        {
+            return err(
+                "webrtc.advertise".into(),
+                format!("{:?}: an IP address", self.webrtc.advertise),
+            );
+        }
+        if self.webrtc.max_viewers == 0 || self.webrtc.max_viewers_per_stream == 0 {
+            return err(
+                "webrtc.max_viewers".into(),
+                "limits must be at least 1".into(),
             );
         }
         if !(1..=3600).contains(&cluster.linger_seconds) {

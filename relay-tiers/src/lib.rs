@@ -3,6 +3,8 @@
 //! carries renditions from the origin through distribution nodes to regional edges ([`relay`]).
 
 pub mod cluster;
+pub mod feeds;
 pub mod hls;
 pub mod relay;
 pub mod watch;
+pub mod whep;

@@ -48,6 +48,7 @@ pub struct Services {
     /// Streams pulled from the tier above (distribution, edge).
     pub puller: Option<Puller>,
     pub cluster: Arc<Cluster>,
+    pub whep: Arc<relay_tiers::whep::Whep>,
 }
 
 pub fn router(s: Services) -> Router {
@@ -91,6 +92,7 @@ pub fn router(s: Services) -> Router {
             hls: hls_store,
             assets_dir: s.config.http.assets_dir.clone(),
         }))
+        .merge(relay_tiers::whep::router(s.whep))
         .merge(relay_tiers::cluster::router(s.cluster));
     if let Some(taps) = s.taps {
         router = router.merge(relay_tiers::relay::routes::router(RelayState {

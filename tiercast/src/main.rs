@@ -22,8 +22,10 @@ use recorder::notifier::Notifier;
 use recorder::s3::Bucket;
 use recorder::store::{LocalObjectStore, ObjectStore, S3ObjectStore};
 use relay_tiers::cluster::{Cluster, Member, RegionRule, RoutingRules};
+use relay_tiers::feeds::FeedStore;
 use relay_tiers::relay::pull::{PullSettings, Puller};
 use relay_tiers::relay::tap::TapStore;
+use relay_tiers::whep::{Whep, WhepLimits};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -147,6 +149,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     let ingests = !role.pulls();
     // Renditions leave for the tier below through taps, wherever a cluster is configured.
     let taps = (!config.cluster.secret.is_empty()).then(|| Arc::new(TapStore::default()));
+    let feeds = Arc::new(FeedStore::default());
     let puller = role.pulls().then(|| {
         let c = &config.cluster;
         Puller::new(
@@ -162,6 +165,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
             },
             hls.clone(),
             taps.clone().unwrap_or_default(),
+            feeds.clone(),
         )
     });
     let factory = Arc::new(wiring::Broadcast::new(
@@ -170,6 +174,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         bus.clone(),
         chunks.clone(),
         taps.clone().filter(|_| ingests),
+        feeds.clone(),
     ));
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (archiver_stop, archiver_shutdown) = watch::channel(false);
@@ -215,6 +220,17 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("http.listen {}", config.http.listen))?;
     let http_addr = http_listener.local_addr()?;
+    let whep = Whep::start(
+        config.webrtc.listen,
+        config.webrtc.advertise.parse().ok(),
+        WhepLimits {
+            per_node: config.webrtc.max_viewers,
+            per_stream: config.webrtc.max_viewers_per_stream,
+        },
+        feeds,
+    )
+    .await
+    .with_context(|| format!("webrtc.listen {}", config.webrtc.listen))?;
     let cluster = Arc::new(cluster_view(&config, http_addr));
     if !config.cluster.upstreams.is_empty() {
         tokio::spawn(cluster.clone().run(shutdown.clone()));
@@ -247,6 +263,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         taps,
         puller,
         cluster,
+        whep,
     });
 
     // Tests and scripts read this line to find the ports (`listen = "127.0.0.1:0"`).

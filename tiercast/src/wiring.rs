@@ -23,6 +23,7 @@ use pipelines::media::{Bytes, Frame, SourceTracks, TrackKind, VideoTrack};
 use pipelines::registry::{PublishClaim, Rendition};
 use recorder::chunks::ChunkStore;
 use recorder::session::SessionRecorder;
+use relay_tiers::feeds::{FeedStore, RenditionFeed, SessionFeeds};
 use relay_tiers::hls::segmenter::Segmenter;
 use relay_tiers::hls::store::{HlsStore, SessionHls};
 use relay_tiers::relay::tap::{SessionTaps, Tap, TapStore};
@@ -40,6 +41,8 @@ pub struct Broadcast {
     chunks: ChunkStore,
     /// Where renditions leave for the tier below, on an origin.
     taps: Option<Arc<TapStore>>,
+    /// Frames for WebRTC viewers.
+    feeds: Arc<FeedStore>,
 }
 
 impl Broadcast {
@@ -49,6 +52,7 @@ impl Broadcast {
         bus: Arc<EventBus>,
         chunks: ChunkStore,
         taps: Option<Arc<TapStore>>,
+        feeds: Arc<FeedStore>,
     ) -> Broadcast {
         Broadcast {
             config,
@@ -56,6 +60,7 @@ impl Broadcast {
             bus,
             chunks,
             taps,
+            feeds,
         }
     }
 }
@@ -67,6 +72,7 @@ struct Output {
     rendition: Arc<Rendition>,
     segmenter: Arc<Mutex<Segmenter>>,
     tap: Option<Arc<Tap>>,
+    feed: Arc<RenditionFeed>,
 }
 
 impl Output {
@@ -77,6 +83,7 @@ impl Output {
         if let Some(tap) = &self.tap {
             tap.push(&frame);
         }
+        self.feed.push(&frame);
         self.segmenter
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -119,6 +126,7 @@ impl GraphFactory for Broadcast {
         let mut renditions = Vec::with_capacity(plan.len());
         let mut store_entries = Vec::with_capacity(plan.len());
         let mut session_taps = Vec::with_capacity(plan.len());
+        let mut session_feeds = Vec::with_capacity(plan.len());
         for r in &plan {
             let with_audio = if audio_codecs.is_some() {
                 r.audio_kbps
@@ -163,10 +171,19 @@ impl GraphFactory for Broadcast {
                 ))
             });
             session_taps.extend(tap.clone());
+            let feed = Arc::new(RenditionFeed::new(
+                &r.name,
+                r.width,
+                r.height,
+                bandwidth,
+                video.clone(),
+            ));
+            session_feeds.push(feed.clone());
             let output = Output {
                 rendition: rendition.clone(),
                 segmenter: Arc::new(Mutex::new(segmenter)),
                 tap,
+                feed,
             };
             store_entries.push((r.name.clone(), output.segmenter.clone()));
             if is_passthrough {
@@ -210,6 +227,13 @@ impl GraphFactory for Broadcast {
         self.hls.publish(
             &stream.name,
             Arc::new(SessionHls::new(&session.id, store_entries)),
+        );
+        self.feeds.publish(
+            &stream.name,
+            Arc::new(SessionFeeds {
+                session: session.id.clone(),
+                renditions: session_feeds,
+            }),
         );
         if let Some(taps) = &self.taps {
             taps.publish(
@@ -312,6 +336,7 @@ fn appsink_for(output: Output, audio_codecs: Option<String>) -> Result<gst::Elem
                         tap.set_codecs(&all);
                         tap.set_video(&video);
                     }
+                    output.feed.set_video(video.clone());
                     output.rendition.set_codecs(all);
                     output
                         .segmenter

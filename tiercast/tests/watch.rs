@@ -26,7 +26,7 @@ fn plays(page: &mut common::browser::Page) -> serde_json::Value {
 }
 
 #[test]
-fn the_watch_page_plays_a_live_stream_through_hls_when_webrtc_is_not_offered() {
+fn the_watch_page_plays_a_live_stream_over_webrtc_and_over_hls() {
     let _turn = heavy();
     let node = start_node(
         "[transcode]\nx264_preset = \"ultrafast\"\n[[streams]]\nname = \"main\"\nkey = \"k\"\n\
@@ -45,10 +45,33 @@ fn the_watch_page_plays_a_live_stream_through_hls_when_webrtc_is_not_offered() {
         index.text()
     );
 
+    // WebRTC first: the browser gets the rendition over WHEP.
     let (_browser, mut page) = Browser::open(&format!("http://{}/watch/main", node.http));
     let playing = plays(&mut page);
     assert_eq!(playing["width"], 640, "{playing}");
+    assert_eq!(playing["protocol"], "whep", "{playing}");
+    // HLS, as a browser without WebRTC (or the fallback) plays it.
+    let (_browser, mut page) =
+        Browser::open(&format!("http://{}/watch/main?protocol=hls", node.http));
+    let playing = plays(&mut page);
+    assert_eq!(playing["width"], 640, "{playing}");
     assert_eq!(playing["protocol"], "hls", "{playing}");
+
+    // Bad offers cost a clear 4xx and nothing else.
+    let sdp = "application/sdp";
+    let cases: [(&str, &str, Vec<u8>, u16); 5] = [
+        ("/whep/main", sdp, b"v=0\r\nthis is not sdp".to_vec(), 400),
+        ("/whep/main", "application/json", b"{}".to_vec(), 415),
+        ("/whep/nope", sdp, b"v=0\r\n".to_vec(), 404),
+        ("/whep/main", sdp, vec![b'a'; 200 * 1024], 413),
+        ("/whep/main?rendition=4k", sdp, b"v=0\r\n".to_vec(), 404),
+    ];
+    for (path, content_type, body, status) in cases {
+        let r = http_post(node.http, path, content_type, &body);
+        assert_eq!(r.status, status, "{path}: {}", r.text());
+        assert!(!r.text().trim().is_empty(), "a reason for {path}");
+    }
+    plays(&mut page);
     let _ = publisher.kill();
     let _ = publisher.wait();
 }

@@ -23,6 +23,7 @@ use super::auth;
 use super::routes::StreamInfo;
 use super::tap::{SessionTaps, Tap, TapStore};
 use super::wire::{Decoder, Header, Message};
+use crate::feeds::{FeedStore, RenditionFeed, SessionFeeds};
 use crate::hls::segmenter::Segmenter;
 use crate::hls::store::{HlsStore, SessionHls};
 
@@ -52,6 +53,7 @@ struct Inner {
     settings: PullSettings,
     hls: Arc<HlsStore>,
     taps: Arc<TapStore>,
+    feeds: Arc<FeedStore>,
     client: Client<HttpConnector, Empty<Bytes>>,
     pulls: Mutex<HashMap<String, Arc<Pull>>>,
 }
@@ -106,6 +108,7 @@ impl Demand for Puller {
 struct Sink {
     segmenter: Arc<Mutex<Segmenter>>,
     tap: Arc<Tap>,
+    feed: Arc<RenditionFeed>,
     last_video: Option<Duration>,
     last_audio: Option<Duration>,
 }
@@ -122,11 +125,13 @@ impl Sink {
         }
         *last = Some(frame.dts);
         self.tap.push(&frame);
+        self.feed.push(&frame);
         lock(&self.segmenter).push(frame);
     }
 
     fn set_video(&self, video: VideoTrack) {
         self.tap.set_video(&video);
+        self.feed.set_video(video.clone());
         lock(&self.segmenter).set_video(video);
     }
 
@@ -155,7 +160,12 @@ enum Ended {
 }
 
 impl Puller {
-    pub fn new(settings: PullSettings, hls: Arc<HlsStore>, taps: Arc<TapStore>) -> Puller {
+    pub fn new(
+        settings: PullSettings,
+        hls: Arc<HlsStore>,
+        taps: Arc<TapStore>,
+        feeds: Arc<FeedStore>,
+    ) -> Puller {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
@@ -163,6 +173,7 @@ impl Puller {
             settings,
             hls,
             taps,
+            feeds,
             client: Client::builder(TokioExecutor::new()).build(connector),
             pulls: Mutex::new(HashMap::new()),
         }))
@@ -228,6 +239,7 @@ impl Puller {
             }
             self.0.taps.remove(&stream, &relayed.session);
             self.0.hls.remove(&stream, &relayed.session);
+            self.0.feeds.remove(&stream, &relayed.session);
         }
         lock(&self.0.pulls).remove(&stream);
         info!(%stream, "released: nobody watches it here");
@@ -374,6 +386,7 @@ impl Puller {
         let mut segmenters = Vec::new();
         let mut taps = Vec::new();
         let mut infos = Vec::new();
+        let mut feeds = Vec::new();
         for (header, _, _) in bodies {
             let video = header.video_track();
             let audio = header.audio_track();
@@ -392,6 +405,15 @@ impl Puller {
                 &s.secret,
             ));
             let name = header.rendition.name.clone();
+            let r = &header.rendition;
+            let feed = Arc::new(RenditionFeed::new(
+                &r.name,
+                r.width,
+                r.height,
+                r.bandwidth,
+                video.clone(),
+            ));
+            feeds.push(feed.clone());
             segmenters.push((name.clone(), segmenter.clone()));
             taps.push(tap.clone());
             infos.push(header.rendition.clone());
@@ -400,6 +422,7 @@ impl Puller {
                 Arc::new(Mutex::new(Sink {
                     segmenter,
                     tap,
+                    feed,
                     last_video: None,
                     last_audio: None,
                 })),
@@ -416,6 +439,13 @@ impl Puller {
         self.0.hls.publish(
             stream,
             Arc::new(SessionHls::new(session, segmenters).relayed(infos)),
+        );
+        self.0.feeds.publish(
+            stream,
+            Arc::new(SessionFeeds {
+                session: session.to_owned(),
+                renditions: feeds,
+            }),
         );
         Relayed {
             session: session.to_owned(),

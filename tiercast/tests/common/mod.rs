@@ -72,7 +72,7 @@ fn start_node_full(node: &str, extra: &str, args: &[&str], env: &[(&str, &Path)]
     std::fs::write(
         &config,
         format!(
-            "[node]\ndata_dir = {:?}\n{node}\n[http]\nlisten = \"127.0.0.1:0\"\nassets_dir = {:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n{extra}",
+            "[node]\ndata_dir = {:?}\n{node}\n[http]\nlisten = \"127.0.0.1:0\"\nassets_dir = {:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n[webrtc]\nlisten = \"127.0.0.1:0\"\n{extra}",
             data.display().to_string(),
             concat!(env!("CARGO_MANIFEST_DIR"), "/../web/node_modules/hls.js/dist")
         ),
@@ -225,6 +225,21 @@ impl Response {
     }
 }
 
+/// A plain HTTP/1.1 POST with `Connection: close`; status 0 when the node does not answer.
+pub fn http_post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Response {
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
+        return http_get(addr, "/unreachable");
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body);
+    read_response(s)
+}
+
 /// A plain HTTP/1.1 GET with `Connection: close`; status 0 when the node does not answer.
 pub fn http_get(addr: SocketAddr, path: &str) -> Response {
     let fail = Response {
@@ -244,6 +259,15 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Response {
     {
         return fail;
     }
+    read_response(s)
+}
+
+fn read_response(mut s: TcpStream) -> Response {
+    let fail = Response {
+        status: 0,
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
     let mut raw = Vec::new();
     if s.read_to_end(&mut raw).is_err() && raw.is_empty() {
         return fail;

@@ -1,0 +1,103 @@
+//! Encoded frames of each rendition as they are produced, for egress that works frame by frame
+//! (WHEP). A frame is shared (reference counted), never copied, and sending costs nothing while
+//! nobody listens.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+
+use pipelines::media::{Frame, VideoTrack};
+use tokio::sync::broadcast;
+
+/// Frames a slow consumer may fall behind by before it skips ahead.
+const BACKLOG: usize = 512;
+
+#[derive(Debug)]
+pub struct RenditionFeed {
+    /// Unique on this node for as long as it runs.
+    pub id: u64,
+    pub name: String,
+    pub width: u32,
+    pub height: u32,
+    pub bandwidth: u64,
+    video: Mutex<Option<VideoTrack>>,
+    tx: broadcast::Sender<Frame>,
+}
+
+impl RenditionFeed {
+    pub fn new(
+        name: &str,
+        width: u32,
+        height: u32,
+        bandwidth: u64,
+        video: Option<VideoTrack>,
+    ) -> RenditionFeed {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        RenditionFeed {
+            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            name: name.to_owned(),
+            width,
+            height,
+            bandwidth,
+            video: Mutex::new(video),
+            tx: broadcast::channel(BACKLOG).0,
+        }
+    }
+
+    pub fn push(&self, frame: &Frame) {
+        let _ = self.tx.send(frame.clone());
+    }
+
+    pub fn set_video(&self, video: VideoTrack) {
+        *self.video.lock().unwrap_or_else(|p| p.into_inner()) = Some(video);
+    }
+
+    /// The video configuration (SPS and PPS), once known.
+    pub fn video(&self) -> Option<VideoTrack> {
+        self.video.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Frame> {
+        self.tx.subscribe()
+    }
+
+    pub fn listeners(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}
+
+/// One session's feeds, best rendition first.
+#[derive(Debug)]
+pub struct SessionFeeds {
+    pub session: String,
+    pub renditions: Vec<Arc<RenditionFeed>>,
+}
+
+#[derive(Debug, Default)]
+pub struct FeedStore {
+    streams: RwLock<HashMap<String, Arc<SessionFeeds>>>,
+}
+
+impl FeedStore {
+    pub fn publish(&self, stream: &str, feeds: Arc<SessionFeeds>) {
+        self.streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(stream.to_owned(), feeds);
+    }
+
+    pub fn get(&self, stream: &str) -> Option<Arc<SessionFeeds>> {
+        self.streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(stream)
+            .cloned()
+    }
+
+    /// Removes the stream's feeds if they are still `session`'s.
+    pub fn remove(&self, stream: &str, session: &str) {
+        let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
+        if streams.get(stream).is_some_and(|f| f.session == session) {
+            streams.remove(stream);
+        }
+    }
+}

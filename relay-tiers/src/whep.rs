@@ -1,0 +1,426 @@
+//! WHEP egress (`POST /whep/<stream>`, RFC 9725 style): a viewer's browser gets an already
+//! encoded rendition over WebRTC. Every viewer is a sans-IO [`str0m::Rtc`] driven by one task
+//! on one shared UDP socket (ICE-lite, demultiplexed by who accepts each packet): no thread,
+//! no GStreamer element and no encoder per viewer.
+//!
+//! Today: H.264 video. The stream's audio (AAC) is not carried yet: browsers need Opus.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes as Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use pipelines::media::Frame;
+use str0m::change::SdpOffer;
+use str0m::format::Codec;
+use str0m::media::{MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::{broadcast, mpsc};
+use tracing::{debug, info, warn};
+
+use crate::feeds::{FeedStore, RenditionFeed};
+
+/// Largest SDP offer accepted.
+const MAX_OFFER: usize = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct WhepLimits {
+    pub per_node: usize,
+    pub per_stream: usize,
+}
+
+pub struct Whep {
+    feeds: Arc<FeedStore>,
+    commands: mpsc::UnboundedSender<Command>,
+    /// The address viewers send their media traffic to.
+    candidate: SocketAddr,
+    limits: WhepLimits,
+    /// Viewers per stream now.
+    viewers: Mutex<HashMap<String, usize>>,
+    next_id: AtomicU64,
+}
+
+enum Command {
+    Add(Box<Viewer>),
+    Remove(u64),
+}
+
+struct Viewer {
+    id: u64,
+    stream: String,
+    rtc: Rtc,
+    feed: Arc<RenditionFeed>,
+    video: Option<(Mid, Pt)>,
+    connected: bool,
+    /// Frames are sent from a keyframe on.
+    started: bool,
+}
+
+impl Whep {
+    /// Binds the shared UDP socket; `advertise` is the address put in the answer's candidate
+    /// (the socket's own when it is a specific one).
+    pub async fn start(
+        listen: SocketAddr,
+        advertise: Option<IpAddr>,
+        limits: WhepLimits,
+        feeds: Arc<FeedStore>,
+    ) -> std::io::Result<Arc<Whep>> {
+        let socket = UdpSocket::bind(listen).await?;
+        let local = socket.local_addr()?;
+        let ip = advertise.unwrap_or(if local.ip().is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            local.ip()
+        });
+        let candidate = SocketAddr::new(ip, local.port());
+        let (commands, rx) = mpsc::unbounded_channel();
+        let whep = Arc::new(Whep {
+            feeds,
+            commands,
+            candidate,
+            limits,
+            viewers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        });
+        info!(udp = %local, candidate = %candidate, "WHEP ready");
+        tokio::spawn(drive(socket, rx, Arc::downgrade(&whep)));
+        Ok(whep)
+    }
+
+    pub fn udp(&self) -> SocketAddr {
+        self.candidate
+    }
+
+    fn viewer_left(&self, stream: &str) {
+        let mut viewers = self.viewers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = viewers.get_mut(stream) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
+    /// Total viewers on this node.
+    pub fn viewers(&self) -> usize {
+        self.viewers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .sum()
+    }
+}
+
+pub fn router(whep: Arc<Whep>) -> Router {
+    Router::new()
+        .route("/whep/{stream}", post(offer))
+        .route("/whep/{stream}/{id}", delete(hang_up))
+        .with_state(whep)
+}
+
+fn refuse(status: StatusCode, why: impl std::fmt::Display) -> Response {
+    (status, format!("{why}\n")).into_response()
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct OfferQuery {
+    rendition: Option<String>,
+}
+
+async fn offer(
+    State(whep): State<Arc<Whep>>,
+    Path(stream): Path<String>,
+    Query(q): Query<OfferQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("application/sdp") {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send an SDP offer (application/sdp)",
+        );
+    }
+    if body.len() > MAX_OFFER {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the offer is too large");
+    }
+    let Some(feeds) = whep.feeds.get(&stream) else {
+        return refuse(StatusCode::NOT_FOUND, "stream is not live here");
+    };
+    let feed = match &q.rendition {
+        Some(name) => match feeds.renditions.iter().find(|r| &r.name == name) {
+            Some(f) => f.clone(),
+            None => return refuse(StatusCode::NOT_FOUND, "no such rendition"),
+        },
+        None => match feeds.renditions.first() {
+            Some(f) => f.clone(),
+            None => return refuse(StatusCode::NOT_FOUND, "stream has no renditions"),
+        },
+    };
+    let Ok(sdp) = std::str::from_utf8(&body) else {
+        return refuse(StatusCode::BAD_REQUEST, "the offer is not text");
+    };
+    let offer = match SdpOffer::from_sdp_string(sdp) {
+        Ok(o) => o,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("malformed SDP offer: {e}")),
+    };
+    if !sdp.to_ascii_uppercase().contains("H264/90000") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the offer has no usable video codec (H.264 is needed)",
+        );
+    }
+    {
+        let mut viewers = whep.viewers.lock().unwrap_or_else(|p| p.into_inner());
+        let total: usize = viewers.values().sum();
+        let here = viewers.entry(stream.clone()).or_default();
+        if total >= whep.limits.per_node {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this node has all the WebRTC viewers it takes",
+            );
+        }
+        if *here >= whep.limits.per_stream {
+            return refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this stream has all the WebRTC viewers it takes",
+            );
+        }
+        *here += 1;
+    }
+    let mut rtc = RtcConfig::new()
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .build(Instant::now());
+    let answer = Candidate::host(whep.candidate, "udp")
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            rtc.add_local_candidate(c);
+            rtc.sdp_api().accept_offer(offer).map_err(|e| e.to_string())
+        });
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => {
+            whep.viewer_left(&stream);
+            return refuse(StatusCode::BAD_REQUEST, format!("offer not accepted: {e}"));
+        }
+    };
+    let id = whep.next_id.fetch_add(1, Ordering::Relaxed);
+    info!(%stream, rendition = %feed.name, viewer = id, "WHEP viewer joined");
+    let _ = whep.commands.send(Command::Add(Box::new(Viewer {
+        id,
+        stream: stream.clone(),
+        rtc,
+        feed,
+        video: None,
+        connected: false,
+        started: false,
+    })));
+    (
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, format!("/whep/{stream}/{id}")),
+        ],
+        answer.to_sdp_string(),
+    )
+        .into_response()
+}
+
+async fn hang_up(
+    State(whep): State<Arc<Whep>>,
+    Path((_stream, id)): Path<(String, u64)>,
+) -> Response {
+    let _ = whep.commands.send(Command::Remove(id));
+    StatusCode::OK.into_response()
+}
+
+/// AVC (length-prefixed NAL units) to Annex B, with SPS and PPS in front of keyframes.
+fn annex_b(frame: &Frame, feed: &RenditionFeed) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frame.data.len() + 64);
+    if frame.keyframe
+        && let Some(video) = feed.video()
+    {
+        for ps in video.parameter_sets() {
+            out.extend_from_slice(&[0, 0, 0, 1]);
+            out.extend_from_slice(ps);
+        }
+    }
+    let mut data = &frame.data[..];
+    while data.len() >= 4 {
+        let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        if len == 0 || data.len() < 4 + len {
+            break;
+        }
+        out.extend_from_slice(&[0, 0, 0, 1]);
+        out.extend_from_slice(&data[4..4 + len]);
+        data = &data[4 + len..];
+    }
+    out
+}
+
+/// The payload type to send H.264 with: packetization mode 1, High profile if offered.
+fn h264_pt(rtc: &mut Rtc, mid: Mid) -> Option<Pt> {
+    let writer = rtc.writer(mid)?;
+    let mut best: Option<(u8, Pt)> = None;
+    for p in writer.payload_params() {
+        let spec = p.spec();
+        if spec.codec != Codec::H264 || spec.format.packetization_mode != Some(1) {
+            continue;
+        }
+        let profile = spec.format.profile_level_id.map(|id| (id >> 16) as u8);
+        let rank = match profile {
+            Some(0x64) => 3,
+            Some(0x4d) => 2,
+            _ => 1,
+        };
+        if best.is_none_or(|(r, _)| rank > r) {
+            best = Some((rank, p.pt()));
+        }
+    }
+    best.map(|(_, pt)| pt)
+}
+
+impl Viewer {
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::MediaAdded(m) if m.kind == MediaKind::Video => {
+                self.video = h264_pt(&mut self.rtc, m.mid).map(|pt| (m.mid, pt));
+            }
+            Event::Connected => {
+                self.connected = true;
+                debug!(viewer = self.id, "WHEP viewer connected");
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.rtc.disconnect();
+            }
+            _ => {}
+        }
+    }
+
+    fn send(&mut self, frame: &Frame) {
+        let Some((mid, pt)) = self.video else { return };
+        if !self.connected || frame.kind != pipelines::media::TrackKind::Video {
+            return;
+        }
+        if !self.started && !frame.keyframe {
+            return;
+        }
+        self.started = true;
+        let data = annex_b(frame, &self.feed);
+        let rtp_time = MediaTime::from_90khz((frame.pts.as_nanos() * 9 / 100_000) as u64);
+        if let Some(writer) = self.rtc.writer(mid)
+            && let Err(e) = writer.write(pt, Instant::now(), rtp_time, data)
+        {
+            debug!(viewer = self.id, "frame not sent: {e}");
+        }
+    }
+}
+
+/// The one task that runs every viewer: UDP in and out, timers, and frames from the feeds.
+async fn drive(
+    socket: UdpSocket,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    whep: std::sync::Weak<Whep>,
+) {
+    let local = socket.local_addr().expect("a bound socket has an address");
+    let mut viewers: Vec<Viewer> = Vec::new();
+    // One forwarder per rendition feed in use, all into this channel.
+    let (frames_tx, mut frames) = mpsc::channel::<(u64, Frame)>(4096);
+    let mut forwarded: std::collections::HashSet<u64> = Default::default();
+    let mut buf = vec![0u8; 2000];
+    loop {
+        let now = Instant::now();
+        let mut next = now + Duration::from_millis(100);
+        for v in viewers.iter_mut() {
+            let _ = v.rtc.handle_input(Input::Timeout(now));
+            loop {
+                match v.rtc.poll_output() {
+                    Ok(Output::Timeout(t)) => {
+                        next = next.min(t);
+                        break;
+                    }
+                    Ok(Output::Transmit(t)) => {
+                        let _ = socket.send_to(&t.contents, t.destination).await;
+                    }
+                    Ok(Output::Event(e)) => v.on_event(e),
+                    Err(e) => {
+                        debug!(viewer = v.id, "viewer failed: {e}");
+                        v.rtc.disconnect();
+                        break;
+                    }
+                }
+            }
+        }
+        viewers.retain(|v| {
+            let alive = v.rtc.is_alive();
+            if !alive {
+                info!(viewer = v.id, stream = %v.stream, "WHEP viewer left");
+                if let Some(w) = whep.upgrade() {
+                    w.viewer_left(&v.stream);
+                }
+            }
+            alive
+        });
+        let wait = next.saturating_duration_since(Instant::now());
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let Ok((n, source)) = r else { continue };
+                let Ok(contents) = buf[..n].try_into() else { continue };
+                let input = Input::Receive(
+                    Instant::now(),
+                    Receive { proto: Protocol::Udp, source, destination: local, contents },
+                );
+                if let Some(v) = viewers.iter_mut().find(|v| v.rtc.accepts(&input)) {
+                    let _ = v.rtc.handle_input(input);
+                }
+            }
+            cmd = commands.recv() => match cmd {
+                None => return,
+                Some(Command::Add(v)) => {
+                    let key = v.feed.id;
+                    if forwarded.insert(key) {
+                        tokio::spawn(forward(key, v.feed.subscribe(), frames_tx.clone()));
+                    }
+                    viewers.push(*v);
+                }
+                Some(Command::Remove(id)) => {
+                    if let Some(v) = viewers.iter_mut().find(|v| v.id == id) {
+                        v.rtc.disconnect();
+                    }
+                }
+            },
+            Some((key, frame)) = frames.recv() => {
+                for v in viewers.iter_mut().filter(|v| v.feed.id == key) {
+                    v.send(&frame);
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+async fn forward(key: u64, mut rx: broadcast::Receiver<Frame>, tx: mpsc::Sender<(u64, Frame)>) {
+    loop {
+        match rx.recv().await {
+            Ok(frame) => {
+                if tx.try_send((key, frame)).is_err() && tx.is_closed() {
+                    return;
+                }
+            }
+            Err(broadcast::error::RecvError::Lagged(n)) => warn!("WHEP fell {n} frames behind"),
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
