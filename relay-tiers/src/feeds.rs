@@ -3,10 +3,12 @@
 //! nobody listens.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
-use pipelines::media::{Frame, VideoTrack};
+use pipelines::media::{AudioTrack, Frame, VideoTrack};
 use tokio::sync::broadcast;
+
+use crate::opus::OpusEncoder;
 
 /// Frames a slow consumer may fall behind by before it skips ahead.
 const BACKLOG: usize = 512;
@@ -70,6 +72,40 @@ impl RenditionFeed {
 pub struct SessionFeeds {
     pub session: String,
     pub renditions: Vec<Arc<RenditionFeed>>,
+    /// The session's (AAC) audio, shared by every rendition.
+    pub audio: Option<AudioTrack>,
+    /// Opus made from it once the first WebRTC viewer arrives.
+    pub opus: OnceLock<Option<Arc<OpusEncoder>>>,
+}
+
+impl SessionFeeds {
+    pub fn new(
+        session: &str,
+        renditions: Vec<Arc<RenditionFeed>>,
+        audio: Option<AudioTrack>,
+    ) -> SessionFeeds {
+        SessionFeeds {
+            session: session.to_owned(),
+            renditions,
+            audio,
+            opus: OnceLock::new(),
+        }
+    }
+
+    /// The session's audio as Opus, started on first use; `None` without audio or when the
+    /// encoder cannot run.
+    pub fn opus(&self) -> Option<Arc<OpusEncoder>> {
+        self.opus
+            .get_or_init(|| {
+                let audio = self.audio.as_ref()?;
+                let aac = self.renditions.first()?.subscribe();
+                OpusEncoder::start(&self.session, audio, aac)
+                    .map_err(|e| tracing::warn!(session = %self.session, "no Opus: {e}"))
+                    .ok()
+                    .map(Arc::new)
+            })
+            .clone()
+    }
 }
 
 #[derive(Debug, Default)]

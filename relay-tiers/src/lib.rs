@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod feeds;
 pub mod hls;
+pub mod opus;
 pub mod relay;
 pub mod watch;
 pub mod whep;

@@ -3,7 +3,8 @@
 //! on one shared UDP socket (ICE-lite, demultiplexed by who accepts each packet): no thread,
 //! no GStreamer element and no encoder per viewer.
 //!
-//! Today: H.264 video. The stream's audio (AAC) is not carried yet: browsers need Opus.
+//! Video is the rendition's own H.264; audio is the session's AAC made into Opus once
+//! ([`crate::opus`]) for every WebRTC viewer of the session.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +21,7 @@ use axum::routing::{delete, post};
 use pipelines::media::Frame;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
-use str0m::media::{MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
@@ -28,6 +29,7 @@ use tokio::sync::{broadcast, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::feeds::{FeedStore, RenditionFeed};
+use crate::opus::OpusEncoder;
 
 /// Largest SDP offer accepted.
 const MAX_OFFER: usize = 64 * 1024;
@@ -59,7 +61,9 @@ struct Viewer {
     stream: String,
     rtc: Rtc,
     feed: Arc<RenditionFeed>,
+    opus: Option<Arc<OpusEncoder>>,
     video: Option<(Mid, Pt)>,
+    audio: Option<(Mid, Pt)>,
     connected: bool,
     /// Frames are sent from a keyframe on.
     started: bool,
@@ -218,12 +222,19 @@ async fn offer(
     };
     let id = whep.next_id.fetch_add(1, Ordering::Relaxed);
     info!(%stream, rendition = %feed.name, viewer = id, "WHEP viewer joined");
+    let opus = if sdp.to_ascii_lowercase().contains("opus/48000") {
+        feeds.opus()
+    } else {
+        None
+    };
     let _ = whep.commands.send(Command::Add(Box::new(Viewer {
         id,
         stream: stream.clone(),
         rtc,
         feed,
+        opus,
         video: None,
+        audio: None,
         connected: false,
         started: false,
     })));
@@ -298,6 +309,9 @@ impl Viewer {
             Event::MediaAdded(m) if m.kind == MediaKind::Video => {
                 self.video = h264_pt(&mut self.rtc, m.mid).map(|pt| (m.mid, pt));
             }
+            Event::MediaAdded(m) if m.kind == MediaKind::Audio => {
+                self.audio = opus_pt(&mut self.rtc, m.mid).map(|pt| (m.mid, pt));
+            }
             Event::Connected => {
                 self.connected = true;
                 debug!(viewer = self.id, "WHEP viewer connected");
@@ -309,9 +323,28 @@ impl Viewer {
         }
     }
 
-    fn send(&mut self, frame: &Frame) {
+    /// A frame from feed `key`: the rendition's video, or the session's Opus.
+    fn send(&mut self, key: u64, frame: &Frame) {
+        if !self.connected {
+            return;
+        }
+        if self.opus.as_ref().is_some_and(|o| o.id == key) {
+            let Some((mid, pt)) = self.audio else { return };
+            // Audio waits for the picture, so both start together.
+            if !self.started {
+                return;
+            }
+            let rtp_time = MediaTime::new(
+                (frame.pts.as_nanos() * 48 / 1_000_000) as u64,
+                Frequency::FORTY_EIGHT_KHZ,
+            );
+            if let Some(writer) = self.rtc.writer(mid) {
+                let _ = writer.write(pt, Instant::now(), rtp_time, frame.data.to_vec());
+            }
+            return;
+        }
         let Some((mid, pt)) = self.video else { return };
-        if !self.connected || frame.kind != pipelines::media::TrackKind::Video {
+        if frame.kind != pipelines::media::TrackKind::Video {
             return;
         }
         if !self.started && !frame.keyframe {
@@ -326,6 +359,15 @@ impl Viewer {
             debug!(viewer = self.id, "frame not sent: {e}");
         }
     }
+}
+
+/// The payload type to send Opus with.
+fn opus_pt(rtc: &mut Rtc, mid: Mid) -> Option<Pt> {
+    let writer = rtc.writer(mid)?;
+    writer
+        .payload_params()
+        .find(|p| p.spec().codec == Codec::Opus)
+        .map(|p| p.pt())
 }
 
 /// The one task that runs every viewer: UDP in and out, timers, and frames from the feeds.
@@ -393,6 +435,11 @@ async fn drive(
                     if forwarded.insert(key) {
                         tokio::spawn(forward(key, v.feed.subscribe(), frames_tx.clone()));
                     }
+                    if let Some(opus) = &v.opus
+                        && forwarded.insert(opus.id)
+                    {
+                        tokio::spawn(forward(opus.id, opus.subscribe(), frames_tx.clone()));
+                    }
                     viewers.push(*v);
                 }
                 Some(Command::Remove(id)) => {
@@ -402,8 +449,11 @@ async fn drive(
                 }
             },
             Some((key, frame)) = frames.recv() => {
-                for v in viewers.iter_mut().filter(|v| v.feed.id == key) {
-                    v.send(&frame);
+                for v in viewers
+                    .iter_mut()
+                    .filter(|v| v.feed.id == key || v.opus.as_ref().is_some_and(|o| o.id == key))
+                {
+                    v.send(key, &frame);
                 }
             }
             _ = tokio::time::sleep(wait) => {}

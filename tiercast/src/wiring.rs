@@ -230,10 +230,11 @@ impl GraphFactory for Broadcast {
         );
         self.feeds.publish(
             &stream.name,
-            Arc::new(SessionFeeds {
-                session: session.id.clone(),
-                renditions: session_feeds,
-            }),
+            Arc::new(SessionFeeds::new(
+                &session.id,
+                session_feeds,
+                tracks.audio.clone(),
+            )),
         );
         if let Some(taps) = &self.taps {
             taps.publish(

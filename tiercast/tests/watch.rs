@@ -50,6 +50,14 @@ fn the_watch_page_plays_a_live_stream_over_webrtc_and_over_hls() {
     let playing = plays(&mut page);
     assert_eq!(playing["width"], 640, "{playing}");
     assert_eq!(playing["protocol"], "whep", "{playing}");
+    // Sound too: Opus made once from the stream's AAC.
+    let audio = "(async () => { let n = 0; \
+        (await window.tiercast.pc.getStats()).forEach(r => { \
+          if (r.type === 'inbound-rtp' && r.kind === 'audio') n = r.packetsReceived; }); \
+        return n; })()";
+    page.wait_for(audio, Duration::from_secs(20), |n| {
+        n.as_u64().unwrap_or(0) > 50
+    });
     // HLS, as a browser without WebRTC (or the fallback) plays it.
     let (_browser, mut page) =
         Browser::open(&format!("http://{}/watch/main?protocol=hls", node.http));

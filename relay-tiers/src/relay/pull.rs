@@ -442,10 +442,11 @@ impl Puller {
         );
         self.0.feeds.publish(
             stream,
-            Arc::new(SessionFeeds {
-                session: session.to_owned(),
-                renditions: feeds,
-            }),
+            Arc::new(SessionFeeds::new(
+                session,
+                feeds,
+                bodies.first().and_then(|(h, _, _)| h.audio_track()),
+            )),
         );
         Relayed {
             session: session.to_owned(),
