@@ -67,6 +67,9 @@ struct Viewer {
     connected: bool,
     /// Frames are sent from a keyframe on.
     started: bool,
+    /// Has input or output to handle.
+    dirty: bool,
+    next_timeout: Instant,
 }
 
 impl Whep {
@@ -237,6 +240,8 @@ async fn offer(
         audio: None,
         connected: false,
         started: false,
+        dirty: true,
+        next_timeout: Instant::now(),
     })));
     (
         StatusCode::CREATED,
@@ -382,33 +387,45 @@ async fn drive(
     let (frames_tx, mut frames) = mpsc::channel::<(u64, Frame)>(4096);
     let mut forwarded: std::collections::HashSet<u64> = Default::default();
     let mut buf = vec![0u8; 2000];
+    // Who sends from where, once ICE has told us.
+    let mut by_source: HashMap<SocketAddr, u64> = HashMap::new();
     loop {
+        // Only viewers with something new (input, frames written) or a timer due are driven:
+        // an idle viewer costs nothing per event.
         let now = Instant::now();
         let mut next = now + Duration::from_millis(100);
         for v in viewers.iter_mut() {
-            let _ = v.rtc.handle_input(Input::Timeout(now));
-            loop {
-                match v.rtc.poll_output() {
-                    Ok(Output::Timeout(t)) => {
-                        next = next.min(t);
-                        break;
-                    }
-                    Ok(Output::Transmit(t)) => {
-                        let _ = socket.send_to(&t.contents, t.destination).await;
-                    }
-                    Ok(Output::Event(e)) => v.on_event(e),
-                    Err(e) => {
-                        debug!(viewer = v.id, "viewer failed: {e}");
-                        v.rtc.disconnect();
-                        break;
+            if v.next_timeout <= now {
+                let _ = v.rtc.handle_input(Input::Timeout(now));
+                v.dirty = true;
+            }
+            if v.dirty {
+                v.dirty = false;
+                loop {
+                    match v.rtc.poll_output() {
+                        Ok(Output::Timeout(t)) => {
+                            v.next_timeout = t;
+                            break;
+                        }
+                        Ok(Output::Transmit(t)) => {
+                            let _ = socket.send_to(&t.contents, t.destination).await;
+                        }
+                        Ok(Output::Event(e)) => v.on_event(e),
+                        Err(e) => {
+                            debug!(viewer = v.id, "viewer failed: {e}");
+                            v.rtc.disconnect();
+                            break;
+                        }
                     }
                 }
             }
+            next = next.min(v.next_timeout);
         }
         viewers.retain(|v| {
             let alive = v.rtc.is_alive();
             if !alive {
                 info!(viewer = v.id, stream = %v.stream, "WHEP viewer left");
+                by_source.retain(|_, id| *id != v.id);
                 if let Some(w) = whep.upgrade() {
                     w.viewer_left(&v.stream);
                 }
@@ -424,8 +441,16 @@ async fn drive(
                     Instant::now(),
                     Receive { proto: Protocol::Udp, source, destination: local, contents },
                 );
-                if let Some(v) = viewers.iter_mut().find(|v| v.rtc.accepts(&input)) {
+                let known = by_source
+                    .get(&source)
+                    .and_then(|id| viewers.iter().position(|v| v.id == *id))
+                    .filter(|&i| viewers[i].rtc.accepts(&input));
+                let found = known.or_else(|| viewers.iter().position(|v| v.rtc.accepts(&input)));
+                if let Some(i) = found {
+                    let v = &mut viewers[i];
+                    by_source.insert(source, v.id);
                     let _ = v.rtc.handle_input(input);
+                    v.dirty = true;
                 }
             }
             cmd = commands.recv() => match cmd {
@@ -445,6 +470,7 @@ async fn drive(
                 Some(Command::Remove(id)) => {
                     if let Some(v) = viewers.iter_mut().find(|v| v.id == id) {
                         v.rtc.disconnect();
+                        v.dirty = true;
                     }
                 }
             },
@@ -454,6 +480,7 @@ async fn drive(
                     .filter(|v| v.feed.id == key || v.opus.as_ref().is_some_and(|o| o.id == key))
                 {
                     v.send(key, &frame);
+                    v.dirty = true;
                 }
             }
             _ = tokio::time::sleep(wait) => {}
