@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""(f) WHEP viewers one core serves.
+
+One all-in-one tiercast node (release build) pinned to core 0; ffmpeg publishes a 720p30
+H.264 + AAC file at 2.5 Mb/s, passed through (the WHEP rendition is the source itself). The load
+client (`relay-tiers/examples/whep_load.rs`: str0m receivers in one process, each on its own
+loopback UDP socket, full ICE + DTLS + SRTP) runs on core 1 and counts RTP packets and sequence
+gaps. For each viewer count, over the same window: server CPU (utime + stime from /proc) per
+second, packets lost, and the server's resident memory growth per viewer.
+
+Usage: bench/whep.py [--counts 100,250,500,1000] [--seconds 15]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as base  # noqa: E402
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def load_client():
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(base.ROOT, "target"))
+    path = os.path.join(target, "release", "examples", "whep_load")
+    if not os.path.exists(path):
+        sys.exit(f"{path} missing: cargo build --release -p relay-tiers --example whep_load")
+    return path
+
+
+def make_source(work, seconds):
+    path = os.path.join(work, f"src720p-2500k-{seconds}s.flv")
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", str(seconds),
+         "-c:v", "libx264", "-preset", "veryfast", "-b:v", "2500k", "-maxrate", "2500k", "-bufsize", "2500k",
+         "-g", "60", "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "128k", "-ac", "2", path],
+        check=True)
+    return path
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--counts", default="100,250,500,1000")
+    ap.add_argument("--seconds", type=int, default=15)
+    args = ap.parse_args()
+    counts = [int(c) for c in args.counts.split(",")]
+    work = tempfile.mkdtemp(prefix="tiercast-whep-bench-")
+    try:
+        src = make_source(work, (args.seconds + 10) * len(counts) + 30)
+        http, rtmp = base.free_port(), base.free_port()
+        config = os.path.join(work, "node.toml")
+        with open(config, "w") as f:
+            f.write(textwrap.dedent(f"""\
+                [node]
+                data_dir = "{work}/data"
+                [http]
+                listen = "127.0.0.1:{http}"
+                [rtmp]
+                listen = "127.0.0.1:{rtmp}"
+                [webrtc]
+                listen = "127.0.0.1:0"
+                max_viewers = 100000
+                max_viewers_per_stream = 100000
+                [[streams]]
+                name = "bench"
+                key = "bench"
+                [[ladders.default]]
+                name = "720p"
+                height = 720
+                video_kbps = 2500
+                """))
+        node = subprocess.Popen(["taskset", "-c", "0", base.tiercast_binary(), "run", "--config", config],
+                                stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "log"), "w"))
+        base.wait_port(http)
+        pub, _ = base.publish(src, f"rtmp://127.0.0.1:{rtmp}/live/bench")
+        time.sleep(5)
+        results = []
+        try:
+            for n in counts:
+                rss0 = rss_kib(node.pid)
+                client = subprocess.Popen(
+                    ["taskset", "-c", "1", load_client(), f"http://127.0.0.1:{http}/whep/bench", str(n),
+                     str(args.seconds)], stdout=subprocess.PIPE, text=True)
+                # Measure the second half of the window, when every viewer has joined.
+                time.sleep(args.seconds / 2)
+                cpu0, t0 = base.cpu_seconds(node.pid), time.time()
+                rss_full = rss_kib(node.pid)
+                out, _ = client.communicate(timeout=args.seconds + 60)
+                cpu = (base.cpu_seconds(node.pid) - cpu0) / (time.time() - t0)
+                figures = json.loads(out.strip().splitlines()[-1])
+                figures.update({
+                    "server_core_share": round(cpu, 3),
+                    "server_rss_kib_per_viewer": round((rss_full - rss0) / max(n, 1), 1),
+                    "loss_pct": round(100 * figures["lost"] / max(figures["packets"] + figures["lost"], 1), 3),
+                })
+                print(json.dumps(figures), flush=True)
+                results.append(figures)
+                time.sleep(3)
+        finally:
+            pub.send_signal(signal.SIGINT)
+            node.send_signal(signal.SIGINT)
+            node.wait(timeout=30)
+        print(json.dumps({"whep": results}, indent=2))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
