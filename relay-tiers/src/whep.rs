@@ -49,6 +49,9 @@ pub struct Whep {
     /// Viewers per stream now.
     viewers: Mutex<HashMap<String, usize>>,
     next_id: AtomicU64,
+    /// One DTLS certificate for every viewer: making one per viewer costs more than the
+    /// handshake itself.
+    cert: Option<str0m::config::DtlsCert>,
 }
 
 enum Command {
@@ -97,6 +100,9 @@ impl Whep {
             limits,
             viewers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            cert: str0m::crypto::from_feature_flags()
+                .dtls_provider
+                .generate_certificate(),
         });
         info!(udp = %local, candidate = %candidate, "WHEP ready");
         tokio::spawn(drive(socket, rx, Arc::downgrade(&whep)));
@@ -204,12 +210,18 @@ async fn offer(
         }
         *here += 1;
     }
-    let mut rtc = RtcConfig::new()
+    // About a second of packets kept for retransmission (str0m's default is several).
+    let mut config = RtcConfig::new()
         .set_ice_lite(true)
         .clear_codecs()
         .enable_h264(true)
         .enable_opus(true, false)
-        .build(Instant::now());
+        .set_send_buffer_video(256)
+        .set_send_buffer_audio(64);
+    if let Some(cert) = &whep.cert {
+        config = config.set_dtls_cert(cert.clone());
+    }
+    let mut rtc = config.build(Instant::now());
     let answer = Candidate::host(whep.candidate, "udp")
         .map_err(|e| e.to_string())
         .and_then(|c| {
