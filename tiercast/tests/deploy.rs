@@ -107,6 +107,15 @@ fn the_local_topology_configs_are_valid_nodes() {
     for config in &configs {
         check(config);
     }
+    // Five processes on one machine: no two may want the same port.
+    let mut seen = std::collections::HashSet::new();
+    for config in &configs {
+        let text = std::fs::read_to_string(config).unwrap();
+        for line in text.lines().filter(|l| l.trim_start().starts_with("listen")) {
+            let addr = line.split('"').nth(1).unwrap().to_owned();
+            assert!(seen.insert(addr.clone()), "{addr} twice ({})", config.display());
+        }
+    }
     let syntax = Command::new("bash")
         .arg("-n")
         .arg(local.join("run.sh"))
