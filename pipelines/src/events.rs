@@ -71,6 +71,23 @@ pub enum EventKind {
         session: String,
         reason: String,
     },
+    #[serde(rename = "viewer.joined")]
+    ViewerJoined {
+        stream: String,
+        session: String,
+        /// Unique on the node that serves the viewer.
+        viewer: String,
+        protocol: String,
+        rendition: String,
+    },
+    #[serde(rename = "viewer.left")]
+    ViewerLeft {
+        stream: String,
+        session: String,
+        viewer: String,
+        protocol: String,
+        watched_secs: f64,
+    },
 }
 
 impl EventKind {
@@ -81,6 +98,7 @@ impl EventKind {
             EventKind::ChunkWritten { .. }
             | EventKind::RecordingReady { .. }
             | EventKind::RecordingFailed { .. } => "tiercast.recordings",
+            EventKind::ViewerJoined { .. } | EventKind::ViewerLeft { .. } => "tiercast.analytics",
         }
     }
 
@@ -91,7 +109,9 @@ impl EventKind {
             | EventKind::StreamEnded { stream, .. }
             | EventKind::ChunkWritten { stream, .. }
             | EventKind::RecordingReady { stream, .. }
-            | EventKind::RecordingFailed { stream, .. } => stream,
+            | EventKind::RecordingFailed { stream, .. }
+            | EventKind::ViewerJoined { stream, .. }
+            | EventKind::ViewerLeft { stream, .. } => stream,
         }
     }
 }

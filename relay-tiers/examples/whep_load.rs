@@ -42,7 +42,11 @@ fn post(url: &str, body: &str) -> Result<String, String> {
     s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
     let (head, body) = raw.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
     if !head.starts_with("HTTP/1.1 201") {
-        return Err(format!("{}: {}", head.lines().next().unwrap_or(""), body.trim()));
+        return Err(format!(
+            "{}: {}",
+            head.lines().next().unwrap_or(""),
+            body.trim()
+        ));
     }
     Ok(body.to_owned())
 }

@@ -18,6 +18,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
+use pipelines::events::{EventBus, EventKind};
 use pipelines::media::Frame;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
@@ -52,6 +53,7 @@ pub struct Whep {
     /// One DTLS certificate for every viewer: making one per viewer costs more than the
     /// handshake itself.
     cert: Option<str0m::config::DtlsCert>,
+    bus: Arc<EventBus>,
 }
 
 enum Command {
@@ -62,6 +64,8 @@ enum Command {
 struct Viewer {
     id: u64,
     stream: String,
+    session: String,
+    joined: Instant,
     rtc: Rtc,
     feed: Arc<RenditionFeed>,
     opus: Option<Arc<OpusEncoder>>,
@@ -83,6 +87,7 @@ impl Whep {
         advertise: Option<IpAddr>,
         limits: WhepLimits,
         feeds: Arc<FeedStore>,
+        bus: Arc<EventBus>,
     ) -> std::io::Result<Arc<Whep>> {
         let socket = UdpSocket::bind(listen).await?;
         let local = socket.local_addr()?;
@@ -103,6 +108,7 @@ impl Whep {
             cert: str0m::crypto::from_feature_flags()
                 .dtls_provider
                 .generate_certificate(),
+            bus,
         });
         info!(udp = %local, candidate = %candidate, "WHEP ready");
         tokio::spawn(drive(socket, rx, Arc::downgrade(&whep)));
@@ -242,9 +248,18 @@ async fn offer(
     } else {
         None
     };
+    whep.bus.publish(EventKind::ViewerJoined {
+        stream: stream.clone(),
+        session: feeds.session.clone(),
+        viewer: id.to_string(),
+        protocol: "whep".into(),
+        rendition: feed.name.clone(),
+    });
     let _ = whep.commands.send(Command::Add(Box::new(Viewer {
         id,
         stream: stream.clone(),
+        session: feeds.session.clone(),
+        joined: Instant::now(),
         rtc,
         feed,
         opus,
@@ -440,6 +455,13 @@ async fn drive(
                 by_source.retain(|_, id| *id != v.id);
                 if let Some(w) = whep.upgrade() {
                     w.viewer_left(&v.stream);
+                    w.bus.publish(EventKind::ViewerLeft {
+                        stream: v.stream.clone(),
+                        session: v.session.clone(),
+                        viewer: v.id.to_string(),
+                        protocol: "whep".into(),
+                        watched_secs: v.joined.elapsed().as_secs_f64(),
+                    });
                 }
             }
             alive

@@ -228,6 +228,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
             per_stream: config.webrtc.max_viewers_per_stream,
         },
         feeds,
+        bus.clone(),
     )
     .await
     .with_context(|| format!("webrtc.listen {}", config.webrtc.listen))?;

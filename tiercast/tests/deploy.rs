@@ -111,9 +111,16 @@ fn the_local_topology_configs_are_valid_nodes() {
     let mut seen = std::collections::HashSet::new();
     for config in &configs {
         let text = std::fs::read_to_string(config).unwrap();
-        for line in text.lines().filter(|l| l.trim_start().starts_with("listen")) {
+        for line in text
+            .lines()
+            .filter(|l| l.trim_start().starts_with("listen"))
+        {
             let addr = line.split('"').nth(1).unwrap().to_owned();
-            assert!(seen.insert(addr.clone()), "{addr} twice ({})", config.display());
+            assert!(
+                seen.insert(addr.clone()),
+                "{addr} twice ({})",
+                config.display()
+            );
         }
     }
     let syntax = Command::new("bash")

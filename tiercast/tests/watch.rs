@@ -58,6 +58,16 @@ fn the_watch_page_plays_a_live_stream_over_webrtc_and_over_hls() {
     page.wait_for(audio, Duration::from_secs(20), |n| {
         n.as_u64().unwrap_or(0) > 50
     });
+
+    let events = std::fs::read_to_string(node.data_dir().join("events.jsonl")).unwrap();
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("\"type\":\"viewer.joined\"")
+                && l.contains("\"protocol\":\"whep\"")
+                && l.contains("\"rendition\":\"360p\"")),
+        "{events}"
+    );
     // HLS, as a browser without WebRTC (or the fallback) plays it.
     let (_browser, mut page) =
         Browser::open(&format!("http://{}/watch/main?protocol=hls", node.http));
