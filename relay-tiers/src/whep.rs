@@ -188,15 +188,8 @@ async fn offer(
     let Ok(sdp) = std::str::from_utf8(&body) else {
         return refuse(StatusCode::BAD_REQUEST, "the offer is not text");
     };
-    let offer = match SdpOffer::from_sdp_string(sdp) {
-        Ok(o) => o,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("malformed SDP offer: {e}")),
-    };
-    if !sdp.to_ascii_uppercase().contains("H264/90000") {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "the offer has no usable video codec (H.264 is needed)",
-        );
+    if let Err(e) = check_offer(sdp) {
+        return refuse(StatusCode::BAD_REQUEST, e);
     }
     {
         let mut viewers = whep.viewers.lock().unwrap_or_else(|p| p.into_inner());
@@ -216,29 +209,11 @@ async fn offer(
         }
         *here += 1;
     }
-    // About a second of packets kept for retransmission (str0m's default is several).
-    let mut config = RtcConfig::new()
-        .set_ice_lite(true)
-        .clear_codecs()
-        .enable_h264(true)
-        .enable_opus(true, false)
-        .set_send_buffer_video(256)
-        .set_send_buffer_audio(64);
-    if let Some(cert) = &whep.cert {
-        config = config.set_dtls_cert(cert.clone());
-    }
-    let mut rtc = config.build(Instant::now());
-    let answer = Candidate::host(whep.candidate, "udp")
-        .map_err(|e| e.to_string())
-        .and_then(|c| {
-            rtc.add_local_candidate(c);
-            rtc.sdp_api().accept_offer(offer).map_err(|e| e.to_string())
-        });
-    let answer = match answer {
+    let (rtc, answer) = match answer_offer(sdp, whep.candidate, whep.cert.as_ref()) {
         Ok(a) => a,
         Err(e) => {
             whep.viewer_left(&stream);
-            return refuse(StatusCode::BAD_REQUEST, format!("offer not accepted: {e}"));
+            return refuse(StatusCode::BAD_REQUEST, e);
         }
     };
     let id = whep.next_id.fetch_add(1, Ordering::Relaxed);
@@ -276,7 +251,7 @@ async fn offer(
             (header::CONTENT_TYPE, "application/sdp".to_owned()),
             (header::LOCATION, format!("/whep/{stream}/{id}")),
         ],
-        answer.to_sdp_string(),
+        answer,
     )
         .into_response()
 }
@@ -287,6 +262,45 @@ async fn hang_up(
 ) -> Response {
     let _ = whep.commands.send(Command::Remove(id));
     StatusCode::OK.into_response()
+}
+
+/// Whether `sdp` is an offer we can answer: it parses and offers H.264.
+pub fn check_offer(sdp: &str) -> Result<(), String> {
+    SdpOffer::from_sdp_string(sdp).map_err(|e| format!("malformed SDP offer: {e}"))?;
+    if !sdp.to_ascii_uppercase().contains("H264/90000") {
+        return Err("the offer has no usable video codec (H.264 is needed)".into());
+    }
+    Ok(())
+}
+
+/// A viewer's `Rtc` and the SDP answer to `sdp`, with our one `candidate`. Any text gets an
+/// answer or an error, never a panic (fuzzed: `fuzz/fuzz_targets/whep_offer.rs`).
+pub fn answer_offer(
+    sdp: &str,
+    candidate: SocketAddr,
+    cert: Option<&str0m::config::DtlsCert>,
+) -> Result<(Rtc, String), String> {
+    check_offer(sdp)?;
+    let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("malformed SDP offer: {e}"))?;
+    // About a second of packets kept for retransmission (str0m's default is several).
+    let mut config = RtcConfig::new()
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false)
+        .set_send_buffer_video(256)
+        .set_send_buffer_audio(64);
+    if let Some(cert) = cert {
+        config = config.set_dtls_cert(cert.clone());
+    }
+    let mut rtc = config.build(Instant::now());
+    let host = Candidate::host(candidate, "udp").map_err(|e| e.to_string())?;
+    rtc.add_local_candidate(host);
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| format!("offer not accepted: {e}"))?;
+    Ok((rtc, answer.to_sdp_string()))
 }
 
 /// AVC (length-prefixed NAL units) to Annex B, with SPS and PPS in front of keyframes.
@@ -533,5 +547,86 @@ async fn forward(key: u64, mut rx: broadcast::Receiver<Frame>, tx: mpsc::Sender<
             Err(broadcast::error::RecvError::Lagged(n)) => warn!("WHEP fell {n} frames behind"),
             Err(broadcast::error::RecvError::Closed) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use str0m::media::Direction;
+
+    /// A real offer, as a recvonly WebRTC client makes it.
+    fn client_offer() -> String {
+        let mut rtc = RtcConfig::new()
+            .clear_codecs()
+            .enable_h264(true)
+            .enable_opus(true, false)
+            .build(Instant::now());
+        let mut change = rtc.sdp_api();
+        change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+        change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+        let (offer, _) = change.apply().unwrap();
+        offer.to_sdp_string()
+    }
+
+    #[test]
+    fn a_real_offer_is_answered_and_mangled_ones_are_refused_without_panicking() {
+        let candidate: SocketAddr = "127.0.0.1:8189".parse().unwrap();
+        let offer = client_offer();
+        let (_, answer) = answer_offer(&offer, candidate, None).unwrap();
+        assert!(
+            answer.contains("a=ice-lite") && answer.contains("H264/90000"),
+            "{answer}"
+        );
+        assert!(answer.contains("127.0.0.1 8189"), "{answer}");
+        assert!(check_offer(&offer.replace("H264", "VP8")).is_err());
+
+        // Deterministic mutations: flipped bytes, cut lines, repeated and dropped lines.
+        let lines: Vec<&str> = offer.split("\r\n").collect();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut answered = 0;
+        for _ in 0..2000 {
+            let mut m: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+            for _ in 0..(1 + next() % 4) {
+                let i = (next() as usize) % m.len();
+                match next() % 4 {
+                    0 => {
+                        let line = m[i].clone();
+                        m.insert(i, line);
+                    }
+                    1 => {
+                        m.remove(i);
+                        if m.is_empty() {
+                            m.push(String::new());
+                        }
+                    }
+                    2 => {
+                        let cut = (next() as usize) % (m[i].len() + 1);
+                        m[i] = m[i].chars().take(cut).collect();
+                    }
+                    _ => {
+                        let mut bytes = m[i].clone().into_bytes();
+                        if !bytes.is_empty() {
+                            let j = (next() as usize) % bytes.len();
+                            bytes[j] = b"0:= aZ/\x7f9"[(next() % 9) as usize];
+                        }
+                        m[i] = String::from_utf8_lossy(&bytes).into_owned();
+                    }
+                }
+            }
+            let sdp = m.join("\r\n");
+            let result = std::panic::catch_unwind(|| answer_offer(&sdp, candidate, None).is_ok());
+            match result {
+                Ok(ok) => answered += usize::from(ok),
+                Err(_) => panic!("an offer made the answer panic:\n{sdp}"),
+            }
+        }
+        assert!(answered > 0, "no mutation was still a usable offer");
     }
 }
