@@ -80,6 +80,16 @@ pub enum EventKind {
         protocol: String,
         rendition: String,
     },
+    #[serde(rename = "quality.changed")]
+    QualityChanged {
+        stream: String,
+        session: String,
+        viewer: String,
+        /// The rendition the viewer gets from now on.
+        rendition: String,
+        /// `requested` (the client asked), or what the node measured.
+        reason: String,
+    },
     #[serde(rename = "viewer.left")]
     ViewerLeft {
         stream: String,
@@ -99,6 +109,7 @@ impl EventKind {
             | EventKind::RecordingReady { .. }
             | EventKind::RecordingFailed { .. } => "tiercast.recordings",
             EventKind::ViewerJoined { .. } | EventKind::ViewerLeft { .. } => "tiercast.analytics",
+            EventKind::QualityChanged { .. } => "tiercast.quality",
         }
     }
 
@@ -111,6 +122,7 @@ impl EventKind {
             | EventKind::RecordingReady { stream, .. }
             | EventKind::RecordingFailed { stream, .. }
             | EventKind::ViewerJoined { stream, .. }
+            | EventKind::QualityChanged { stream, .. }
             | EventKind::ViewerLeft { stream, .. } => stream,
         }
     }

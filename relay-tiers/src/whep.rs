@@ -59,6 +59,8 @@ pub struct Whep {
 enum Command {
     Add(Box<Viewer>),
     Remove(u64),
+    /// Move a viewer to another rendition of its session, at that rendition's next keyframe.
+    Switch(u64, Arc<RenditionFeed>),
 }
 
 struct Viewer {
@@ -68,6 +70,8 @@ struct Viewer {
     joined: Instant,
     rtc: Rtc,
     feed: Arc<RenditionFeed>,
+    /// The rendition it moves to at that rendition's next keyframe.
+    pending: Option<Arc<RenditionFeed>>,
     opus: Option<Arc<OpusEncoder>>,
     video: Option<(Mid, Pt)>,
     audio: Option<(Mid, Pt)>,
@@ -140,6 +144,7 @@ pub fn router(whep: Arc<Whep>) -> Router {
     Router::new()
         .route("/whep/{stream}", post(offer))
         .route("/whep/{stream}/{id}", delete(hang_up))
+        .route("/whep/{stream}/{id}/layer", post(select_layer))
         .with_state(whep)
 }
 
@@ -235,6 +240,7 @@ async fn offer(
         stream: stream.clone(),
         session: feeds.session.clone(),
         joined: Instant::now(),
+        pending: None,
         rtc,
         feed,
         opus,
@@ -301,6 +307,47 @@ pub fn answer_offer(
         .accept_offer(offer)
         .map_err(|e| format!("offer not accepted: {e}"))?;
     Ok((rtc, answer.to_sdp_string()))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Layer {
+    /// The rendition's name (WHEP layer selection's `encodingId`).
+    #[serde(rename = "encodingId")]
+    encoding_id: String,
+}
+
+/// `POST /whep/<stream>/<id>/layer` `{"encodingId": "360p"}`: the viewer moves to that
+/// rendition at its next keyframe, without renegotiating.
+async fn select_layer(
+    State(whep): State<Arc<Whep>>,
+    Path((stream, id)): Path<(String, u64)>,
+    body: Body,
+) -> Response {
+    let Ok(layer) = serde_json::from_slice::<Layer>(&body) else {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "send {\"encodingId\": \"<rendition>\"}",
+        );
+    };
+    let Some(feeds) = whep.feeds.get(&stream) else {
+        return refuse(StatusCode::NOT_FOUND, "stream is not live here");
+    };
+    let Some(feed) = feeds
+        .renditions
+        .iter()
+        .find(|r| r.name == layer.encoding_id)
+    else {
+        return refuse(StatusCode::NOT_FOUND, "no such rendition");
+    };
+    let _ = whep.commands.send(Command::Switch(id, feed.clone()));
+    whep.bus.publish(EventKind::QualityChanged {
+        stream,
+        session: feeds.session.clone(),
+        viewer: id.to_string(),
+        rendition: feed.name.clone(),
+        reason: "requested".into(),
+    });
+    StatusCode::NO_CONTENT.into_response()
 }
 
 /// AVC (length-prefixed NAL units) to Annex B, with SPS and PPS in front of keyframes.
@@ -373,6 +420,16 @@ impl Viewer {
     fn send(&mut self, key: u64, frame: &Frame) {
         if !self.connected {
             return;
+        }
+        if let Some(next) = &self.pending
+            && next.id == key
+        {
+            if !(frame.kind == pipelines::media::TrackKind::Video && frame.keyframe) {
+                return;
+            }
+            // The new rendition starts here, with its own SPS and PPS in front.
+            self.feed = next.clone();
+            self.pending = None;
         }
         if self.opus.as_ref().is_some_and(|o| o.id == key) {
             let Some((mid, pt)) = self.audio else { return };
@@ -521,11 +578,23 @@ async fn drive(
                         v.dirty = true;
                     }
                 }
+                Some(Command::Switch(id, feed)) => {
+                    if forwarded.insert(feed.id) {
+                        tokio::spawn(forward(feed.id, feed.subscribe(), frames_tx.clone()));
+                    }
+                    if let Some(v) = viewers.iter_mut().find(|v| v.id == id) {
+                        v.pending = (feed.id != v.feed.id).then_some(feed);
+                    }
+                }
             },
             Some((key, frame)) = frames.recv() => {
                 for v in viewers
                     .iter_mut()
-                    .filter(|v| v.feed.id == key || v.opus.as_ref().is_some_and(|o| o.id == key))
+                    .filter(|v| {
+                        v.feed.id == key
+                            || v.pending.as_ref().is_some_and(|p| p.id == key)
+                            || v.opus.as_ref().is_some_and(|o| o.id == key)
+                    })
                 {
                     v.send(key, &frame);
                     v.dirty = true;

@@ -30,7 +30,8 @@ fn the_watch_page_plays_a_live_stream_over_webrtc_and_over_hls() {
     let _turn = heavy();
     let node = start_node(
         "[transcode]\nx264_preset = \"ultrafast\"\n[[streams]]\nname = \"main\"\nkey = \"k\"\n\
-         [[ladders.default]]\nname = \"360p\"\nheight = 360\nvideo_kbps = 800\n",
+         [[ladders.default]]\nname = \"360p\"\nheight = 360\nvideo_kbps = 800\n\
+         [[ladders.default]]\nname = \"180p\"\nheight = 180\nvideo_kbps = 300\n",
     );
     let mut publisher = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 60)
         .spawn()
@@ -68,11 +69,30 @@ fn the_watch_page_plays_a_live_stream_over_webrtc_and_over_hls() {
                 && l.contains("\"rendition\":\"360p\"")),
         "{events}"
     );
+    // The viewer asks for the lower rendition: same connection, smaller picture.
+    let asked = page.eval(
+        "fetch(window.tiercast.resource + '/layer', { method: 'POST', \
+           body: JSON.stringify({ encodingId: '180p' }) }).then(r => r.status)",
+    );
+    assert_eq!(asked, 204);
+    page.wait_for(PLAYER, Duration::from_secs(20), |v| v["width"] == 320);
+    plays(&mut page);
+    let events = std::fs::read_to_string(node.data_dir().join("events.jsonl")).unwrap();
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("\"type\":\"quality.changed\"") && l.contains("\"180p\"")),
+        "{events}"
+    );
     // HLS, as a browser without WebRTC (or the fallback) plays it.
     let (_browser, mut page) =
         Browser::open(&format!("http://{}/watch/main?protocol=hls", node.http));
     let playing = plays(&mut page);
-    assert_eq!(playing["width"], 640, "{playing}");
+    // hls.js picks either rendition to start with.
+    assert!(
+        playing["width"] == 640 || playing["width"] == 320,
+        "{playing}"
+    );
     assert_eq!(playing["protocol"], "hls", "{playing}");
 
     // Bad offers cost a clear 4xx and nothing else.
