@@ -185,7 +185,7 @@ async fn offer(
             Some(f) => f.clone(),
             None => return refuse(StatusCode::NOT_FOUND, "no such rendition"),
         },
-        None => match feeds.renditions.first() {
+        None => match fitting(&feeds.renditions, advertised_bandwidth(&body)) {
             Some(f) => f.clone(),
             None => return refuse(StatusCode::NOT_FOUND, "stream has no renditions"),
         },
@@ -268,6 +268,36 @@ async fn hang_up(
 ) -> Response {
     let _ = whep.commands.send(Command::Remove(id));
     StatusCode::OK.into_response()
+}
+
+/// What the client says it can take (`b=AS:` kb/s or `b=TIAS:` b/s, the largest given), in
+/// bits per second.
+fn advertised_bandwidth(sdp: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(sdp).ok()?;
+    text.lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            if let Some(kbps) = l.strip_prefix("b=AS:") {
+                kbps.trim().parse::<u64>().ok().map(|k| k * 1000)
+            } else {
+                l.strip_prefix("b=TIAS:")?.trim().parse::<u64>().ok()
+            }
+        })
+        .max()
+}
+
+/// The best rendition that fits `bandwidth` (the lowest if none does); the best without one.
+fn fitting(
+    renditions: &[Arc<RenditionFeed>],
+    bandwidth: Option<u64>,
+) -> Option<&Arc<RenditionFeed>> {
+    match bandwidth {
+        None => renditions.first(),
+        Some(b) => renditions
+            .iter()
+            .find(|r| r.bandwidth <= b)
+            .or(renditions.last()),
+    }
 }
 
 /// Whether `sdp` is an offer we can answer: it parses and offers H.264.
@@ -636,6 +666,23 @@ mod tests {
         change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
         let (offer, _) = change.apply().unwrap();
         offer.to_sdp_string()
+    }
+
+    #[test]
+    fn the_default_rendition_is_the_best_that_fits_what_the_client_advertises() {
+        let feeds: Vec<Arc<RenditionFeed>> =
+            [("720p", 3_000_000), ("480p", 1_500_000), ("360p", 900_000)]
+                .iter()
+                .map(|(n, b)| Arc::new(RenditionFeed::new(n, 0, 0, *b, None)))
+                .collect();
+        let pick = |sdp: &str| {
+            fitting(&feeds, advertised_bandwidth(sdp.as_bytes())).map(|f| f.name.clone())
+        };
+        assert_eq!(pick("v=0\r\n").as_deref(), Some("720p"));
+        assert_eq!(pick("v=0\r\nb=AS:2000\r\n").as_deref(), Some("480p"));
+        assert_eq!(pick("v=0\r\nb=TIAS:1000000\r\n").as_deref(), Some("360p"));
+        assert_eq!(pick("v=0\r\nb=AS:100\r\n").as_deref(), Some("360p"));
+        assert_eq!(pick("v=0\r\nb=AS:x\r\n").as_deref(), Some("720p"));
     }
 
     #[test]
