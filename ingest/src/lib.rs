@@ -1,4 +1,5 @@
 //! Ingest: protocol servers that accept publishers and turn what they send into the internal
-//! stream model of [`pipelines::media`]. Today: RTMP ([`rtmp`]).
+//! stream model of [`pipelines::media`]: RTMP ([`rtmp`]) and WHIP ([`whip`]).
 
 pub mod rtmp;
+pub mod whip;

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_DATA_DIR: &str = "./tiercast-data";
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_WEBRTC_LISTEN: &str = "0.0.0.0:8189";
+pub const DEFAULT_WHIP_LISTEN: &str = "0.0.0.0:8190";
 pub const DEFAULT_ASSETS_DIR: &str = "web/node_modules/hls.js/dist";
 pub const DEFAULT_RTMP_LISTEN: &str = "0.0.0.0:1935";
 pub const DEFAULT_RTMP_APP: &str = "live";
@@ -109,6 +110,8 @@ impl Role {
 pub struct WebrtcConfig {
     /// The one UDP socket every WebRTC viewer's media goes through.
     pub listen: SocketAddr,
+    /// The one UDP socket every WHIP publisher's media comes in through (ingesting nodes).
+    pub whip_listen: SocketAddr,
     /// The address put in SDP answers for viewers to reach `listen` (a public IP behind NAT);
     /// empty: `listen`'s own, or 127.0.0.1 when that is unspecified.
     pub advertise: String,
@@ -121,6 +124,7 @@ impl Default for WebrtcConfig {
     fn default() -> Self {
         WebrtcConfig {
             listen: addr(DEFAULT_WEBRTC_LISTEN),
+            whip_listen: addr(DEFAULT_WHIP_LISTEN),
             advertise: String::new(),
             max_viewers: 2000,
             max_viewers_per_stream: 1000,

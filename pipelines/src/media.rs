@@ -63,6 +63,21 @@ pub struct SourceTracks {
 }
 
 impl VideoTrack {
+    /// The `avcC` for one SPS and one PPS (NAL units without start codes), as WebRTC sources
+    /// carry them in-band.
+    pub fn from_parameter_sets(sps: &[u8], pps: &[u8]) -> Result<VideoTrack, MediaError> {
+        if sps.len() < 4 || pps.is_empty() || sps.len() > 0xffff || pps.len() > 0xffff {
+            return Err(MediaError::Invalid("parameter sets"));
+        }
+        let mut avcc = vec![1, sps[1], sps[2], sps[3], 0xff, 0xe1];
+        avcc.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+        avcc.extend_from_slice(sps);
+        avcc.push(1);
+        avcc.extend_from_slice(&(pps.len() as u16).to_be_bytes());
+        avcc.extend_from_slice(pps);
+        VideoTrack::from_avcc(Bytes::from(avcc))
+    }
+
     /// Reads an `AVCDecoderConfigurationRecord` and the dimensions from its first SPS.
     pub fn from_avcc(codec_data: Bytes) -> Result<VideoTrack, MediaError> {
         let d = &codec_data[..];

@@ -49,6 +49,8 @@ pub struct Services {
     pub puller: Option<Puller>,
     pub cluster: Arc<Cluster>,
     pub whep: Arc<relay_tiers::whep::Whep>,
+    /// WHIP ingest, on nodes that ingest.
+    pub whip: Option<Arc<ingest::whip::Whip>>,
 }
 
 pub fn router(s: Services) -> Router {
@@ -94,6 +96,9 @@ pub fn router(s: Services) -> Router {
         }))
         .merge(relay_tiers::whep::router(s.whep))
         .merge(relay_tiers::cluster::router(s.cluster));
+    if let Some(whip) = s.whip {
+        router = router.merge(ingest::whip::router(whip));
+    }
     if let Some(taps) = s.taps {
         router = router.merge(relay_tiers::relay::routes::router(RelayState {
             taps,

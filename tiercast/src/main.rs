@@ -207,7 +207,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
             config.rtmp.listen,
             rtmp_settings,
             registry.clone(),
-            factory,
+            factory.clone(),
         )
         .await
         .with_context(|| format!("rtmp.listen {}", config.rtmp.listen))?;
@@ -216,6 +216,19 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         None
     };
     let rtmp_addr = rtmp.as_ref().map(|r| r.local_addr()).transpose()?;
+    let whip = if ingests {
+        let whip = ingest::whip::Whip::start(
+            config.webrtc.whip_listen,
+            config.webrtc.advertise.parse().ok(),
+            registry.clone(),
+            factory.clone(),
+        )
+        .await
+        .with_context(|| format!("webrtc.whip_listen {}", config.webrtc.whip_listen))?;
+        Some(whip)
+    } else {
+        None
+    };
     let http_listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("http.listen {}", config.http.listen))?;
@@ -265,6 +278,7 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         puller,
         cluster,
         whep,
+        whip,
     });
 
     // Tests and scripts read this line to find the ports (`listen = "127.0.0.1:0"`).

@@ -169,3 +169,97 @@ fn a_viewer_whose_edge_dies_is_moved_to_another_edge() {
     let _ = publisher.kill();
     let _ = publisher.wait();
 }
+
+/// Publishes the browser's (fake) camera to `/whip/main` with `key`; "ok" or what went wrong.
+const WHIP_PUBLISH: &str = "(async () => {
+  const media = await navigator.mediaDevices.getUserMedia(
+    { video: { width: 640, height: 360 }, audio: true });
+  const pc = new RTCPeerConnection();
+  for (const t of media.getTracks()) pc.addTransceiver(t, { direction: 'sendonly' });
+  const video = pc.getTransceivers().find(t => t.sender.track.kind === 'video');
+  video.setCodecPreferences(RTCRtpSender.getCapabilities('video').codecs
+    .filter(c => c.mimeType === 'video/H264'));
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise(done => {
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && done();
+    setTimeout(done, 2000);
+  });
+  const r = await fetch('/whip/main', { method: 'POST',
+    headers: { 'Content-Type': 'application/sdp', 'Authorization': 'Bearer KEY' },
+    body: pc.localDescription.sdp });
+  if (r.status !== 201) return `whip ${r.status} ${await r.text()}`;
+  window.publisher = { pc, resource: r.headers.get('Location') };
+  await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
+  return 'ok';
+})()";
+
+#[test]
+fn a_browser_publishes_over_whip_and_its_stream_plays_over_hls_and_webrtc() {
+    let _turn = heavy();
+    let node = start_node(
+        "[transcode]\nx264_preset = \"ultrafast\"\n[[streams]]\nname = \"main\"\nkey = \"k\"\n\
+         [[ladders.default]]\nname = \"src\"\nheight = 2160\nvideo_kbps = 3000\n",
+    );
+    // Refused before anything else happens.
+    let sdp = "application/sdp";
+    assert_eq!(
+        http_post(node.http, "/whip/main", sdp, b"v=0\r\n").status,
+        401
+    );
+    assert_eq!(
+        http_post(node.http, "/whip/nope", sdp, b"v=0\r\n").status,
+        404
+    );
+
+    let (_publisher, mut browser) = Browser::open(&format!("http://{}/", node.http));
+    let wrong = browser.eval(&WHIP_PUBLISH.replace("KEY", "wrong"));
+    assert!(
+        wrong.as_str().unwrap_or("").starts_with("whip 403"),
+        "{wrong}"
+    );
+    let published = browser.eval(&WHIP_PUBLISH.replace("KEY", "k"));
+    assert_eq!(published, "ok");
+
+    // The WHIP source went through the same graph as RTMP: HLS plays it.
+    let master = node.wait_for("/hls/main/master.m3u8", Duration::from_secs(40), |r| {
+        r.status == 200
+    });
+    let (_, uri) = variants(&master.text())
+        .into_iter()
+        .next()
+        .expect("a variant");
+    let rendition = uri.split('/').next().unwrap().to_owned();
+    let playlist = node.wait_for(
+        &format!("/hls/main/{rendition}/index.m3u8"),
+        Duration::from_secs(30),
+        |r| segments(&r.text()).len() >= 2,
+    );
+    let segment = segments(&playlist.text()).pop().unwrap();
+    let scratch = TempDir::new("whip");
+    let file = scratch.0.join("whip.ts");
+    std::fs::write(
+        &file,
+        node.get(&format!("/hls/main/{rendition}/{segment}")).body,
+    )
+    .unwrap();
+    let (width, height) = probe_video_size(&file);
+    assert!(width >= 320 && height >= 180, "{width}x{height}");
+    let streams: serde_json::Value = node.streams_json();
+    assert!(streams.to_string().contains("\"whip\""), "{streams}");
+
+    // ... and so does WebRTC, in another browser.
+    let (_viewer, mut page) = Browser::open(&format!("http://{}/watch/main", node.http));
+    let playing = plays(&mut page);
+    assert_eq!(playing["protocol"], "whep", "{playing}");
+    assert_eq!(playing["width"], width, "{playing}");
+
+    // DELETE on the resource ends the session; the playlist ends.
+    let stopped =
+        browser.eval("fetch(window.publisher.resource, { method: 'DELETE' }).then(r => r.status)");
+    assert_eq!(stopped, 200);
+    node.wait_for(
+        &format!("/hls/main/{rendition}/index.m3u8"),
+        Duration::from_secs(20),
+        |r| r.text().contains("#EXT-X-ENDLIST"),
+    );
+}

@@ -1,0 +1,422 @@
+//! WHIP ingest (`POST /whip/<stream>` with `Authorization: Bearer <stream key>`): a browser or
+//! an encoder publishes over WebRTC. Like WHEP, every publisher is a sans-IO [`str0m::Rtc`]
+//! (ICE-lite) driven by one task on one UDP socket. Its H.264 access units join the same
+//! internal stream model as RTMP (a [`GraphFactory`] session), so the ladder, HLS, recording
+//! and WHEP work unchanged.
+//!
+//! Today: H.264 video. Opus audio is received but not yet turned into the AAC the HLS path
+//! carries.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes as Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, post};
+use pipelines::graph::{GraphFactory, MediaSink};
+use pipelines::media::{Bytes, Frame, SourceTracks, TrackKind, VideoTrack};
+use pipelines::registry::{ClaimError, PublishClaim, Registry};
+use str0m::change::SdpOffer;
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+const MAX_OFFER: usize = 64 * 1024;
+/// A keyframe is asked of the publisher this often, so segments can be cut (browsers send
+/// one every few minutes otherwise).
+const KEYFRAME_EVERY: Duration = Duration::from_secs(2);
+
+pub struct Whip {
+    registry: Arc<Registry>,
+    commands: mpsc::UnboundedSender<Command>,
+    candidate: SocketAddr,
+    cert: Option<str0m::config::DtlsCert>,
+    next_id: AtomicU64,
+}
+
+enum Command {
+    Add(Box<Publisher>),
+    Remove(u64),
+}
+
+struct Publisher {
+    id: u64,
+    rtc: Rtc,
+    claim: Option<PublishClaim>,
+    sink: Option<Box<dyn MediaSink>>,
+    video_mid: Option<Mid>,
+    track: Option<VideoTrack>,
+    first: Option<u64>,
+    last_keyframe_ask: Instant,
+    dirty: bool,
+    next_timeout: Instant,
+}
+
+impl Whip {
+    pub async fn start(
+        listen: SocketAddr,
+        advertise: Option<IpAddr>,
+        registry: Arc<Registry>,
+        factory: Arc<dyn GraphFactory>,
+    ) -> std::io::Result<Arc<Whip>> {
+        let socket = UdpSocket::bind(listen).await?;
+        let local = socket.local_addr()?;
+        let ip = advertise.unwrap_or(if local.ip().is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            local.ip()
+        });
+        let (commands, rx) = mpsc::unbounded_channel();
+        let whip = Arc::new(Whip {
+            registry,
+            commands,
+            candidate: SocketAddr::new(ip, local.port()),
+            cert: str0m::crypto::from_feature_flags()
+                .dtls_provider
+                .generate_certificate(),
+            next_id: AtomicU64::new(1),
+        });
+        info!(udp = %local, "WHIP ready");
+        tokio::spawn(drive(socket, rx, factory));
+        Ok(whip)
+    }
+}
+
+pub fn router(whip: Arc<Whip>) -> Router {
+    Router::new()
+        .route("/whip/{stream}", post(offer))
+        .route("/whip/{stream}/{id}", delete(stop))
+        .with_state(whip)
+}
+
+fn refuse(status: StatusCode, why: impl std::fmt::Display) -> Response {
+    (status, format!("{why}\n")).into_response()
+}
+
+async fn offer(
+    State(whip): State<Arc<Whip>>,
+    Path(stream): Path<String>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let Some(entry) = whip.registry.get(&stream) else {
+        return refuse(StatusCode::NOT_FOUND, "no such stream");
+    };
+    let key = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(key) = key else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "send the stream key as a Bearer token",
+        );
+    };
+    if key != entry.config.key {
+        warn!(%stream, "WHIP publish with a wrong key refused");
+        return refuse(StatusCode::FORBIDDEN, "wrong stream key");
+    }
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("application/sdp") {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send an SDP offer (application/sdp)",
+        );
+    }
+    if body.len() > MAX_OFFER {
+        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the offer is too large");
+    }
+    let Ok(sdp) = std::str::from_utf8(&body) else {
+        return refuse(StatusCode::BAD_REQUEST, "the offer is not text");
+    };
+    let offer = match SdpOffer::from_sdp_string(sdp) {
+        Ok(o) => o,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("malformed SDP offer: {e}")),
+    };
+    if !sdp.to_ascii_uppercase().contains("H264/90000") {
+        return refuse(StatusCode::BAD_REQUEST, "the offer has no H.264 video");
+    }
+    let from = peer.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0.0);
+    let claim = match whip.registry.claim(key, from, "whip") {
+        Ok(c) => c,
+        Err(ClaimError::AlreadyLive(_)) => {
+            return refuse(StatusCode::CONFLICT, "the stream already has a publisher");
+        }
+        Err(e) => return refuse(StatusCode::FORBIDDEN, e),
+    };
+    let mut config = RtcConfig::new()
+        .set_ice_lite(true)
+        .clear_codecs()
+        .enable_h264(true)
+        .enable_opus(true, false);
+    if let Some(cert) = &whip.cert {
+        config = config.set_dtls_cert(cert.clone());
+    }
+    let mut rtc = config.build(Instant::now());
+    let answer = Candidate::host(whip.candidate, "udp")
+        .map_err(|e| e.to_string())
+        .and_then(|c| {
+            rtc.add_local_candidate(c);
+            rtc.sdp_api().accept_offer(offer).map_err(|e| e.to_string())
+        });
+    let answer = match answer {
+        Ok(a) => a,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("offer not accepted: {e}")),
+    };
+    let id = whip.next_id.fetch_add(1, Ordering::Relaxed);
+    info!(%stream, session = %claim.session.id, publisher = id, %from, "WHIP publish accepted");
+    let _ = whip.commands.send(Command::Add(Box::new(Publisher {
+        id,
+        rtc,
+        claim: Some(claim),
+        sink: None,
+        video_mid: None,
+        track: None,
+        first: None,
+        last_keyframe_ask: Instant::now(),
+        dirty: true,
+        next_timeout: Instant::now(),
+    })));
+    (
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, format!("/whip/{stream}/{id}")),
+        ],
+        answer.to_sdp_string(),
+    )
+        .into_response()
+}
+
+async fn stop(State(whip): State<Arc<Whip>>, Path((_s, id)): Path<(String, u64)>) -> Response {
+    let _ = whip.commands.send(Command::Remove(id));
+    StatusCode::OK.into_response()
+}
+
+/// NAL units of an Annex B access unit.
+fn nal_units(data: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    let mut start = None;
+    while i + 3 <= data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            if let Some(s) = start {
+                let mut end = i;
+                while end > s && data[end - 1] == 0 {
+                    end -= 1;
+                }
+                out.push(&data[s..end]);
+            }
+            i += 3;
+            start = Some(i);
+        } else {
+            i += 1;
+        }
+    }
+    if let Some(s) = start
+        && s < data.len()
+    {
+        out.push(&data[s..]);
+    }
+    out
+}
+
+impl Publisher {
+    fn on_event(&mut self, event: Event, factory: &Arc<dyn GraphFactory>) {
+        match event {
+            Event::MediaAdded(m) if m.kind == MediaKind::Video => self.video_mid = Some(m.mid),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.rtc.disconnect();
+            }
+            Event::MediaData(data) if Some(data.mid) == self.video_mid => {
+                let keyframe = data.is_keyframe();
+                let nals = nal_units(&data.data);
+                let sps = nals.iter().find(|n| !n.is_empty() && n[0] & 0x1f == 7);
+                let pps = nals.iter().find(|n| !n.is_empty() && n[0] & 0x1f == 8);
+                if let (Some(sps), Some(pps)) = (sps, pps)
+                    && self.track.is_none()
+                {
+                    match VideoTrack::from_parameter_sets(sps, pps) {
+                        Ok(track) => self.track = Some(track),
+                        Err(e) => debug!(publisher = self.id, "bad parameter sets: {e}"),
+                    }
+                }
+                // Length-prefixed, without the delimiters and parameter sets the muxers add.
+                let mut avc = Vec::with_capacity(data.data.len() + 16);
+                for nal in nals
+                    .iter()
+                    .filter(|n| !n.is_empty() && !matches!(n[0] & 0x1f, 7 | 8 | 9))
+                {
+                    avc.extend_from_slice(&(nal.len() as u32).to_be_bytes());
+                    avc.extend_from_slice(nal);
+                }
+                if avc.is_empty() {
+                    return;
+                }
+                let ticks = data.time.numer() as u64;
+                let first = *self.first.get_or_insert(ticks);
+                let t = Duration::from_nanos(ticks.saturating_sub(first) * 100_000 / 9);
+                if self.sink.is_none() {
+                    let (Some(track), Some(claim), true) = (&self.track, &self.claim, keyframe)
+                    else {
+                        return;
+                    };
+                    let tracks = SourceTracks {
+                        video: track.clone(),
+                        audio: None,
+                    };
+                    match factory.start(claim, &tracks) {
+                        Ok(sink) => self.sink = Some(sink),
+                        Err(e) => {
+                            claim.session.fail(e.to_string());
+                            self.rtc.disconnect();
+                            return;
+                        }
+                    }
+                }
+                if let Some(claim) = &self.claim {
+                    claim
+                        .entry
+                        .counters
+                        .frames_in
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some(sink) = self.sink.as_mut() {
+                    sink.push(Frame {
+                        kind: TrackKind::Video,
+                        pts: t,
+                        dts: t,
+                        keyframe,
+                        data: Bytes::from(avc),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn ask_keyframe(&mut self, now: Instant) {
+        if now.duration_since(self.last_keyframe_ask) < KEYFRAME_EVERY {
+            return;
+        }
+        self.last_keyframe_ask = now;
+        if let Some(mid) = self.video_mid
+            && let Some(mut writer) = self.rtc.writer(mid)
+        {
+            let _ = writer.request_keyframe(None, KeyframeRequestKind::Pli);
+            self.dirty = true;
+        }
+    }
+
+    /// The publisher is gone: the session ends and its graph drains.
+    fn finish(&mut self) {
+        let claim = self.claim.take();
+        let sink = self.sink.take();
+        tokio::spawn(async move {
+            if let Some(c) = &claim {
+                info!(stream = %c.session.stream, "WHIP publisher finished");
+            }
+            drop(claim);
+            if let Some(sink) = sink {
+                sink.finish().await;
+            }
+        });
+    }
+}
+
+async fn drive(
+    socket: UdpSocket,
+    mut commands: mpsc::UnboundedReceiver<Command>,
+    factory: Arc<dyn GraphFactory>,
+) {
+    let local = socket.local_addr().expect("a bound socket has an address");
+    let mut publishers: Vec<Publisher> = Vec::new();
+    let mut by_source: HashMap<SocketAddr, u64> = HashMap::new();
+    let mut buf = vec![0u8; 2000];
+    loop {
+        let now = Instant::now();
+        let mut next = now + Duration::from_millis(100);
+        for p in publishers.iter_mut() {
+            p.ask_keyframe(now);
+            if p.next_timeout <= now {
+                let _ = p.rtc.handle_input(Input::Timeout(now));
+                p.dirty = true;
+            }
+            if p.dirty {
+                p.dirty = false;
+                loop {
+                    match p.rtc.poll_output() {
+                        Ok(Output::Timeout(t)) => {
+                            p.next_timeout = t;
+                            break;
+                        }
+                        Ok(Output::Transmit(t)) => {
+                            let _ = socket.send_to(&t.contents, t.destination).await;
+                        }
+                        Ok(Output::Event(e)) => p.on_event(e, &factory),
+                        Err(e) => {
+                            debug!(publisher = p.id, "publisher failed: {e}");
+                            p.rtc.disconnect();
+                            break;
+                        }
+                    }
+                }
+            }
+            next = next.min(p.next_timeout);
+        }
+        publishers.retain_mut(|p| {
+            let alive = p.rtc.is_alive();
+            if !alive {
+                by_source.retain(|_, id| *id != p.id);
+                p.finish();
+            }
+            alive
+        });
+        let wait = next.saturating_duration_since(Instant::now());
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let Ok((n, source)) = r else { continue };
+                let Ok(contents) = buf[..n].try_into() else { continue };
+                let input = Input::Receive(
+                    Instant::now(),
+                    Receive { proto: Protocol::Udp, source, destination: local, contents },
+                );
+                let known = by_source
+                    .get(&source)
+                    .and_then(|id| publishers.iter().position(|p| p.id == *id))
+                    .filter(|&i| publishers[i].rtc.accepts(&input));
+                let found = known.or_else(|| publishers.iter().position(|p| p.rtc.accepts(&input)));
+                if let Some(i) = found {
+                    let p = &mut publishers[i];
+                    by_source.insert(source, p.id);
+                    let _ = p.rtc.handle_input(input);
+                    p.dirty = true;
+                }
+            }
+            cmd = commands.recv() => match cmd {
+                None => return,
+                Some(Command::Add(p)) => publishers.push(*p),
+                Some(Command::Remove(id)) => {
+                    if let Some(p) = publishers.iter_mut().find(|p| p.id == id) {
+                        p.rtc.disconnect();
+                        p.dirty = true;
+                    }
+                }
+            },
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
