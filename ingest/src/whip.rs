@@ -4,8 +4,8 @@
 //! internal stream model as RTMP (a [`GraphFactory`] session), so the ladder, HLS, recording
 //! and WHEP work unchanged.
 //!
-//! Today: H.264 video. Opus audio is received but not yet turned into the AAC the HLS path
-//! carries.
+//! H.264 goes in as it came; Opus is made into AAC once (HLS carries AAC), and WebRTC viewers
+//! get Opus made from that again, which costs a second audio encode for a WHIP source.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use pipelines::graph::{GraphFactory, MediaSink};
-use pipelines::media::{Bytes, Frame, SourceTracks, TrackKind, VideoTrack};
+use pipelines::media::{AudioTrack, Bytes, Frame, SourceTracks, TrackKind, VideoTrack};
 use pipelines::registry::{ClaimError, PublishClaim, Registry};
 use str0m::change::SdpOffer;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
@@ -54,8 +54,13 @@ struct Publisher {
     claim: Option<PublishClaim>,
     sink: Option<Box<dyn MediaSink>>,
     video_mid: Option<Mid>,
+    audio_mid: Option<Mid>,
     track: Option<VideoTrack>,
-    first: Option<u64>,
+    /// Per track: its first RTP time and when it arrived, so both tracks share one clock.
+    first_video: Option<(u64, Duration)>,
+    first_audio: Option<(u64, Duration)>,
+    started: Instant,
+    aac: Option<AacEncoder>,
     last_keyframe_ask: Instant,
     dirty: bool,
     next_timeout: Instant,
@@ -184,8 +189,12 @@ async fn offer(
         claim: Some(claim),
         sink: None,
         video_mid: None,
+        audio_mid: None,
         track: None,
-        first: None,
+        first_video: None,
+        first_audio: None,
+        started: Instant::now(),
+        aac: None,
         last_keyframe_ask: Instant::now(),
         dirty: true,
         next_timeout: Instant::now(),
@@ -204,6 +213,115 @@ async fn offer(
 async fn stop(State(whip): State<Arc<Whip>>, Path((_s, id)): Path<(String, u64)>) -> Response {
     let _ = whip.commands.send(Command::Remove(id));
     StatusCode::OK.into_response()
+}
+
+/// The publisher's Opus made into AAC once (`appsrc → opusdec → audioresample → avenc_aac →
+/// appsink`), because HLS carries AAC: 48 kHz stereo AAC-LC.
+struct AacEncoder {
+    src: gst_app::AppSrc,
+    out: std::sync::mpsc::Receiver<Frame>,
+    _handle: pipelines::gst_util::PipelineHandle,
+}
+
+/// AudioSpecificConfig of what [`AacEncoder`] makes: AAC-LC, 48 kHz, 2 channels.
+const AAC_48K_STEREO: [u8; 2] = [0x11, 0x90];
+
+impl AacEncoder {
+    fn start(label: &str) -> Result<AacEncoder, String> {
+        use gst::prelude::*;
+        use pipelines::gst_util::make;
+        pipelines::gst_util::init().map_err(|e| e.to_string())?;
+        let e = |e: pipelines::gst_util::GstError| e.to_string();
+        let pipeline = gst::Pipeline::with_name(&format!("aac-{label}"));
+        let src = make("appsrc", "opus")
+            .map_err(e)?
+            .downcast::<gst_app::AppSrc>()
+            .expect("appsrc is an AppSrc");
+        src.set_caps(Some(
+            &gst::Caps::builder("audio/x-opus")
+                .field("channel-mapping-family", 0i32)
+                .field("rate", 48_000i32)
+                .field("channels", 2i32)
+                .build(),
+        ));
+        src.set_format(gst::Format::Time);
+        src.set_property("block", false);
+        src.set_property("max-bytes", 256u64 * 1024);
+        let dec = make("opusdec", "dec").map_err(e)?;
+        let convert = make("audioconvert", "convert").map_err(e)?;
+        let resample = make("audioresample", "resample").map_err(e)?;
+        let caps = make("capsfilter", "caps").map_err(e)?;
+        caps.set_property(
+            "caps",
+            gst::Caps::builder("audio/x-raw")
+                .field("rate", 48_000i32)
+                .field("channels", 2i32)
+                .build(),
+        );
+        let enc = make("avenc_aac", "aac").map_err(e)?;
+        enc.set_property("bitrate", 128_000i32);
+        let sink = make("appsink", "out")
+            .map_err(e)?
+            .downcast::<gst_app::AppSink>()
+            .expect("appsink is an AppSink");
+        sink.set_sync(false);
+        sink.set_property("enable-last-sample", false);
+        let (tx, out) = std::sync::mpsc::channel();
+        sink.set_callbacks(
+            gst_app::AppSinkCallbacks::builder()
+                .new_sample(move |sink| {
+                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                    let Some(buffer) = sample.buffer_owned() else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    let Some(pts) = buffer.pts() else {
+                        return Ok(gst::FlowSuccess::Ok);
+                    };
+                    let Ok(map) = buffer.into_mapped_buffer_readable() else {
+                        return Err(gst::FlowError::Error);
+                    };
+                    let t = Duration::from_nanos(pts.nseconds());
+                    let _ = tx.send(Frame {
+                        kind: TrackKind::Audio,
+                        pts: t,
+                        dts: t,
+                        keyframe: true,
+                        data: Bytes::from_owner(map),
+                    });
+                    Ok(gst::FlowSuccess::Ok)
+                })
+                .build(),
+        );
+        let elements: [&gst::Element; 7] = [
+            src.upcast_ref(),
+            &dec,
+            &convert,
+            &resample,
+            &caps,
+            &enc,
+            sink.upcast_ref(),
+        ];
+        pipeline
+            .add_many(elements)
+            .and_then(|_| gst::Element::link_many(elements))
+            .map_err(|_| "cannot link the AAC encoder".to_owned())?;
+        let handle =
+            pipelines::gst_util::PipelineHandle::start(pipeline, format!("aac-{label}"), None)
+                .map_err(e)?;
+        Ok(AacEncoder {
+            src,
+            out,
+            _handle: handle,
+        })
+    }
+
+    fn push(&self, opus: &[u8], pts: Duration) {
+        let mut buffer = gst::Buffer::from_slice(opus.to_vec());
+        if let Some(b) = buffer.get_mut() {
+            b.set_pts(gst::ClockTime::from_nseconds(pts.as_nanos() as u64));
+        }
+        let _ = self.src.push_buffer(buffer);
+    }
 }
 
 /// NAL units of an Annex B access unit.
@@ -238,6 +356,25 @@ impl Publisher {
     fn on_event(&mut self, event: Event, factory: &Arc<dyn GraphFactory>) {
         match event {
             Event::MediaAdded(m) if m.kind == MediaKind::Video => self.video_mid = Some(m.mid),
+            Event::MediaAdded(m) if m.kind == MediaKind::Audio => {
+                self.audio_mid = Some(m.mid);
+                let label = self
+                    .claim
+                    .as_ref()
+                    .map_or("whip".to_owned(), |c| c.session.id.clone());
+                self.aac = AacEncoder::start(&label)
+                    .map_err(|e| warn!(publisher = self.id, "audio not carried: {e}"))
+                    .ok();
+            }
+            Event::MediaData(data) if Some(data.mid) == self.audio_mid => {
+                let arrived = data.network_time.saturating_duration_since(self.started);
+                let ticks = data.time.numer();
+                let (first, at) = *self.first_audio.get_or_insert((ticks, arrived));
+                let t = at + Duration::from_nanos(ticks.saturating_sub(first) * 1_000_000 / 48);
+                if let Some(aac) = &self.aac {
+                    aac.push(&data.data, t);
+                }
+            }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.rtc.disconnect();
             }
@@ -266,17 +403,21 @@ impl Publisher {
                 if avc.is_empty() {
                     return;
                 }
-                let ticks = data.time.numer() as u64;
-                let first = *self.first.get_or_insert(ticks);
-                let t = Duration::from_nanos(ticks.saturating_sub(first) * 100_000 / 9);
+                let arrived = data.network_time.saturating_duration_since(self.started);
+                let ticks = data.time.numer();
+                let (first, at) = *self.first_video.get_or_insert((ticks, arrived));
+                let t = at + Duration::from_nanos(ticks.saturating_sub(first) * 100_000 / 9);
                 if self.sink.is_none() {
                     let (Some(track), Some(claim), true) = (&self.track, &self.claim, keyframe)
                     else {
                         return;
                     };
+                    let audio = self.aac.as_ref().and_then(|_| {
+                        AudioTrack::from_asc(Bytes::from_static(&AAC_48K_STEREO)).ok()
+                    });
                     let tracks = SourceTracks {
                         video: track.clone(),
-                        audio: None,
+                        audio,
                     };
                     match factory.start(claim, &tracks) {
                         Ok(sink) => self.sink = Some(sink),
@@ -305,6 +446,16 @@ impl Publisher {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// AAC the encoder has made since last time, into the session (once it has started).
+    fn drain_audio(&mut self) {
+        let Some(aac) = &self.aac else { return };
+        while let Ok(frame) = aac.out.try_recv() {
+            if let Some(sink) = self.sink.as_mut() {
+                sink.push(frame);
+            }
         }
     }
 
@@ -375,6 +526,7 @@ async fn drive(
                     }
                 }
             }
+            p.drain_audio();
             next = next.min(p.next_timeout);
         }
         publishers.retain_mut(|p| {

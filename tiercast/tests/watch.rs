@@ -244,6 +244,8 @@ fn a_browser_publishes_over_whip_and_its_stream_plays_over_hls_and_webrtc() {
     .unwrap();
     let (width, height) = probe_video_size(&file);
     assert!(width >= 320 && height >= 180, "{width}x{height}");
+    // The browser's Opus arrives as AAC, next to the video.
+    assert_eq!(probe_stream_types(&file), ["video", "audio"]);
     let streams: serde_json::Value = node.streams_json();
     assert!(streams.to_string().contains("\"whip\""), "{streams}");
 
