@@ -254,6 +254,11 @@ fn a_browser_publishes_over_whip_and_its_stream_plays_over_hls_and_webrtc() {
     let playing = plays(&mut page);
     assert_eq!(playing["protocol"], "whep", "{playing}");
     assert_eq!(playing["width"], width, "{playing}");
+    page.wait_for(
+        "document.querySelector('video').getVideoPlaybackQuality().totalVideoFrames",
+        Duration::from_secs(20),
+        |n| n.as_u64().unwrap_or(0) >= 100,
+    );
 
     // DELETE on the resource ends the session; the playlist ends.
     let stopped =
