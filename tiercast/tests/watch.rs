@@ -47,7 +47,7 @@ fn the_watch_page_plays_a_live_stream_over_webrtc_and_over_hls() {
     );
 
     // WebRTC first: the browser gets the rendition over WHEP.
-    let (_browser, mut page) = Browser::open(&format!("http://{}/watch/main", node.http));
+    let (browser, mut page) = Browser::open(&format!("http://{}/watch/main", node.http));
     let playing = plays(&mut page);
     assert_eq!(playing["width"], 640, "{playing}");
     assert_eq!(playing["protocol"], "whep", "{playing}");
@@ -84,6 +84,21 @@ fn the_watch_page_plays_a_live_stream_over_webrtc_and_over_hls() {
             .any(|l| l.contains("\"type\":\"quality.changed\"") && l.contains("\"180p\"")),
         "{events}"
     );
+    // A viewer that vanishes (its browser killed) is let go.
+    drop(page);
+    drop(browser);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = std::fs::read_to_string(node.data_dir().join("events.jsonl")).unwrap();
+        if events.contains("\"type\":\"viewer.left\"") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the vanished viewer is still held"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     // HLS, as a browser without WebRTC (or the fallback) plays it.
     let (_browser, mut page) =
         Browser::open(&format!("http://{}/watch/main?protocol=hls", node.http));
