@@ -447,7 +447,8 @@ impl Viewer {
     }
 
     /// A frame from feed `key`: the rendition's video, or the session's Opus.
-    fn send(&mut self, key: u64, frame: &Frame) {
+    /// `payload`: the frame as it goes on the wire, made once for every viewer.
+    fn send(&mut self, key: u64, frame: &Frame, payload: &Arc<[u8]>) {
         if !self.connected {
             return;
         }
@@ -472,7 +473,7 @@ impl Viewer {
                 Frequency::FORTY_EIGHT_KHZ,
             );
             if let Some(writer) = self.rtc.writer(mid) {
-                let _ = writer.write(pt, Instant::now(), rtp_time, frame.data.to_vec());
+                let _ = writer.write(pt, Instant::now(), rtp_time, payload.clone());
             }
             return;
         }
@@ -484,10 +485,9 @@ impl Viewer {
             return;
         }
         self.started = true;
-        let data = annex_b(frame, &self.feed);
         let rtp_time = MediaTime::from_90khz((frame.pts.as_nanos() * 9 / 100_000) as u64);
         if let Some(writer) = self.rtc.writer(mid)
-            && let Err(e) = writer.write(pt, Instant::now(), rtp_time, data)
+            && let Err(e) = writer.write(pt, Instant::now(), rtp_time, payload.clone())
         {
             debug!(viewer = self.id, "frame not sent: {e}");
         }
@@ -618,6 +618,26 @@ async fn drive(
                 }
             },
             Some((key, frame)) = frames.recv() => {
+                // The wire form of the frame, once for all its viewers: Annex B for video
+                // (parameter sets in front of keyframes), Opus as it is.
+                let opus = viewers.iter().any(|v| v.opus.as_ref().is_some_and(|o| o.id == key));
+                let payload: Arc<[u8]> = if opus {
+                    Arc::from(&frame.data[..])
+                } else if frame.kind == pipelines::media::TrackKind::Video {
+                    let feed = viewers.iter().find_map(|v| {
+                        [Some(&v.feed), v.pending.as_ref()]
+                            .into_iter()
+                            .flatten()
+                            .find(|f| f.id == key)
+                            .cloned()
+                    });
+                    match feed {
+                        Some(feed) => annex_b(&frame, &feed).into(),
+                        None => continue,
+                    }
+                } else {
+                    continue; // the feeds' AAC: viewers get Opus
+                };
                 for v in viewers
                     .iter_mut()
                     .filter(|v| {
@@ -626,7 +646,7 @@ async fn drive(
                             || v.opus.as_ref().is_some_and(|o| o.id == key)
                     })
                 {
-                    v.send(key, &frame);
+                    v.send(key, &frame, &payload);
                     v.dirty = true;
                 }
             }
