@@ -264,34 +264,11 @@ impl AacEncoder {
             .map_err(e)?
             .downcast::<gst_app::AppSink>()
             .expect("appsink is an AppSink");
-        sink.set_sync(false);
-        sink.set_property("enable-last-sample", false);
         let (tx, out) = std::sync::mpsc::channel();
-        sink.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let Some(buffer) = sample.buffer_owned() else {
-                        return Ok(gst::FlowSuccess::Ok);
-                    };
-                    let Some(pts) = buffer.pts() else {
-                        return Ok(gst::FlowSuccess::Ok);
-                    };
-                    let Ok(map) = buffer.into_mapped_buffer_readable() else {
-                        return Err(gst::FlowError::Error);
-                    };
-                    let t = Duration::from_nanos(pts.nseconds());
-                    let _ = tx.send(Frame {
-                        kind: TrackKind::Audio,
-                        pts: t,
-                        dts: t,
-                        keyframe: true,
-                        data: Bytes::from_owner(map),
-                    });
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
+        let tx = std::sync::Mutex::new(tx);
+        pipelines::gst_util::deliver_audio_frames(&sink, move |frame| {
+            let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(frame);
+        });
         let elements: [&gst::Element; 7] = [
             src.upcast_ref(),
             &dec,

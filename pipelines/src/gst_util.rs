@@ -202,3 +202,38 @@ impl Drop for PipelineHandle {
         let _ = self.pipeline.set_state(gst::State::Null);
     }
 }
+
+/// Hands every buffer `sink` receives to `out` as an audio [`crate::media::Frame`], without
+/// copying it (the encoders' way out of GStreamer).
+pub fn deliver_audio_frames(
+    sink: &gst_app::AppSink,
+    out: impl Fn(crate::media::Frame) + Send + Sync + 'static,
+) {
+    sink.set_sync(false);
+    sink.set_property("enable-last-sample", false);
+    sink.set_callbacks(
+        gst_app::AppSinkCallbacks::builder()
+            .new_sample(move |sink| {
+                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
+                let Some(buffer) = sample.buffer_owned() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let Some(pts) = buffer.pts() else {
+                    return Ok(gst::FlowSuccess::Ok);
+                };
+                let Ok(map) = buffer.into_mapped_buffer_readable() else {
+                    return Err(gst::FlowError::Error);
+                };
+                let t = Duration::from_nanos(pts.nseconds());
+                out(crate::media::Frame {
+                    kind: crate::media::TrackKind::Audio,
+                    pts: t,
+                    dts: t,
+                    keyframe: true,
+                    data: crate::media::Bytes::from_owner(map),
+                });
+                Ok(gst::FlowSuccess::Ok)
+            })
+            .build(),
+    );
+}

@@ -2,13 +2,13 @@
 //! (WHEP). A frame is shared (reference counted), never copied, and sending costs nothing while
 //! nobody listens.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use pipelines::media::{AudioTrack, Frame, VideoTrack};
 use tokio::sync::broadcast;
 
 use crate::opus::OpusEncoder;
+use crate::sessions::{OfSession, SessionMap};
 
 /// Frames a slow consumer may fall behind by before it skips ahead.
 const BACKLOG: usize = 512;
@@ -108,32 +108,11 @@ impl SessionFeeds {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct FeedStore {
-    streams: RwLock<HashMap<String, Arc<SessionFeeds>>>,
-}
-
-impl FeedStore {
-    pub fn publish(&self, stream: &str, feeds: Arc<SessionFeeds>) {
-        self.streams
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(stream.to_owned(), feeds);
-    }
-
-    pub fn get(&self, stream: &str) -> Option<Arc<SessionFeeds>> {
-        self.streams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(stream)
-            .cloned()
-    }
-
-    /// Removes the stream's feeds if they are still `session`'s.
-    pub fn remove(&self, stream: &str, session: &str) {
-        let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
-        if streams.get(stream).is_some_and(|f| f.session == session) {
-            streams.remove(stream);
-        }
+impl OfSession for SessionFeeds {
+    fn session(&self) -> &str {
+        &self.session
     }
 }
+
+/// Every stream's current feeds on this node.
+pub type FeedStore = SessionMap<SessionFeeds>;

@@ -7,5 +7,6 @@ pub mod feeds;
 pub mod hls;
 pub mod opus;
 pub mod relay;
+pub mod sessions;
 pub mod watch;
 pub mod whep;

@@ -2,11 +2,9 @@
 //! Opus once (`appsrc → avdec_aac → audioconvert → audioresample → opusenc → appsink`), started
 //! when its first WebRTC viewer arrives, and shared by all of them.
 
-use std::time::Duration;
-
 use gst::prelude::*;
 use pipelines::gst_util::{GstError, PipelineHandle, make};
-use pipelines::media::{AudioTrack, Bytes, Frame, TrackKind};
+use pipelines::media::{AudioTrack, Frame, TrackKind};
 use tokio::sync::broadcast;
 use tracing::{info, warn};
 
@@ -69,35 +67,11 @@ impl OpusEncoder {
         let sink = make("appsink", "out")?
             .downcast::<gst_app::AppSink>()
             .expect("appsink is an AppSink");
-        sink.set_sync(false);
-        sink.set_property("enable-last-sample", false);
         let (tx, _) = broadcast::channel(BACKLOG);
         let out = tx.clone();
-        sink.set_callbacks(
-            gst_app::AppSinkCallbacks::builder()
-                .new_sample(move |sink| {
-                    let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                    let Some(buffer) = sample.buffer_owned() else {
-                        return Ok(gst::FlowSuccess::Ok);
-                    };
-                    let Some(pts) = buffer.pts() else {
-                        return Ok(gst::FlowSuccess::Ok);
-                    };
-                    let Ok(map) = buffer.into_mapped_buffer_readable() else {
-                        return Err(gst::FlowError::Error);
-                    };
-                    let t = Duration::from_nanos(pts.nseconds());
-                    let _ = out.send(Frame {
-                        kind: TrackKind::Audio,
-                        pts: t,
-                        dts: t,
-                        keyframe: true,
-                        data: Bytes::from_owner(map),
-                    });
-                    Ok(gst::FlowSuccess::Ok)
-                })
-                .build(),
-        );
+        pipelines::gst_util::deliver_audio_frames(&sink, move |frame| {
+            let _ = out.send(frame);
+        });
         let elements: [&gst::Element; 7] = [
             src.upcast_ref(),
             &dec,

@@ -193,9 +193,10 @@ async fn offer(
     let Ok(sdp) = std::str::from_utf8(&body) else {
         return refuse(StatusCode::BAD_REQUEST, "the offer is not text");
     };
-    if let Err(e) = check_offer(sdp) {
-        return refuse(StatusCode::BAD_REQUEST, e);
-    }
+    let (rtc, answer) = match answer_offer(sdp, whep.candidate, whep.cert.as_ref()) {
+        Ok(a) => a,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
+    };
     {
         let mut viewers = whep.viewers.lock().unwrap_or_else(|p| p.into_inner());
         let total: usize = viewers.values().sum();
@@ -214,13 +215,6 @@ async fn offer(
         }
         *here += 1;
     }
-    let (rtc, answer) = match answer_offer(sdp, whep.candidate, whep.cert.as_ref()) {
-        Ok(a) => a,
-        Err(e) => {
-            whep.viewer_left(&stream);
-            return refuse(StatusCode::BAD_REQUEST, e);
-        }
-    };
     let id = whep.next_id.fetch_add(1, Ordering::Relaxed);
     info!(%stream, rendition = %feed.name, viewer = id, "WHEP viewer joined");
     let opus = if sdp.to_ascii_lowercase().contains("opus/48000") {
@@ -300,13 +294,13 @@ fn fitting(
     }
 }
 
-/// Whether `sdp` is an offer we can answer: it parses and offers H.264.
-pub fn check_offer(sdp: &str) -> Result<(), String> {
-    SdpOffer::from_sdp_string(sdp).map_err(|e| format!("malformed SDP offer: {e}"))?;
+/// The offer in `sdp`, if it parses and offers H.264.
+pub fn check_offer(sdp: &str) -> Result<SdpOffer, String> {
+    let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("malformed SDP offer: {e}"))?;
     if !sdp.to_ascii_uppercase().contains("H264/90000") {
         return Err("the offer has no usable video codec (H.264 is needed)".into());
     }
-    Ok(())
+    Ok(offer)
 }
 
 /// A viewer's `Rtc` and the SDP answer to `sdp`, with our one `candidate`. Any text gets an
@@ -316,8 +310,7 @@ pub fn answer_offer(
     candidate: SocketAddr,
     cert: Option<&str0m::config::DtlsCert>,
 ) -> Result<(Rtc, String), String> {
-    check_offer(sdp)?;
-    let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("malformed SDP offer: {e}"))?;
+    let offer = check_offer(sdp)?;
     // About a second of packets kept for retransmission (str0m's default is several).
     let mut config = RtcConfig::new()
         .set_ice_lite(true)

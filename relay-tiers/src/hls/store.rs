@@ -1,15 +1,15 @@
 //! Where HLS lives while a stream is served: per stream, the current session's renditions,
 //! each a [`Segmenter`] in memory. No disk on the live path.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::segmenter::Segmenter;
 use crate::relay::wire::RenditionInfo;
+use crate::sessions::{OfSession, SessionMap};
 
 #[derive(Debug, Default)]
 pub struct HlsStore {
-    streams: RwLock<HashMap<String, Arc<SessionHls>>>,
+    streams: SessionMap<SessionHls>,
 }
 
 /// One session's renditions, in ladder order.
@@ -63,40 +63,37 @@ impl SessionHls {
     }
 }
 
+impl OfSession for SessionHls {
+    fn session(&self) -> &str {
+        &self.session
+    }
+}
+
 impl HlsStore {
     /// Makes `hls` the stream's current session; the previous one is dropped.
     pub fn publish(&self, stream: &str, hls: Arc<SessionHls>) {
-        self.streams
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(stream.to_owned(), hls);
+        self.streams.publish(stream, hls);
     }
 
     /// Drops the stream's HLS if it is still `session`'s.
     pub fn remove(&self, stream: &str, session: &str) {
-        let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
-        if streams.get(stream).is_some_and(|h| h.session == session) {
-            streams.remove(stream);
-        }
+        self.streams.remove(stream, session);
     }
 
     /// Streams whose current session is still going, by name.
     pub fn live_streams(&self) -> Vec<String> {
-        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
-        let mut live: Vec<String> = streams
-            .iter()
+        let mut live: Vec<String> = self
+            .streams
+            .all()
+            .into_iter()
             .filter(|(_, h)| h.renditions.iter().any(|(_, s)| !lock(s).is_ended()))
-            .map(|(name, _)| name.clone())
+            .map(|(name, _)| name)
             .collect();
         live.sort();
         live
     }
 
     pub fn get(&self, stream: &str) -> Option<Arc<SessionHls>> {
-        self.streams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(stream)
-            .cloned()
+        self.streams.get(stream)
     }
 }

@@ -2,15 +2,15 @@
 //! and the same bytes are handed to every downstream connection. The current GOP is kept, so a
 //! node that subscribes mid-stream starts at the last keyframe instead of waiting for the next.
 
-use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use pipelines::media::{AudioTrack, Bytes, Frame, TrackKind, VideoTrack};
 use tokio::sync::broadcast;
 
 use super::seal::Sealer;
 use super::wire::{self, Header, RenditionInfo};
+use crate::sessions::{OfSession, SessionMap};
 
 /// Messages a slow downstream may fall behind by before it is cut off (it reconnects and
 /// starts again from the current GOP).
@@ -167,10 +167,16 @@ impl SessionTaps {
     }
 }
 
+impl OfSession for SessionTaps {
+    fn session(&self) -> &str {
+        &self.session
+    }
+}
+
 /// Every stream's current taps on this node.
 #[derive(Debug, Default)]
 pub struct TapStore {
-    streams: RwLock<HashMap<String, Arc<SessionTaps>>>,
+    streams: SessionMap<SessionTaps>,
     /// Bytes sent to the tier below, all streams.
     pub bytes_sent: AtomicU64,
 }
@@ -179,34 +185,23 @@ impl TapStore {
     /// Connections of the tier below reading from this node now.
     pub fn subscribers(&self) -> usize {
         self.streams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .map(|t| t.subscribers())
+            .all()
+            .iter()
+            .map(|(_, t)| t.subscribers())
             .sum()
     }
 
     pub fn publish(&self, stream: &str, taps: Arc<SessionTaps>) {
-        self.streams
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(stream.to_owned(), taps);
+        self.streams.publish(stream, taps);
     }
 
     pub fn get(&self, stream: &str) -> Option<Arc<SessionTaps>> {
-        self.streams
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(stream)
-            .cloned()
+        self.streams.get(stream)
     }
 
     /// Removes the stream's taps if they are still `session`'s.
     pub fn remove(&self, stream: &str, session: &str) {
-        let mut streams = self.streams.write().unwrap_or_else(|p| p.into_inner());
-        if streams.get(stream).is_some_and(|t| t.session == session) {
-            streams.remove(stream);
-        }
+        self.streams.remove(stream, session);
     }
 }
 
