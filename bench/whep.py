@@ -21,6 +21,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as base  # noqa: E402
@@ -32,6 +33,36 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def udp_receive_drops():
+    """Datagrams the kernel dropped because a receiver's buffer was full (all sockets)."""
+    with open("/proc/net/snmp") as f:
+        rows = [line.split() for line in f if line.startswith("Udp:")]
+    return int(rows[1][rows[0].index("RcvbufErrors")])
+
+
+def core_busy(core):
+    """Busy and total jiffies of one core (user, nice, system, irq, softirq, steal)."""
+    with open("/proc/stat") as f:
+        for line in f:
+            if line.startswith(f"cpu{core} "):
+                v = [int(x) for x in line.split()[1:]]
+                return v[0] + v[1] + v[2] + v[5] + v[6] + v[7], sum(v)
+    return 0, 1
+
+
+def metric(http, name):
+    """One unlabelled figure from the node's /metrics."""
+    body = urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return int(line.split()[1])
+    return 0
+
+
+def webrtc_viewers(http):
+    return metric(http, "tiercast_webrtc_viewers")
 
 
 def load_client():
@@ -57,6 +88,8 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--counts", default="100,250,500,1000")
     ap.add_argument("--seconds", type=int, default=15)
+    ap.add_argument("--perf", metavar="DIR",
+                    help="also record a CPU profile of the server (perf) per viewer count into DIR")
     args = ap.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     work = tempfile.mkdtemp(prefix="tiercast-whep-bench-")
@@ -99,18 +132,45 @@ def main():
                 # Measure the second half of the window, when every viewer has joined.
                 time.sleep(args.seconds / 2)
                 cpu0, t0 = base.cpu_seconds(node.pid), time.time()
+                client_cpu0 = base.cpu_seconds(client.pid)
+                busy0, total0 = core_busy(0)
+                drops0 = udp_receive_drops()
+                packets0 = metric(http, "tiercast_webrtc_packets_sent_total")
+                calls0 = metric(http, "tiercast_webrtc_send_calls_total")
                 rss_full = rss_kib(node.pid)
-                out, _ = client.communicate(timeout=args.seconds + 60)
+                if args.perf:
+                    os.makedirs(args.perf, exist_ok=True)
+                    subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(node.pid),
+                                    "-o", os.path.join(args.perf, f"whep-{n}.data"), "--",
+                                    "sleep", str(args.seconds / 2 - 2)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                time.sleep(max(args.seconds / 2 - 1 - (time.time() - t0), 0))
                 cpu = (base.cpu_seconds(node.pid) - cpu0) / (time.time() - t0)
+                client_cpu = (base.cpu_seconds(client.pid) - client_cpu0) / (time.time() - t0)
+                busy1, total1 = core_busy(0)
+                drops = udp_receive_drops() - drops0
+                packets = metric(http, "tiercast_webrtc_packets_sent_total") - packets0
+                calls = metric(http, "tiercast_webrtc_send_calls_total") - calls0
+                out, _ = client.communicate(timeout=args.seconds + 60)
                 figures = json.loads(out.strip().splitlines()[-1])
                 figures.update({
                     "server_core_share": round(cpu, 3),
+                    # Includes the kernel's loopback delivery (softirq) done on the server's core.
+                    "core0_busy": round((busy1 - busy0) / max(total1 - total0, 1), 3),
+                    "client_core_share": round(client_cpu, 3),
+                    "kernel_receive_drops": drops,
+                    "datagrams_per_send_call": round(packets / max(calls, 1), 1),
                     "server_rss_kib_per_viewer": round((rss_full - rss0) / max(n, 1), 1),
                     "loss_pct": round(100 * figures["lost"] / max(figures["packets"] + figures["lost"], 1), 3),
                 })
                 print(json.dumps(figures), flush=True)
                 results.append(figures)
-                time.sleep(3)
+                # The next count starts once the server has let every viewer of this one go
+                # (ICE consent runs out a few seconds after the client is gone).
+                deadline = time.time() + 60
+                while webrtc_viewers(http) > 0 and time.time() < deadline:
+                    time.sleep(1)
+                time.sleep(2)
         finally:
             pub.send_signal(signal.SIGINT)
             node.send_signal(signal.SIGINT)

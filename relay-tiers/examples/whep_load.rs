@@ -1,9 +1,13 @@
 //! A WHEP load client for `bench/whep.py`: many lightweight WebRTC receivers in one process
 //! (str0m, each on its own loopback UDP socket, one task each). Every receiver offers
-//! recvonly H.264 + Opus, completes ICE, DTLS and SRTP, and counts the RTP packets it gets and
-//! the ones missing from the sequence.
+//! recvonly H.264 + Opus and completes ICE and DTLS; STUN, DTLS and RTCP keep going through
+//! str0m all along. The first `full` receivers also decrypt every packet (SRTP) and parse it;
+//! the others read the sequence number and SSRC from the RTP header, which SRTP leaves in the
+//! clear, so one core can count what a thousand viewers get. All count the packets they get
+//! and the ones missing from each sequence.
 //!
-//! `whep_load <http://host:port/whep/stream> <viewers> <seconds>`; prints one JSON line.
+//! `whep_load <http://host:port/whep/stream> <viewers> <seconds> [full=2]`; prints one JSON
+//! line.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -24,6 +28,8 @@ struct Totals {
     lost: AtomicU64,
     bytes: AtomicU64,
     failed: AtomicU64,
+    /// Packets decrypted and parsed by the full receivers.
+    decrypted: AtomicU64,
 }
 
 /// POSTs `body` and returns the answer's body (HTTP/1.1, `Connection: close`).
@@ -51,11 +57,17 @@ fn post(url: &str, body: &str) -> Result<String, String> {
     Ok(body.to_owned())
 }
 
-async fn viewer(url: String, until: Instant, totals: Arc<Totals>) -> Result<(), String> {
+async fn viewer(
+    url: String,
+    until: Instant,
+    totals: Arc<Totals>,
+    full: bool,
+) -> Result<(), String> {
     let socket = UdpSocket::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
     let local = socket.local_addr().map_err(|e| e.to_string())?;
+    receive_buffer(&socket, 1 << 20);
     let mut rtc = RtcConfig::new()
         .clear_codecs()
         .enable_h264(true)
@@ -76,63 +88,128 @@ async fn viewer(url: String, until: Instant, totals: Arc<Totals>) -> Result<(), 
         .accept_answer(pending, answer)
         .map_err(|e| e.to_string())?;
 
-    let mut last_seq: std::collections::HashMap<u32, u64> = Default::default();
+    let mut counter = Counter::default();
+    let mut connected = false;
     let mut buf = vec![0u8; 2000];
     while Instant::now() < until {
-        let timeout = loop {
-            match rtc.poll_output().map_err(|e| e.to_string())? {
-                Output::Timeout(t) => break t,
-                Output::Transmit(t) => {
-                    let _ = socket.send_to(&t.contents, t.destination).await;
-                }
-                Output::Event(Event::Connected) => {
-                    totals.connected.fetch_add(1, Ordering::Relaxed);
-                }
-                Output::Event(Event::RtpPacket(p)) => {
-                    totals.packets.fetch_add(1, Ordering::Relaxed);
-                    totals
-                        .bytes
-                        .fetch_add(p.payload.len() as u64, Ordering::Relaxed);
-                    let seq: u64 = *p.seq_no;
-                    let ssrc = *p.header.ssrc;
-                    if let Some(prev) = last_seq.insert(ssrc, seq)
-                        && seq > prev + 1
-                    {
-                        totals.lost.fetch_add(seq - prev - 1, Ordering::Relaxed);
-                    }
-                }
-                Output::Event(_) => {}
-            }
-        };
+        let timeout = drain(&mut rtc, &socket, &mut connected, &mut counter, &totals)?;
         let wait = timeout
             .saturating_duration_since(Instant::now())
             .min(until.saturating_duration_since(Instant::now()));
-        let input = tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, source)) => match buf[..n].try_into() {
-                    Ok(contents) => Input::Receive(
+        tokio::select! {
+            r = socket.readable() => {
+                if let Err(e) = r {
+                    return Err(e.to_string());
+                }
+                // Everything queued; str0m sees each of its packets and is drained after it.
+                while let Ok((n, source)) = socket.try_recv_from(&mut buf) {
+                    let packet = &buf[..n];
+                    if connected && !full && is_rtp(packet) {
+                        // Light receivers read the RTP header (in the clear in SRTP) only.
+                        let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+                        let seq = u16::from_be_bytes([packet[2], packet[3]]);
+                        counter.count(ssrc, seq, n, &totals);
+                        continue;
+                    }
+                    let Ok(contents) = packet.try_into() else { continue };
+                    let input = Input::Receive(
                         Instant::now(),
                         Receive { proto: Protocol::Udp, source, destination: local, contents },
-                    ),
-                    Err(_) => continue,
-                },
-                Err(e) => return Err(e.to_string()),
-            },
-            _ = tokio::time::sleep(wait) => Input::Timeout(Instant::now()),
-        };
-        rtc.handle_input(input).map_err(|e| e.to_string())?;
+                    );
+                    rtc.handle_input(input).map_err(|e| e.to_string())?;
+                    drain(&mut rtc, &socket, &mut connected, &mut counter, &totals)?;
+                }
+            }
+            _ = tokio::time::sleep(wait) => {
+                rtc.handle_input(Input::Timeout(Instant::now())).map_err(|e| e.to_string())?;
+            }
+        }
     }
     Ok(())
+}
+
+/// Everything str0m has to say, up to its next timeout.
+fn drain(
+    rtc: &mut str0m::Rtc,
+    socket: &UdpSocket,
+    connected: &mut bool,
+    counter: &mut Counter,
+    totals: &Totals,
+) -> Result<Instant, String> {
+    loop {
+        match rtc.poll_output().map_err(|e| e.to_string())? {
+            Output::Timeout(t) => return Ok(t),
+            Output::Transmit(t) => {
+                let _ = socket.try_send_to(&t.contents, t.destination);
+            }
+            Output::Event(Event::Connected) => {
+                *connected = true;
+                totals.connected.fetch_add(1, Ordering::Relaxed);
+            }
+            Output::Event(Event::RtpPacket(p)) => {
+                // Decrypted by str0m: the full receivers' packets.
+                totals.decrypted.fetch_add(1, Ordering::Relaxed);
+                counter.count(*p.header.ssrc, *p.seq_no as u16, p.payload.len(), totals);
+            }
+            Output::Event(_) => {}
+        }
+    }
+}
+
+/// A receive buffer of `bytes`, as browsers ask for, so a keyframe's burst fits.
+fn receive_buffer(socket: &UdpSocket, bytes: libc::c_int) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a plain int option on a socket this process owns.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &bytes as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// SRTP, not SRTCP: version 2 and a payload type outside RTCP's 200–207 (RFC 5761).
+fn is_rtp(packet: &[u8]) -> bool {
+    packet.len() >= 12 && packet[0] >> 6 == 2 && !(72..=79).contains(&(packet[1] & 0x7f))
+}
+
+/// Packets and sequence gaps per SSRC.
+#[derive(Default)]
+struct Counter {
+    last: std::collections::HashMap<u32, u16>,
+}
+
+impl Counter {
+    fn count(&mut self, ssrc: u32, seq: u16, bytes: usize, totals: &Totals) {
+        totals.packets.fetch_add(1, Ordering::Relaxed);
+        totals.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        if let Some(prev) = self.last.get(&ssrc) {
+            let ahead = seq.wrapping_sub(*prev);
+            if ahead == 0 || ahead > 0x8000 {
+                return; // a duplicate or a late one
+            }
+            totals
+                .lost
+                .fetch_add(u64::from(ahead - 1), Ordering::Relaxed);
+        }
+        self.last.insert(ssrc, seq);
+    }
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (Some(url), Some(n), Some(seconds)) = (args.get(1), args.get(2), args.get(3)) else {
-        eprintln!("usage: whep_load <http://host:port/whep/stream> <viewers> <seconds>");
+        eprintln!("usage: whep_load <http://host:port/whep/stream> <viewers> <seconds> [full]");
         std::process::exit(2);
     };
     let n: usize = n.parse().expect("a number of viewers");
     let seconds: u64 = seconds.parse().expect("seconds");
+    let full: usize = args
+        .get(4)
+        .map_or(2, |f| f.parse().expect("a number of full receivers"));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -142,11 +219,11 @@ fn main() {
         let start = Instant::now();
         let until = start + Duration::from_secs(seconds);
         let mut tasks = Vec::with_capacity(n);
-        for _ in 0..n {
+        for i in 0..n {
             let totals = totals.clone();
             let url = url.clone();
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = viewer(url, until, totals.clone()).await {
+                if let Err(e) = viewer(url, until, totals.clone(), i < full).await {
                     if totals.failed.fetch_add(1, Ordering::Relaxed) < 3 {
                         eprintln!("viewer failed: {e}");
                     }
@@ -160,11 +237,12 @@ fn main() {
         }
     });
     println!(
-        "{{\"viewers\": {n}, \"connected\": {}, \"failed\": {}, \"packets\": {}, \"lost\": {}, \"payload_bytes\": {}}}",
+        "{{\"viewers\": {n}, \"connected\": {}, \"failed\": {}, \"packets\": {}, \"lost\": {}, \"bytes\": {}, \"decrypted\": {}}}",
         totals.connected.load(Ordering::Relaxed),
         totals.failed.load(Ordering::Relaxed),
         totals.packets.load(Ordering::Relaxed),
         totals.lost.load(Ordering::Relaxed),
         totals.bytes.load(Ordering::Relaxed),
+        totals.decrypted.load(Ordering::Relaxed),
     );
 }

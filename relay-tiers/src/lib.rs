@@ -7,6 +7,8 @@ pub mod feeds;
 pub mod hls;
 pub mod opus;
 pub mod relay;
+pub mod rtp;
 pub mod sessions;
+pub mod udp;
 pub mod watch;
 pub mod whep;

@@ -22,8 +22,9 @@ use pipelines::events::{EventBus, EventKind};
 use pipelines::media::Frame;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
-use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc};
@@ -31,6 +32,11 @@ use tracing::{debug, info, warn};
 
 use crate::feeds::{FeedStore, RenditionFeed};
 use crate::opus::OpusEncoder;
+use crate::rtp::{self, Packets};
+use crate::udp::Batch;
+
+/// Datagrams made before they are sent, at most.
+const FLUSH_AT: usize = 512;
 
 /// Largest SDP offer accepted.
 const MAX_OFFER: usize = 64 * 1024;
@@ -54,6 +60,14 @@ pub struct Whep {
     /// handshake itself.
     cert: Option<str0m::config::DtlsCert>,
     bus: Arc<EventBus>,
+    sent: Arc<Sent>,
+}
+
+/// What the viewers' socket has sent.
+#[derive(Debug, Default)]
+struct Sent {
+    packets: AtomicU64,
+    calls: AtomicU64,
 }
 
 enum Command {
@@ -73,8 +87,8 @@ struct Viewer {
     /// The rendition it moves to at that rendition's next keyframe.
     pending: Option<Arc<RenditionFeed>>,
     opus: Option<Arc<OpusEncoder>>,
-    video: Option<(Mid, Pt)>,
-    audio: Option<(Mid, Pt)>,
+    video: Option<Track>,
+    audio: Option<Track>,
     connected: bool,
     /// Frames are sent from a keyframe on.
     started: bool,
@@ -113,9 +127,10 @@ impl Whep {
                 .dtls_provider
                 .generate_certificate(),
             bus,
+            sent: Arc::default(),
         });
         info!(udp = %local, candidate = %candidate, "WHEP ready");
-        tokio::spawn(drive(socket, rx, Arc::downgrade(&whep)));
+        tokio::spawn(drive(socket, rx, Arc::downgrade(&whep), whep.sent.clone()));
         Ok(whep)
     }
 
@@ -128,6 +143,16 @@ impl Whep {
         if let Some(n) = viewers.get_mut(stream) {
             *n = n.saturating_sub(1);
         }
+    }
+
+    /// Datagrams sent to viewers so far.
+    pub fn packets_sent(&self) -> u64 {
+        self.sent.packets.load(Ordering::Relaxed)
+    }
+
+    /// System calls they took.
+    pub fn send_calls(&self) -> u64 {
+        self.sent.calls.load(Ordering::Relaxed)
     }
 
     /// Total viewers on this node.
@@ -311,14 +336,16 @@ pub fn answer_offer(
     cert: Option<&str0m::config::DtlsCert>,
 ) -> Result<(Rtc, String), String> {
     let offer = check_offer(sdp)?;
-    // About a second of packets kept for retransmission (str0m's default is several).
+    // Packets kept for retransmission: about half a second of a 2.5 Mb/s rendition. In RTP
+    // mode they hold the payloads shared with every other viewer, so a slot is small.
     let mut config = RtcConfig::new()
         .set_ice_lite(true)
+        .set_rtp_mode(true)
         .clear_codecs()
         .enable_h264(true)
         .enable_opus(true, false)
-        .set_send_buffer_video(256)
-        .set_send_buffer_audio(64);
+        .set_send_buffer_video(160)
+        .set_send_buffer_audio(32);
     if let Some(cert) = cert {
         config = config.set_dtls_cert(cert.clone());
     }
@@ -373,44 +400,27 @@ async fn select_layer(
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// AVC (length-prefixed NAL units) to Annex B, with SPS and PPS in front of keyframes.
-fn annex_b(frame: &Frame, feed: &RenditionFeed) -> Vec<u8> {
-    let mut out = Vec::with_capacity(frame.data.len() + 64);
-    if frame.keyframe
-        && let Some(video) = feed.video()
-    {
-        for ps in video.parameter_sets() {
-            out.extend_from_slice(&[0, 0, 0, 1]);
-            out.extend_from_slice(ps);
-        }
-    }
-    let mut data = &frame.data[..];
-    while data.len() >= 4 {
-        let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
-        if len == 0 || data.len() < 4 + len {
-            break;
-        }
-        out.extend_from_slice(&[0, 0, 0, 1]);
-        out.extend_from_slice(&data[4..4 + len]);
-        data = &data[4 + len..];
-    }
-    out
-}
-
-/// The payload type to send H.264 with: packetization mode 1, High profile if offered.
-fn h264_pt(rtc: &mut Rtc, mid: Mid) -> Option<Pt> {
-    let writer = rtc.writer(mid)?;
+/// The payload type to send `codec` with, of those the viewer's offer has for `mid`; for
+/// H.264 packetization mode 1, High profile if offered.
+fn choose_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
+    let remote = rtc.media(mid)?.remote_pts();
     let mut best: Option<(u8, Pt)> = None;
-    for p in writer.payload_params() {
+    for p in rtc.codec_config().params() {
         let spec = p.spec();
-        if spec.codec != Codec::H264 || spec.format.packetization_mode != Some(1) {
+        if spec.codec != codec || !remote.contains(&p.pt()) {
             continue;
         }
-        let profile = spec.format.profile_level_id.map(|id| (id >> 16) as u8);
-        let rank = match profile {
-            Some(0x64) => 3,
-            Some(0x4d) => 2,
-            _ => 1,
+        let rank = if codec == Codec::H264 {
+            if spec.format.packetization_mode != Some(1) {
+                continue;
+            }
+            match spec.format.profile_level_id.map(|id| (id >> 16) as u8) {
+                Some(0x64) => 3,
+                Some(0x4d) => 2,
+                _ => 1,
+            }
+        } else {
+            1
         };
         if best.is_none_or(|(r, _)| rank > r) {
             best = Some((rank, p.pt()));
@@ -419,14 +429,33 @@ fn h264_pt(rtc: &mut Rtc, mid: Mid) -> Option<Pt> {
     best.map(|(_, pt)| pt)
 }
 
+/// Where a viewer's track goes: its media, payload type and next sequence number.
+#[derive(Debug, Clone, Copy)]
+struct Track {
+    mid: Mid,
+    pt: Pt,
+    seq: u64,
+}
+
 impl Viewer {
     fn on_event(&mut self, event: Event) {
         match event {
-            Event::MediaAdded(m) if m.kind == MediaKind::Video => {
-                self.video = h264_pt(&mut self.rtc, m.mid).map(|pt| (m.mid, pt));
-            }
-            Event::MediaAdded(m) if m.kind == MediaKind::Audio => {
-                self.audio = opus_pt(&mut self.rtc, m.mid).map(|pt| (m.mid, pt));
+            Event::MediaAdded(m) => {
+                let codec = match m.kind {
+                    MediaKind::Video => Codec::H264,
+                    MediaKind::Audio => Codec::Opus,
+                };
+                // Sequence numbers start anywhere below the first rollover (RFC 3550).
+                let seq = (self.id.wrapping_mul(0x9e37_79b9) % 30_000) + 1;
+                let track = choose_pt(&self.rtc, m.mid, codec).map(|pt| Track {
+                    mid: m.mid,
+                    pt,
+                    seq,
+                });
+                match m.kind {
+                    MediaKind::Video => self.video = track,
+                    MediaKind::Audio => self.audio = track,
+                }
             }
             Event::Connected => {
                 self.connected = true;
@@ -439,68 +468,67 @@ impl Viewer {
         }
     }
 
-    /// A frame from feed `key`: the rendition's video, or the session's Opus.
-    /// `payload`: the frame as it goes on the wire, made once for every viewer.
-    fn send(&mut self, key: u64, frame: &Frame, payload: &Arc<[u8]>) {
+    /// A frame from feed `key`: the rendition's video, or the session's Opus, as `packets`
+    /// made once for every viewer. Returns whether anything was written.
+    fn send(&mut self, key: u64, frame: &Frame, packets: &Packets, now: Instant) -> bool {
         if !self.connected {
-            return;
+            return false;
         }
         if let Some(next) = &self.pending
             && next.id == key
         {
             if !(frame.kind == pipelines::media::TrackKind::Video && frame.keyframe) {
-                return;
+                return false;
             }
-            // The new rendition starts here, with its own SPS and PPS in front.
+            // The new rendition starts here, with its own SPS and PPS in front, on the same
+            // RTP stream: the browser sees a new resolution, not a new track.
             self.feed = next.clone();
             self.pending = None;
         }
-        if self.opus.as_ref().is_some_and(|o| o.id == key) {
-            let Some((mid, pt)) = self.audio else { return };
+        let (track, time) = if self.opus.as_ref().is_some_and(|o| o.id == key) {
             // Audio waits for the picture, so both start together.
             if !self.started {
-                return;
+                return false;
             }
-            let rtp_time = MediaTime::new(
-                (frame.pts.as_nanos() * 48 / 1_000_000) as u64,
-                Frequency::FORTY_EIGHT_KHZ,
+            (
+                &mut self.audio,
+                (frame.pts.as_nanos() * 48 / 1_000_000) as u32,
+            )
+        } else {
+            if frame.kind != pipelines::media::TrackKind::Video
+                || (!self.started && !frame.keyframe)
+            {
+                return false;
+            }
+            self.started = true;
+            (&mut self.video, (frame.pts.as_nanos() * 9 / 100_000) as u32)
+        };
+        let Some(track) = track else { return false };
+        let mut api = self.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(track.mid, None) else {
+            return false;
+        };
+        let last = packets.payloads.len().saturating_sub(1);
+        for (i, payload) in packets.payloads.iter().enumerate() {
+            tx.write_rtp(
+                RtpWrite::new(track.pt, track.seq.into(), time, now, payload.clone())
+                    .marker(i == last && frame.kind == pipelines::media::TrackKind::Video)
+                    .nackable(true),
             );
-            if let Some(writer) = self.rtc.writer(mid) {
-                let _ = writer.write(pt, Instant::now(), rtp_time, payload.clone());
-            }
-            return;
+            track.seq += 1;
         }
-        let Some((mid, pt)) = self.video else { return };
-        if frame.kind != pipelines::media::TrackKind::Video {
-            return;
-        }
-        if !self.started && !frame.keyframe {
-            return;
-        }
-        self.started = true;
-        let rtp_time = MediaTime::from_90khz((frame.pts.as_nanos() * 9 / 100_000) as u64);
-        if let Some(writer) = self.rtc.writer(mid)
-            && let Err(e) = writer.write(pt, Instant::now(), rtp_time, payload.clone())
-        {
-            debug!(viewer = self.id, "frame not sent: {e}");
-        }
+        true
     }
 }
 
-/// The payload type to send Opus with.
-fn opus_pt(rtc: &mut Rtc, mid: Mid) -> Option<Pt> {
-    let writer = rtc.writer(mid)?;
-    writer
-        .payload_params()
-        .find(|p| p.spec().codec == Codec::Opus)
-        .map(|p| p.pt())
-}
-
 /// The one task that runs every viewer: UDP in and out, timers, and frames from the feeds.
+/// Each frame is made into RTP payloads once; each viewer's session only adds its header and
+/// encrypts; what all the viewers send for one event leaves in a few `sendmmsg` calls.
 async fn drive(
     socket: UdpSocket,
     mut commands: mpsc::UnboundedReceiver<Command>,
     whep: std::sync::Weak<Whep>,
+    sent: Arc<Sent>,
 ) {
     let local = socket.local_addr().expect("a bound socket has an address");
     let mut viewers: Vec<Viewer> = Vec::new();
@@ -508,8 +536,10 @@ async fn drive(
     let (frames_tx, mut frames) = mpsc::channel::<(u64, Frame)>(4096);
     let mut forwarded: std::collections::HashSet<u64> = Default::default();
     let mut buf = vec![0u8; 2000];
-    // Who sends from where, once ICE has told us.
+    let mut out = Batch::default();
+    // Who sends from where, once ICE has told us, and where each viewer is in `viewers`.
     let mut by_source: HashMap<SocketAddr, u64> = HashMap::new();
+    let mut index: HashMap<u64, usize> = HashMap::new();
     loop {
         // Only viewers with something new (input, frames written) or a timer due are driven:
         // an idle viewer costs nothing per event.
@@ -529,7 +559,11 @@ async fn drive(
                             break;
                         }
                         Ok(Output::Transmit(t)) => {
-                            let _ = socket.send_to(&t.contents, t.destination).await;
+                            out.push(t.destination, t.contents.into());
+                            // A keyframe for every viewer is megabytes: send as it is made.
+                            if out.len() >= FLUSH_AT {
+                                out.flush(&socket).await;
+                            }
                         }
                         Ok(Output::Event(e)) => v.on_event(e),
                         Err(e) => {
@@ -542,6 +576,11 @@ async fn drive(
             }
             next = next.min(v.next_timeout);
         }
+        if !out.is_empty() {
+            out.flush(&socket).await;
+        }
+        sent.packets.store(out.sent, Ordering::Relaxed);
+        sent.calls.store(out.calls, Ordering::Relaxed);
         viewers.retain(|v| {
             let alive = v.rtc.is_alive();
             if !alive {
@@ -560,25 +599,36 @@ async fn drive(
             }
             alive
         });
+        if index.len() != viewers.len() {
+            index = viewers.iter().enumerate().map(|(i, v)| (v.id, i)).collect();
+        }
         let wait = next.saturating_duration_since(Instant::now());
         tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                let Ok((n, source)) = r else { continue };
-                let Ok(contents) = buf[..n].try_into() else { continue };
-                let input = Input::Receive(
-                    Instant::now(),
-                    Receive { proto: Protocol::Udp, source, destination: local, contents },
-                );
-                let known = by_source
-                    .get(&source)
-                    .and_then(|id| viewers.iter().position(|v| v.id == *id))
-                    .filter(|&i| viewers[i].rtc.accepts(&input));
-                let found = known.or_else(|| viewers.iter().position(|v| v.rtc.accepts(&input)));
-                if let Some(i) = found {
-                    let v = &mut viewers[i];
-                    by_source.insert(source, v.id);
-                    let _ = v.rtc.handle_input(input);
-                    v.dirty = true;
+            r = socket.readable() => {
+                if r.is_err() {
+                    continue;
+                }
+                // Whatever has arrived, up to a bound, before the viewers are driven again.
+                for _ in 0..256 {
+                    let Ok((n, source)) = socket.try_recv_from(&mut buf) else { break };
+                    let Ok(contents) = buf[..n].try_into() else { continue };
+                    let input = Input::Receive(
+                        Instant::now(),
+                        Receive { proto: Protocol::Udp, source, destination: local, contents },
+                    );
+                    let known = by_source
+                        .get(&source)
+                        .and_then(|id| index.get(id).copied())
+                        .filter(|&i| viewers[i].rtc.accepts(&input));
+                    // A new address: whoever's ICE credentials its STUN request carries.
+                    let found =
+                        known.or_else(|| viewers.iter().position(|v| v.rtc.accepts(&input)));
+                    if let Some(i) = found {
+                        let v = &mut viewers[i];
+                        by_source.insert(source, v.id);
+                        let _ = v.rtc.handle_input(input);
+                        v.dirty = true;
+                    }
                 }
             }
             cmd = commands.recv() => match cmd {
@@ -593,10 +643,11 @@ async fn drive(
                     {
                         tokio::spawn(forward(opus.id, opus.subscribe(), frames_tx.clone()));
                     }
+                    index.insert(v.id, viewers.len());
                     viewers.push(*v);
                 }
                 Some(Command::Remove(id)) => {
-                    if let Some(v) = viewers.iter_mut().find(|v| v.id == id) {
+                    if let Some(v) = index.get(&id).map(|&i| &mut viewers[i]) {
                         v.rtc.disconnect();
                         v.dirty = true;
                     }
@@ -605,17 +656,16 @@ async fn drive(
                     if forwarded.insert(feed.id) {
                         tokio::spawn(forward(feed.id, feed.subscribe(), frames_tx.clone()));
                     }
-                    if let Some(v) = viewers.iter_mut().find(|v| v.id == id) {
+                    if let Some(v) = index.get(&id).map(|&i| &mut viewers[i]) {
                         v.pending = (feed.id != v.feed.id).then_some(feed);
                     }
                 }
             },
             Some((key, frame)) = frames.recv() => {
-                // The wire form of the frame, once for all its viewers: Annex B for video
-                // (parameter sets in front of keyframes), Opus as it is.
+                // The frame's RTP payloads, once for all its viewers.
                 let opus = viewers.iter().any(|v| v.opus.as_ref().is_some_and(|o| o.id == key));
-                let payload: Arc<[u8]> = if opus {
-                    Arc::from(&frame.data[..])
+                let packets = if opus {
+                    rtp::opus(&frame)
                 } else if frame.kind == pipelines::media::TrackKind::Video {
                     let feed = viewers.iter().find_map(|v| {
                         [Some(&v.feed), v.pending.as_ref()]
@@ -624,13 +674,14 @@ async fn drive(
                             .find(|f| f.id == key)
                             .cloned()
                     });
-                    match feed {
-                        Some(feed) => annex_b(&frame, &feed).into(),
-                        None => continue,
-                    }
+                    let Some(feed) = feed else { continue };
+                    let video = feed.video();
+                    let sets = video.as_ref().map(|v| v.parameter_sets()).unwrap_or_default();
+                    rtp::h264(&frame, &sets, rtp::MAX_PAYLOAD)
                 } else {
                     continue; // the feeds' AAC: viewers get Opus
                 };
+                let now = Instant::now();
                 for v in viewers
                     .iter_mut()
                     .filter(|v| {
@@ -639,8 +690,9 @@ async fn drive(
                             || v.opus.as_ref().is_some_and(|o| o.id == key)
                     })
                 {
-                    v.send(key, &frame, &payload);
-                    v.dirty = true;
+                    if v.send(key, &frame, &packets, now) {
+                        v.dirty = true;
+                    }
                 }
             }
             _ = tokio::time::sleep(wait) => {}

@@ -32,6 +32,7 @@ struct Api {
     kafka: Option<Arc<KafkaSink>>,
     bus: Arc<EventBus>,
     taps: Option<Arc<TapStore>>,
+    whep: Arc<relay_tiers::whep::Whep>,
 }
 
 /// Everything the HTTP doors serve from.
@@ -86,6 +87,7 @@ pub fn router(s: Services) -> Router {
             kafka: s.kafka,
             bus: s.bus,
             taps: s.taps.clone(),
+            whep: s.whep.clone(),
         })
         .merge(relay_tiers::hls::routes::router(hls))
         .merge(relay_tiers::watch::router(WatchState {
@@ -211,6 +213,24 @@ async fn metrics(State(api): State<Api>) -> Response {
             taps.bytes_sent.load(Ordering::Relaxed)
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP tiercast_webrtc_viewers WHEP viewers on this node.\n\
+         # TYPE tiercast_webrtc_viewers gauge\ntiercast_webrtc_viewers {}",
+        api.whep.viewers()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tiercast_webrtc_packets_sent_total Datagrams sent to WHEP viewers.\n\
+         # TYPE tiercast_webrtc_packets_sent_total counter\ntiercast_webrtc_packets_sent_total {}",
+        api.whep.packets_sent()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tiercast_webrtc_send_calls_total System calls those datagrams took (sendmmsg with UDP GSO).\n\
+         # TYPE tiercast_webrtc_send_calls_total counter\ntiercast_webrtc_send_calls_total {}",
+        api.whep.send_calls()
+    );
     if let Some(kafka) = &api.kafka {
         let c = kafka.counters();
         let _ = writeln!(

@@ -1,0 +1,188 @@
+//! RTP payloads made once per frame and shared by every WebRTC viewer of it: H.264 in
+//! packetization mode 1 (RFC 6184: single NAL units, STAP-A for the small ones in front of a
+//! keyframe, FU-A for the big ones) and Opus as it is. A viewer's session only puts its own
+//! header on each and encrypts it.
+
+use std::sync::Arc;
+
+use pipelines::media::Frame;
+
+/// Largest RTP payload made: room for the RTP header, its extensions and the SRTP tag in
+/// a 1200-byte datagram, which every path WebRTC runs on carries.
+pub const MAX_PAYLOAD: usize = 1100;
+
+/// One frame's packets, in order; the last one ends the frame (RTP marker on video).
+#[derive(Debug, Clone)]
+pub struct Packets {
+    pub payloads: Vec<Arc<[u8]>>,
+}
+
+/// The NAL units of an AVC frame (4-byte length prefixes), with `parameter_sets` in front
+/// when it is a keyframe. A length that runs past the end stops the walk.
+fn nal_units<'a>(frame: &'a Frame, parameter_sets: &[&'a [u8]]) -> Vec<&'a [u8]> {
+    let mut units: Vec<&[u8]> = Vec::new();
+    if frame.keyframe {
+        units.extend_from_slice(parameter_sets);
+    }
+    let mut data = &frame.data[..];
+    while data.len() >= 4 {
+        let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
+        if len == 0 || data.len() < 4 + len {
+            break;
+        }
+        units.push(&data[4..4 + len]);
+        data = &data[4 + len..];
+    }
+    units
+}
+
+/// An H.264 access unit in RTP payloads of at most `max` bytes.
+pub fn h264(frame: &Frame, parameter_sets: &[&[u8]], max: usize) -> Packets {
+    let units = nal_units(frame, parameter_sets);
+    let mut payloads: Vec<Arc<[u8]>> = Vec::new();
+    let mut i = 0;
+    while i < units.len() {
+        let nal = units[i];
+        // Aggregate a run of small units (SPS, PPS, SEI) into one STAP-A.
+        let mut end = i;
+        let mut size = 1;
+        while end < units.len() && size + 2 + units[end].len() <= max {
+            size += 2 + units[end].len();
+            end += 1;
+        }
+        if end - i >= 2 {
+            let mut stap = Vec::with_capacity(size);
+            let nri = units[i..end].iter().map(|u| u[0] & 0x60).max().unwrap_or(0);
+            stap.push(nri | 24);
+            for u in &units[i..end] {
+                stap.extend_from_slice(&(u.len() as u16).to_be_bytes());
+                stap.extend_from_slice(u);
+            }
+            payloads.push(stap.into());
+            i = end;
+            continue;
+        }
+        if nal.len() <= max {
+            payloads.push(nal.into());
+        } else {
+            // FU-A: the NAL header's type goes in the FU header, the rest is cut in pieces.
+            let indicator = (nal[0] & 0xe0) | 28;
+            let kind = nal[0] & 0x1f;
+            let body = &nal[1..];
+            let room = max - 2;
+            let pieces = body.len().div_ceil(room);
+            // Pieces of even size, so a frame's packets are alike (and batch well).
+            let step = body.len().div_ceil(pieces);
+            for (n, piece) in body.chunks(step).enumerate() {
+                let mut header = kind;
+                if n == 0 {
+                    header |= 0x80;
+                }
+                if n + 1 == pieces {
+                    header |= 0x40;
+                }
+                let mut p = Vec::with_capacity(2 + piece.len());
+                p.push(indicator);
+                p.push(header);
+                p.extend_from_slice(piece);
+                payloads.push(p.into());
+            }
+        }
+        i += 1;
+    }
+    Packets { payloads }
+}
+
+/// An Opus frame: one packet as it is.
+pub fn opus(frame: &Frame) -> Packets {
+    Packets {
+        payloads: vec![Arc::from(&frame.data[..])],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pipelines::media::TrackKind;
+    use std::time::Duration;
+
+    fn avc(units: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for u in units {
+            out.extend_from_slice(&(u.len() as u32).to_be_bytes());
+            out.extend_from_slice(u);
+        }
+        out
+    }
+
+    fn frame(data: Vec<u8>, keyframe: bool) -> Frame {
+        Frame {
+            kind: TrackKind::Video,
+            pts: Duration::ZERO,
+            dts: Duration::ZERO,
+            keyframe,
+            data: data.into(),
+        }
+    }
+
+    /// Reassembles payloads into NAL units, as a receiver does.
+    fn depacketize(payloads: &[Arc<[u8]>]) -> Vec<Vec<u8>> {
+        let mut units = Vec::new();
+        let mut fu: Vec<u8> = Vec::new();
+        for p in payloads {
+            match p[0] & 0x1f {
+                24 => {
+                    let mut rest = &p[1..];
+                    while rest.len() >= 2 {
+                        let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                        units.push(rest[2..2 + len].to_vec());
+                        rest = &rest[2 + len..];
+                    }
+                }
+                28 => {
+                    if p[1] & 0x80 != 0 {
+                        fu = vec![(p[0] & 0xe0) | (p[1] & 0x1f)];
+                    }
+                    fu.extend_from_slice(&p[2..]);
+                    if p[1] & 0x40 != 0 {
+                        units.push(std::mem::take(&mut fu));
+                    }
+                }
+                _ => units.push(p.to_vec()),
+            }
+        }
+        units
+    }
+
+    #[test]
+    fn a_keyframe_comes_back_whole_from_its_packets() {
+        let sps = vec![0x67, 0x64, 0x00, 0x1f, 0xac];
+        let pps = vec![0x68, 0xee, 0x3c, 0x80];
+        let idr: Vec<u8> = std::iter::once(0x65)
+            .chain((0..5000u32).map(|i| (i % 251) as u8))
+            .collect();
+        let sei = vec![0x06, 0x05, 0x01, 0x80];
+        let f = frame(avc(&[&sei, &idr]), true);
+        let packets = h264(&f, &[&sps, &pps], MAX_PAYLOAD);
+        assert!(packets.payloads.iter().all(|p| p.len() <= MAX_PAYLOAD));
+        // SPS, PPS and SEI in one STAP-A, then the IDR in FU-A pieces of even size.
+        assert_eq!(packets.payloads[0][0] & 0x1f, 24);
+        let fu_sizes: Vec<usize> = packets.payloads[1..].iter().map(|p| p.len()).collect();
+        assert_eq!(fu_sizes.len(), 5);
+        assert!(fu_sizes.iter().max().unwrap() - fu_sizes.iter().min().unwrap() <= 1);
+        assert_eq!(depacketize(&packets.payloads), vec![sps, pps, sei, idr]);
+    }
+
+    #[test]
+    fn small_frames_are_single_packets_and_cut_lengths_stop_the_walk() {
+        let p = vec![0x41, 1, 2, 3];
+        let f = frame(avc(&[&p]), false);
+        assert_eq!(depacketize(&h264(&f, &[], MAX_PAYLOAD).payloads), vec![p]);
+        let mut data = avc(&[&[0x41, 9]]);
+        data.extend_from_slice(&[0, 0, 0, 50, 1]);
+        assert_eq!(
+            h264(&frame(data, false), &[], MAX_PAYLOAD).payloads.len(),
+            1
+        );
+    }
+}

@@ -1,0 +1,310 @@
+//! Sending many datagrams from one UDP socket with few system calls: one `sendmmsg(2)` per
+//! batch, and a run of equal-sized datagrams to the same address (one viewer's packets of one
+//! frame) as one message the kernel segments (UDP GSO, `UDP_SEGMENT`). Where the kernel or the
+//! device refuses segmentation, every datagram goes as its own message, still batched.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tracing::{debug, warn};
+
+/// Datagrams one segmented message carries at most (the kernel's `UDP_MAX_SEGMENTS`).
+const MAX_SEGMENTS: usize = 64;
+/// Bytes one segmented message carries at most.
+const MAX_GSO_BYTES: usize = 60_000;
+/// Messages per `sendmmsg` call.
+const MAX_MESSAGES: usize = 256;
+
+/// Datagrams waiting to be sent, in order.
+pub struct Batch {
+    datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    gso: bool,
+    /// Datagrams sent, for metrics and tests.
+    pub sent: u64,
+    /// System calls made for them.
+    pub calls: u64,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            datagrams: Vec::new(),
+            gso: cfg!(target_os = "linux"),
+            sent: 0,
+            calls: 0,
+        }
+    }
+}
+
+/// One message: datagrams `start..end` of the batch, segmented if more than one.
+#[derive(Debug, Clone, Copy)]
+struct Message {
+    start: usize,
+    end: usize,
+}
+
+impl Batch {
+    pub fn push(&mut self, to: SocketAddr, contents: Vec<u8>) {
+        self.datagrams.push((to, contents));
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.datagrams.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.datagrams.len()
+    }
+
+    /// Runs of datagrams that can go as one message: same address, all the size of the first
+    /// but the last, which may be shorter and ends the run.
+    fn messages(&self) -> Vec<Message> {
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < self.datagrams.len() {
+            let (to, first) = &self.datagrams[i];
+            let size = first.len();
+            let mut end = i + 1;
+            let mut bytes = size;
+            while self.gso
+                && end < self.datagrams.len()
+                && end - i < MAX_SEGMENTS
+                && self.datagrams[end].0 == *to
+                && self.datagrams[end].1.len() <= size
+                && bytes + self.datagrams[end].1.len() <= MAX_GSO_BYTES
+            {
+                bytes += self.datagrams[end].1.len();
+                end += 1;
+                if self.datagrams[end - 1].1.len() < size {
+                    break;
+                }
+            }
+            out.push(Message { start: i, end });
+            i = end;
+        }
+        out
+    }
+
+    /// Sends everything, waiting while the socket's buffer is full. A datagram the kernel
+    /// refuses (no route, say) is dropped, as one `send_to` would drop it.
+    pub async fn flush(&mut self, socket: &UdpSocket) {
+        let mut messages = self.messages();
+        let mut done = 0;
+        while done < messages.len() {
+            let upto = (done + MAX_MESSAGES).min(messages.len());
+            let chunk = &messages[done..upto];
+            if socket.writable().await.is_err() {
+                break;
+            }
+            let result = socket.try_io(Interest::WRITABLE, || {
+                send_messages(socket, &self.datagrams, chunk)
+            });
+            self.calls += 1;
+            match result {
+                Ok(n) => {
+                    self.sent += chunk[..n]
+                        .iter()
+                        .map(|m| (m.end - m.start) as u64)
+                        .sum::<u64>();
+                    done += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if self.gso && chunk[0].end - chunk[0].start > 1 && gso_refused(&e) => {
+                    warn!("UDP segmentation refused ({e}); sending datagrams one by one");
+                    self.gso = false;
+                    let rest = Message {
+                        start: chunk[0].start,
+                        end: messages.last().map_or(0, |m| m.end),
+                    };
+                    messages.truncate(done);
+                    messages.extend((rest.start..rest.end).map(|i| Message {
+                        start: i,
+                        end: i + 1,
+                    }));
+                }
+                Err(e) => {
+                    // The first message of the chunk failed: skip it, keep the rest.
+                    debug!(
+                        "datagram to {} not sent: {e}",
+                        self.datagrams[chunk[0].start].0
+                    );
+                    done += 1;
+                }
+            }
+        }
+        self.datagrams.clear();
+    }
+}
+
+fn gso_refused(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO) | Some(libc::EINVAL) | Some(libc::ENOPROTOOPT) | Some(libc::EOPNOTSUPP)
+    )
+}
+
+/// A socket address in the kernel's form.
+fn raw_address(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid (empty) value.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+/// Room for one `UDP_SEGMENT` control message (a u16), aligned for `cmsghdr`.
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct SegmentControl([u8; 32]);
+
+/// One `sendmmsg` call for `messages`; the number of messages the kernel took.
+fn send_messages(
+    socket: &UdpSocket,
+    datagrams: &[(SocketAddr, Vec<u8>)],
+    messages: &[Message],
+) -> io::Result<usize> {
+    let count = messages.len();
+    let mut addresses = Vec::with_capacity(count);
+    let mut iovecs: Vec<libc::iovec> =
+        Vec::with_capacity(messages.iter().map(|m| m.end - m.start).sum());
+    let mut controls = vec![SegmentControl([0; 32]); count];
+    for m in messages {
+        addresses.push(raw_address(&datagrams[m.start].0));
+        for (_, contents) in &datagrams[m.start..m.end] {
+            iovecs.push(libc::iovec {
+                iov_base: contents.as_ptr() as *mut libc::c_void,
+                iov_len: contents.len(),
+            });
+        }
+    }
+    // Every vector above is complete: the pointers taken below stay valid for the call.
+    let mut headers: Vec<libc::mmsghdr> = Vec::with_capacity(count);
+    let mut iov_at = 0;
+    for (i, m) in messages.iter().enumerate() {
+        let segments = m.end - m.start;
+        // SAFETY: msghdr is plain data; all zeroes is "no name, no data, no control".
+        let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+        header.msg_name = &mut addresses[i].0 as *mut _ as *mut libc::c_void;
+        header.msg_namelen = addresses[i].1;
+        header.msg_iov = iovecs[iov_at..].as_mut_ptr();
+        header.msg_iovlen = segments as _;
+        iov_at += segments;
+        if segments > 1 {
+            let size = datagrams[m.start].1.len() as u16;
+            header.msg_control = controls[i].0.as_mut_ptr() as *mut libc::c_void;
+            // SAFETY: CMSG_SPACE/CMSG_FIRSTHDR/CMSG_DATA only compute offsets into the
+            // control buffer set just above, which is large and aligned enough for one
+            // control message with a u16.
+            unsafe {
+                header.msg_controllen = libc::CMSG_SPACE(2) as _;
+                let cmsg = libc::CMSG_FIRSTHDR(&header);
+                (*cmsg).cmsg_level = libc::SOL_UDP;
+                (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+                (*cmsg).cmsg_len = libc::CMSG_LEN(2) as _;
+                std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, size);
+            }
+        }
+        headers.push(libc::mmsghdr {
+            msg_hdr: header,
+            msg_len: 0,
+        });
+    }
+    // SAFETY: `headers` points into `addresses`, `iovecs`, `controls` and the datagrams, all
+    // alive and unmoved until the call returns; the kernel only reads them.
+    let sent = unsafe {
+        libc::sendmmsg(
+            socket.as_raw_fd(),
+            headers.as_mut_ptr(),
+            count as libc::c_uint,
+            0,
+        )
+    };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_datagram_arrives_whole_and_in_order_with_few_calls() {
+        let tx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (to_a, to_b) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let mut batch = Batch::default();
+        // Two "frames" per receiver: runs of equal datagrams with a shorter last one.
+        let mut expected_a = Vec::new();
+        let mut expected_b = Vec::new();
+        for frame in 0..2u8 {
+            for (to, expected) in [(to_a, &mut expected_a), (to_b, &mut expected_b)] {
+                for n in 0..5u8 {
+                    let len = if n == 4 { 300 } else { 1100 };
+                    let d = vec![frame * 10 + n; len];
+                    expected.push(d.clone());
+                    batch.push(to, d);
+                }
+            }
+        }
+        batch.flush(&tx).await;
+        assert_eq!(batch.sent, 20);
+        assert!(batch.calls <= 2, "{} calls", batch.calls);
+        for (socket, expected) in [(&a, expected_a), (&b, expected_b)] {
+            let mut buf = vec![0u8; 2000];
+            for want in expected {
+                let n =
+                    tokio::time::timeout(std::time::Duration::from_secs(5), socket.recv(&mut buf))
+                        .await
+                        .expect("a datagram within 5 s")
+                        .unwrap();
+                assert_eq!(&buf[..n], &want[..]);
+            }
+        }
+    }
+
+    #[test]
+    fn runs_break_on_a_new_address_a_longer_datagram_or_a_short_one() {
+        let a: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2".parse().unwrap();
+        let mut batch = Batch::default();
+        for (to, len) in [(a, 10), (a, 10), (a, 5), (a, 10), (b, 10), (b, 12)] {
+            batch.push(to, vec![0; len]);
+        }
+        let runs: Vec<(usize, usize)> = batch.messages().iter().map(|m| (m.start, m.end)).collect();
+        assert_eq!(runs, vec![(0, 3), (3, 4), (4, 5), (5, 6)]);
+    }
+}
