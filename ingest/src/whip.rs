@@ -4,8 +4,10 @@
 //! internal stream model as RTMP (a [`GraphFactory`] session), so the ladder, HLS, recording
 //! and WHEP work unchanged.
 //!
-//! H.264 goes in as it came; Opus is made into AAC once (HLS carries AAC), and WebRTC viewers
-//! get Opus made from that again, which costs a second audio encode for a WHIP source.
+//! H.264 goes in as it came. VP8 (offered without H.264) is made into H.264 once at the door
+//! ([`crate::vp8`]), since everything after it carries H.264. Opus is made into AAC once (HLS
+//! carries AAC), and WebRTC viewers get Opus made from that again, which costs a second audio
+//! encode for a WHIP source.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -23,12 +25,15 @@ use pipelines::graph::{GraphFactory, MediaSink};
 use pipelines::media::{AudioTrack, Bytes, Frame, SourceTracks, TrackKind, VideoTrack};
 use pipelines::registry::{ClaimError, PublishClaim, Registry};
 use str0m::change::SdpOffer;
+use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
+
+use crate::vp8::{Vp8Settings, Vp8ToH264};
 
 const MAX_OFFER: usize = 64 * 1024;
 /// A keyframe is asked of the publisher this often, so segments can be cut (browsers send
@@ -41,6 +46,7 @@ pub struct Whip {
     candidate: SocketAddr,
     cert: Option<str0m::config::DtlsCert>,
     next_id: AtomicU64,
+    vp8: Arc<Vp8Settings>,
 }
 
 enum Command {
@@ -61,6 +67,9 @@ struct Publisher {
     first_audio: Option<(u64, Duration)>,
     started: Instant,
     aac: Option<AacEncoder>,
+    /// VP8 sources only: their video made into H.264.
+    vp8: Option<Vp8ToH264>,
+    vp8_settings: Arc<Vp8Settings>,
     last_keyframe_ask: Instant,
     dirty: bool,
     next_timeout: Instant,
@@ -72,6 +81,7 @@ impl Whip {
         advertise: Option<IpAddr>,
         registry: Arc<Registry>,
         factory: Arc<dyn GraphFactory>,
+        vp8: Vp8Settings,
     ) -> std::io::Result<Arc<Whip>> {
         let socket = UdpSocket::bind(listen).await?;
         let local = socket.local_addr()?;
@@ -89,6 +99,7 @@ impl Whip {
                 .dtls_provider
                 .generate_certificate(),
             next_id: AtomicU64::new(1),
+            vp8: Arc::new(vp8),
         });
         info!(udp = %local, "WHIP ready");
         tokio::spawn(drive(socket, rx, factory));
@@ -151,8 +162,14 @@ async fn offer(
         Ok(o) => o,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("malformed SDP offer: {e}")),
     };
-    if !sdp.to_ascii_uppercase().contains("H264/90000") {
-        return refuse(StatusCode::BAD_REQUEST, "the offer has no H.264 video");
+    // H.264 goes through as it is, so it is taken whenever offered; VP8 otherwise.
+    let upper = sdp.to_ascii_uppercase();
+    let h264 = upper.contains("H264/90000");
+    if !h264 && !upper.contains("VP8/90000") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            "the offer has no usable video codec (H.264 or VP8)",
+        );
     }
     let from = peer.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0.0);
     let claim = match whip.registry.claim(key, from, "whip") {
@@ -165,7 +182,8 @@ async fn offer(
     let mut config = RtcConfig::new()
         .set_ice_lite(true)
         .clear_codecs()
-        .enable_h264(true)
+        .enable_h264(h264)
+        .enable_vp8(!h264)
         .enable_opus(true, false);
     if let Some(cert) = &whip.cert {
         config = config.set_dtls_cert(cert.clone());
@@ -195,6 +213,8 @@ async fn offer(
         first_audio: None,
         started: Instant::now(),
         aac: None,
+        vp8: None,
+        vp8_settings: whip.vp8.clone(),
         last_keyframe_ask: Instant::now(),
         dirty: true,
         next_timeout: Instant::now(),
@@ -355,6 +375,31 @@ impl Publisher {
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.rtc.disconnect();
             }
+            Event::MediaData(data)
+                if Some(data.mid) == self.video_mid && data.params.spec().codec == Codec::Vp8 =>
+            {
+                let t = self.video_time(data.time.numer(), data.network_time);
+                if self.vp8.is_none() {
+                    let label = self
+                        .claim
+                        .as_ref()
+                        .map_or("whip".to_owned(), |c| c.session.id.clone());
+                    match Vp8ToH264::start(&label, &self.vp8_settings) {
+                        Ok(v) => self.vp8 = Some(v),
+                        Err(e) => {
+                            warn!(publisher = self.id, "VP8 cannot be encoded to H.264: {e}");
+                            if let Some(claim) = &self.claim {
+                                claim.session.fail(e.to_string());
+                            }
+                            self.rtc.disconnect();
+                            return;
+                        }
+                    }
+                }
+                if let Some(vp8) = &self.vp8 {
+                    vp8.push(&data.data, t);
+                }
+            }
             Event::MediaData(data) if Some(data.mid) == self.video_mid => {
                 let keyframe = data.is_keyframe();
                 let nals = nal_units(&data.data);
@@ -372,7 +417,7 @@ impl Publisher {
                 let mut avc = Vec::with_capacity(data.data.len() + 16);
                 for nal in nals
                     .iter()
-                    .filter(|n| !n.is_empty() && !matches!(n[0] & 0x1f, 7 | 8 | 9))
+                    .filter(|n| !n.is_empty() && !matches!(n[0] & 0x1f, 7..=9))
                 {
                     avc.extend_from_slice(&(nal.len() as u32).to_be_bytes());
                     avc.extend_from_slice(nal);
@@ -380,50 +425,76 @@ impl Publisher {
                 if avc.is_empty() {
                     return;
                 }
-                let arrived = data.network_time.saturating_duration_since(self.started);
-                let ticks = data.time.numer();
-                let (first, at) = *self.first_video.get_or_insert((ticks, arrived));
-                let t = at + Duration::from_nanos(ticks.saturating_sub(first) * 100_000 / 9);
-                if self.sink.is_none() {
-                    let (Some(track), Some(claim), true) = (&self.track, &self.claim, keyframe)
-                    else {
-                        return;
-                    };
-                    let audio = self.aac.as_ref().and_then(|_| {
-                        AudioTrack::from_asc(Bytes::from_static(&AAC_48K_STEREO)).ok()
-                    });
-                    let tracks = SourceTracks {
-                        video: track.clone(),
-                        audio,
-                    };
-                    match factory.start(claim, &tracks) {
-                        Ok(sink) => self.sink = Some(sink),
-                        Err(e) => {
-                            claim.session.fail(e.to_string());
-                            self.rtc.disconnect();
-                            return;
-                        }
-                    }
-                }
-                if let Some(claim) = &self.claim {
-                    claim
-                        .entry
-                        .counters
-                        .frames_in
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                if let Some(sink) = self.sink.as_mut() {
-                    sink.push(Frame {
+                let t = self.video_time(data.time.numer(), data.network_time);
+                self.deliver_video(
+                    Frame {
                         kind: TrackKind::Video,
                         pts: t,
                         dts: t,
                         keyframe,
                         data: Bytes::from(avc),
-                    });
-                }
+                    },
+                    factory,
+                );
             }
             _ => {}
         }
+    }
+
+    /// A video RTP time (90 kHz) on the session's clock, which audio shares.
+    fn video_time(&mut self, ticks: u64, network_time: Instant) -> Duration {
+        let arrived = network_time.saturating_duration_since(self.started);
+        let (first, at) = *self.first_video.get_or_insert((ticks, arrived));
+        at + Duration::from_nanos(ticks.saturating_sub(first) * 100_000 / 9)
+    }
+
+    /// An H.264 access unit into the session, which starts at the first keyframe once the
+    /// parameter sets are known.
+    fn deliver_video(&mut self, frame: Frame, factory: &Arc<dyn GraphFactory>) {
+        if self.sink.is_none() {
+            let (Some(track), Some(claim), true) = (&self.track, &self.claim, frame.keyframe)
+            else {
+                return;
+            };
+            let audio = self
+                .aac
+                .as_ref()
+                .and_then(|_| AudioTrack::from_asc(Bytes::from_static(&AAC_48K_STEREO)).ok());
+            let tracks = SourceTracks {
+                video: track.clone(),
+                audio,
+            };
+            match factory.start(claim, &tracks) {
+                Ok(sink) => self.sink = Some(sink),
+                Err(e) => {
+                    claim.session.fail(e.to_string());
+                    self.rtc.disconnect();
+                    return;
+                }
+            }
+        }
+        if let Some(claim) = &self.claim {
+            claim
+                .entry
+                .counters
+                .frames_in
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(sink) = self.sink.as_mut() {
+            sink.push(frame);
+        }
+    }
+
+    /// H.264 the VP8 encoder has made since last time.
+    fn drain_video(&mut self, factory: &Arc<dyn GraphFactory>) {
+        let Some(vp8) = self.vp8.take() else { return };
+        for (frame, track) in vp8.drain() {
+            if self.track.is_none() {
+                self.track = track;
+            }
+            self.deliver_video(frame, factory);
+        }
+        self.vp8 = Some(vp8);
     }
 
     /// AAC the encoder has made since last time, into the session (once it has started).
@@ -503,6 +574,7 @@ async fn drive(
                     }
                 }
             }
+            p.drain_video(&factory);
             p.drain_audio();
             next = next.min(p.next_timeout);
         }

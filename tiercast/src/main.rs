@@ -222,6 +222,18 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
             config.webrtc.advertise.parse().ok(),
             registry.clone(),
             factory.clone(),
+            // A VP8 source becomes H.264 at the best rung's rate, keyframes on the GOP.
+            ingest::vp8::Vp8Settings {
+                kbps: config
+                    .ladders
+                    .values()
+                    .flatten()
+                    .map(|r| r.video_kbps)
+                    .max()
+                    .unwrap_or(2500),
+                gop_frames: config.transcode.gop_seconds * 30,
+                preset: config.transcode.x264_preset.clone(),
+            },
         )
         .await
         .with_context(|| format!("webrtc.whip_listen {}", config.webrtc.whip_listen))?;

@@ -185,7 +185,8 @@ fn a_viewer_whose_edge_dies_is_moved_to_another_edge() {
     let _ = publisher.wait();
 }
 
-/// Publishes the browser's (fake) camera to `/whip/main` with `key`; "ok" or what went wrong.
+/// Publishes the browser's (fake) camera to `/whip/main` with `KEY` in `CODEC`
+/// (`video/H264` or `video/VP8`); "ok" or what went wrong.
 const WHIP_PUBLISH: &str = "(async () => {
   const media = await navigator.mediaDevices.getUserMedia(
     { video: { width: 640, height: 360 }, audio: true });
@@ -193,7 +194,7 @@ const WHIP_PUBLISH: &str = "(async () => {
   for (const t of media.getTracks()) pc.addTransceiver(t, { direction: 'sendonly' });
   const video = pc.getTransceivers().find(t => t.sender.track.kind === 'video');
   video.setCodecPreferences(RTCRtpSender.getCapabilities('video').codecs
-    .filter(c => c.mimeType === 'video/H264'));
+    .filter(c => c.mimeType === 'CODEC'));
   await pc.setLocalDescription(await pc.createOffer());
   await new Promise(done => {
     pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && done();
@@ -207,6 +208,66 @@ const WHIP_PUBLISH: &str = "(async () => {
   await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
   return 'ok';
 })()";
+
+fn whip_publish(key: &str, codec: &str) -> String {
+    WHIP_PUBLISH.replace("KEY", key).replace("CODEC", codec)
+}
+
+#[test]
+fn a_browser_publishing_vp8_over_whip_is_made_into_h264_once_and_plays_over_hls() {
+    let _turn = heavy();
+    let node = start_node(
+        "[transcode]\nx264_preset = \"ultrafast\"\n[[streams]]\nname = \"main\"\nkey = \"k\"\n\
+         [[ladders.default]]\nname = \"src\"\nheight = 2160\nvideo_kbps = 1500\n",
+    );
+    let (_publisher, mut browser) = Browser::open(&format!("http://{}/", node.http));
+    let published = browser.eval(&whip_publish("k", "video/VP8"));
+    assert_eq!(published, "ok");
+    // The offer had VP8 only, and the answer took it.
+    let answered = browser.eval(
+        "window.publisher.pc.getTransceivers()
+           .find(t => t.sender.track.kind === 'video').sender.getParameters().codecs
+           .map(c => c.mimeType).join(',')",
+    );
+    assert_eq!(answered, "video/VP8", "{answered}");
+
+    let master = node.wait_for("/hls/main/master.m3u8", Duration::from_secs(40), |r| {
+        r.status == 200
+    });
+    let (_, uri) = variants(&master.text())
+        .into_iter()
+        .next()
+        .expect("a variant");
+    let rendition = uri.split('/').next().unwrap().to_owned();
+    let playlist = node.wait_for(
+        &format!("/hls/main/{rendition}/index.m3u8"),
+        Duration::from_secs(30),
+        |r| segments(&r.text()).len() >= 2,
+    );
+    let segment = segments(&playlist.text()).pop().unwrap();
+    let scratch = TempDir::new("whip-vp8");
+    let file = scratch.0.join("vp8.ts");
+    std::fs::write(
+        &file,
+        node.get(&format!("/hls/main/{rendition}/{segment}")).body,
+    )
+    .unwrap();
+    let (width, height) = probe_video_size(&file);
+    assert_eq!((width, height), (640, 360));
+    assert_eq!(probe_stream_types(&file), ["video", "audio"]);
+    let codec = std::process::Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v:0", "-show_entries"])
+        .args(["stream=codec_name", "-of", "csv=p=0"])
+        .arg(&file)
+        .output()
+        .expect("ffprobe runs");
+    let codec = String::from_utf8_lossy(&codec.stdout).into_owned();
+    let names: Vec<&str> = codec.lines().filter(|l| !l.is_empty()).collect();
+    assert!(
+        !names.is_empty() && names.iter().all(|n| *n == "h264"),
+        "{codec}"
+    );
+}
 
 #[test]
 fn a_browser_publishes_over_whip_and_its_stream_plays_over_hls_and_webrtc() {
@@ -227,12 +288,12 @@ fn a_browser_publishes_over_whip_and_its_stream_plays_over_hls_and_webrtc() {
     );
 
     let (_publisher, mut browser) = Browser::open(&format!("http://{}/", node.http));
-    let wrong = browser.eval(&WHIP_PUBLISH.replace("KEY", "wrong"));
+    let wrong = browser.eval(&whip_publish("wrong", "video/H264"));
     assert!(
         wrong.as_str().unwrap_or("").starts_with("whip 403"),
         "{wrong}"
     );
-    let published = browser.eval(&WHIP_PUBLISH.replace("KEY", "k"));
+    let published = browser.eval(&whip_publish("k", "video/H264"));
     assert_eq!(published, "ok");
 
     // The WHIP source went through the same graph as RTMP: HLS plays it.
