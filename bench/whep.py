@@ -128,7 +128,7 @@ def main():
                 rss0 = rss_kib(node.pid)
                 client = subprocess.Popen(
                     ["taskset", "-c", "1", load_client(), f"http://127.0.0.1:{http}/whep/bench", str(n),
-                     str(args.seconds)], stdout=subprocess.PIPE, text=True)
+                     str(args.seconds)] + ([os.environ["WHEP_FULL"]] if "WHEP_FULL" in os.environ else []), stdout=subprocess.PIPE, text=True)
                 # Measure the second half of the window, when every viewer has joined.
                 time.sleep(args.seconds / 2)
                 cpu0, t0 = base.cpu_seconds(node.pid), time.time()

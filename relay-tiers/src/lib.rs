@@ -9,6 +9,7 @@ pub mod opus;
 pub mod relay;
 pub mod rtp;
 pub mod sessions;
+pub mod srtp;
 pub mod udp;
 pub mod watch;
 pub mod whep;

@@ -6,7 +6,7 @@
 //! Video is the rendition's own H.264; audio is the session's AAC made into Opus once
 //! ([`crate::opus`]) for every WebRTC viewer of the session.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -24,7 +24,8 @@ use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::{MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::rtcp::Rtcp;
+use str0m::rtp::{RawPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{broadcast, mpsc};
@@ -33,6 +34,7 @@ use tracing::{debug, info, warn};
 use crate::feeds::{FeedStore, RenditionFeed};
 use crate::opus::OpusEncoder;
 use crate::rtp::{self, Packets};
+use crate::srtp::{self, KeySlot, SrtpSender};
 use crate::udp::Batch;
 
 /// Datagrams made before they are sent, at most.
@@ -68,6 +70,8 @@ pub struct Whep {
 struct Sent {
     packets: AtomicU64,
     calls: AtomicU64,
+    /// Viewers whose media went out through the shared fan-out (AES-GCM SRTP).
+    fanned_out: AtomicU64,
 }
 
 enum Command {
@@ -83,6 +87,15 @@ struct Viewer {
     session: String,
     joined: Instant,
     rtc: Rtc,
+    /// Where DTLS leaves the SRTP keys, and the sender made from them (AES-GCM sessions).
+    keys: KeySlot,
+    srtp: Option<SrtpSender>,
+    /// Counted in [`Sent::fanned_out`].
+    counted: bool,
+    /// Where str0m sends this viewer's packets (the nominated ICE pair).
+    remote: Option<SocketAddr>,
+    /// Retransmissions asked for (NACK), sealed, to go with the next batch.
+    resend: Vec<Vec<u8>>,
     feed: Arc<RenditionFeed>,
     /// The rendition it moves to at that rendition's next keyframe.
     pending: Option<Arc<RenditionFeed>>,
@@ -155,6 +168,11 @@ impl Whep {
         self.sent.calls.load(Ordering::Relaxed)
     }
 
+    /// Viewers so far whose media went out through the shared fan-out.
+    pub fn fanned_out(&self) -> u64 {
+        self.sent.fanned_out.load(Ordering::Relaxed)
+    }
+
     /// Total viewers on this node.
     pub fn viewers(&self) -> usize {
         self.viewers
@@ -218,7 +236,7 @@ async fn offer(
     let Ok(sdp) = std::str::from_utf8(&body) else {
         return refuse(StatusCode::BAD_REQUEST, "the offer is not text");
     };
-    let (rtc, answer) = match answer_offer(sdp, whep.candidate, whep.cert.as_ref()) {
+    let (rtc, answer, keys) = match answer_offer_keyed(sdp, whep.candidate, whep.cert.as_ref()) {
         Ok(a) => a,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
@@ -261,6 +279,11 @@ async fn offer(
         joined: Instant::now(),
         pending: None,
         rtc,
+        keys,
+        srtp: None,
+        counted: false,
+        remote: None,
+        resend: Vec::new(),
         feed,
         opus,
         video: None,
@@ -335,28 +358,40 @@ pub fn answer_offer(
     candidate: SocketAddr,
     cert: Option<&str0m::config::DtlsCert>,
 ) -> Result<(Rtc, String), String> {
+    answer_offer_keyed(sdp, candidate, cert).map(|(rtc, answer, _)| (rtc, answer))
+}
+
+/// [`answer_offer`], and the slot the viewer's SRTP keys arrive in once DTLS is done.
+fn answer_offer_keyed(
+    sdp: &str,
+    candidate: SocketAddr,
+    cert: Option<&str0m::config::DtlsCert>,
+) -> Result<(Rtc, String, KeySlot), String> {
     let offer = check_offer(sdp)?;
-    // Packets kept for retransmission: about half a second of a 2.5 Mb/s rendition. In RTP
-    // mode they hold the payloads shared with every other viewer, so a slot is small.
+    // Packets kept for retransmission by str0m: only the few it sends itself (see
+    // `Viewer::send`); the fan-out keeps its own history of shared payloads.
     let mut config = RtcConfig::new()
         .set_ice_lite(true)
         .set_rtp_mode(true)
+        .set_crypto_provider(srtp::crypto_provider())
+        // Incoming RTCP as it is, for the NACKs the fan-out answers.
+        .enable_raw_packets(true)
         .clear_codecs()
         .enable_h264(true)
         .enable_opus(true, false)
-        .set_send_buffer_video(160)
-        .set_send_buffer_audio(32);
+        .set_send_buffer_video(16)
+        .set_send_buffer_audio(8);
     if let Some(cert) = cert {
         config = config.set_dtls_cert(cert.clone());
     }
-    let mut rtc = config.build(Instant::now());
+    let (mut rtc, keys) = srtp::with_key_slot(|| config.build(Instant::now()));
     let host = Candidate::host(candidate, "udp").map_err(|e| e.to_string())?;
     rtc.add_local_candidate(host);
     let answer = rtc
         .sdp_api()
         .accept_offer(offer)
         .map_err(|e| format!("offer not accepted: {e}"))?;
-    Ok((rtc, answer.to_sdp_string()))
+    Ok((rtc, answer.to_sdp_string(), keys))
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -430,11 +465,47 @@ fn choose_pt(rtc: &Rtc, mid: Mid, codec: Codec) -> Option<Pt> {
 }
 
 /// Where a viewer's track goes: its media, payload type and next sequence number.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 struct Track {
     mid: Mid,
     pt: Pt,
+    /// Extended sequence number (rollover counter and sequence) of the next packet.
     seq: u64,
+    ssrc: Option<u32>,
+    /// When a packet last went through str0m, which keeps its sender reports (the RTP to
+    /// wall-clock mapping browsers synchronize audio and video with) true.
+    via_session: Option<Instant>,
+    /// Recent packets, for retransmission: sequence number, payload, RTP time, marker.
+    history: VecDeque<(u64, Arc<[u8]>, u32, bool)>,
+}
+
+/// Packets a video track keeps for retransmission: about a second of a 2.5 Mb/s rendition,
+/// each a reference to a payload every viewer shares.
+const HISTORY: usize = 320;
+/// How often a packet goes through str0m, for its sender reports.
+const VIA_SESSION_EVERY: Duration = Duration::from_millis(500);
+
+impl Track {
+    fn new(mid: Mid, pt: Pt, seq: u64) -> Track {
+        Track {
+            mid,
+            pt,
+            seq,
+            ssrc: None,
+            via_session: None,
+            history: VecDeque::new(),
+        }
+    }
+}
+
+fn rtp_header(pt: Pt, marker: bool, seq: u64, time: u32, ssrc: u32) -> [u8; 12] {
+    let mut h = [0u8; 12];
+    h[0] = 0x80;
+    h[1] = (u8::from(marker) << 7) | (*pt & 0x7f);
+    h[2..4].copy_from_slice(&(seq as u16).to_be_bytes());
+    h[4..8].copy_from_slice(&time.to_be_bytes());
+    h[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    h
 }
 
 impl Viewer {
@@ -447,11 +518,7 @@ impl Viewer {
                 };
                 // Sequence numbers start anywhere below the first rollover (RFC 3550).
                 let seq = (self.id.wrapping_mul(0x9e37_79b9) % 30_000) + 1;
-                let track = choose_pt(&self.rtc, m.mid, codec).map(|pt| Track {
-                    mid: m.mid,
-                    pt,
-                    seq,
-                });
+                let track = choose_pt(&self.rtc, m.mid, codec).map(|pt| Track::new(m.mid, pt, seq));
                 match m.kind {
                     MediaKind::Video => self.video = track,
                     MediaKind::Audio => self.audio = track,
@@ -459,7 +526,18 @@ impl Viewer {
             }
             Event::Connected => {
                 self.connected = true;
-                debug!(viewer = self.id, "WHEP viewer connected");
+                let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner()).take();
+                self.srtp = keys.and_then(|(m, profile)| SrtpSender::for_server(&m, profile));
+                debug!(
+                    viewer = self.id,
+                    fan_out = self.srtp.is_some(),
+                    "WHEP viewer connected"
+                );
+            }
+            Event::RawPacket(raw) => {
+                if let RawPacket::RtcpRx(Rtcp::Nack(nack)) = *raw {
+                    self.on_nack(&nack);
+                }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.rtc.disconnect();
@@ -468,9 +546,42 @@ impl Viewer {
         }
     }
 
+    /// The viewer misses packets: those still in the history go again, as they were.
+    fn on_nack(&mut self, nack: &str0m::rtp::rtcp::Nack) {
+        let (Some(srtp), Some(video)) = (self.srtp.as_mut(), self.video.as_ref()) else {
+            return;
+        };
+        if video.ssrc != Some(*nack.ssrc) {
+            return;
+        }
+        for entry in nack.reports.iter() {
+            let lost = std::iter::once(entry.pid).chain(
+                (0..16)
+                    .filter(|b| entry.blp & (1 << b) != 0)
+                    .map(|b| entry.pid.wrapping_add(b + 1)),
+            );
+            for seq16 in lost {
+                if let Some((seq, payload, time, marker)) =
+                    video.history.iter().find(|h| h.0 as u16 == seq16)
+                {
+                    let header = rtp_header(video.pt, *marker, *seq, *time, *nack.ssrc);
+                    self.resend.push(srtp.seal(&header, *seq, payload));
+                }
+            }
+        }
+    }
+
     /// A frame from feed `key`: the rendition's video, or the session's Opus, as `packets`
-    /// made once for every viewer. Returns whether anything was written.
-    fn send(&mut self, key: u64, frame: &Frame, packets: &Packets, now: Instant) -> bool {
+    /// made once for every viewer. Sealed datagrams go into `out`, and so does what str0m
+    /// sends in between. Returns whether the session has more to say.
+    fn send(
+        &mut self,
+        key: u64,
+        frame: &Frame,
+        packets: &Packets,
+        now: Instant,
+        out: &mut Batch,
+    ) -> bool {
         if !self.connected {
             return false;
         }
@@ -485,39 +596,121 @@ impl Viewer {
             self.feed = next.clone();
             self.pending = None;
         }
-        let (track, time) = if self.opus.as_ref().is_some_and(|o| o.id == key) {
+        let video = frame.kind == pipelines::media::TrackKind::Video;
+        let audio = self.opus.as_ref().is_some_and(|o| o.id == key);
+        let time = if audio {
             // Audio waits for the picture, so both start together.
             if !self.started {
                 return false;
             }
-            (
-                &mut self.audio,
-                (frame.pts.as_nanos() * 48 / 1_000_000) as u32,
-            )
+            (frame.pts.as_nanos() * 48 / 1_000_000) as u32
         } else {
-            if frame.kind != pipelines::media::TrackKind::Video
-                || (!self.started && !frame.keyframe)
-            {
+            if !video || (!self.started && !frame.keyframe) {
                 return false;
             }
             self.started = true;
-            (&mut self.video, (frame.pts.as_nanos() * 9 / 100_000) as u32)
+            (frame.pts.as_nanos() * 9 / 100_000) as u32
         };
-        let Some(track) = track else { return false };
-        let mut api = self.rtc.direct_api();
-        let Some(tx) = api.stream_tx_by_mid(track.mid, None) else {
+        // Out of the viewer while it sends, so the session can be pumped in between.
+        let Some(mut track) = (if audio {
+            self.audio.take()
+        } else {
+            self.video.take()
+        }) else {
             return false;
         };
+        let sent = self.send_on(&mut track, packets, time, video, now, out);
+        if audio {
+            self.audio = Some(track);
+        } else {
+            self.video = Some(track);
+        }
+        sent
+    }
+
+    fn send_on(
+        &mut self,
+        track: &mut Track,
+        packets: &Packets,
+        time: u32,
+        video: bool,
+        now: Instant,
+        out: &mut Batch,
+    ) -> bool {
+        let Some(ssrc) = self
+            .rtc
+            .direct_api()
+            .stream_tx_by_mid(track.mid, None)
+            .map(|tx| *tx.ssrc())
+        else {
+            return false;
+        };
+        track.ssrc = Some(ssrc);
         let last = packets.payloads.len().saturating_sub(1);
         for (i, payload) in packets.payloads.iter().enumerate() {
-            tx.write_rtp(
-                RtpWrite::new(track.pt, track.seq.into(), time, now, payload.clone())
-                    .marker(i == last && frame.kind == pipelines::media::TrackKind::Video)
-                    .nackable(true),
-            );
+            let marker = i == last && video;
+            let session_due = i == 0
+                && track
+                    .via_session
+                    .is_none_or(|t| now >= t + VIA_SESSION_EVERY);
+            match (&mut self.srtp, self.remote) {
+                (Some(srtp), Some(to)) if !session_due => {
+                    let header = rtp_header(track.pt, marker, track.seq, time, ssrc);
+                    out.push(to, srtp.seal(&header, track.seq, payload));
+                }
+                _ => {
+                    if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(track.mid, None) {
+                        tx.write_rtp(
+                            RtpWrite::new(track.pt, track.seq.into(), time, now, payload.clone())
+                                .marker(marker)
+                                .nackable(true),
+                        );
+                    }
+                    track.via_session = Some(now);
+                    // Out now (str0m queues what is written until its next timer), so the
+                    // packets after it stay in order.
+                    let _ = self.rtc.handle_input(Input::Timeout(now));
+                    self.pump(out);
+                }
+            }
+            if video {
+                if track.history.len() == HISTORY {
+                    track.history.pop_front();
+                }
+                track
+                    .history
+                    .push_back((track.seq, payload.clone(), time, marker));
+            }
             track.seq += 1;
         }
-        true
+        false
+    }
+
+    /// Everything the viewer's session has to send or say, up to its next timer.
+    fn pump(&mut self, out: &mut Batch) {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    self.next_timeout = t;
+                    break;
+                }
+                Ok(Output::Transmit(t)) => {
+                    self.remote = Some(t.destination);
+                    out.push(t.destination, t.contents.into());
+                }
+                Ok(Output::Event(e)) => self.on_event(e),
+                Err(e) => {
+                    debug!(viewer = self.id, "viewer failed: {e}");
+                    self.rtc.disconnect();
+                    break;
+                }
+            }
+        }
+        if let Some(to) = self.remote {
+            for datagram in self.resend.drain(..) {
+                out.push(to, datagram);
+            }
+        }
     }
 }
 
@@ -552,26 +745,14 @@ async fn drive(
             }
             if v.dirty {
                 v.dirty = false;
-                loop {
-                    match v.rtc.poll_output() {
-                        Ok(Output::Timeout(t)) => {
-                            v.next_timeout = t;
-                            break;
-                        }
-                        Ok(Output::Transmit(t)) => {
-                            out.push(t.destination, t.contents.into());
-                            // A keyframe for every viewer is megabytes: send as it is made.
-                            if out.len() >= FLUSH_AT {
-                                out.flush(&socket).await;
-                            }
-                        }
-                        Ok(Output::Event(e)) => v.on_event(e),
-                        Err(e) => {
-                            debug!(viewer = v.id, "viewer failed: {e}");
-                            v.rtc.disconnect();
-                            break;
-                        }
-                    }
+                v.pump(&mut out);
+                if v.srtp.is_some() && !v.counted {
+                    v.counted = true;
+                    sent.fanned_out.fetch_add(1, Ordering::Relaxed);
+                }
+                // A keyframe for every viewer is megabytes: send as it is made.
+                if out.len() >= FLUSH_AT {
+                    out.flush(&socket).await;
                 }
             }
             next = next.min(v.next_timeout);
@@ -690,8 +871,11 @@ async fn drive(
                             || v.opus.as_ref().is_some_and(|o| o.id == key)
                     })
                 {
-                    if v.send(key, &frame, &packets, now) {
+                    if v.send(key, &frame, &packets, now, &mut out) {
                         v.dirty = true;
+                    }
+                    if out.len() >= FLUSH_AT {
+                        out.flush(&socket).await;
                     }
                 }
             }

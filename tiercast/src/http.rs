@@ -231,6 +231,12 @@ async fn metrics(State(api): State<Api>) -> Response {
          # TYPE tiercast_webrtc_send_calls_total counter\ntiercast_webrtc_send_calls_total {}",
         api.whep.send_calls()
     );
+    let _ = writeln!(
+        out,
+        "# HELP tiercast_webrtc_fanned_out_viewers_total WHEP viewers whose media went out through the shared fan-out (AES-GCM SRTP sealed per viewer, no session per packet).\n\
+         # TYPE tiercast_webrtc_fanned_out_viewers_total counter\ntiercast_webrtc_fanned_out_viewers_total {}",
+        api.whep.fanned_out()
+    );
     if let Some(kafka) = &api.kafka {
         let c = kafka.counters();
         let _ = writeln!(

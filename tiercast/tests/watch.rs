@@ -59,6 +59,12 @@ fn the_watch_page_plays_a_live_stream_over_webrtc_and_over_hls() {
     page.wait_for(audio, Duration::from_secs(20), |n| {
         n.as_u64().unwrap_or(0) > 50
     });
+    // The browser's media came through the shared fan-out, not a session per packet.
+    let metrics = node.get("/metrics").text();
+    assert!(
+        metrics.contains("tiercast_webrtc_fanned_out_viewers_total 1"),
+        "{metrics}"
+    );
 
     let events = std::fs::read_to_string(node.data_dir().join("events.jsonl")).unwrap();
     assert!(

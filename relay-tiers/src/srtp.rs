@@ -1,0 +1,272 @@
+//! The WHEP fan-out's own SRTP sender. str0m runs each viewer's ICE, DTLS and RTCP; the media
+//! packets, shared by every viewer, only need a viewer's header and encryption, and that is
+//! cheaper done here, straight into the send batch, than through a whole session per packet.
+//!
+//! The keys come from the viewer's DTLS handshake: the DTLS provider handed to str0m wraps the
+//! usual one and keeps a copy of the exported keying material (RFC 5764) in the viewer's
+//! [`KeySlot`]. From it, the session key and salt are derived as RFC 3711 (4.3) says, and each
+//! packet is sealed with AES-GCM as RFC 7714 says. Sessions that agree on another profile
+//! (AES-CM with HMAC-SHA1) stay on str0m's own sending path.
+
+use std::cell::RefCell;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
+
+use str0m::config::{CryptoProvider, DtlsCert};
+use str0m::crypto::dtls::{
+    DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
+    SrtpProfile,
+};
+use str0m::crypto::{AeadAes128GcmCipher, AeadAes256GcmCipher, CryptoError};
+
+/// Where a viewer's DTLS leaves its keying material and the profile it agreed on.
+pub type KeySlot = Arc<Mutex<Option<(Vec<u8>, SrtpProfile)>>>;
+
+thread_local! {
+    /// The slot the next DTLS instance made on this thread reports to.
+    static NEXT_SLOT: RefCell<Option<KeySlot>> = const { RefCell::new(None) };
+}
+
+/// Runs `build` (which makes one str0m `Rtc`) with its DTLS reporting its keys into the
+/// returned slot.
+pub fn with_key_slot<T>(build: impl FnOnce() -> T) -> (T, KeySlot) {
+    let slot = KeySlot::default();
+    NEXT_SLOT.with(|s| *s.borrow_mut() = Some(slot.clone()));
+    let built = build();
+    NEXT_SLOT.with(|s| s.borrow_mut().take());
+    (built, slot)
+}
+
+/// The crypto provider of this build with the key-keeping DTLS provider in front.
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| {
+            let base = str0m::crypto::from_feature_flags();
+            static KEEPING: OnceLock<KeepingProvider> = OnceLock::new();
+            let keeping = KEEPING.get_or_init(|| KeepingProvider {
+                inner: base.dtls_provider,
+            });
+            Arc::new(CryptoProvider {
+                srtp_provider: base.srtp_provider,
+                sha1_hmac_provider: base.sha1_hmac_provider,
+                sha1_provider: base.sha1_provider,
+                sha256_provider: base.sha256_provider,
+                dtls_provider: keeping,
+            })
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct KeepingProvider {
+    inner: &'static dyn DtlsProvider,
+}
+
+impl DtlsProvider for KeepingProvider {
+    fn generate_certificate(&self) -> Option<DtlsCert> {
+        self.inner.generate_certificate()
+    }
+
+    fn new_dtls(
+        &self,
+        cert: &DtlsCert,
+        now: Instant,
+        dtls_version: DtlsVersion,
+        mtu: Option<usize>,
+    ) -> Result<Box<dyn DtlsInstance>, CryptoError> {
+        let inner = self.inner.new_dtls(cert, now, dtls_version, mtu)?;
+        let slot = NEXT_SLOT.with(|s| s.borrow_mut().take());
+        Ok(Box::new(KeepingDtls { inner, slot }))
+    }
+
+    fn is_test(&self) -> bool {
+        self.inner.is_test()
+    }
+}
+
+#[derive(Debug)]
+struct KeepingDtls {
+    inner: Box<dyn DtlsInstance>,
+    slot: Option<KeySlot>,
+}
+
+impl DtlsInstance for KeepingDtls {
+    fn set_active(&mut self, active: bool) {
+        self.inner.set_active(active)
+    }
+
+    fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
+        self.inner.handle_packet(packet)
+    }
+
+    fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
+        let out = self.inner.poll_output(buf);
+        if let (DtlsOutput::KeyingMaterial(material, profile), Some(slot)) = (&out, &self.slot) {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some((material.to_vec(), *profile));
+        }
+        out
+    }
+
+    fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
+        self.inner.handle_timeout(now)
+    }
+
+    fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
+        self.inner.send_application_data(data)
+    }
+
+    fn is_active(&self) -> bool {
+        self.inner.is_active()
+    }
+
+    fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.inner.protocol_version()
+    }
+
+    fn is_closing(&self) -> bool {
+        self.inner.is_closing()
+    }
+
+    fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    fn close(&mut self) -> Result<(), DtlsImplError> {
+        self.inner.close()
+    }
+}
+
+enum Cipher {
+    Aes128(Box<dyn AeadAes128GcmCipher>),
+    Aes256(Box<dyn AeadAes256GcmCipher>),
+}
+
+/// Bytes the GCM tag adds to every packet.
+pub const TAG_LEN: usize = 16;
+const SALT_LEN: usize = 12;
+const LABEL_RTP_KEY: u8 = 0;
+const LABEL_RTP_SALT: u8 = 2;
+
+/// Seals one side's RTP packets (AEAD AES-GCM, RFC 7714).
+pub struct SrtpSender {
+    cipher: Cipher,
+    salt: [u8; SALT_LEN],
+}
+
+impl std::fmt::Debug for SrtpSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SrtpSender")
+    }
+}
+
+impl SrtpSender {
+    /// The sender for the passive (DTLS server) side, or `None` for a profile other than
+    /// AES-GCM or material of the wrong length.
+    pub fn for_server(material: &[u8], profile: SrtpProfile) -> Option<SrtpSender> {
+        let key_len = match profile {
+            SrtpProfile::AEAD_AES_128_GCM => 16,
+            SrtpProfile::AEAD_AES_256_GCM => 32,
+            _ => return None,
+        };
+        if material.len() != 2 * (key_len + SALT_LEN) {
+            return None;
+        }
+        // [client key | server key | client salt | server salt]; the server writes with its own.
+        let master = &material[key_len..2 * key_len];
+        let master_salt = &material[2 * key_len + SALT_LEN..];
+        let provider = str0m::crypto::from_feature_flags().srtp_provider;
+        let mut salt = [0u8; SALT_LEN];
+        derive(provider, master, master_salt, LABEL_RTP_SALT, &mut salt);
+        let cipher = if key_len == 16 {
+            let mut key = [0u8; 16];
+            derive(provider, master, master_salt, LABEL_RTP_KEY, &mut key);
+            Cipher::Aes128(provider.aead_aes_128_gcm().create_cipher(key, true))
+        } else {
+            let mut key = [0u8; 32];
+            derive(provider, master, master_salt, LABEL_RTP_KEY, &mut key);
+            Cipher::Aes256(provider.aead_aes_256_gcm().create_cipher(key, true))
+        };
+        Some(SrtpSender { cipher, salt })
+    }
+
+    /// Seals `payload` behind `header` (12 bytes, no extensions) into a new datagram.
+    /// `index` is the packet's extended sequence number (rollover counter and sequence).
+    pub fn seal(&mut self, header: &[u8; 12], index: u64, payload: &[u8]) -> Vec<u8> {
+        let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+        let mut iv = [0u8; 12];
+        iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+        iv[6..10].copy_from_slice(&((index >> 16) as u32).to_be_bytes());
+        iv[10..12].copy_from_slice(&(index as u16).to_be_bytes());
+        for (b, s) in iv.iter_mut().zip(self.salt) {
+            *b ^= s;
+        }
+        let mut out = vec![0u8; 12 + payload.len() + TAG_LEN];
+        out[..12].copy_from_slice(header);
+        let sealed = match &mut self.cipher {
+            Cipher::Aes128(c) => c.encrypt(&iv, header, payload, &mut out[12..]),
+            Cipher::Aes256(c) => c.encrypt(&iv, header, payload, &mut out[12..]),
+        };
+        if sealed.is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// The RFC 3711 key derivation (AES in counter mode keyed with the master key) of the session
+/// key or salt `label`, with no key derivation rate. The 96-bit master salt of the GCM
+/// profiles takes the place of the 112-bit one, padded with zeros (RFC 7714, 11).
+fn derive(
+    provider: &dyn str0m::crypto::SrtpProvider,
+    master: &[u8],
+    master_salt: &[u8],
+    label: u8,
+    out: &mut [u8],
+) {
+    let mut x = [0u8; 16];
+    x[..master_salt.len()].copy_from_slice(master_salt);
+    x[7] ^= label;
+    let mut block = [0u8; 32];
+    for (round, chunk) in out.chunks_mut(16).enumerate() {
+        x[14..].copy_from_slice(&(round as u16).to_be_bytes());
+        match master.len() {
+            16 => provider.srtp_aes_128_ecb_round(master, &x, &mut block),
+            _ => provider.srtp_aes_256_ecb_round(master, &x, &mut block),
+        }
+        chunk.copy_from_slice(&block[..chunk.len()]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// RFC 3711, B.3: the AES-CM key derivation test vectors.
+    #[test]
+    fn the_key_derivation_matches_rfc_3711() {
+        let hex = |s: &str| -> Vec<u8> {
+            (0..s.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+                .collect()
+        };
+        let master = hex("E1F97A0D3E018BE0D64FA32C06DE4139");
+        let salt = hex("0EC675AD498AFEEBB6960B3AABE6");
+        let provider = str0m::crypto::from_feature_flags().srtp_provider;
+        let mut key = [0u8; 16];
+        derive(provider, &master, &salt, LABEL_RTP_KEY, &mut key);
+        assert_eq!(key.to_vec(), hex("C61E7A93744F39EE10734AFE3FF7A087"));
+        let mut session_salt = [0u8; 14];
+        derive(provider, &master, &salt, LABEL_RTP_SALT, &mut session_salt);
+        assert_eq!(session_salt.to_vec(), hex("30CBBC08863D8C85D49DB34A9AE1"));
+    }
+
+    #[test]
+    fn only_the_gcm_profiles_with_whole_material_get_a_sender() {
+        assert!(SrtpSender::for_server(&[7; 56], SrtpProfile::AEAD_AES_128_GCM).is_some());
+        assert!(SrtpSender::for_server(&[7; 88], SrtpProfile::AEAD_AES_256_GCM).is_some());
+        assert!(SrtpSender::for_server(&[7; 60], SrtpProfile::AES128_CM_SHA1_80).is_none());
+        assert!(SrtpSender::for_server(&[7; 50], SrtpProfile::AEAD_AES_128_GCM).is_none());
+    }
+}
