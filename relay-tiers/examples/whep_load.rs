@@ -68,6 +68,7 @@ async fn viewer(
         .map_err(|e| e.to_string())?;
     let local = socket.local_addr().map_err(|e| e.to_string())?;
     receive_buffer(&socket, 1 << 20);
+    set_int(&socket, libc::SOL_UDP, libc::UDP_GRO, 1);
     let mut rtc = RtcConfig::new()
         .clear_codecs()
         .enable_h264(true)
@@ -90,7 +91,7 @@ async fn viewer(
 
     let mut counter = Counter::default();
     let mut connected = false;
-    let mut buf = vec![0u8; 2000];
+    let mut buf = vec![0u8; 65536];
     while Instant::now() < until {
         let timeout = drain(&mut rtc, &socket, &mut connected, &mut counter, &totals)?;
         let wait = timeout
@@ -102,22 +103,23 @@ async fn viewer(
                     return Err(e.to_string());
                 }
                 // Everything queued; str0m sees each of its packets and is drained after it.
-                while let Ok((n, source)) = socket.try_recv_from(&mut buf) {
-                    let packet = &buf[..n];
-                    if connected && !full && is_rtp(packet) {
-                        // Light receivers read the RTP header (in the clear in SRTP) only.
-                        let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
-                        let seq = u16::from_be_bytes([packet[2], packet[3]]);
-                        counter.count(ssrc, seq, n, &totals);
-                        continue;
+                while let Ok((n, source, segment)) = recv_coalesced(&socket, &mut buf) {
+                    for packet in buf[..n].chunks(segment.max(1)) {
+                        if connected && !full && is_rtp(packet) {
+                            // Light receivers read the RTP header (in the clear in SRTP) only.
+                            let ssrc = u32::from_be_bytes([packet[8], packet[9], packet[10], packet[11]]);
+                            let seq = u16::from_be_bytes([packet[2], packet[3]]);
+                            counter.count(ssrc, seq, packet.len(), &totals);
+                            continue;
+                        }
+                        let Ok(contents) = packet.try_into() else { continue };
+                        let input = Input::Receive(
+                            Instant::now(),
+                            Receive { proto: Protocol::Udp, source, destination: local, contents },
+                        );
+                        rtc.handle_input(input).map_err(|e| e.to_string())?;
+                        drain(&mut rtc, &socket, &mut connected, &mut counter, &totals)?;
                     }
-                    let Ok(contents) = packet.try_into() else { continue };
-                    let input = Input::Receive(
-                        Instant::now(),
-                        Receive { proto: Protocol::Udp, source, destination: local, contents },
-                    );
-                    rtc.handle_input(input).map_err(|e| e.to_string())?;
-                    drain(&mut rtc, &socket, &mut connected, &mut counter, &totals)?;
                 }
             }
             _ = tokio::time::sleep(wait) => {
@@ -158,17 +160,75 @@ fn drain(
 
 /// A receive buffer of `bytes`, as browsers ask for, so a keyframe's burst fits.
 fn receive_buffer(socket: &UdpSocket, bytes: libc::c_int) {
+    set_int(socket, libc::SOL_SOCKET, libc::SO_RCVBUF, bytes);
+}
+
+fn set_int(socket: &UdpSocket, level: libc::c_int, name: libc::c_int, value: libc::c_int) {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain int option on a socket this process owns.
     unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &bytes as *const _ as *const libc::c_void,
+            level,
+            name,
+            &value as *const _ as *const libc::c_void,
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
     }
+}
+
+/// One read; with UDP GRO on, a run of same-sized datagrams from one sender arrives as one
+/// buffer, cut every `segment` bytes: (bytes, sender, segment size).
+fn recv_coalesced(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, usize)> {
+    use std::os::fd::AsRawFd;
+    socket.try_io(tokio::io::Interest::READABLE, || {
+        // SAFETY: recvmsg(2) into `buf`, a sockaddr_storage and an aligned control buffer,
+        // all alive for the call; the control messages are read within what the kernel
+        // says it wrote.
+        unsafe {
+            let mut name: libc::sockaddr_storage = std::mem::zeroed();
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+                iov_len: buf.len(),
+            };
+            let mut control = [0u64; 16];
+            let mut msg: libc::msghdr = std::mem::zeroed();
+            msg.msg_name = &mut name as *mut _ as *mut libc::c_void;
+            msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            msg.msg_iov = &mut iov;
+            msg.msg_iovlen = 1;
+            msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+            msg.msg_controllen = std::mem::size_of_val(&control) as _;
+            let n = libc::recvmsg(socket.as_raw_fd(), &mut msg, 0);
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = n as usize;
+            let mut segment = n;
+            let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+            while !cmsg.is_null() {
+                if (*cmsg).cmsg_level == libc::SOL_UDP && (*cmsg).cmsg_type == libc::UDP_GRO {
+                    segment = std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::c_int)
+                        as usize;
+                }
+                cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+            }
+            let source = if name.ss_family as libc::c_int == libc::AF_INET {
+                let sin = &*(&name as *const _ as *const libc::sockaddr_in);
+                SocketAddr::from((
+                    u32::from_be(sin.sin_addr.s_addr).to_be_bytes(),
+                    u16::from_be(sin.sin_port),
+                ))
+            } else {
+                let sin6 = &*(&name as *const _ as *const libc::sockaddr_in6);
+                SocketAddr::from((sin6.sin6_addr.s6_addr, u16::from_be(sin6.sin6_port)))
+            };
+            Ok((n, source, segment))
+        }
+    })
 }
 
 /// SRTP, not SRTCP: version 2 and a payload type outside RTCP's 200–207 (RFC 5761).

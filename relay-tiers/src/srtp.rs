@@ -193,6 +193,17 @@ impl SrtpSender {
     /// Seals `payload` behind `header` (12 bytes, no extensions) into a new datagram.
     /// `index` is the packet's extended sequence number (rollover counter and sequence).
     pub fn seal(&mut self, header: &[u8; 12], index: u64, payload: &[u8]) -> Vec<u8> {
+        self.seal_into(header, index, payload, Vec::new())
+    }
+
+    /// [`SrtpSender::seal`] into `out`, a buffer to reuse (emptied first).
+    pub fn seal_into(
+        &mut self,
+        header: &[u8; 12],
+        index: u64,
+        payload: &[u8],
+        mut out: Vec<u8>,
+    ) -> Vec<u8> {
         let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
         let mut iv = [0u8; 12];
         iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
@@ -201,8 +212,9 @@ impl SrtpSender {
         for (b, s) in iv.iter_mut().zip(self.salt) {
             *b ^= s;
         }
-        let mut out = vec![0u8; 12 + payload.len() + TAG_LEN];
-        out[..12].copy_from_slice(header);
+        out.clear();
+        out.extend_from_slice(header);
+        out.resize(12 + payload.len() + TAG_LEN, 0);
         let sealed = match &mut self.cipher {
             Cipher::Aes128(c) => c.encrypt(&iv, header, payload, &mut out[12..]),
             Cipher::Aes256(c) => c.encrypt(&iv, header, payload, &mut out[12..]),

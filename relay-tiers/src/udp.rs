@@ -15,12 +15,16 @@ use tracing::{debug, warn};
 const MAX_SEGMENTS: usize = 64;
 /// Bytes one segmented message carries at most.
 const MAX_GSO_BYTES: usize = 60_000;
+/// Buffers kept for reuse, at most.
+const MAX_SPARE: usize = 4096;
 /// Messages per `sendmmsg` call.
 const MAX_MESSAGES: usize = 256;
 
 /// Datagrams waiting to be sent, in order.
 pub struct Batch {
     datagrams: Vec<(SocketAddr, Vec<u8>)>,
+    /// Buffers of datagrams sent, for the next ones (a send costs no allocation).
+    spare: Vec<Vec<u8>>,
     gso: bool,
     /// Datagrams sent, for metrics and tests.
     pub sent: u64,
@@ -32,6 +36,7 @@ impl Default for Batch {
     fn default() -> Self {
         Batch {
             datagrams: Vec::new(),
+            spare: Vec::new(),
             gso: cfg!(target_os = "linux"),
             sent: 0,
             calls: 0,
@@ -49,6 +54,11 @@ struct Message {
 impl Batch {
     pub fn push(&mut self, to: SocketAddr, contents: Vec<u8>) {
         self.datagrams.push((to, contents));
+    }
+
+    /// An empty buffer to make a datagram in.
+    pub fn buffer(&mut self) -> Vec<u8> {
+        self.spare.pop().unwrap_or_else(|| Vec::with_capacity(1500))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -135,7 +145,12 @@ impl Batch {
                 }
             }
         }
-        self.datagrams.clear();
+        for (_, mut buf) in self.datagrams.drain(..) {
+            if self.spare.len() < MAX_SPARE && buf.capacity() >= 1200 {
+                buf.clear();
+                self.spare.push(buf);
+            }
+        }
     }
 }
 

@@ -637,15 +637,17 @@ impl Viewer {
         now: Instant,
         out: &mut Batch,
     ) -> bool {
-        let Some(ssrc) = self
-            .rtc
-            .direct_api()
-            .stream_tx_by_mid(track.mid, None)
-            .map(|tx| *tx.ssrc())
-        else {
-            return false;
+        // The stream's SSRC is fixed by the answer; looked up once.
+        let ssrc = match track.ssrc {
+            Some(ssrc) => ssrc,
+            None => {
+                let mut api = self.rtc.direct_api();
+                let Some(tx) = api.stream_tx_by_mid(track.mid, None) else {
+                    return false;
+                };
+                *track.ssrc.insert(*tx.ssrc())
+            }
         };
-        track.ssrc = Some(ssrc);
         let last = packets.payloads.len().saturating_sub(1);
         for (i, payload) in packets.payloads.iter().enumerate() {
             let marker = i == last && video;
@@ -656,7 +658,8 @@ impl Viewer {
             match (&mut self.srtp, self.remote) {
                 (Some(srtp), Some(to)) if !session_due => {
                     let header = rtp_header(track.pt, marker, track.seq, time, ssrc);
-                    out.push(to, srtp.seal(&header, track.seq, payload));
+                    let buf = out.buffer();
+                    out.push(to, srtp.seal_into(&header, track.seq, payload, buf));
                 }
                 _ => {
                     if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(track.mid, None) {
