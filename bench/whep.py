@@ -175,6 +175,12 @@ def main():
             pub.send_signal(signal.SIGINT)
             node.send_signal(signal.SIGINT)
             node.wait(timeout=30)
+        memory = os.path.join(os.path.dirname(load_client()), "whep_memory")
+        if os.path.exists(memory):
+            out = subprocess.run([memory, "500"], capture_output=True, text=True, check=True).stdout
+            session = json.loads(out.strip().splitlines()[-1])
+            print(json.dumps(session), flush=True)
+            results.append(session)
         print(json.dumps({"whep": results}, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)

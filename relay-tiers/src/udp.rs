@@ -154,6 +154,23 @@ impl Batch {
     }
 }
 
+/// Asks for socket buffers of `bytes` each way (the kernel caps them at `net.core.rmem_max`
+/// and `wmem_max`): a node with a thousand viewers takes their RTCP in bursts.
+pub fn set_buffers(socket: &UdpSocket, bytes: libc::c_int) {
+    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
+        // SAFETY: a plain int option on a socket this process owns.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                &bytes as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
 fn gso_refused(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),

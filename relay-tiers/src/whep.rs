@@ -121,6 +121,7 @@ impl Whep {
         bus: Arc<EventBus>,
     ) -> std::io::Result<Arc<Whep>> {
         let socket = UdpSocket::bind(listen).await?;
+        crate::udp::set_buffers(&socket, 4 << 20);
         let local = socket.local_addr()?;
         let ip = advertise.unwrap_or(if local.ip().is_unspecified() {
             IpAddr::from([127, 0, 0, 1])
