@@ -3,12 +3,24 @@
 
 One all-in-one tiercast node (release build) pinned to core 0; ffmpeg publishes a 720p30
 H.264 + AAC file at 2.5 Mb/s, passed through (the WHEP rendition is the source itself). The load
-client (`relay-tiers/examples/whep_load.rs`: str0m receivers in one process, each on its own
-loopback UDP socket, full ICE + DTLS + SRTP) runs on core 1 and counts RTP packets and sequence
-gaps. For each viewer count, over the same window: server CPU (utime + stime from /proc) per
-second, packets lost, and the server's resident memory growth per viewer.
+client (`relay-tiers/examples/whep_load.rs`) runs on core 1: str0m receivers in one process, each
+on its own loopback UDP socket with a 1 MiB receive buffer and UDP GRO, each completing ICE and
+DTLS. The first two decrypt and parse every packet (SRTP through str0m, which proves the
+server's encryption); the rest read sequence numbers from the RTP header, which SRTP leaves in
+the clear, so one core can receive for a thousand. All count packets and sequence gaps.
 
-Usage: bench/whep.py [--counts 100,250,500,1000] [--seconds 15]
+For each viewer count, over the second half of the window (every viewer joined): server CPU
+(utime + stime from /proc) per second, core 0's busy share from /proc/stat (which also holds
+kernel work done on the server's behalf), the client's CPU, packets lost at the receivers,
+datagrams the kernel dropped for full receive buffers (any socket), datagrams per send system
+call, and the server's resident memory growth per viewer (an upper bound: it also holds the
+node's one-time growth). Last, `relay-tiers/examples/whep_memory.rs` measures the memory one
+connected viewer session holds.
+
+`--perf DIR` also records a CPU profile of the server per count (perf, cpu-clock, call graphs).
+`WHEP_FULL=N` makes the first N receivers full ones.
+
+Usage: bench/whep.py [--counts 100,250,500,1000] [--seconds 15] [--perf DIR]
 """
 
 import argparse
