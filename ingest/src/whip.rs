@@ -102,7 +102,8 @@ impl Whip {
             vp8: Arc::new(vp8),
         });
         info!(udp = %local, "WHIP ready");
-        tokio::spawn(drive(socket, rx, factory));
+        let candidate = whip.candidate;
+        tokio::spawn(drive(socket, candidate, rx, factory));
         Ok(whip)
     }
 }
@@ -538,10 +539,13 @@ impl Publisher {
 
 async fn drive(
     socket: UdpSocket,
+    candidate: SocketAddr,
     mut commands: mpsc::UnboundedReceiver<Command>,
     factory: Arc<dyn GraphFactory>,
 ) {
-    let local = socket.local_addr().expect("a bound socket has an address");
+    // What publishers send to is our one candidate, whatever address the socket is bound to
+    // (0.0.0.0 by default): ICE only takes packets addressed to a candidate it knows.
+    let local = candidate;
     let mut publishers: Vec<Publisher> = Vec::new();
     let mut by_source: HashMap<SocketAddr, u64> = HashMap::new();
     let mut buf = vec![0u8; 2000];

@@ -144,7 +144,13 @@ impl Whep {
             sent: Arc::default(),
         });
         info!(udp = %local, candidate = %candidate, "WHEP ready");
-        tokio::spawn(drive(socket, rx, Arc::downgrade(&whep), whep.sent.clone()));
+        tokio::spawn(drive(
+            socket,
+            candidate,
+            rx,
+            Arc::downgrade(&whep),
+            whep.sent.clone(),
+        ));
         Ok(whep)
     }
 
@@ -723,11 +729,14 @@ impl Viewer {
 /// encrypts; what all the viewers send for one event leaves in a few `sendmmsg` calls.
 async fn drive(
     socket: UdpSocket,
+    candidate: SocketAddr,
     mut commands: mpsc::UnboundedReceiver<Command>,
     whep: std::sync::Weak<Whep>,
     sent: Arc<Sent>,
 ) {
-    let local = socket.local_addr().expect("a bound socket has an address");
+    // What viewers send to is our one candidate, whatever address the socket is bound to
+    // (0.0.0.0 by default): ICE only takes packets addressed to a candidate it knows.
+    let local = candidate;
     let mut viewers: Vec<Viewer> = Vec::new();
     // One forwarder per rendition feed in use, all into this channel.
     let (frames_tx, mut frames) = mpsc::channel::<(u64, Frame)>(4096);
