@@ -85,11 +85,7 @@ impl Whip {
     ) -> std::io::Result<Arc<Whip>> {
         let socket = UdpSocket::bind(listen).await?;
         let local = socket.local_addr()?;
-        let ip = advertise.unwrap_or(if local.ip().is_unspecified() {
-            IpAddr::from([127, 0, 0, 1])
-        } else {
-            local.ip()
-        });
+        let ip = pipelines::net::candidate_ip(local.ip(), advertise);
         let (commands, rx) = mpsc::unbounded_channel();
         let whip = Arc::new(Whip {
             registry,

@@ -13,6 +13,7 @@ pub mod graph;
 pub mod gst_util;
 pub mod kafka;
 pub mod media;
+pub mod net;
 pub mod registry;
 
 pub use config::{Config, ConfigError};

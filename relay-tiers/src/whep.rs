@@ -123,11 +123,7 @@ impl Whep {
         let socket = UdpSocket::bind(listen).await?;
         crate::udp::set_buffers(&socket, 4 << 20);
         let local = socket.local_addr()?;
-        let ip = advertise.unwrap_or(if local.ip().is_unspecified() {
-            IpAddr::from([127, 0, 0, 1])
-        } else {
-            local.ip()
-        });
+        let ip = pipelines::net::candidate_ip(local.ip(), advertise);
         let candidate = SocketAddr::new(ip, local.port());
         let (commands, rx) = mpsc::unbounded_channel();
         let whep = Arc::new(Whep {

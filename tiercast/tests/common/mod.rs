@@ -69,10 +69,12 @@ fn start_node_full(node: &str, extra: &str, args: &[&str], env: &[(&str, &Path)]
     let dir = TempDir::new("node");
     let config = dir.0.join("node.toml");
     let data = dir.0.join("data");
+    // WebRTC sockets are bound as nodes are deployed (all addresses, no advertise): answers
+    // name the address of the default route, which browsers here reach.
     std::fs::write(
         &config,
         format!(
-            "[node]\ndata_dir = {:?}\n{node}\n[http]\nlisten = \"127.0.0.1:0\"\nassets_dir = {:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n[webrtc]\nlisten = \"127.0.0.1:0\"\nwhip_listen = \"127.0.0.1:0\"\n{extra}",
+            "[node]\ndata_dir = {:?}\n{node}\n[http]\nlisten = \"127.0.0.1:0\"\nassets_dir = {:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n[webrtc]\nlisten = \"0.0.0.0:0\"\nwhip_listen = \"0.0.0.0:0\"\n{extra}",
             data.display().to_string(),
             concat!(env!("CARGO_MANIFEST_DIR"), "/../web/node_modules/hls.js/dist")
         ),
