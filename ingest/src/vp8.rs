@@ -44,14 +44,7 @@ impl Vp8ToH264 {
         enc.set_property_from_str("tune", "zerolatency");
         enc.set_property("key-int-max", settings.gop_frames.max(1));
         let caps = make("capsfilter", "avc")?;
-        caps.set_property(
-            "caps",
-            gst::Caps::builder("video/x-h264")
-                .field("profile", "high")
-                .field("stream-format", "avc")
-                .field("alignment", "au")
-                .build(),
-        );
+        caps.set_property("caps", pipelines::gst_util::avc_caps());
         let sink = make("appsink", "out")?
             .downcast::<gst_app::AppSink>()
             .expect("appsink is an AppSink");

@@ -203,6 +203,16 @@ impl Drop for PipelineHandle {
     }
 }
 
+/// H.264 as the internal stream model carries it out of an encoder: AVC, one access unit per
+/// buffer, High profile, the parameter sets in the caps' `codec_data`.
+pub fn avc_caps() -> gst::Caps {
+    gst::Caps::builder("video/x-h264")
+        .field("profile", "high")
+        .field("stream-format", "avc")
+        .field("alignment", "au")
+        .build()
+}
+
 /// Hands every buffer `sink` receives to `out` as an audio [`crate::media::Frame`], without
 /// copying it (the encoders' way out of GStreamer).
 pub fn deliver_audio_frames(

@@ -180,14 +180,7 @@ fn add_encoder(
     // AVC out, one access unit per buffer: the internal stream model, with the parameter
     // sets in the caps' codec_data (the packager repeats them before each keyframe).
     let h264_filter = make("capsfilter", &format!("avc_{n}"))?;
-    h264_filter.set_property(
-        "caps",
-        gst::Caps::builder("video/x-h264")
-            .field("profile", "high")
-            .field("stream-format", "avc")
-            .field("alignment", "au")
-            .build(),
-    );
+    h264_filter.set_property("caps", pipelines::gst_util::avc_caps());
 
     let picture = make("tee", &format!("picture_{n}"))?;
     let encode_queue = make("queue", &format!("x264_queue_{n}"))?;
