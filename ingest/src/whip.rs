@@ -91,9 +91,7 @@ impl Whip {
             registry,
             commands,
             candidate: SocketAddr::new(ip, local.port()),
-            cert: str0m::crypto::from_feature_flags()
-                .dtls_provider
-                .generate_certificate(),
+            cert: pipelines::dtls::certificate(),
             next_id: AtomicU64::new(1),
             vp8: Arc::new(vp8),
         });
@@ -155,7 +153,7 @@ async fn offer(
     let Ok(sdp) = std::str::from_utf8(&body) else {
         return refuse(StatusCode::BAD_REQUEST, "the offer is not text");
     };
-    let offer = match SdpOffer::from_sdp_string(sdp) {
+    let offer = match SdpOffer::from_sdp_string(&pipelines::sdp::normalize_offer(sdp)) {
         Ok(o) => o,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("malformed SDP offer: {e}")),
     };
@@ -178,6 +176,7 @@ async fn offer(
     };
     let mut config = RtcConfig::new()
         .set_ice_lite(true)
+        .set_crypto_provider(pipelines::dtls::crypto_provider())
         .clear_codecs()
         .enable_h264(h264)
         .enable_vp8(!h264)

@@ -8,6 +8,7 @@
 //! - [`graph`]: the contract between an ingest protocol and the media graph it feeds.
 
 pub mod config;
+pub mod dtls;
 pub mod events;
 pub mod graph;
 pub mod gst_util;
@@ -15,6 +16,7 @@ pub mod kafka;
 pub mod media;
 pub mod net;
 pub mod registry;
+pub mod sdp;
 
 pub use config::{Config, ConfigError};
 pub use registry::Registry;

@@ -37,22 +37,19 @@ pub fn with_key_slot<T>(build: impl FnOnce() -> T) -> (T, KeySlot) {
     (built, slot)
 }
 
-/// The crypto provider of this build with the key-keeping DTLS provider in front.
+/// The crypto provider of the WebRTC sessions ([`pipelines::dtls`]) with the key-keeping DTLS
+/// provider in front.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| {
-            let base = str0m::crypto::from_feature_flags();
             static KEEPING: OnceLock<KeepingProvider> = OnceLock::new();
             let keeping = KEEPING.get_or_init(|| KeepingProvider {
-                inner: base.dtls_provider,
+                inner: pipelines::dtls::provider(),
             });
             Arc::new(CryptoProvider {
-                srtp_provider: base.srtp_provider,
-                sha1_hmac_provider: base.sha1_hmac_provider,
-                sha1_provider: base.sha1_provider,
-                sha256_provider: base.sha256_provider,
                 dtls_provider: keeping,
+                ..(*pipelines::dtls::crypto_provider()).clone()
             })
         })
         .clone()

@@ -347,7 +347,8 @@ fn fitting(
 
 /// The offer in `sdp`, if it parses and offers H.264.
 pub fn check_offer(sdp: &str) -> Result<SdpOffer, String> {
-    let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("malformed SDP offer: {e}"))?;
+    let offer = SdpOffer::from_sdp_string(&pipelines::sdp::normalize_offer(sdp))
+        .map_err(|e| format!("malformed SDP offer: {e}"))?;
     if !sdp.to_ascii_uppercase().contains("H264/90000") {
         return Err("the offer has no usable video codec (H.264 is needed)".into());
     }

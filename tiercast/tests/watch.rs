@@ -215,33 +215,6 @@ const WHIP_PUBLISH: &str = "(async () => {
   return 'ok';
 })()";
 
-/// The first variant's newest HLS segment of stream `main`, once there are two, saved to a
-/// file: the scratch directory holding it, the rendition and the file.
-fn newest_segment(node: &Node, label: &str) -> (TempDir, (String, std::path::PathBuf)) {
-    let master = node.wait_for("/hls/main/master.m3u8", Duration::from_secs(40), |r| {
-        r.status == 200
-    });
-    let (_, uri) = variants(&master.text())
-        .into_iter()
-        .next()
-        .expect("a variant");
-    let rendition = uri.split('/').next().unwrap().to_owned();
-    let playlist = node.wait_for(
-        &format!("/hls/main/{rendition}/index.m3u8"),
-        Duration::from_secs(30),
-        |r| segments(&r.text()).len() >= 2,
-    );
-    let segment = segments(&playlist.text()).pop().unwrap();
-    let scratch = TempDir::new(label);
-    let file = scratch.0.join(format!("{label}.ts"));
-    std::fs::write(
-        &file,
-        node.get(&format!("/hls/main/{rendition}/{segment}")).body,
-    )
-    .unwrap();
-    (scratch, (rendition, file))
-}
-
 fn whip_publish(key: &str, codec: &str) -> String {
     WHIP_PUBLISH.replace("KEY", key).replace("CODEC", codec)
 }
@@ -264,7 +237,7 @@ fn a_browser_publishing_vp8_over_whip_is_made_into_h264_once_and_plays_over_hls(
     );
     assert_eq!(answered, "video/VP8", "{answered}");
 
-    let (_scratch, (_, file)) = newest_segment(&node, "whip-vp8");
+    let (_scratch, (_, file)) = newest_segment(&node, "main", "whip-vp8");
     let (width, height) = probe_video_size(&file);
     assert_eq!((width, height), (640, 360));
     assert_eq!(probe_stream_types(&file), ["video", "audio"]);
@@ -310,7 +283,7 @@ fn a_browser_publishes_over_whip_and_its_stream_plays_over_hls_and_webrtc() {
     assert_eq!(published, "ok");
 
     // The WHIP source went through the same graph as RTMP: HLS plays it.
-    let (_scratch, (rendition, file)) = newest_segment(&node, "whip");
+    let (_scratch, (rendition, file)) = newest_segment(&node, "main", "whip");
     let (width, height) = probe_video_size(&file);
     assert!(width >= 320 && height >= 180, "{width}x{height}");
     // The browser's Opus arrives as AAC, next to the video.

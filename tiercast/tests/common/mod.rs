@@ -458,6 +458,40 @@ pub fn probe_stream_types(file: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The first variant's newest HLS segment of `stream`, once there are two, saved to a
+/// file: the scratch directory holding it, the rendition and the file.
+pub fn newest_segment(
+    node: &Node,
+    stream: &str,
+    label: &str,
+) -> (TempDir, (String, std::path::PathBuf)) {
+    let master = node.wait_for(
+        &format!("/hls/{stream}/master.m3u8"),
+        Duration::from_secs(40),
+        |r| r.status == 200,
+    );
+    let (_, uri) = variants(&master.text())
+        .into_iter()
+        .next()
+        .expect("a variant");
+    let rendition = uri.split('/').next().unwrap().to_owned();
+    let playlist = node.wait_for(
+        &format!("/hls/{stream}/{rendition}/index.m3u8"),
+        Duration::from_secs(30),
+        |r| segments(&r.text()).len() >= 2,
+    );
+    let segment = segments(&playlist.text()).pop().unwrap();
+    let scratch = TempDir::new(label);
+    let file = scratch.0.join(format!("{label}.ts"));
+    std::fs::write(
+        &file,
+        node.get(&format!("/hls/{stream}/{rendition}/{segment}"))
+            .body,
+    )
+    .unwrap();
+    (scratch, (rendition, file))
+}
+
 /// The variants of a multivariant playlist: (attributes line, URI).
 pub fn variants(master: &str) -> Vec<(String, String)> {
     let lines: Vec<&str> = master.lines().collect();

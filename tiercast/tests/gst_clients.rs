@@ -1,0 +1,136 @@
+//! GStreamer's own WebRTC clients against a node: `whipclientsink` publishes, `whepclientsrc`
+//! plays (gst-plugins-rs, run by the helper `examples/gst_webrtc.rs`). They are built on
+//! `webrtcbin`, which presents an RSA DTLS certificate, unlike browsers; encoders and players
+//! made with GStreamer connect the same way.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+/// The helper, built next to this test by `cargo test` (examples are built with the tests).
+fn helper() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test knows its path");
+    let helper = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/deps")
+        .join("examples/gst_webrtc");
+    assert!(
+        helper.exists(),
+        "{} is missing: `cargo build -p tiercast --example gst_webrtc`",
+        helper.display()
+    );
+    helper
+}
+
+/// What `gst_webrtc play` decoded from `url` in `seconds`.
+fn gst_play(url: &str, seconds: u32) -> serde_json::Value {
+    let out = Command::new(helper())
+        .args(["play", url, &seconds.to_string()])
+        .env("GST_DEBUG", "1")
+        .stderr(Stdio::piped())
+        .output()
+        .expect("the helper runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "play failed: {stdout}\n{stderr}");
+    let line = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"))
+}
+
+fn assert_plays(played: &serde_json::Value, width: u64, height: u64) {
+    assert!(
+        played["video_frames"].as_u64().unwrap_or(0) >= 100,
+        "at least 100 frames decoded: {played}"
+    );
+    assert_eq!(
+        (played["width"].as_u64(), played["height"].as_u64()),
+        (Some(width), Some(height)),
+        "{played}"
+    );
+    assert!(
+        played["audio_buffers"].as_u64().unwrap_or(0) > 0,
+        "Opus decoded too: {played}"
+    );
+}
+
+#[test]
+fn gstreamer_publishes_over_whip_and_plays_over_whep_next_to_an_rtmp_stream() {
+    let _turn = heavy();
+    let node = start_node(
+        "[transcode]\nx264_preset = \"ultrafast\"\n\
+         [[streams]]\nname = \"main\"\nkey = \"k\"\n\
+         [[streams]]\nname = \"cam\"\nkey = \"c\"\n\
+         [[ladders.default]]\nname = \"src\"\nheight = 2160\nvideo_kbps = 1500\n",
+    );
+
+    // A wrong key: the client gets 403 and says so.
+    let refused = Command::new(helper())
+        .args([
+            "publish",
+            &format!("http://{}/whip/main", node.http),
+            "nope",
+            "10",
+        ])
+        .output()
+        .expect("the helper runs");
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+
+    // GStreamer publishes over WHIP ...
+    let whip = format!("http://{}/whip/main", node.http);
+    let publisher = Command::new(helper())
+        .args(["publish", &whip, "k", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the helper starts");
+    let publisher = KillOnDrop(publisher);
+
+    // ... its stream plays over HLS, with its Opus made into AAC ...
+    let (_scratch, (_, file)) = newest_segment(&node, "main", "gst-whip");
+    assert_eq!(probe_video_size(&file), (640, 360));
+    assert_eq!(probe_stream_types(&file), ["video", "audio"]);
+    assert!(node.streams_json().to_string().contains("\"whip\""));
+
+    // ... and over WHEP, to GStreamer's player.
+    let played = gst_play(&format!("http://{}/whep/main", node.http), 8);
+    assert_plays(&played, 640, 360);
+
+    // An RTMP publisher's stream plays in the same player.
+    let mut ffmpeg = ffmpeg_publish(&node.rtmp_url("c"), 480, 270, 40)
+        .spawn()
+        .expect("ffmpeg starts");
+    node.wait_for("/hls/cam/master.m3u8", Duration::from_secs(40), |r| {
+        r.status == 200
+    });
+    let played = gst_play(&format!("http://{}/whep/cam", node.http), 8);
+    assert_plays(&played, 480, 270);
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+
+    // The node saw both viewers come and go; the publisher is still live.
+    let log = node.log();
+    assert!(!log.contains("panicked"), "{log}");
+    let streams = node.streams_json().to_string();
+    assert!(streams.contains("\"main\""), "{streams}");
+    drop(publisher);
+}
+
+/// Ends a helper however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
