@@ -5,8 +5,8 @@
 //! The keys come from the viewer's DTLS handshake: the DTLS provider handed to str0m wraps the
 //! usual one and keeps a copy of the exported keying material (RFC 5764) in the viewer's
 //! [`KeySlot`]. From it, the session key and salt are derived as RFC 3711 (4.3) says, and each
-//! packet is sealed with AES-GCM as RFC 7714 says. Sessions that agree on another profile
-//! (AES-CM with HMAC-SHA1) stay on str0m's own sending path.
+//! packet is sealed as the agreed profile says: AES-GCM (RFC 7714, what browsers agree on) or
+//! AES-CM with HMAC-SHA1-80 (RFC 3711, what GStreamer's `webrtcbin` agrees on).
 
 use std::cell::RefCell;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -17,7 +17,10 @@ use str0m::crypto::dtls::{
     DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
     SrtpProfile,
 };
-use str0m::crypto::{AeadAes128GcmCipher, AeadAes256GcmCipher, CryptoError};
+use str0m::crypto::{
+    AeadAes128GcmCipher, AeadAes256GcmCipher, Aes128CmSha1_80, Aes128CmSha1_80Cipher, CryptoError,
+    Sha1HmacProvider,
+};
 
 /// Where a viewer's DTLS leaves its keying material and the profile it agreed on.
 pub type KeySlot = Arc<Mutex<Option<(Vec<u8>, SrtpProfile)>>>;
@@ -137,18 +140,28 @@ impl DtlsInstance for KeepingDtls {
 enum Cipher {
     Aes128(Box<dyn AeadAes128GcmCipher>),
     Aes256(Box<dyn AeadAes256GcmCipher>),
+    /// AES-128 in counter mode, authenticated with HMAC-SHA1 (RFC 3711), as GStreamer's
+    /// `webrtcbin` agrees on.
+    Cm {
+        cipher: Box<dyn Aes128CmSha1_80Cipher>,
+        auth_key: [u8; 20],
+        hmac: &'static dyn Sha1HmacProvider,
+    },
 }
 
 /// Bytes the GCM tag adds to every packet.
 pub const TAG_LEN: usize = 16;
 const SALT_LEN: usize = 12;
+const CM_SALT_LEN: usize = 14;
 const LABEL_RTP_KEY: u8 = 0;
+const LABEL_RTP_AUTH: u8 = 1;
 const LABEL_RTP_SALT: u8 = 2;
 
-/// Seals one side's RTP packets (AEAD AES-GCM, RFC 7714).
+/// Seals one side's RTP packets: AEAD AES-GCM (RFC 7714), or AES-CM with HMAC-SHA1-80
+/// (RFC 3711).
 pub struct SrtpSender {
     cipher: Cipher,
-    salt: [u8; SALT_LEN],
+    salt: [u8; CM_SALT_LEN],
 }
 
 impl std::fmt::Debug for SrtpSender {
@@ -158,31 +171,53 @@ impl std::fmt::Debug for SrtpSender {
 }
 
 impl SrtpSender {
-    /// The sender for the passive (DTLS server) side, or `None` for a profile other than
-    /// AES-GCM or material of the wrong length.
+    /// The sender for the passive (DTLS server) side, or `None` for material of the wrong
+    /// length.
     pub fn for_server(material: &[u8], profile: SrtpProfile) -> Option<SrtpSender> {
-        let key_len = match profile {
-            SrtpProfile::AEAD_AES_128_GCM => 16,
-            SrtpProfile::AEAD_AES_256_GCM => 32,
+        let (key_len, salt_len) = match profile {
+            SrtpProfile::AEAD_AES_128_GCM => (16, SALT_LEN),
+            SrtpProfile::AEAD_AES_256_GCM => (32, SALT_LEN),
+            SrtpProfile::AES128_CM_SHA1_80 => (16, CM_SALT_LEN),
             _ => return None,
         };
-        if material.len() != 2 * (key_len + SALT_LEN) {
+        if material.len() != 2 * (key_len + salt_len) {
             return None;
         }
         // [client key | server key | client salt | server salt]; the server writes with its own.
         let master = &material[key_len..2 * key_len];
-        let master_salt = &material[2 * key_len + SALT_LEN..];
-        let provider = str0m::crypto::from_feature_flags().srtp_provider;
-        let mut salt = [0u8; SALT_LEN];
-        derive(provider, master, master_salt, LABEL_RTP_SALT, &mut salt);
-        let cipher = if key_len == 16 {
-            let mut key = [0u8; 16];
-            derive(provider, master, master_salt, LABEL_RTP_KEY, &mut key);
-            Cipher::Aes128(provider.aead_aes_128_gcm().create_cipher(key, true))
-        } else {
-            let mut key = [0u8; 32];
-            derive(provider, master, master_salt, LABEL_RTP_KEY, &mut key);
-            Cipher::Aes256(provider.aead_aes_256_gcm().create_cipher(key, true))
+        let master_salt = &material[2 * key_len + salt_len..];
+        let crypto = str0m::crypto::from_feature_flags();
+        let provider = crypto.srtp_provider;
+        let mut salt = [0u8; CM_SALT_LEN];
+        derive(
+            provider,
+            master,
+            master_salt,
+            LABEL_RTP_SALT,
+            &mut salt[..salt_len],
+        );
+        let cipher = match profile {
+            SrtpProfile::AEAD_AES_128_GCM => {
+                let mut key = [0u8; 16];
+                derive(provider, master, master_salt, LABEL_RTP_KEY, &mut key);
+                Cipher::Aes128(provider.aead_aes_128_gcm().create_cipher(key, true))
+            }
+            SrtpProfile::AEAD_AES_256_GCM => {
+                let mut key = [0u8; 32];
+                derive(provider, master, master_salt, LABEL_RTP_KEY, &mut key);
+                Cipher::Aes256(provider.aead_aes_256_gcm().create_cipher(key, true))
+            }
+            _ => {
+                let mut key = [0u8; 16];
+                derive(provider, master, master_salt, LABEL_RTP_KEY, &mut key);
+                let mut auth_key = [0u8; 20];
+                derive(provider, master, master_salt, LABEL_RTP_AUTH, &mut auth_key);
+                Cipher::Cm {
+                    cipher: provider.aes_128_cm_sha1_80().create_cipher(key, true),
+                    auth_key,
+                    hmac: crypto.sha1_hmac_provider,
+                }
+            }
         };
         Some(SrtpSender { cipher, salt })
     }
@@ -202,19 +237,37 @@ impl SrtpSender {
         mut out: Vec<u8>,
     ) -> Vec<u8> {
         let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
-        let mut iv = [0u8; 12];
-        iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
-        iv[6..10].copy_from_slice(&((index >> 16) as u32).to_be_bytes());
-        iv[10..12].copy_from_slice(&(index as u16).to_be_bytes());
-        for (b, s) in iv.iter_mut().zip(self.salt) {
-            *b ^= s;
-        }
         out.clear();
         out.extend_from_slice(header);
-        out.resize(12 + payload.len() + TAG_LEN, 0);
         let sealed = match &mut self.cipher {
-            Cipher::Aes128(c) => c.encrypt(&iv, header, payload, &mut out[12..]),
-            Cipher::Aes256(c) => c.encrypt(&iv, header, payload, &mut out[12..]),
+            Cipher::Cm {
+                cipher,
+                auth_key,
+                hmac,
+            } => {
+                let iv = Aes128CmSha1_80::rtp_iv(self.salt, ssrc, index);
+                let end = 12 + payload.len();
+                out.resize(end + Aes128CmSha1_80::HMAC_TAG_LEN, 0);
+                let sealed = cipher.encrypt(&iv, payload, &mut out[12..end]);
+                let hmac = |key: &[u8], parts: &[&[u8]]| hmac.sha1_hmac(key, parts);
+                Aes128CmSha1_80::rtp_hmac(hmac, auth_key, &mut out, index, end);
+                sealed
+            }
+            gcm => {
+                let mut iv = [0u8; 12];
+                iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
+                iv[6..10].copy_from_slice(&((index >> 16) as u32).to_be_bytes());
+                iv[10..12].copy_from_slice(&(index as u16).to_be_bytes());
+                for (b, s) in iv.iter_mut().zip(self.salt) {
+                    *b ^= s;
+                }
+                out.resize(12 + payload.len() + TAG_LEN, 0);
+                match gcm {
+                    Cipher::Aes128(c) => c.encrypt(&iv, header, payload, &mut out[12..]),
+                    Cipher::Aes256(c) => c.encrypt(&iv, header, payload, &mut out[12..]),
+                    Cipher::Cm { .. } => unreachable!("handled above"),
+                }
+            }
         };
         if sealed.is_err() {
             out.clear();
@@ -269,13 +322,20 @@ mod tests {
         let mut session_salt = [0u8; 14];
         derive(provider, &master, &salt, LABEL_RTP_SALT, &mut session_salt);
         assert_eq!(session_salt.to_vec(), hex("30CBBC08863D8C85D49DB34A9AE1"));
+        let mut auth = [0u8; 20];
+        derive(provider, &master, &salt, LABEL_RTP_AUTH, &mut auth);
+        assert_eq!(
+            auth.to_vec(),
+            hex("CEBE321F6FF7716B6FD4AB49AF256A156D38BAA4")
+        );
     }
 
     #[test]
-    fn only_the_gcm_profiles_with_whole_material_get_a_sender() {
+    fn only_whole_material_gets_a_sender() {
         assert!(SrtpSender::for_server(&[7; 56], SrtpProfile::AEAD_AES_128_GCM).is_some());
         assert!(SrtpSender::for_server(&[7; 88], SrtpProfile::AEAD_AES_256_GCM).is_some());
-        assert!(SrtpSender::for_server(&[7; 60], SrtpProfile::AES128_CM_SHA1_80).is_none());
+        assert!(SrtpSender::for_server(&[7; 60], SrtpProfile::AES128_CM_SHA1_80).is_some());
+        assert!(SrtpSender::for_server(&[7; 56], SrtpProfile::AES128_CM_SHA1_80).is_none());
         assert!(SrtpSender::for_server(&[7; 50], SrtpProfile::AEAD_AES_128_GCM).is_none());
     }
 }

@@ -70,7 +70,7 @@ pub struct Whep {
 struct Sent {
     packets: AtomicU64,
     calls: AtomicU64,
-    /// Viewers whose media went out through the shared fan-out (AES-GCM SRTP).
+    /// Viewers whose media went out through the shared fan-out (SRTP sealed per viewer).
     fanned_out: AtomicU64,
 }
 
@@ -87,7 +87,7 @@ struct Viewer {
     session: String,
     joined: Instant,
     rtc: Rtc,
-    /// Where DTLS leaves the SRTP keys, and the sender made from them (AES-GCM sessions).
+    /// Where DTLS leaves the SRTP keys, and the sender made from them.
     keys: KeySlot,
     srtp: Option<SrtpSender>,
     /// Counted in [`Sent::fanned_out`].

@@ -233,7 +233,7 @@ async fn metrics(State(api): State<Api>) -> Response {
     );
     let _ = writeln!(
         out,
-        "# HELP tiercast_webrtc_fanned_out_viewers_total WHEP viewers whose media went out through the shared fan-out (AES-GCM SRTP sealed per viewer, no session per packet).\n\
+        "# HELP tiercast_webrtc_fanned_out_viewers_total WHEP viewers whose media went out through the shared fan-out (SRTP sealed per viewer, no session per packet).\n\
          # TYPE tiercast_webrtc_fanned_out_viewers_total counter\ntiercast_webrtc_fanned_out_viewers_total {}",
         api.whep.fanned_out()
     );

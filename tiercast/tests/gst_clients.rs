@@ -117,6 +117,14 @@ fn gstreamer_publishes_over_whip_and_plays_over_whep_next_to_an_rtmp_stream() {
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();
 
+    // Both GStreamer viewers (AES-CM SRTP, where browsers take AES-GCM) went through the
+    // shared fan-out, not a session per packet; libsrtp in the player took every packet.
+    let metrics = node.get("/metrics").text();
+    assert!(
+        metrics.contains("tiercast_webrtc_fanned_out_viewers_total 2"),
+        "{metrics}"
+    );
+
     // The node saw both viewers come and go; the publisher is still live.
     let log = node.log();
     assert!(!log.contains("panicked"), "{log}");
