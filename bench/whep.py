@@ -20,7 +20,11 @@ connected viewer session holds.
 `--perf DIR` also records a CPU profile of the server per count (perf, cpu-clock, call graphs).
 `WHEP_FULL=N` makes the first N receivers full ones.
 
-Usage: bench/whep.py [--counts 100,250,500,1000] [--seconds 15] [--perf DIR]
+`--baseline COUNTS` also runs the same load, in the same run, against GStreamer's own WHEP server
+(`whepserversink` from gst-plugins-rs: webrtcsink, one webrtcbin per viewer, fed the same file's
+H.264 as it is and its audio made into Opus once), pinned to core 0 like the node.
+
+Usage: bench/whep.py [--counts 100,250,500,1000] [--seconds 15] [--baseline 50,100] [--perf DIR]
 """
 
 import argparse
@@ -96,17 +100,106 @@ def make_source(work, seconds):
     return path
 
 
+def measure(server_pid, url, n, args, http=None, env=None, tag="tiercast"):
+    """Runs `n` load-client viewers of `url` for `args.seconds` and measures the server over the
+    second half of the window (every viewer joined)."""
+    rss0 = rss_kib(server_pid)
+    client = subprocess.Popen(
+        ["taskset", "-c", "1", load_client(), url, str(n), str(args.seconds)]
+        + ([os.environ["WHEP_FULL"]] if "WHEP_FULL" in os.environ else []),
+        stdout=subprocess.PIPE, text=True, env=dict(os.environ, **(env or {})))
+    time.sleep(args.seconds / 2)
+    cpu0, t0 = base.cpu_seconds(server_pid), time.time()
+    client_cpu0 = base.cpu_seconds(client.pid)
+    busy0, total0 = core_busy(0)
+    drops0 = udp_receive_drops()
+    packets0 = metric(http, "tiercast_webrtc_packets_sent_total") if http else 0
+    calls0 = metric(http, "tiercast_webrtc_send_calls_total") if http else 0
+    rss_full = rss_kib(server_pid)
+    if args.perf:
+        os.makedirs(args.perf, exist_ok=True)
+        subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(server_pid),
+                        "-o", os.path.join(args.perf, f"whep-{tag}-{n}.data"), "--",
+                        "sleep", str(args.seconds / 2 - 2)],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(max(args.seconds / 2 - 1 - (time.time() - t0), 0))
+    cpu = (base.cpu_seconds(server_pid) - cpu0) / (time.time() - t0)
+    client_cpu = (base.cpu_seconds(client.pid) - client_cpu0) / (time.time() - t0)
+    busy1, total1 = core_busy(0)
+    drops = udp_receive_drops() - drops0
+    out, _ = client.communicate(timeout=args.seconds + 60)
+    figures = json.loads(out.strip().splitlines()[-1])
+    figures.update({
+        "server": tag,
+        "server_core_share": round(cpu, 3),
+        # Includes the kernel's loopback delivery (softirq) done on the server's core.
+        "core0_busy": round((busy1 - busy0) / max(total1 - total0, 1), 3),
+        "client_core_share": round(client_cpu, 3),
+        "kernel_receive_drops": drops,
+        "server_rss_kib_per_viewer": round((rss_full - rss0) / max(n, 1), 1),
+        "loss_pct": round(100 * figures["lost"] / max(figures["packets"] + figures["lost"], 1), 3),
+    })
+    if http:
+        packets = metric(http, "tiercast_webrtc_packets_sent_total") - packets0
+        calls = metric(http, "tiercast_webrtc_send_calls_total") - calls0
+        figures["datagrams_per_send_call"] = round(packets / max(calls, 1), 1)
+    return figures
+
+
+def baseline(src, counts, args, work):
+    """The same load against GStreamer's own WHEP server (`whepserversink`: webrtcsink, one
+    webrtcbin per viewer, fed the same file's H.264 as it is and Opus made once), on core 0."""
+    helper = os.path.join(os.path.dirname(load_client()), "gst_webrtc")
+    if not os.path.exists(helper):
+        sys.exit(f"{helper} missing: cargo build --release -p tiercast --example gst_webrtc")
+    port = base.free_port()
+    server = subprocess.Popen(["taskset", "-c", "0", helper, "serve", src, str(port), "100000"],
+                              stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "baseline.log"), "w"))
+    results = []
+    try:
+        base.wait_port(port)
+        time.sleep(3)
+        for n in counts:
+            # libnice leaves loopback out of its candidates: receivers bind the machine's address.
+            figures = measure(server.pid, f"http://127.0.0.1:{port}/whep/endpoint", n, args,
+                              env={"WHEP_BIND": host_address()}, tag="gstreamer-whepserversink")
+            print(json.dumps(figures), flush=True)
+            results.append(figures)
+            time.sleep(15)
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    return results
+
+
+def host_address():
+    """This machine's address on its default route."""
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        s.connect(("198.51.100.1", 9))
+        return s.getsockname()[0]
+    finally:
+        s.close()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--counts", default="100,250,500,1000")
     ap.add_argument("--seconds", type=int, default=15)
+    ap.add_argument("--baseline", metavar="COUNTS", default="",
+                    help="also serve these viewer counts from GStreamer's whepserversink (same file, same load)")
     ap.add_argument("--perf", metavar="DIR",
                     help="also record a CPU profile of the server (perf) per viewer count into DIR")
     args = ap.parse_args()
     counts = [int(c) for c in args.counts.split(",")]
     work = tempfile.mkdtemp(prefix="tiercast-whep-bench-")
     try:
-        src = make_source(work, (args.seconds + 10) * len(counts) + 30)
+        runs = len(counts) + len([c for c in args.baseline.split(",") if c])
+        src = make_source(work, (args.seconds + 20) * runs + 60)
         http, rtmp = base.free_port(), base.free_port()
         config = os.path.join(work, "node.toml")
         with open(config, "w") as f:
@@ -137,44 +230,7 @@ def main():
         results = []
         try:
             for n in counts:
-                rss0 = rss_kib(node.pid)
-                client = subprocess.Popen(
-                    ["taskset", "-c", "1", load_client(), f"http://127.0.0.1:{http}/whep/bench", str(n),
-                     str(args.seconds)] + ([os.environ["WHEP_FULL"]] if "WHEP_FULL" in os.environ else []), stdout=subprocess.PIPE, text=True)
-                # Measure the second half of the window, when every viewer has joined.
-                time.sleep(args.seconds / 2)
-                cpu0, t0 = base.cpu_seconds(node.pid), time.time()
-                client_cpu0 = base.cpu_seconds(client.pid)
-                busy0, total0 = core_busy(0)
-                drops0 = udp_receive_drops()
-                packets0 = metric(http, "tiercast_webrtc_packets_sent_total")
-                calls0 = metric(http, "tiercast_webrtc_send_calls_total")
-                rss_full = rss_kib(node.pid)
-                if args.perf:
-                    os.makedirs(args.perf, exist_ok=True)
-                    subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-g", "-p", str(node.pid),
-                                    "-o", os.path.join(args.perf, f"whep-{n}.data"), "--",
-                                    "sleep", str(args.seconds / 2 - 2)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                time.sleep(max(args.seconds / 2 - 1 - (time.time() - t0), 0))
-                cpu = (base.cpu_seconds(node.pid) - cpu0) / (time.time() - t0)
-                client_cpu = (base.cpu_seconds(client.pid) - client_cpu0) / (time.time() - t0)
-                busy1, total1 = core_busy(0)
-                drops = udp_receive_drops() - drops0
-                packets = metric(http, "tiercast_webrtc_packets_sent_total") - packets0
-                calls = metric(http, "tiercast_webrtc_send_calls_total") - calls0
-                out, _ = client.communicate(timeout=args.seconds + 60)
-                figures = json.loads(out.strip().splitlines()[-1])
-                figures.update({
-                    "server_core_share": round(cpu, 3),
-                    # Includes the kernel's loopback delivery (softirq) done on the server's core.
-                    "core0_busy": round((busy1 - busy0) / max(total1 - total0, 1), 3),
-                    "client_core_share": round(client_cpu, 3),
-                    "kernel_receive_drops": drops,
-                    "datagrams_per_send_call": round(packets / max(calls, 1), 1),
-                    "server_rss_kib_per_viewer": round((rss_full - rss0) / max(n, 1), 1),
-                    "loss_pct": round(100 * figures["lost"] / max(figures["packets"] + figures["lost"], 1), 3),
-                })
+                figures = measure(node.pid, f"http://127.0.0.1:{http}/whep/bench", n, args, http=http)
                 print(json.dumps(figures), flush=True)
                 results.append(figures)
                 # The next count starts once the server has let every viewer of this one go
@@ -193,6 +249,8 @@ def main():
             session = json.loads(out.strip().splitlines()[-1])
             print(json.dumps(session), flush=True)
             results.append(session)
+        if args.baseline:
+            results += baseline(src, [int(c) for c in args.baseline.split(",")], args, work)
         print(json.dumps({"whep": results}, indent=2))
     finally:
         shutil.rmtree(work, ignore_errors=True)

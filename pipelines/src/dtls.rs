@@ -34,9 +34,12 @@ use tracing::debug;
 
 /// SRTP profiles, ours first: RFC 7714's AES-128-GCM costs a third less than AES-256-GCM.
 const SRTP_PROFILES: &str = "SRTP_AEAD_AES_128_GCM:SRTP_AEAD_AES_256_GCM:SRTP_AES128_CM_SHA1_80";
-/// Suites for our ECDSA certificate; AES-GCM first.
+/// Suites, AES-GCM first. As a server we take those of our ECDSA certificate; as a client
+/// (the load client's, against `webrtcbin`) a server's RSA certificate is taken too.
 const CIPHERS: &str = "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:\
-                       ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA";
+                       ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256:\
+                       ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-AES128-SHA:ECDHE-ECDSA-AES256-SHA:\
+                       ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA";
 /// The label RFC 5764 exports the SRTP keys under.
 const SRTP_LABEL: &str = "EXTRACTOR-dtls_srtp";
 /// Record size when str0m names none; fits any path a WebRTC packet takes.

@@ -63,13 +63,18 @@ async fn viewer(
     totals: Arc<Totals>,
     full: bool,
 ) -> Result<(), String> {
-    let socket = UdpSocket::bind("127.0.0.1:0")
+    // WHEP_BIND: the address receivers bind (default loopback; a server that leaves loopback
+    // out of its candidates, as libnice does, needs the machine's own address).
+    let bind = std::env::var("WHEP_BIND").unwrap_or_else(|_| "127.0.0.1".into());
+    let socket = UdpSocket::bind((bind.as_str(), 0))
         .await
         .map_err(|e| e.to_string())?;
     let local = socket.local_addr().map_err(|e| e.to_string())?;
     receive_buffer(&socket, 1 << 20);
     set_int(&socket, libc::SOL_UDP, libc::UDP_GRO, 1);
+    // OpenSSL's DTLS, as the node's: it also takes a server's RSA certificate (webrtcbin's).
     let mut rtc = RtcConfig::new()
+        .set_crypto_provider(pipelines::dtls::crypto_provider())
         .clear_codecs()
         .enable_h264(true)
         .enable_opus(true, false)

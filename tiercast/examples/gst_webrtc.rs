@@ -8,6 +8,10 @@
 //! gst_webrtc play <whep url> <seconds>
 //!     plays for <seconds>, then prints what it decoded as one JSON line:
 //!     {"video_frames":N,"width":W,"height":H,"audio_buffers":M}
+//! gst_webrtc serve <flv file> <port> <seconds>
+//!     the bench's baseline: GStreamer's own WHEP server (`whepserversink`, one `webrtcbin`
+//!     per viewer) at http://127.0.0.1:<port>/whep/endpoint, sending the file's H.264 as it is
+//!     and its audio made into Opus once, paced as live
 //! ```
 //! Exits with 1 and the reason on standard error when the pipeline fails.
 
@@ -19,12 +23,14 @@ use gst::prelude::*;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: gst_webrtc publish <whip url> <key> <seconds> | play <whep url> <seconds>";
+    let usage = "usage: gst_webrtc publish <whip url> <key> <seconds> | play <whep url> <seconds> \
+                 | serve <flv file> <port> <seconds>";
     gst::init().expect("GStreamer initialises");
     gstrswebrtc::plugin_register_static().expect("the webrtc plugin registers");
     let outcome = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["publish", url, key, seconds] => publish(url, key, parse_seconds(seconds)),
         ["play", url, seconds] => play(url, parse_seconds(seconds)),
+        ["serve", file, port, seconds] => serve(file, port, parse_seconds(seconds)),
         _ => Err(usage.to_owned()),
     };
     if let Err(e) = outcome {
@@ -53,6 +59,26 @@ fn publish(url: &str, key: &str, seconds: Duration) -> Result<(), String> {
     run(&pipeline, seconds)?;
     println!("published");
     Ok(())
+}
+
+fn serve(file: &str, port: &str, seconds: Duration) -> Result<(), String> {
+    let pipeline = gst::parse::launch(&format!(
+        "filesrc location={file} ! flvdemux name=d \
+         d.video ! queue ! h264parse config-interval=-1 ! clocksync ! queue ! ws. \
+         d.audio ! queue ! aacparse ! avdec_aac ! audioconvert ! audioresample ! opusenc \
+           ! clocksync ! queue ! ws. \
+         whepserversink name=ws congestion-control=disabled \
+           signaller::host-addr=http://127.0.0.1:{port}"
+    ))
+    .map_err(|e| format!("pipeline: {e}"))?
+    .downcast::<gst::Pipeline>()
+    .map_err(|_| "not a pipeline")?;
+    // No STUN server: everything is on this machine, and its name would not resolve here.
+    let sink = pipeline.by_name("ws").expect("whepserversink");
+    sink.set_property("stun-server", None::<String>);
+    sink.property::<gst::glib::Object>("signaller")
+        .set_property("stun-server", None::<String>);
+    run(&pipeline, seconds)
 }
 
 fn play(url: &str, seconds: Duration) -> Result<(), String> {
