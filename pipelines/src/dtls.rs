@@ -6,6 +6,11 @@
 //! str0m drives, sans-IO: datagrams in through [`DtlsInstance::handle_packet`], out through
 //! [`DtlsInstance::poll_output`], retransmissions on [`DtlsInstance::handle_timeout`].
 //!
+//! Once connected, a session that carries no application data (no data channel: every WHEP
+//! viewer and WHIP publisher here) lets its OpenSSL state go after [`RELEASE_AFTER`], when the
+//! peer can no longer be asking for our last flight again: it is some 70 KiB a session, as
+//! much as all the rest of a viewer, and the SRTP keys are out by then.
+//!
 //! Our certificate stays the ECDSA P-256 one str0m generates. The peer's certificate is not
 //! checked here: str0m compares its fingerprint with the one in the SDP. The SRTP profiles are
 //! offered cheapest first (AES-128-GCM), and OpenSSL, as a server, takes the first of ours the
@@ -48,6 +53,10 @@ const DEFAULT_MTU: usize = 1150;
 const MAX_RECORD: usize = 16 * 1024;
 /// Queued datagrams a peer may have waiting before the handshake consumes them.
 const MAX_INCOMING: usize = 64;
+
+/// How long a connected session keeps its OpenSSL state without application data. A peer
+/// whose copy of our last flight was lost asks again after 1, 2 and 4 s (RFC 6347, 4.2.4.1).
+pub const RELEASE_AFTER: Duration = Duration::from_secs(10);
 
 // From OpenSSL's ssl.h: DTLSv1_get_timeout and DTLSv1_handle_timeout are macros over SSL_ctrl.
 const DTLS_CTRL_GET_TIMEOUT: libc::c_int = 73;
@@ -160,6 +169,8 @@ impl DtlsProvider for OpensslDtls {
             deadline: None,
             active: false,
             closing: false,
+            connected_at: None,
+            app_data: false,
         }))
     }
 }
@@ -175,6 +186,10 @@ pub struct Dtls {
     deadline: Option<Instant>,
     active: bool,
     closing: bool,
+    /// When the handshake completed (the latest time str0m had told us by then).
+    connected_at: Option<Instant>,
+    /// Whether application data (SCTP, data channels) went either way: then the state stays.
+    app_data: bool,
 }
 
 enum State {
@@ -182,6 +197,8 @@ enum State {
     Unstarted(Option<Ssl>),
     Handshaking(SslStream<Datagrams>),
     Connected(SslStream<Datagrams>),
+    /// Connected, and the OpenSSL state let go ([`RELEASE_AFTER`]).
+    Released,
     Closed,
 }
 
@@ -204,6 +221,7 @@ impl std::fmt::Debug for Dtls {
             State::Unstarted(_) => "unstarted",
             State::Handshaking(_) => "handshaking",
             State::Connected(_) => "connected",
+            State::Released => "released",
             State::Closed => "closed",
         };
         f.debug_struct("Dtls").field("state", &state).finish()
@@ -246,6 +264,16 @@ fn fail(why: impl std::fmt::Display) -> DtlsImplError {
 }
 
 impl Dtls {
+    /// When this session's OpenSSL state goes, if it is to.
+    fn release_at(&self) -> Option<Instant> {
+        let connected = matches!(self.state, State::Connected(_));
+        if connected && !self.app_data && !self.closing {
+            self.connected_at.map(|at| at + RELEASE_AFTER)
+        } else {
+            None
+        }
+    }
+
     fn stream(&mut self) -> Option<&mut SslStream<Datagrams>> {
         match &mut self.state {
             State::Handshaking(s) | State::Connected(s) => Some(s),
@@ -283,6 +311,7 @@ impl Dtls {
                         unreachable!()
                     };
                     self.state = State::Connected(stream);
+                    self.connected_at = Some(self.now);
                 }
                 Err(e) if would_block(&e) => return Ok(()),
                 Err(e) => return Err(fail(format_args!("handshake: {e}"))),
@@ -294,7 +323,10 @@ impl Dtls {
         let mut buf = vec![0; MAX_RECORD];
         loop {
             match stream.ssl_read(&mut buf) {
-                Ok(n) => self.events.push_back(Event::Data(buf[..n].to_vec())),
+                Ok(n) => {
+                    self.app_data = true;
+                    self.events.push_back(Event::Data(buf[..n].to_vec()));
+                }
                 Err(e) if e.code() == ErrorCode::ZERO_RETURN => {
                     self.events.push_back(Event::CloseNotify);
                     self.closing = true;
@@ -392,6 +424,10 @@ impl DtlsInstance for Dtls {
     }
 
     fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
+        if matches!(self.state, State::Released) {
+            // A late retransmission or alert; the keys are long out.
+            return Ok(());
+        }
         let Some(stream) = self.stream() else {
             return Err(DtlsImplError::ConnectionClosed);
         };
@@ -410,7 +446,8 @@ impl DtlsInstance for Dtls {
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
         let Some(event) = self.events.pop_front() else {
             let far = self.now + Duration::from_secs(24 * 3600);
-            return DtlsOutput::Timeout(self.deadline.unwrap_or(far));
+            let release = self.release_at().unwrap_or(far);
+            return DtlsOutput::Timeout(self.deadline.unwrap_or(far).min(release));
         };
         let needed = match &event {
             Event::Packet(p) | Event::PeerCert(p) | Event::Data(p) => p.len(),
@@ -433,6 +470,11 @@ impl DtlsInstance for Dtls {
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
         self.now = now;
+        if self.release_at().is_some_and(|at| at <= now) {
+            self.state = State::Released;
+            self.deadline = None;
+            return Ok(());
+        }
         if self.deadline.is_none_or(|d| d > now) {
             return Ok(());
         }
@@ -456,6 +498,12 @@ impl DtlsInstance for Dtls {
     }
 
     fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
+        if matches!(self.state, State::Released | State::Closed) {
+            return Err(DtlsImplError::ConnectionClosed);
+        }
+        if !data.is_empty() {
+            self.app_data = true;
+        }
         let State::Connected(stream) = &mut self.state else {
             // Kept by str0m until the handshake is done.
             return Ok(0);
@@ -478,7 +526,8 @@ impl DtlsInstance for Dtls {
     }
 
     fn protocol_version(&self) -> Option<ProtocolVersion> {
-        matches!(self.state, State::Connected(_)).then_some(ProtocolVersion::DTLS1_2)
+        matches!(self.state, State::Connected(_) | State::Released)
+            .then_some(ProtocolVersion::DTLS1_2)
     }
 
     fn is_closing(&self) -> bool {
@@ -642,6 +691,40 @@ mod tests {
             "our client {c:?}, dimpl server {s:?}"
         );
         assert_eq!(c.keys.map(|k| k.0), s.keys.map(|k| k.0));
+    }
+
+    #[test]
+    fn a_quiet_session_lets_its_openssl_state_go_and_one_with_data_keeps_it() {
+        let t0 = Instant::now();
+        let connect = || {
+            let (mut client, mut server) = (ours(&rsa_cert()), ours(&certificate().unwrap()));
+            let (c, s) = handshake(client.as_mut(), server.as_mut());
+            assert!(c.connected && s.connected);
+            (client, server)
+        };
+        let (_client, mut quiet) = connect();
+        let mut buf = vec![0; 2000];
+        let DtlsOutput::Timeout(at) = quiet.poll_output(&mut buf) else {
+            panic!("nothing else to say")
+        };
+        assert!(at <= t0 + RELEASE_AFTER + Duration::from_secs(5), "{at:?}");
+        quiet.handle_timeout(at).unwrap();
+        assert_eq!(format!("{quiet:?}"), "Dtls { state: \"released\" }");
+        assert_eq!(quiet.protocol_version(), Some(ProtocolVersion::DTLS1_2));
+        // Late records are ignored; no data channel can start now.
+        quiet
+            .handle_packet(&[21, 254, 253, 0, 0, 0, 0, 0, 0, 0, 9, 0, 2, 1, 0])
+            .unwrap();
+        assert!(quiet.send_application_data(b"late").is_err());
+
+        let (mut client, mut busy) = connect();
+        client.send_application_data(b"sctp").unwrap();
+        let mut seen = Seen::default();
+        pump(client.as_mut(), busy.as_mut(), &mut Seen::default());
+        pump(busy.as_mut(), client.as_mut(), &mut seen);
+        busy.handle_timeout(t0 + RELEASE_AFTER * 3).unwrap();
+        assert_eq!(format!("{busy:?}"), "Dtls { state: \"connected\" }");
+        assert_eq!(busy.send_application_data(b"still").unwrap(), 5);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Memory one WHEP viewer's session holds once connected, for `bench/whep.py`: `count`
 //! viewer sessions are made with [`relay_tiers::whep::answer_offer`], exactly as the server
-//! makes them, and each completes ICE and DTLS in memory with a str0m client that is dropped
-//! right after. The growth of this process's resident memory, per session, is printed as JSON.
+//! makes them, and each completes ICE and DTLS in memory with a str0m client, which keeps
+//! answering for 12 s more (simulated) and is then dropped. The growth of this process's resident memory, per session, is printed as JSON.
 //!
 //! `whep_memory [count=500]`
 
@@ -92,6 +92,16 @@ fn main() {
             let _ = server.handle_input(Input::Timeout(now));
         }
         assert!(connected, "session {i} did not connect");
+        // The session as it lives on: a while later (the DTLS state is let go once the
+        // handshake can no longer be repeated), the client still answering.
+        for _ in 0..12 {
+            now += Duration::from_secs(1);
+            let _ = client.handle_input(Input::Timeout(now));
+            let _ = server.handle_input(Input::Timeout(now));
+            deliver(&mut client, &mut server, client_addr, server_addr, now);
+            deliver(&mut server, &mut client, server_addr, client_addr, now);
+        }
+        assert!(server.is_alive(), "session {i} still up");
         sessions.push(server);
     }
     let per = (rss_kib() - before) as f64 / count as f64;
