@@ -243,6 +243,11 @@ def main():
             pub.send_signal(signal.SIGINT)
             node.send_signal(signal.SIGINT)
             node.wait(timeout=30)
+        # Frames the fan-out skipped because it fell behind (no RTP gap shows them).
+        with open(os.path.join(work, "log")) as f:
+            behind = sum(1 for line in f if "frames behind" in line)
+        print(json.dumps({"fan_out_fell_behind_warnings": behind}), flush=True)
+        results.append({"fan_out_fell_behind_warnings": behind})
         memory = os.path.join(os.path.dirname(load_client()), "whep_memory")
         if os.path.exists(memory):
             out = subprocess.run([memory, "500"], capture_output=True, text=True, check=True).stdout
