@@ -283,20 +283,27 @@ impl Dtls {
 
     /// Moves the handshake on and reads what arrived, then queues what OpenSSL wrote.
     fn advance(&mut self) -> Result<(), DtlsImplError> {
+        let queued = self.events.len();
         let result = self.step();
+        // What OpenSSL wrote goes before what this step found (the handshake's last flight
+        // before `Connected`), after what was already queued.
+        self.queue_sent(queued);
         if let Some(stream) = self.stream() {
-            let sent: Vec<_> = stream.get_mut().outgoing.drain(..).collect();
-            let deadline = retransmit_in(stream).map(|d| self.now + d);
-            // Packets go before what the step found (the handshake's last flight first).
-            let found: Vec<_> = self.events.drain(..).collect();
-            self.events.extend(sent.into_iter().map(Event::Packet));
-            self.events.extend(found);
-            self.deadline = deadline;
+            self.deadline = retransmit_in(stream).map(|d| self.now + d);
         }
         if result.is_err() {
             self.state = State::Closed;
         }
         result
+    }
+
+    /// Datagrams OpenSSL wrote, into the events at `at`.
+    fn queue_sent(&mut self, at: usize) {
+        let Some(stream) = self.stream() else { return };
+        let sent: Vec<_> = stream.get_mut().outgoing.drain(..).collect();
+        for (i, datagram) in sent.into_iter().enumerate() {
+            self.events.insert(at + i, Event::Packet(datagram));
+        }
     }
 
     fn step(&mut self) -> Result<(), DtlsImplError> {
@@ -542,8 +549,7 @@ impl DtlsInstance for Dtls {
         self.closing = true;
         if let State::Connected(stream) = &mut self.state {
             let _ = stream.shutdown();
-            let sent: Vec<_> = stream.get_mut().outgoing.drain(..).collect();
-            self.events.extend(sent.into_iter().map(Event::Packet));
+            self.queue_sent(self.events.len());
         }
         Ok(())
     }

@@ -46,33 +46,27 @@ fn parse_seconds(s: &str) -> Duration {
 }
 
 fn publish(url: &str, key: &str, seconds: Duration) -> Result<(), String> {
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = launch(&format!(
         "videotestsrc is-live=true pattern=ball ! video/x-raw,width=640,height=360,framerate=30/1 \
            ! queue ! ws. \
          audiotestsrc is-live=true wave=ticks ! audio/x-raw,rate=48000,channels=2 ! queue ! ws. \
          whipclientsink name=ws congestion-control=disabled video-caps=video/x-h264 \
            signaller::whip-endpoint={url} signaller::auth-token={key}"
-    ))
-    .map_err(|e| format!("pipeline: {e}"))?
-    .downcast::<gst::Pipeline>()
-    .map_err(|_| "not a pipeline")?;
+    ))?;
     run(&pipeline, seconds)?;
     println!("published");
     Ok(())
 }
 
 fn serve(file: &str, port: &str, seconds: Duration) -> Result<(), String> {
-    let pipeline = gst::parse::launch(&format!(
+    let pipeline = launch(&format!(
         "filesrc location={file} ! flvdemux name=d \
          d.video ! queue ! h264parse config-interval=-1 ! clocksync ! queue ! ws. \
          d.audio ! queue ! aacparse ! avdec_aac ! audioconvert ! audioresample ! opusenc \
            ! clocksync ! queue ! ws. \
          whepserversink name=ws congestion-control=disabled \
            signaller::host-addr=http://127.0.0.1:{port}"
-    ))
-    .map_err(|e| format!("pipeline: {e}"))?
-    .downcast::<gst::Pipeline>()
-    .map_err(|_| "not a pipeline")?;
+    ))?;
     // No STUN server: everything is on this machine, and its name would not resolve here.
     let sink = pipeline.by_name("ws").expect("whepserversink");
     sink.set_property("stun-server", None::<String>);
@@ -152,6 +146,14 @@ fn play(url: &str, seconds: Duration) -> Result<(), String> {
         audio.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// The pipeline `description` says.
+fn launch(description: &str) -> Result<gst::Pipeline, String> {
+    gst::parse::launch(description)
+        .map_err(|e| format!("pipeline: {e}"))?
+        .downcast::<gst::Pipeline>()
+        .map_err(|_| "not a pipeline".to_owned())
 }
 
 /// Plays `pipeline` for `seconds`, or until it fails.
