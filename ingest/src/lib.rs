@@ -2,5 +2,4 @@
 //! stream model of [`pipelines::media`]: RTMP ([`rtmp`]) and WHIP ([`whip`]).
 
 pub mod rtmp;
-pub mod vp8;
 pub mod whip;

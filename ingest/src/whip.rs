@@ -24,6 +24,7 @@ use axum::routing::{delete, post};
 use pipelines::graph::{GraphFactory, MediaSink};
 use pipelines::media::{AudioTrack, Bytes, Frame, SourceTracks, TrackKind, VideoTrack};
 use pipelines::registry::{ClaimError, PublishClaim, Registry};
+use pipelines::transcoders::{Converter, Transcoders, Vp8Settings};
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
@@ -33,9 +34,10 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::vp8::{Vp8Settings, Vp8ToH264};
-
 const MAX_OFFER: usize = 64 * 1024;
+
+/// AudioSpecificConfig of the AAC a publisher's Opus is made into: AAC-LC, 48 kHz, stereo.
+const AAC_48K_STEREO: [u8; 2] = [0x11, 0x90];
 /// A keyframe is asked of the publisher this often, so segments can be cut (browsers send
 /// one every few minutes otherwise).
 const KEYFRAME_EVERY: Duration = Duration::from_secs(2);
@@ -47,6 +49,7 @@ pub struct Whip {
     cert: Option<str0m::config::DtlsCert>,
     next_id: AtomicU64,
     vp8: Arc<Vp8Settings>,
+    transcoders: Arc<dyn Transcoders>,
 }
 
 enum Command {
@@ -66,10 +69,12 @@ struct Publisher {
     first_video: Option<(u64, Duration)>,
     first_audio: Option<(u64, Duration)>,
     started: Instant,
-    aac: Option<AacEncoder>,
+    /// The publisher's Opus made into AAC once, for HLS and recordings.
+    aac: Option<Box<dyn Converter>>,
     /// VP8 sources only: their video made into H.264.
-    vp8: Option<Vp8ToH264>,
+    vp8: Option<Box<dyn Converter>>,
     vp8_settings: Arc<Vp8Settings>,
+    transcoders: Arc<dyn Transcoders>,
     last_keyframe_ask: Instant,
     dirty: bool,
     next_timeout: Instant,
@@ -81,19 +86,21 @@ impl Whip {
         advertise: Option<IpAddr>,
         registry: Arc<Registry>,
         factory: Arc<dyn GraphFactory>,
+        transcoders: Arc<dyn Transcoders>,
         vp8: Vp8Settings,
     ) -> std::io::Result<Arc<Whip>> {
         let socket = UdpSocket::bind(listen).await?;
         let local = socket.local_addr()?;
-        let ip = pipelines::net::candidate_ip(local.ip(), advertise);
+        let ip = rtc::net::candidate_ip(local.ip(), advertise);
         let (commands, rx) = mpsc::unbounded_channel();
         let whip = Arc::new(Whip {
             registry,
             commands,
             candidate: SocketAddr::new(ip, local.port()),
-            cert: pipelines::dtls::certificate(),
+            cert: rtc::dtls::certificate(),
             next_id: AtomicU64::new(1),
             vp8: Arc::new(vp8),
+            transcoders,
         });
         info!(udp = %local, "WHIP ready");
         let candidate = whip.candidate;
@@ -153,7 +160,7 @@ async fn offer(
     let Ok(sdp) = std::str::from_utf8(&body) else {
         return refuse(StatusCode::BAD_REQUEST, "the offer is not text");
     };
-    let offer = match SdpOffer::from_sdp_string(&pipelines::sdp::normalize_offer(sdp)) {
+    let offer = match SdpOffer::from_sdp_string(&rtc::sdp::normalize_offer(sdp)) {
         Ok(o) => o,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("malformed SDP offer: {e}")),
     };
@@ -176,7 +183,7 @@ async fn offer(
     };
     let mut config = RtcConfig::new()
         .set_ice_lite(true)
-        .set_crypto_provider(pipelines::dtls::crypto_provider())
+        .set_crypto_provider(rtc::dtls::crypto_provider())
         .clear_codecs()
         .enable_h264(h264)
         .enable_vp8(!h264)
@@ -211,6 +218,7 @@ async fn offer(
         aac: None,
         vp8: None,
         vp8_settings: whip.vp8.clone(),
+        transcoders: whip.transcoders.clone(),
         last_keyframe_ask: Instant::now(),
         dirty: true,
         next_timeout: Instant::now(),
@@ -229,92 +237,6 @@ async fn offer(
 async fn stop(State(whip): State<Arc<Whip>>, Path((_s, id)): Path<(String, u64)>) -> Response {
     let _ = whip.commands.send(Command::Remove(id));
     StatusCode::OK.into_response()
-}
-
-/// The publisher's Opus made into AAC once (`appsrc → opusdec → audioresample → avenc_aac →
-/// appsink`), because HLS carries AAC: 48 kHz stereo AAC-LC.
-struct AacEncoder {
-    src: gst_app::AppSrc,
-    out: std::sync::mpsc::Receiver<Frame>,
-    _handle: pipelines::gst_util::PipelineHandle,
-}
-
-/// AudioSpecificConfig of what [`AacEncoder`] makes: AAC-LC, 48 kHz, 2 channels.
-const AAC_48K_STEREO: [u8; 2] = [0x11, 0x90];
-
-impl AacEncoder {
-    fn start(label: &str) -> Result<AacEncoder, String> {
-        use gst::prelude::*;
-        use pipelines::gst_util::make;
-        pipelines::gst_util::init().map_err(|e| e.to_string())?;
-        let e = |e: pipelines::gst_util::GstError| e.to_string();
-        let pipeline = gst::Pipeline::with_name(&format!("aac-{label}"));
-        let src = make("appsrc", "opus")
-            .map_err(e)?
-            .downcast::<gst_app::AppSrc>()
-            .expect("appsrc is an AppSrc");
-        src.set_caps(Some(
-            &gst::Caps::builder("audio/x-opus")
-                .field("channel-mapping-family", 0i32)
-                .field("rate", 48_000i32)
-                .field("channels", 2i32)
-                .build(),
-        ));
-        src.set_format(gst::Format::Time);
-        src.set_property("block", false);
-        src.set_property("max-bytes", 256u64 * 1024);
-        let dec = make("opusdec", "dec").map_err(e)?;
-        let convert = make("audioconvert", "convert").map_err(e)?;
-        let resample = make("audioresample", "resample").map_err(e)?;
-        let caps = make("capsfilter", "caps").map_err(e)?;
-        caps.set_property(
-            "caps",
-            gst::Caps::builder("audio/x-raw")
-                .field("rate", 48_000i32)
-                .field("channels", 2i32)
-                .build(),
-        );
-        let enc = make("avenc_aac", "aac").map_err(e)?;
-        enc.set_property("bitrate", 128_000i32);
-        let sink = make("appsink", "out")
-            .map_err(e)?
-            .downcast::<gst_app::AppSink>()
-            .expect("appsink is an AppSink");
-        let (tx, out) = std::sync::mpsc::channel();
-        let tx = std::sync::Mutex::new(tx);
-        pipelines::gst_util::deliver_audio_frames(&sink, move |frame| {
-            let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(frame);
-        });
-        let elements: [&gst::Element; 7] = [
-            src.upcast_ref(),
-            &dec,
-            &convert,
-            &resample,
-            &caps,
-            &enc,
-            sink.upcast_ref(),
-        ];
-        pipeline
-            .add_many(elements)
-            .and_then(|_| gst::Element::link_many(elements))
-            .map_err(|_| "cannot link the AAC encoder".to_owned())?;
-        let handle =
-            pipelines::gst_util::PipelineHandle::start(pipeline, format!("aac-{label}"), None)
-                .map_err(e)?;
-        Ok(AacEncoder {
-            src,
-            out,
-            _handle: handle,
-        })
-    }
-
-    fn push(&self, opus: &[u8], pts: Duration) {
-        let mut buffer = gst::Buffer::from_slice(opus.to_vec());
-        if let Some(b) = buffer.get_mut() {
-            b.set_pts(gst::ClockTime::from_nseconds(pts.as_nanos() as u64));
-        }
-        let _ = self.src.push_buffer(buffer);
-    }
 }
 
 /// NAL units of an Annex B access unit.
@@ -355,7 +277,7 @@ impl Publisher {
                     .claim
                     .as_ref()
                     .map_or("whip".to_owned(), |c| c.session.id.clone());
-                self.aac = AacEncoder::start(&label)
+                self.aac = (self.transcoders.opus_to_aac(&label))
                     .map_err(|e| warn!(publisher = self.id, "audio not carried: {e}"))
                     .ok();
             }
@@ -366,6 +288,15 @@ impl Publisher {
                 let t = at + Duration::from_nanos(ticks.saturating_sub(first) * 1_000_000 / 48);
                 if let Some(aac) = &self.aac {
                     aac.push(&data.data, t);
+                }
+                if let Some(sink) = self.sink.as_mut() {
+                    sink.push_opus(Frame {
+                        kind: TrackKind::Audio,
+                        pts: t,
+                        dts: t,
+                        keyframe: true,
+                        data: Bytes::copy_from_slice(&data.data),
+                    });
                 }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
@@ -380,7 +311,7 @@ impl Publisher {
                         .claim
                         .as_ref()
                         .map_or("whip".to_owned(), |c| c.session.id.clone());
-                    match Vp8ToH264::start(&label, &self.vp8_settings) {
+                    match self.transcoders.vp8_to_h264(&label, &self.vp8_settings) {
                         Ok(v) => self.vp8 = Some(v),
                         Err(e) => {
                             warn!(publisher = self.id, "VP8 cannot be encoded to H.264: {e}");
@@ -458,6 +389,7 @@ impl Publisher {
                 .and_then(|_| AudioTrack::from_asc(Bytes::from_static(&AAC_48K_STEREO)).ok());
             let tracks = SourceTracks {
                 video: track.clone(),
+                opus: audio.is_some(),
                 audio,
             };
             match factory.start(claim, &tracks) {
@@ -496,7 +428,7 @@ impl Publisher {
     /// AAC the encoder has made since last time, into the session (once it has started).
     fn drain_audio(&mut self) {
         let Some(aac) = &self.aac else { return };
-        while let Ok(frame) = aac.out.try_recv() {
+        for (frame, _) in aac.drain() {
             if let Some(sink) = self.sink.as_mut() {
                 sink.push(frame);
             }

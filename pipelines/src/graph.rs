@@ -22,6 +22,13 @@ pub trait MediaSink: Send {
     /// Returns false when the frame was not taken.
     fn push(&mut self, frame: Frame) -> bool;
 
+    /// Takes one Opus frame of a publisher that sends Opus ([`SourceTracks::opus`]), as it
+    /// came off the wire. Never blocks.
+    fn push_opus(&mut self, frame: Frame) -> bool {
+        let _ = frame;
+        false
+    }
+
     /// The publisher is gone: drain what was pushed (so playlists end and recordings
     /// close), then release everything. The returned future completes when that is done.
     fn finish(self: Box<Self>) -> Finish;

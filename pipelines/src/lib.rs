@@ -6,17 +6,18 @@
 //! - [`registry`]: which streams exist, which are live, with what renditions, and their counters.
 //! - [`gst_util`]: GStreamer set-up: init, element builder, a pipeline handle that owns the bus.
 //! - [`graph`]: the contract between an ingest protocol and the media graph it feeds.
+//! - [`transcoders`]: what ingest and egress ask of `transcode` without depending on it.
+//! - [`stream`]: the stream core: a live track set written once, read by many readers, each
+//!   through its own bounded queue.
 
 pub mod config;
-pub mod dtls;
 pub mod events;
 pub mod graph;
 pub mod gst_util;
-pub mod kafka;
 pub mod media;
-pub mod net;
 pub mod registry;
-pub mod sdp;
+pub mod stream;
+pub mod transcoders;
 
 pub use config::{Config, ConfigError};
 pub use registry::Registry;

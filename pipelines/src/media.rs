@@ -59,7 +59,11 @@ pub struct AudioTrack {
 #[derive(Debug, Clone, PartialEq)]
 pub struct SourceTracks {
     pub video: VideoTrack,
+    /// The session's AAC (a WebRTC publisher's Opus made into AAC at the door).
     pub audio: Option<AudioTrack>,
+    /// The publisher sends Opus too (48 kHz stereo, WebRTC), through
+    /// [`crate::graph::MediaSink::push_opus`]: WebRTC viewers get it untouched.
+    pub opus: bool,
 }
 
 impl VideoTrack {

@@ -74,7 +74,7 @@ async fn viewer(
     set_int(&socket, libc::SOL_UDP, libc::UDP_GRO, 1);
     // OpenSSL's DTLS, as the node's: it also takes a server's RSA certificate (webrtcbin's).
     let mut rtc = RtcConfig::new()
-        .set_crypto_provider(pipelines::dtls::crypto_provider())
+        .set_crypto_provider(rtc::dtls::crypto_provider())
         .clear_codecs()
         .enable_h264(true)
         .enable_opus(true, false)

@@ -3,13 +3,10 @@
 //! carries renditions from the origin through distribution nodes to regional edges ([`relay`]).
 
 pub mod cluster;
+pub mod egress;
 pub mod feeds;
 pub mod hls;
-pub mod opus;
 pub mod relay;
-pub mod rtp;
 pub mod sessions;
-pub mod srtp;
-pub mod udp;
 pub mod watch;
 pub mod whep;

@@ -4,7 +4,7 @@
 //! no GStreamer element and no encoder per viewer.
 //!
 //! Video is the rendition's own H.264; audio is the session's AAC made into Opus once
-//! ([`crate::opus`]) for every WebRTC viewer of the session.
+//! ([`crate::feeds`]) for every WebRTC viewer of the session.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +20,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use pipelines::events::{EventBus, EventKind};
 use pipelines::media::Frame;
+use pipelines::stream::{DEFAULT_CAPACITY, Reader, ReaderKind, Stream, Update};
+use rtc::rtp::{self, Packets};
+use rtc::srtp::{self, KeySlot, SrtpSender};
+use rtc::udp::Batch;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::{MediaKind, Mid, Pt};
@@ -28,14 +32,10 @@ use str0m::rtp::rtcp::Rtcp;
 use str0m::rtp::{RawPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
-use tokio::sync::{broadcast, mpsc};
-use tracing::{debug, info, warn};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
 
-use crate::feeds::{FeedStore, RenditionFeed};
-use crate::opus::OpusEncoder;
-use crate::rtp::{self, Packets};
-use crate::srtp::{self, KeySlot, SrtpSender};
-use crate::udp::Batch;
+use crate::feeds::FeedStore;
 
 /// Datagrams made before they are sent, at most.
 const FLUSH_AT: usize = 512;
@@ -78,7 +78,7 @@ enum Command {
     Add(Box<Viewer>),
     Remove(u64),
     /// Move a viewer to another rendition of its session, at that rendition's next keyframe.
-    Switch(u64, Arc<RenditionFeed>),
+    Switch(u64, Arc<Stream>),
 }
 
 struct Viewer {
@@ -96,10 +96,10 @@ struct Viewer {
     remote: Option<SocketAddr>,
     /// Retransmissions asked for (NACK), sealed, to go with the next batch.
     resend: Vec<Vec<u8>>,
-    feed: Arc<RenditionFeed>,
+    feed: Arc<Stream>,
     /// The rendition it moves to at that rendition's next keyframe.
-    pending: Option<Arc<RenditionFeed>>,
-    opus: Option<Arc<OpusEncoder>>,
+    pending: Option<Arc<Stream>>,
+    opus: Option<Arc<Stream>>,
     video: Option<Track>,
     audio: Option<Track>,
     connected: bool,
@@ -121,9 +121,9 @@ impl Whep {
         bus: Arc<EventBus>,
     ) -> std::io::Result<Arc<Whep>> {
         let socket = UdpSocket::bind(listen).await?;
-        crate::udp::set_buffers(&socket, 4 << 20);
+        rtc::udp::set_buffers(&socket, 4 << 20);
         let local = socket.local_addr()?;
-        let ip = pipelines::net::candidate_ip(local.ip(), advertise);
+        let ip = rtc::net::candidate_ip(local.ip(), advertise);
         let candidate = SocketAddr::new(ip, local.port());
         let (commands, rx) = mpsc::unbounded_channel();
         let whep = Arc::new(Whep {
@@ -227,7 +227,7 @@ async fn offer(
         return refuse(StatusCode::NOT_FOUND, "stream is not live here");
     };
     let feed = match &q.rendition {
-        Some(name) => match feeds.renditions.iter().find(|r| &r.name == name) {
+        Some(name) => match feeds.renditions.iter().find(|r| &r.info.name == name) {
             Some(f) => f.clone(),
             None => return refuse(StatusCode::NOT_FOUND, "no such rendition"),
         },
@@ -262,7 +262,7 @@ async fn offer(
         *here += 1;
     }
     let id = whep.next_id.fetch_add(1, Ordering::Relaxed);
-    info!(%stream, rendition = %feed.name, viewer = id, "WHEP viewer joined");
+    info!(%stream, rendition = %feed.info.name, viewer = id, "WHEP viewer joined");
     let opus = if sdp.to_ascii_lowercase().contains("opus/48000") {
         feeds.opus()
     } else {
@@ -273,7 +273,7 @@ async fn offer(
         session: feeds.session.clone(),
         viewer: id.to_string(),
         protocol: "whep".into(),
-        rendition: feed.name.clone(),
+        rendition: feed.info.name.clone(),
     });
     let _ = whep.commands.send(Command::Add(Box::new(Viewer {
         id,
@@ -332,22 +332,19 @@ fn advertised_bandwidth(sdp: &[u8]) -> Option<u64> {
 }
 
 /// The best rendition that fits `bandwidth` (the lowest if none does); the best without one.
-fn fitting(
-    renditions: &[Arc<RenditionFeed>],
-    bandwidth: Option<u64>,
-) -> Option<&Arc<RenditionFeed>> {
+fn fitting(renditions: &[Arc<Stream>], bandwidth: Option<u64>) -> Option<&Arc<Stream>> {
     match bandwidth {
         None => renditions.first(),
         Some(b) => renditions
             .iter()
-            .find(|r| r.bandwidth <= b)
+            .find(|r| r.info.bandwidth <= b)
             .or(renditions.last()),
     }
 }
 
 /// The offer in `sdp`, if it parses and offers H.264.
 pub fn check_offer(sdp: &str) -> Result<SdpOffer, String> {
-    let offer = SdpOffer::from_sdp_string(&pipelines::sdp::normalize_offer(sdp))
+    let offer = SdpOffer::from_sdp_string(&rtc::sdp::normalize_offer(sdp))
         .map_err(|e| format!("malformed SDP offer: {e}"))?;
     if !sdp.to_ascii_uppercase().contains("H264/90000") {
         return Err("the offer has no usable video codec (H.264 is needed)".into());
@@ -424,7 +421,7 @@ async fn select_layer(
     let Some(feed) = feeds
         .renditions
         .iter()
-        .find(|r| r.name == layer.encoding_id)
+        .find(|r| r.info.name == layer.encoding_id)
     else {
         return refuse(StatusCode::NOT_FOUND, "no such rendition");
     };
@@ -433,7 +430,7 @@ async fn select_layer(
         stream,
         session: feeds.session.clone(),
         viewer: id.to_string(),
-        rendition: feed.name.clone(),
+        rendition: feed.info.name.clone(),
         reason: "requested".into(),
     });
     StatusCode::NO_CONTENT.into_response()
@@ -827,12 +824,12 @@ async fn drive(
                 Some(Command::Add(v)) => {
                     let key = v.feed.id;
                     if forwarded.insert(key) {
-                        tokio::spawn(forward(key, v.feed.subscribe(), frames_tx.clone()));
+                        forward(&v.feed, &frames_tx);
                     }
                     if let Some(opus) = &v.opus
                         && forwarded.insert(opus.id)
                     {
-                        tokio::spawn(forward(opus.id, opus.subscribe(), frames_tx.clone()));
+                        forward(opus, &frames_tx);
                     }
                     index.insert(v.id, viewers.len());
                     viewers.push(*v);
@@ -845,7 +842,7 @@ async fn drive(
                 }
                 Some(Command::Switch(id, feed)) => {
                     if forwarded.insert(feed.id) {
-                        tokio::spawn(forward(feed.id, feed.subscribe(), frames_tx.clone()));
+                        forward(&feed, &frames_tx);
                     }
                     if let Some(v) = index.get(&id).map(|&i| &mut viewers[i]) {
                         v.pending = (feed.id != v.feed.id).then_some(feed);
@@ -856,7 +853,7 @@ async fn drive(
                 // The frame's RTP payloads, once for all its viewers.
                 let opus = viewers.iter().any(|v| v.opus.as_ref().is_some_and(|o| o.id == key));
                 let packets = if opus {
-                    rtp::opus(&frame)
+                    rtp::opus(&frame.data)
                 } else if frame.kind == pipelines::media::TrackKind::Video {
                     let feed = viewers.iter().find_map(|v| {
                         [Some(&v.feed), v.pending.as_ref()]
@@ -868,7 +865,7 @@ async fn drive(
                     let Some(feed) = feed else { continue };
                     let video = feed.video();
                     let sets = video.as_ref().map(|v| v.parameter_sets()).unwrap_or_default();
-                    rtp::h264(&frame, &sets, rtp::MAX_PAYLOAD)
+                    rtp::h264(&frame.data, frame.keyframe, &sets, rtp::MAX_PAYLOAD)
                 } else {
                     continue; // the feeds' AAC: viewers get Opus
                 };
@@ -894,16 +891,21 @@ async fn drive(
     }
 }
 
-async fn forward(key: u64, mut rx: broadcast::Receiver<Frame>, tx: mpsc::Sender<(u64, Frame)>) {
-    loop {
-        match rx.recv().await {
-            Ok(frame) => {
-                if tx.try_send((key, frame)).is_err() && tx.is_closed() {
-                    return;
-                }
-            }
-            Err(broadcast::error::RecvError::Lagged(n)) => warn!("WHEP fell {n} frames behind"),
-            Err(broadcast::error::RecvError::Closed) => return,
+/// Reads `stream` into the driver's frame channel, keyed by the stream's id, until it ends.
+fn forward(stream: &Stream, tx: &mpsc::Sender<(u64, Frame)>) {
+    let Some(reader) = stream.reader(ReaderKind::WebRtc, DEFAULT_CAPACITY) else {
+        return;
+    };
+    tokio::spawn(read_into(stream.id, reader, tx.clone()));
+}
+
+async fn read_into(key: u64, mut reader: Reader, tx: mpsc::Sender<(u64, Frame)>) {
+    while let Some(update) = reader.recv().await {
+        if let Update::Frame(frame) = update
+            && tx.try_send((key, frame)).is_err()
+            && tx.is_closed()
+        {
+            return;
         }
     }
 }
@@ -929,13 +931,20 @@ mod tests {
 
     #[test]
     fn the_default_rendition_is_the_best_that_fits_what_the_client_advertises() {
-        let feeds: Vec<Arc<RenditionFeed>> =
-            [("720p", 3_000_000), ("480p", 1_500_000), ("360p", 900_000)]
-                .iter()
-                .map(|(n, b)| Arc::new(RenditionFeed::new(n, 0, 0, *b, None)))
-                .collect();
+        let feeds: Vec<Arc<Stream>> = [("720p", 3_000_000), ("480p", 1_500_000), ("360p", 900_000)]
+            .iter()
+            .map(|(n, b)| {
+                let info = pipelines::stream::StreamInfo {
+                    name: (*n).to_owned(),
+                    width: 0,
+                    height: 0,
+                    bandwidth: *b,
+                };
+                Arc::new(Stream::new(info, None, None))
+            })
+            .collect();
         let pick = |sdp: &str| {
-            fitting(&feeds, advertised_bandwidth(sdp.as_bytes())).map(|f| f.name.clone())
+            fitting(&feeds, advertised_bandwidth(sdp.as_bytes())).map(|f| f.info.name.clone())
         };
         assert_eq!(pick("v=0\r\n").as_deref(), Some("720p"));
         assert_eq!(pick("v=0\r\nb=AS:2000\r\n").as_deref(), Some("480p"));

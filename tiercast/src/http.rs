@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::kafka::KafkaSink;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -12,7 +13,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use pipelines::config::Role;
 use pipelines::events::EventBus;
-use pipelines::kafka::KafkaSink;
 use pipelines::registry::StreamCounters;
 use pipelines::{Config, Registry};
 use recorder::archiver::Archiver;
@@ -236,6 +236,27 @@ async fn metrics(State(api): State<Api>) -> Response {
         "# HELP tiercast_webrtc_fanned_out_viewers_total WHEP viewers whose media went out through the shared fan-out (SRTP sealed per viewer, no session per packet).\n\
          # TYPE tiercast_webrtc_fanned_out_viewers_total counter\ntiercast_webrtc_fanned_out_viewers_total {}",
         api.whep.fanned_out()
+    );
+    let _ = writeln!(
+        out,
+        "# HELP tiercast_stream_dropped_frames_total Frames a reader of a stream lost because it fell behind (its queue was full); the publisher and other readers are not held up.\n\
+         # TYPE tiercast_stream_dropped_frames_total counter"
+    );
+    for (reader, dropped) in pipelines::stream::dropped_frames() {
+        let _ = writeln!(
+            out,
+            "tiercast_stream_dropped_frames_total{{reader=\"{}\"}} {dropped}",
+            reader.as_str()
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP tiercast_audio_transcoders_started_total Audio transcoders started (one per session and target codec, however many viewers).\n\
+         # TYPE tiercast_audio_transcoders_started_total counter\n\
+         tiercast_audio_transcoders_started_total{{to=\"opus\"}} {}\n\
+         tiercast_audio_transcoders_started_total{{to=\"aac\"}} {}",
+        transcode::audio::opus_encoders_started(),
+        transcode::audio::aac_encoders_started()
     );
     if let Some(kafka) = &api.kafka {
         let c = kafka.counters();

@@ -6,15 +6,16 @@
 
 mod demo;
 mod http;
+mod kafka;
 mod wiring;
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::kafka::KafkaSink;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use pipelines::events::EventBus;
-use pipelines::kafka::KafkaSink;
 use pipelines::{Config, Registry};
 use recorder::archiver::Archiver;
 use recorder::chunks::ChunkStore;
@@ -22,6 +23,7 @@ use recorder::notifier::Notifier;
 use recorder::s3::Bucket;
 use recorder::store::{LocalObjectStore, ObjectStore, S3ObjectStore};
 use relay_tiers::cluster::{Cluster, Member, RegionRule, RoutingRules};
+use relay_tiers::egress::Egress;
 use relay_tiers::feeds::FeedStore;
 use relay_tiers::relay::pull::{PullSettings, Puller};
 use relay_tiers::relay::tap::TapStore;
@@ -150,6 +152,15 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     // Renditions leave for the tier below through taps, wherever a cluster is configured.
     let taps = (!config.cluster.secret.is_empty()).then(|| Arc::new(TapStore::default()));
     let feeds = Arc::new(FeedStore::default());
+    let egress = Egress {
+        hls: hls.clone(),
+        taps: taps.clone(),
+        feeds: feeds.clone(),
+        secret: config.cluster.secret.clone(),
+        segment_target: std::time::Duration::from_secs(u64::from(config.hls.segment_seconds)),
+        playlist_length: config.hls.playlist_length as usize,
+        transcoders: Arc::new(transcode::GstTranscoders),
+    };
     let puller = role.pulls().then(|| {
         let c = &config.cluster;
         Puller::new(
@@ -163,18 +174,20 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
                 )),
                 playlist_length: config.hls.playlist_length as usize,
             },
-            hls.clone(),
-            taps.clone().unwrap_or_default(),
-            feeds.clone(),
+            Egress {
+                taps: Some(taps.clone().unwrap_or_default()),
+                ..egress.clone()
+            },
         )
     });
     let factory = Arc::new(wiring::Broadcast::new(
         config.clone(),
-        hls.clone(),
         bus.clone(),
         chunks.clone(),
-        taps.clone().filter(|_| ingests),
-        feeds.clone(),
+        Egress {
+            taps: taps.clone().filter(|_| ingests),
+            ..egress.clone()
+        },
     ));
     let (shutdown_tx, shutdown) = watch::channel(false);
     let (archiver_stop, archiver_shutdown) = watch::channel(false);
@@ -222,8 +235,9 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
             config.webrtc.advertise.parse().ok(),
             registry.clone(),
             factory.clone(),
+            egress.transcoders.clone(),
             // A VP8 source becomes H.264 at the best rung's rate, keyframes on the GOP.
-            ingest::vp8::Vp8Settings {
+            pipelines::transcoders::Vp8Settings {
                 kbps: config
                     .ladders
                     .values()
@@ -508,7 +522,7 @@ fn archiver(config: Config, all: bool) -> anyhow::Result<()> {
         let (events, consumer) = match &config.events.kafka {
             Some(k) => {
                 let (tx, rx) = tokio::sync::broadcast::channel(1024);
-                let thread = pipelines::kafka::consume(
+                let thread = crate::kafka::consume(
                     k,
                     ARCHIVER_GROUP,
                     &["tiercast.streams"],

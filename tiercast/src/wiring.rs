@@ -1,17 +1,18 @@
 //! Wires one session's media graph from the feature crates: frames in (`pipelines`), the
-//! ladder (`transcode`), HLS out (`relay-tiers`).
+//! ladder (`transcode`), egress (`relay-tiers`).
 //!
 //! ```text
-//! source frames ─┬─────────────────────────────────────────────► passthrough segmenter (no GStreamer)
-//!   (video)      └─ appsrc ─ transcode::attach ─┬─ appsink ────► 480p segmenter
-//!                                               └─ appsink ────► 360p segmenter
-//! source frames (AAC audio) ───────────────────────────────────► every segmenter, shared as is
+//! source frames ─┬─────────────────────────────────────────────► source stream (no GStreamer)
+//!   (video)      └─ appsrc ─ transcode::attach ─┬─ appsink ────► 480p stream
+//!                                               └─ appsink ────► 360p stream
+//! source frames (AAC audio) ───────────────────────────────────► every stream, shared as is
 //! ```
 //!
-//! Nothing is decoded unless a rung needs encoding, and then only once.
+//! Each rendition is one [`Stream`]; HLS, the relay tap and WebRTC viewers read it
+//! ([`relay_tiers::egress`]). Nothing is decoded unless a rung needs encoding, and then only once.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gst::prelude::*;
@@ -19,14 +20,13 @@ use pipelines::Config;
 use pipelines::events::{EventBus, EventKind};
 use pipelines::graph::{Finish, FrameSources, GraphFactory, MediaSink};
 use pipelines::gst_util::{GstError, Outcome, PipelineHandle, make};
-use pipelines::media::{Bytes, Frame, SourceTracks, TrackKind, VideoTrack};
+use pipelines::media::{Frame, SourceTracks, TrackKind, VideoTrack};
 use pipelines::registry::{PublishClaim, Rendition};
+use pipelines::stream::{Stream, StreamInfo};
 use recorder::chunks::ChunkStore;
 use recorder::session::SessionRecorder;
-use relay_tiers::feeds::{FeedStore, RenditionFeed, SessionFeeds};
-use relay_tiers::hls::segmenter::Segmenter;
-use relay_tiers::hls::store::{HlsStore, SessionHls};
-use relay_tiers::relay::tap::{SessionTaps, Tap, TapStore};
+use relay_tiers::egress::{Egress, Served, Serving};
+use relay_tiers::hls::segmenter::SegmentHook;
 use relay_tiers::relay::wire::RenditionInfo;
 use tracing::{info, warn};
 use transcode::{EncodeSettings, Mode};
@@ -36,70 +36,30 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Broadcast {
     config: Arc<Config>,
-    hls: Arc<HlsStore>,
     bus: Arc<EventBus>,
     chunks: ChunkStore,
-    /// Where renditions leave for the tier below, on an origin.
-    taps: Option<Arc<TapStore>>,
-    /// Frames for WebRTC viewers.
-    feeds: Arc<FeedStore>,
+    /// HLS, the relay tap (on an origin) and WebRTC viewers.
+    egress: Egress,
 }
 
 impl Broadcast {
     pub fn new(
         config: Arc<Config>,
-        hls: Arc<HlsStore>,
         bus: Arc<EventBus>,
         chunks: ChunkStore,
-        taps: Option<Arc<TapStore>>,
-        feeds: Arc<FeedStore>,
+        egress: Egress,
     ) -> Broadcast {
         Broadcast {
             config,
-            hls,
             bus,
             chunks,
-            taps,
-            feeds,
+            egress,
         }
     }
 }
 
-/// A rendition being produced: its registry entry, its segmenter, and its way to the tier
-/// below.
-#[derive(Clone)]
-struct Output {
-    rendition: Arc<Rendition>,
-    segmenter: Arc<Mutex<Segmenter>>,
-    tap: Option<Arc<Tap>>,
-    feed: Arc<RenditionFeed>,
-}
-
-impl Output {
-    fn push(&self, frame: Frame) {
-        if frame.kind == TrackKind::Video {
-            self.rendition.frames_out.fetch_add(1, Ordering::Relaxed);
-        }
-        if let Some(tap) = &self.tap {
-            tap.push(&frame);
-        }
-        self.feed.push(&frame);
-        self.segmenter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(frame);
-    }
-
-    fn finish(&self) {
-        self.segmenter
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .finish();
-        if let Some(tap) = &self.tap {
-            tap.end();
-        }
-    }
-}
+/// A rendition being produced: its registry entry (counters, codecs) and its stream.
+type Output = (Arc<Rendition>, Arc<Stream>);
 
 impl GraphFactory for Broadcast {
     fn start(
@@ -120,13 +80,10 @@ impl GraphFactory for Broadcast {
         );
 
         let audio_codecs = tracks.audio.as_ref().map(|a| a.codecs());
-        let target = Duration::from_secs(u64::from(c.hls.segment_seconds));
         let mut passthrough = Vec::new();
         let mut encoded = Vec::new();
         let mut renditions = Vec::with_capacity(plan.len());
-        let mut store_entries = Vec::with_capacity(plan.len());
-        let mut session_taps = Vec::with_capacity(plan.len());
-        let mut session_feeds = Vec::with_capacity(plan.len());
+        let mut served = Vec::with_capacity(plan.len());
         for r in &plan {
             let with_audio = if audio_codecs.is_some() {
                 r.audio_kbps
@@ -147,104 +104,88 @@ impl GraphFactory for Broadcast {
             if let Some(video) = &video {
                 rendition.set_codecs(codecs(video, audio_codecs.as_deref()));
             }
-            let segmenter = Segmenter::new(
-                &session.id,
-                target,
-                c.hls.playlist_length as usize,
-                video.clone(),
-                tracks.audio.clone(),
-            );
-            let tap = self.taps.as_ref().map(|_| {
-                Arc::new(Tap::new(
-                    &session.id,
-                    RenditionInfo {
-                        name: r.name.clone(),
-                        width: r.width,
-                        height: r.height,
-                        bandwidth,
-                        codecs: rendition.codecs().unwrap_or_default(),
-                        frame_rate: v.fps,
-                    },
-                    video.as_ref(),
-                    tracks.audio.as_ref(),
-                    &c.cluster.secret,
-                ))
-            });
-            session_taps.extend(tap.clone());
-            let feed = Arc::new(RenditionFeed::new(
-                &r.name,
-                r.width,
-                r.height,
+            let info = StreamInfo {
+                name: r.name.clone(),
+                width: r.width,
+                height: r.height,
                 bandwidth,
-                video.clone(),
-            ));
-            session_feeds.push(feed.clone());
-            let output = Output {
-                rendition: rendition.clone(),
-                segmenter: Arc::new(Mutex::new(segmenter)),
-                tap,
-                feed,
             };
-            store_entries.push((r.name.clone(), output.segmenter.clone()));
+            let out = Arc::new(Stream::new(info, video, tracks.audio.clone()));
+            served.push(Served {
+                stream: out.clone(),
+                info: RenditionInfo {
+                    name: r.name.clone(),
+                    width: r.width,
+                    height: r.height,
+                    bandwidth,
+                    codecs: rendition.codecs().unwrap_or_default(),
+                    frame_rate: v.fps,
+                },
+            });
             if is_passthrough {
-                passthrough.push(output)
+                passthrough.push((rendition.clone(), out))
             } else {
-                encoded.push(output)
+                encoded.push((rendition.clone(), out))
             }
             renditions.push(rendition);
         }
 
-        let encoders = if encoded.is_empty() {
-            None
-        } else {
-            Some(self.start_encoders(claim, tracks, &plan, &encoded, audio_codecs)?)
-        };
-        session.go_live(tracks.clone(), renditions);
         // The top rendition (the source itself when it passes through) is what gets recorded.
         let recorder = stream.record.then(|| {
-            let recorder = SessionRecorder::start(
+            SessionRecorder::start(
                 self.chunks.clone(),
                 self.bus.clone(),
                 &stream.name,
                 &session.id,
-            );
-            let chunks = recorder.sender();
-            if let Some((_, top)) = store_entries.first() {
-                top.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .set_on_segment(Box::new(move |segment| {
-                        chunks.send(segment.sequence, segment.duration, segment.data.clone())
-                    }));
-            }
-            recorder
+            )
         });
+        let on_segment = recorder.as_ref().map(|recorder| {
+            let chunks = recorder.sender();
+            let hook: SegmentHook = Box::new(move |segment| {
+                chunks.send(segment.sequence, segment.duration, segment.data.clone())
+            });
+            hook
+        });
+        // A WebRTC publisher's Opus goes to WebRTC viewers as it came.
+        let opus = tracks.opus.then(|| {
+            let info = StreamInfo {
+                name: "opus".into(),
+                width: 0,
+                height: 0,
+                bandwidth: 64_000,
+            };
+            Arc::new(Stream::new(info, None, None))
+        });
+        // Readers first, so they see the encoders' first frames.
+        let serving = self.egress.serve(
+            &stream.name,
+            &session.id,
+            &served,
+            opus.clone(),
+            false,
+            on_segment,
+        );
+        let encoders = if encoded.is_empty() {
+            None
+        } else {
+            match self.start_encoders(claim, tracks, &plan, &encoded, audio_codecs) {
+                Ok(encoders) => Some(encoders),
+                Err(e) => {
+                    for s in &served {
+                        s.stream.end();
+                    }
+                    return Err(e);
+                }
+            }
+        };
+        session.go_live(tracks.clone(), renditions);
         self.bus.publish(EventKind::StreamStarted {
             stream: stream.name.clone(),
             session: session.id.clone(),
             protocol: session.protocol.to_owned(),
             publisher: session.publisher.to_string(),
         });
-        self.hls.publish(
-            &stream.name,
-            Arc::new(SessionHls::new(&session.id, store_entries)),
-        );
-        self.feeds.publish(
-            &stream.name,
-            Arc::new(SessionFeeds::new(
-                &session.id,
-                session_feeds,
-                tracks.audio.clone(),
-            )),
-        );
-        if let Some(taps) = &self.taps {
-            taps.publish(
-                &stream.name,
-                Arc::new(SessionTaps {
-                    session: session.id.clone(),
-                    renditions: session_taps,
-                }),
-            );
-        }
+        self.egress.publish(&stream.name, &serving);
         Ok(Box::new(LiveGraph {
             stream: stream.name.clone(),
             session: session.id.clone(),
@@ -254,6 +195,8 @@ impl GraphFactory for Broadcast {
             passthrough,
             encoded,
             encoders,
+            opus,
+            serving,
         }))
     }
 }
@@ -274,6 +217,7 @@ impl Broadcast {
         let video_only = SourceTracks {
             video: tracks.video.clone(),
             audio: None,
+            opus: false,
         };
         let sources = FrameSources::add_to(&pipeline, &video_only)?;
         let fps = tracks.video.fps.unwrap_or(30.0).round().max(1.0) as u32;
@@ -315,58 +259,18 @@ fn codecs(video: &VideoTrack, audio: Option<&str>) -> String {
 
 /// An `appsink` that hands each encoded access unit, without copying, to `output`.
 fn appsink_for(output: Output, audio_codecs: Option<String>) -> Result<gst::Element, GstError> {
-    let sink = make("appsink", &format!("out_{}", output.rendition.name))?
+    let (rendition, stream) = output;
+    let sink = make("appsink", &format!("out_{}", rendition.name))?
         .downcast::<gst_app::AppSink>()
         .expect("appsink is an AppSink");
-    sink.set_sync(false);
-    sink.set_property("enable-last-sample", false);
-    let mut configured = false;
-    sink.set_callbacks(
-        gst_app::AppSinkCallbacks::builder()
-            .new_sample(move |sink| {
-                let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
-                if !configured
-                    && let Some(caps) = sample.caps()
-                    && let Some(s) = caps.structure(0)
-                    && let Ok(codec_data) = s.get::<gst::Buffer>("codec_data")
-                    && let Ok(map) = codec_data.map_readable()
-                    && let Ok(video) = VideoTrack::from_avcc(Bytes::copy_from_slice(&map))
-                {
-                    let all = codecs(&video, audio_codecs.as_deref());
-                    if let Some(tap) = &output.tap {
-                        tap.set_codecs(&all);
-                        tap.set_video(&video);
-                    }
-                    output.feed.set_video(video.clone());
-                    output.rendition.set_codecs(all);
-                    output
-                        .segmenter
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .set_video(video);
-                    configured = true;
-                }
-                let Some(buffer) = sample.buffer_owned() else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let (Some(pts), dts) = (buffer.pts(), buffer.dts()) else {
-                    return Ok(gst::FlowSuccess::Ok);
-                };
-                let keyframe = !buffer.flags().contains(gst::BufferFlags::DELTA_UNIT);
-                let Ok(mapped) = buffer.into_mapped_buffer_readable() else {
-                    return Err(gst::FlowError::Error);
-                };
-                output.push(Frame {
-                    kind: TrackKind::Video,
-                    pts: Duration::from_nanos(pts.nseconds()),
-                    dts: Duration::from_nanos(dts.unwrap_or(pts).nseconds()),
-                    keyframe,
-                    data: Bytes::from_owner(mapped),
-                });
-                Ok(gst::FlowSuccess::Ok)
-            })
-            .build(),
-    );
+    transcode::side::deliver_video_frames(&sink, move |frame, video| {
+        if let Some(video) = video {
+            rendition.set_codecs(codecs(&video, audio_codecs.as_deref()));
+            stream.set_video(video);
+        }
+        rendition.frames_out.fetch_add(1, Ordering::Relaxed);
+        stream.write(frame);
+    });
     Ok(sink.upcast())
 }
 
@@ -386,14 +290,18 @@ struct LiveGraph {
     passthrough: Vec<Output>,
     encoded: Vec<Output>,
     encoders: Option<Encoders>,
+    /// The publisher's own Opus, when it sends Opus.
+    opus: Option<Arc<Stream>>,
+    serving: Serving,
 }
 
 impl MediaSink for LiveGraph {
     fn push(&mut self, frame: Frame) -> bool {
         match frame.kind {
             TrackKind::Video => {
-                for out in &self.passthrough {
-                    out.push(frame.clone());
+                for (rendition, out) in &self.passthrough {
+                    rendition.frames_out.fetch_add(1, Ordering::Relaxed);
+                    out.write(frame.clone());
                 }
                 match &self.encoders {
                     Some(enc) => enc.sources.push(frame),
@@ -401,11 +309,21 @@ impl MediaSink for LiveGraph {
                 }
             }
             TrackKind::Audio => {
-                for out in self.passthrough.iter().chain(&self.encoded) {
-                    out.push(frame.clone());
+                for (_, out) in self.passthrough.iter().chain(&self.encoded) {
+                    out.write(frame.clone());
                 }
                 true
             }
+        }
+    }
+
+    fn push_opus(&mut self, frame: Frame) -> bool {
+        match &self.opus {
+            Some(opus) => {
+                opus.write(frame);
+                true
+            }
+            None => false,
         }
     }
 
@@ -420,6 +338,8 @@ impl MediaSink for LiveGraph {
                 passthrough,
                 encoded,
                 encoders,
+                opus,
+                serving,
             } = *self;
             if let Some(enc) = encoders {
                 enc.sources.end();
@@ -436,9 +356,13 @@ impl MediaSink for LiveGraph {
                 let handle = enc.handle;
                 let _ = tokio::task::spawn_blocking(move || drop(handle)).await;
             }
-            for out in passthrough.iter().chain(&encoded) {
-                out.finish();
+            for (_, out) in passthrough.iter().chain(&encoded) {
+                out.end();
             }
+            if let Some(opus) = opus {
+                opus.end();
+            }
+            serving.finish().await;
             info!(%session, "session finished; every playlist ended");
             let recorded = recorder.is_some();
             if let Some(recorder) = recorder {

@@ -429,6 +429,7 @@ impl Publishing {
         let tracks = SourceTracks {
             video,
             audio: self.audio.clone(),
+            opus: false,
         };
         info!(
             stream = %self.claim.session.stream,

@@ -14,18 +14,16 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use pipelines::media::{Bytes, Frame, TrackKind, VideoTrack};
+use pipelines::media::{Bytes, VideoTrack};
+use pipelines::stream::Stream;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use super::Demand;
 use super::auth;
 use super::routes::StreamInfo;
-use super::tap::{SessionTaps, Tap, TapStore};
 use super::wire::{Decoder, Header, Message};
-use crate::feeds::{FeedStore, RenditionFeed, SessionFeeds};
-use crate::hls::segmenter::Segmenter;
-use crate::hls::store::{HlsStore, SessionHls};
+use crate::egress::{Egress, Served, Serving};
 
 /// An upstream that sends nothing for this long is taken for dead (a live rendition carries
 /// audio every few tens of milliseconds, video every frame).
@@ -51,9 +49,9 @@ pub struct Puller(Arc<Inner>);
 
 struct Inner {
     settings: PullSettings,
-    hls: Arc<HlsStore>,
-    taps: Arc<TapStore>,
-    feeds: Arc<FeedStore>,
+    /// Where pulled sessions are served (its taps are always set: a pulled stream may be
+    /// pulled again by the tier below).
+    egress: Egress,
     client: Client<HttpConnector, Empty<Bytes>>,
     pulls: Mutex<HashMap<String, Arc<Pull>>>,
 }
@@ -104,47 +102,12 @@ impl Demand for Puller {
     }
 }
 
-/// One rendition's way in: its segmenter and its tap, and the last frames it got.
-struct Sink {
-    segmenter: Arc<Mutex<Segmenter>>,
-    tap: Arc<Tap>,
-    feed: Arc<RenditionFeed>,
-    last_video: Option<Duration>,
-    last_audio: Option<Duration>,
-}
-
-impl Sink {
-    fn push(&mut self, frame: Frame) {
-        let last = match frame.kind {
-            TrackKind::Video => &mut self.last_video,
-            TrackKind::Audio => &mut self.last_audio,
-        };
-        // After a failover the new upstream repeats its current GOP: skip what we have.
-        if last.is_some_and(|l| frame.dts <= l) {
-            return;
-        }
-        *last = Some(frame.dts);
-        self.tap.push(&frame);
-        self.feed.push(&frame);
-        lock(&self.segmenter).push(frame);
-    }
-
-    fn set_video(&self, video: VideoTrack) {
-        self.tap.set_video(&video);
-        self.feed.set_video(video.clone());
-        lock(&self.segmenter).set_video(video);
-    }
-
-    fn end(&self) {
-        lock(&self.segmenter).finish();
-        self.tap.end();
-    }
-}
-
 /// A session being relayed here.
 struct Relayed {
     session: String,
-    sinks: Vec<(String, Arc<Mutex<Sink>>)>,
+    /// Each rendition's stream, by name; frames from upstream are written to them.
+    streams: Vec<Arc<Stream>>,
+    serving: Serving,
     /// The origin ended it; kept (playlists ended) until the next session or the release.
     ended: bool,
 }
@@ -160,20 +123,13 @@ enum Ended {
 }
 
 impl Puller {
-    pub fn new(
-        settings: PullSettings,
-        hls: Arc<HlsStore>,
-        taps: Arc<TapStore>,
-        feeds: Arc<FeedStore>,
-    ) -> Puller {
+    pub fn new(settings: PullSettings, egress: Egress) -> Puller {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
         Puller(Arc::new(Inner {
             settings,
-            hls,
-            taps,
-            feeds,
+            egress,
             client: Client::builder(TokioExecutor::new()).build(connector),
             pulls: Mutex::new(HashMap::new()),
         }))
@@ -196,7 +152,9 @@ impl Puller {
     /// Whether nobody has wanted `stream` for the linger and no node below reads it.
     fn released(&self, stream: &str, pull: &Pull) -> bool {
         let idle = lock(&pull.wanted).elapsed() >= self.0.settings.linger;
-        let downstream = self.0.taps.get(stream).map_or(0, |t| t.subscribers());
+        let downstream = (self.0.egress.taps.as_ref())
+            .and_then(|taps| taps.get(stream))
+            .map_or(0, |t| t.subscribers());
         idle && downstream == 0
     }
 
@@ -234,12 +192,8 @@ impl Puller {
             }
         }
         if let Some(relayed) = current {
-            for (_, sink) in &relayed.sinks {
-                lock(sink).end();
-            }
-            self.0.taps.remove(&stream, &relayed.session);
-            self.0.hls.remove(&stream, &relayed.session);
-            self.0.feeds.remove(&stream, &relayed.session);
+            self.0.egress.remove(&stream, &relayed.session);
+            relayed.end().await;
         }
         lock(&self.0.pulls).remove(&stream);
         info!(%stream, "released: nobody watches it here");
@@ -324,9 +278,7 @@ impl Puller {
         }
         if current.as_ref().is_none_or(|c| c.session != info.session) {
             if let Some(old) = current.take() {
-                for (_, sink) in &old.sinks {
-                    lock(sink).end();
-                }
+                old.end().await;
             }
             *current = Some(self.start_session(stream, &info.session, &bodies));
         }
@@ -334,14 +286,14 @@ impl Puller {
         let (stop_tx, stop) = watch::channel(false);
         let mut readers = tokio::task::JoinSet::new();
         for (header, body, decoder) in bodies {
-            let Some((_, sink)) = relayed
-                .sinks
+            let Some(stream) = relayed
+                .streams
                 .iter()
-                .find(|(n, _)| *n == header.rendition.name)
+                .find(|s| s.info.name == header.rendition.name)
             else {
                 continue;
             };
-            readers.spawn(read_rendition(body, decoder, sink.clone(), stop.clone()));
+            readers.spawn(read_rendition(body, decoder, stream.clone(), stop.clone()));
         }
         let mut watch_release = tokio::time::interval(Duration::from_millis(500));
         let ended = loop {
@@ -366,93 +318,63 @@ impl Puller {
                 while readers.join_next().await.is_some() {}
             })
             .await;
-            for (_, sink) in &relayed.sinks {
-                lock(sink).end();
+            for stream in &relayed.streams {
+                stream.end();
             }
         }
         readers.abort_all();
         ended
     }
 
-    /// Segmenters and taps for a session first seen here; served from now on.
+    /// Streams for a session first seen here, served from now on.
     fn start_session(
         &self,
         stream: &str,
         session: &str,
         bodies: &[(Header, hyper::body::Incoming, Decoder)],
     ) -> Relayed {
-        let s = &self.0.settings;
-        let mut sinks = Vec::new();
-        let mut segmenters = Vec::new();
-        let mut taps = Vec::new();
-        let mut infos = Vec::new();
-        let mut feeds = Vec::new();
-        for (header, _, _) in bodies {
-            let video = header.video_track();
-            let audio = header.audio_track();
-            let segmenter = Arc::new(Mutex::new(Segmenter::new(
-                session,
-                s.segment_target,
-                s.playlist_length,
-                video.clone(),
-                audio.clone(),
-            )));
-            let tap = Arc::new(Tap::new(
-                session,
-                header.rendition.clone(),
-                video.as_ref(),
-                audio.as_ref(),
-                &s.secret,
-            ));
-            let name = header.rendition.name.clone();
-            let r = &header.rendition;
-            let feed = Arc::new(RenditionFeed::new(
-                &r.name,
-                r.width,
-                r.height,
-                r.bandwidth,
-                video.clone(),
-            ));
-            feeds.push(feed.clone());
-            segmenters.push((name.clone(), segmenter.clone()));
-            taps.push(tap.clone());
-            infos.push(header.rendition.clone());
-            sinks.push((
-                name,
-                Arc::new(Mutex::new(Sink {
-                    segmenter,
-                    tap,
-                    feed,
-                    last_video: None,
-                    last_audio: None,
-                })),
-            ));
-        }
-        info!(%stream, %session, renditions = ?infos.iter().map(|r| &r.name).collect::<Vec<_>>(), "relaying a session");
-        self.0.taps.publish(
-            stream,
-            Arc::new(SessionTaps {
-                session: session.to_owned(),
-                renditions: taps,
-            }),
-        );
-        self.0.hls.publish(
-            stream,
-            Arc::new(SessionHls::new(session, segmenters).relayed(infos)),
-        );
-        self.0.feeds.publish(
-            stream,
-            Arc::new(SessionFeeds::new(
-                session,
-                feeds,
-                bodies.first().and_then(|(h, _, _)| h.audio_track()),
-            )),
-        );
+        let served: Vec<Served> = bodies
+            .iter()
+            .map(|(header, _, _)| {
+                let r = &header.rendition;
+                let info = pipelines::stream::StreamInfo {
+                    name: r.name.clone(),
+                    width: r.width,
+                    height: r.height,
+                    bandwidth: r.bandwidth,
+                };
+                Served {
+                    stream: Arc::new(Stream::new(
+                        info,
+                        header.video_track(),
+                        header.audio_track(),
+                    )),
+                    info: r.clone(),
+                }
+            })
+            .collect();
+        info!(%stream, %session, renditions = ?served.iter().map(|r| &r.info.name).collect::<Vec<_>>(), "relaying a session");
+        let serving = self
+            .0
+            .egress
+            .serve(stream, session, &served, None, true, None);
+        self.0.egress.publish(stream, &serving);
         Relayed {
             session: session.to_owned(),
-            sinks,
+            streams: served.into_iter().map(|s| s.stream).collect(),
+            serving,
             ended: false,
         }
+    }
+}
+
+impl Relayed {
+    /// Ends every rendition's stream and waits until their playlists have ended.
+    async fn end(self) {
+        for stream in &self.streams {
+            stream.end();
+        }
+        self.serving.finish().await;
     }
 }
 
@@ -481,7 +403,7 @@ async fn read_message(
 async fn read_rendition(
     mut body: hyper::body::Incoming,
     mut decoder: Decoder,
-    sink: Arc<Mutex<Sink>>,
+    stream: Arc<Stream>,
     mut stop: watch::Receiver<bool>,
 ) -> Ended {
     loop {
@@ -490,10 +412,13 @@ async fn read_rendition(
             _ = stop.wait_for(|s| *s) => return Ended::Released,
         };
         match message {
-            Ok(Message::Frame(frame)) => lock(&sink).push(frame),
+            // After a failover the new upstream repeats its current GOP: skipped.
+            Ok(Message::Frame(frame)) => {
+                stream.write_newer(frame);
+            }
             Ok(Message::VideoConfig(avcc)) => {
                 if let Ok(video) = VideoTrack::from_avcc(avcc) {
-                    lock(&sink).set_video(video);
+                    stream.set_video(video);
                 }
             }
             Ok(Message::End) => return Ended::Session,

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use pipelines::media::{AudioTrack, Bytes, Frame, TrackKind, VideoTrack};
+use pipelines::stream::{Reader, Update};
 use tokio::sync::broadcast;
 
 use super::seal::Sealer;
@@ -35,6 +36,8 @@ pub struct Sent {
 #[derive(Debug)]
 struct TapInner {
     header: Header,
+    /// The audio's RFC 6381 codec, for the rendition's codecs once the video is known.
+    audio_codecs: Option<String>,
     /// From the last video keyframe on, wire-encoded.
     gop: Vec<Bytes>,
     ended: bool,
@@ -70,6 +73,7 @@ impl Tap {
                     video: video.map(|v| wire::to_hex(&v.codec_data)),
                     audio: audio.map(|a| wire::to_hex(&a.codec_data)),
                 },
+                audio_codecs: audio.map(|a| a.codecs()),
                 gop: Vec::new(),
                 ended: false,
             }),
@@ -82,14 +86,25 @@ impl Tap {
         lock(&self.inner).header.rendition.clone()
     }
 
-    pub fn set_codecs(&self, codecs: &str) {
-        lock(&self.inner).header.rendition.codecs = codecs.to_owned();
+    /// Sends what `reader` reads down the relay until its stream ends, then the end.
+    pub async fn follow(self: Arc<Self>, mut reader: Reader) {
+        while let Some(update) = reader.recv().await {
+            match update {
+                Update::Frame(frame) => self.push(&frame),
+                Update::Video(video) => self.set_video(&video),
+            }
+        }
+        self.end();
     }
 
     /// A new video configuration (an encoder that negotiated after the session started).
     pub fn set_video(&self, video: &VideoTrack) {
         let mut inner = lock(&self.inner);
         inner.header.video = Some(wire::to_hex(&video.codec_data));
+        inner.header.rendition.codecs = match &inner.audio_codecs {
+            Some(audio) => format!("{},{audio}", video.codecs()),
+            None => video.codecs(),
+        };
         let bytes = self
             .sealer
             .seal(&wire::encode_video_config(&video.codec_data));

@@ -18,8 +18,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::config::KafkaConfig;
-use crate::events::{Event, EventSink};
+use pipelines::config::KafkaConfig;
+use pipelines::events::{Event, EventSink};
 
 /// Every topic tiercast writes.
 pub const TOPICS: &[&str] = &[

@@ -5,8 +5,6 @@
 
 use std::sync::Arc;
 
-use pipelines::media::Frame;
-
 /// Largest RTP payload made: room for the RTP header, its extensions and the SRTP tag in
 /// a 1200-byte datagram, which every path WebRTC runs on carries.
 pub const MAX_PAYLOAD: usize = 1100;
@@ -17,14 +15,14 @@ pub struct Packets {
     pub payloads: Vec<Arc<[u8]>>,
 }
 
-/// The NAL units of an AVC frame (4-byte length prefixes), with `parameter_sets` in front
-/// when it is a keyframe. A length that runs past the end stops the walk.
-fn nal_units<'a>(frame: &'a Frame, parameter_sets: &[&'a [u8]]) -> Vec<&'a [u8]> {
+/// The NAL units of an AVC access unit (4-byte length prefixes), with `parameter_sets` in
+/// front when it is a keyframe. A length that runs past the end stops the walk.
+fn nal_units<'a>(au: &'a [u8], keyframe: bool, parameter_sets: &[&'a [u8]]) -> Vec<&'a [u8]> {
     let mut units: Vec<&[u8]> = Vec::new();
-    if frame.keyframe {
+    if keyframe {
         units.extend_from_slice(parameter_sets);
     }
-    let mut data = &frame.data[..];
+    let mut data = au;
     while data.len() >= 4 {
         let len = u32::from_be_bytes([data[0], data[1], data[2], data[3]]) as usize;
         if len == 0 || data.len() < 4 + len {
@@ -36,9 +34,9 @@ fn nal_units<'a>(frame: &'a Frame, parameter_sets: &[&'a [u8]]) -> Vec<&'a [u8]>
     units
 }
 
-/// An H.264 access unit in RTP payloads of at most `max` bytes.
-pub fn h264(frame: &Frame, parameter_sets: &[&[u8]], max: usize) -> Packets {
-    let units = nal_units(frame, parameter_sets);
+/// An H.264 access unit (AVC form) in RTP payloads of at most `max` bytes.
+pub fn h264(au: &[u8], keyframe: bool, parameter_sets: &[&[u8]], max: usize) -> Packets {
+    let units = nal_units(au, keyframe, parameter_sets);
     let mut payloads: Vec<Arc<[u8]>> = Vec::new();
     let mut i = 0;
     while i < units.len() {
@@ -94,17 +92,15 @@ pub fn h264(frame: &Frame, parameter_sets: &[&[u8]], max: usize) -> Packets {
 }
 
 /// An Opus frame: one packet as it is.
-pub fn opus(frame: &Frame) -> Packets {
+pub fn opus(frame: &[u8]) -> Packets {
     Packets {
-        payloads: vec![Arc::from(&frame.data[..])],
+        payloads: vec![Arc::from(frame)],
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pipelines::media::TrackKind;
-    use std::time::Duration;
 
     fn avc(units: &[&[u8]]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -113,16 +109,6 @@ mod tests {
             out.extend_from_slice(u);
         }
         out
-    }
-
-    fn frame(data: Vec<u8>, keyframe: bool) -> Frame {
-        Frame {
-            kind: TrackKind::Video,
-            pts: Duration::ZERO,
-            dts: Duration::ZERO,
-            keyframe,
-            data: data.into(),
-        }
     }
 
     /// Reassembles payloads into NAL units, as a receiver does.
@@ -162,8 +148,8 @@ mod tests {
             .chain((0..5000u32).map(|i| (i % 251) as u8))
             .collect();
         let sei = vec![0x06, 0x05, 0x01, 0x80];
-        let f = frame(avc(&[&sei, &idr]), true);
-        let packets = h264(&f, &[&sps, &pps], MAX_PAYLOAD);
+        let f = avc(&[&sei, &idr]);
+        let packets = h264(&f, true, &[&sps, &pps], MAX_PAYLOAD);
         assert!(packets.payloads.iter().all(|p| p.len() <= MAX_PAYLOAD));
         // SPS, PPS and SEI in one STAP-A, then the IDR in FU-A pieces of even size.
         assert_eq!(packets.payloads[0][0] & 0x1f, 24);
@@ -176,13 +162,13 @@ mod tests {
     #[test]
     fn small_frames_are_single_packets_and_cut_lengths_stop_the_walk() {
         let p = vec![0x41, 1, 2, 3];
-        let f = frame(avc(&[&p]), false);
-        assert_eq!(depacketize(&h264(&f, &[], MAX_PAYLOAD).payloads), vec![p]);
+        let f = avc(&[&p]);
+        assert_eq!(
+            depacketize(&h264(&f, false, &[], MAX_PAYLOAD).payloads),
+            vec![p]
+        );
         let mut data = avc(&[&[0x41, 9]]);
         data.extend_from_slice(&[0, 0, 0, 50, 1]);
-        assert_eq!(
-            h264(&frame(data, false), &[], MAX_PAYLOAD).payloads.len(),
-            1
-        );
+        assert_eq!(h264(&data, false, &[], MAX_PAYLOAD).payloads.len(), 1);
     }
 }

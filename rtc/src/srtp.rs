@@ -40,7 +40,7 @@ pub fn with_key_slot<T>(build: impl FnOnce() -> T) -> (T, KeySlot) {
     (built, slot)
 }
 
-/// The crypto provider of the WebRTC sessions ([`pipelines::dtls`]) with the key-keeping DTLS
+/// The crypto provider of the WebRTC sessions ([`crate::dtls`]) with the key-keeping DTLS
 /// provider in front.
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
@@ -48,11 +48,11 @@ pub fn crypto_provider() -> Arc<CryptoProvider> {
         .get_or_init(|| {
             static KEEPING: OnceLock<KeepingProvider> = OnceLock::new();
             let keeping = KEEPING.get_or_init(|| KeepingProvider {
-                inner: pipelines::dtls::provider(),
+                inner: crate::dtls::provider(),
             });
             Arc::new(CryptoProvider {
                 dtls_provider: keeping,
-                ..(*pipelines::dtls::crypto_provider()).clone()
+                ..(*crate::dtls::crypto_provider()).clone()
             })
         })
         .clone()

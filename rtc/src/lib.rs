@@ -1,0 +1,17 @@
+//! WebRTC, once, for every policy that speaks it (WHIP publishers, WHEP viewers, next the call
+//! server). No feature crate is needed to use it, and it uses none.
+//!
+//! - [`sdp`]: offers as clients other than browsers write them, made into what str0m answers.
+//! - [`dtls`]: DTLS over the system's OpenSSL (takes the RSA certificates GStreamer presents).
+//! - [`srtp`]: the fan-out's own SRTP sealing (AES-GCM, AES-CM + HMAC-SHA1-80) from a session's
+//!   DTLS keys.
+//! - [`rtp`]: frames made into RTP payloads once and shared by every receiver.
+//! - [`udp`]: many datagrams per system call (`sendmmsg`, UDP GSO).
+//! - [`net`]: the address peers are told to send to.
+
+pub mod dtls;
+pub mod net;
+pub mod rtp;
+pub mod sdp;
+pub mod srtp;
+pub mod udp;
