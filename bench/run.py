@@ -256,6 +256,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "results.json"))
+    ap.add_argument("--only", choices=["passthrough"],
+                    help="run only the passthrough CPU scenario (b), every round")
     args = ap.parse_args()
     work = os.path.join(ROOT, "bench", "out")
     os.makedirs(work, exist_ok=True)
@@ -265,6 +267,21 @@ def main():
     # CPU runs: nothing polls the servers while they work. Each round runs every contender once,
     # in turn, so a noisy neighbour hurts all of them alike; the median round is reported.
     runs = {"tc_ladder": [], "ff_ladder": [], "ff_ladder_1t": [], "tc_pass": [], "ng_pass": []}
+    if args.only == "passthrough":
+        for _ in range(args.rounds):
+            runs["tc_pass"].append(run_tiercast(src, args.seconds, RUNGS[:1], work, [])[0])
+            runs["ng_pass"].append(run_nginx(src, work, measure_latency=False)[0])
+        tc_pass, ng_pass = statistics.median(runs["tc_pass"]), statistics.median(runs["ng_pass"])
+        results = {
+            "passthrough_cpu_s_per_min": {"tiercast": round(tc_pass * per_min, 3),
+                                          "nginx_rtmp": round(ng_pass * per_min, 3),
+                                          "ratio": round(tc_pass / ng_pass, 3) if ng_pass else None},
+            "all_runs_cpu_s_per_min": {k: [round(x * per_min, 3) for x in runs[k]] for k in ("tc_pass", "ng_pass")},
+        }
+        print(json.dumps(results, indent=2))
+        with open(args.out, "w") as f:
+            json.dump(results, f, indent=2)
+        return
     for _ in range(args.rounds):
         runs["tc_ladder"].append(run_tiercast(src, args.seconds, [("1080p", 1080, 5000)] + RUNGS, work, [])[0])
         runs["ff_ladder"].append(run_ffmpeg_ladder(src, work))

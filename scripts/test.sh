@@ -3,5 +3,5 @@
 # fuzz corpus as a regression test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup-tests.sh
 cargo test --workspace --locked "$@"

@@ -31,7 +31,7 @@ fn start_s3(bucket: &str) -> S3Server {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .expect("python3 runs (scripts/setup.sh installs moto)");
+        .expect("python3 runs (scripts/setup-tests.sh installs moto)");
     let stdin = child.stdin.take().unwrap();
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap())

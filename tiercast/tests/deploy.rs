@@ -45,7 +45,7 @@ fn the_kubernetes_manifests_pass_the_api_schemas() {
         .arg("--strict")
         .args(&manifests)
         .output()
-        .expect("kubernetes-validate runs (scripts/setup.sh installs it from PyPI)");
+        .expect("kubernetes-validate runs (scripts/setup-tests.sh installs it from PyPI)");
     let report =
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{report}");

@@ -101,9 +101,16 @@ fn gstreamer_publishes_over_whip_and_plays_over_whep_next_to_an_rtmp_stream() {
     assert_eq!(probe_stream_types(&file), ["video", "audio"]);
     assert!(node.streams_json().to_string().contains("\"whip\""));
 
-    // ... and over WHEP, to GStreamer's player.
+    // ... and over WHEP, to GStreamer's player, with the publisher's own Opus: made into AAC
+    // once for HLS, and never transcoded on its way to the viewer.
     let played = gst_play(&format!("http://{}/whep/main", node.http), 8);
     assert_plays(&played, 640, 360);
+    let metrics = node.get("/metrics").text();
+    assert!(
+        metrics.contains("tiercast_audio_transcoders_started_total{to=\"opus\"} 0")
+            && metrics.contains("tiercast_audio_transcoders_started_total{to=\"aac\"} 1"),
+        "{metrics}"
+    );
 
     // An RTMP publisher's stream plays in the same player.
     let mut ffmpeg = ffmpeg_publish(&node.rtmp_url("c"), 480, 270, 40)
@@ -114,6 +121,12 @@ fn gstreamer_publishes_over_whip_and_plays_over_whep_next_to_an_rtmp_stream() {
     });
     let played = gst_play(&format!("http://{}/whep/cam", node.http), 8);
     assert_plays(&played, 480, 270);
+    // The RTMP stream's AAC was made into Opus, once.
+    let metrics = node.get("/metrics").text();
+    assert!(
+        metrics.contains("tiercast_audio_transcoders_started_total{to=\"opus\"} 1"),
+        "{metrics}"
+    );
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();
 

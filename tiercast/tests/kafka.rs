@@ -58,7 +58,7 @@ fn start_broker(port: u16, log: &std::path::Path) -> Broker {
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
-        .expect("tansu runs (scripts/setup.sh installs it)");
+        .expect("tansu runs (scripts/setup-tests.sh installs it)");
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {

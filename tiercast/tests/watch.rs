@@ -301,6 +301,12 @@ fn a_browser_publishes_over_whip_and_its_stream_plays_over_hls_and_webrtc() {
         Duration::from_secs(20),
         |n| n.as_u64().unwrap_or(0) >= 100,
     );
+    // The viewer got the browser's own Opus: no audio was transcoded for WebRTC.
+    let metrics = node.get("/metrics").text();
+    assert!(
+        metrics.contains("tiercast_audio_transcoders_started_total{to=\"opus\"} 0"),
+        "{metrics}"
+    );
 
     // DELETE on the resource ends the session; the playlist ends.
     let stopped =

@@ -46,7 +46,7 @@ impl Browser {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("chromium runs (scripts/setup.sh installs it)");
+            .expect("chromium runs (scripts/setup-tests.sh installs it)");
         let stderr = child.stderr.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {

@@ -566,7 +566,7 @@ impl S3Server {
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
-            .expect("python3 runs (scripts/setup.sh installs moto)");
+            .expect("python3 runs (scripts/setup-tests.sh installs moto)");
         let stdin = child.stdin.take().unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())

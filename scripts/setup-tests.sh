@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs what the tests need beyond running tiercast (scripts/setup.sh): real clients (ffmpeg,
+# Chromium), a real Kafka-protocol broker (tansu, built once with cargo, ~12 minutes), a real
+# S3-API server (moto) and the Kubernetes schemas. Only what is missing. Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/setup.sh
+
+apt_install ffmpeg chromium curl python3 python3-pip
+
+# The tests run a real Kafka-protocol broker on loopback: tansu, built once (a few minutes).
+if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+  echo "setup: installing tansu (Kafka-protocol broker for the tests)"
+  cargo install tansu --locked --features dynostore
+fi
+
+# ... and a real S3-API server: moto's, from PyPI (5.2.5 or newer: older ones answer
+# CompleteMultipartUpload with a root element the AWS SDKs reject).
+MOTO='moto[server]>=5.2.5'
+if ! python3 -c "import boto3, flask, moto.server, sys; sys.exit(tuple(map(int, moto.__version__.split('.')[:3])) < (5, 2, 5))" >/dev/null 2>&1; then
+  echo "setup: installing moto (S3-API server for the tests)"
+  python3 -m pip install --quiet "$MOTO" || python3 -m pip install --quiet --break-system-packages "$MOTO"
+fi
+
+# ... and the Kubernetes API schemas, to check deploy/k8s offline.
+if ! command -v kubernetes-validate >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-validate"
+  python3 -m pip install --quiet kubernetes-validate \
+    || python3 -m pip install --quiet --break-system-packages kubernetes-validate
+fi
+
