@@ -6,6 +6,8 @@
 //! - [`registry`]: which streams exist, which are live, with what renditions, and their counters.
 //! - [`gst_util`]: GStreamer set-up: init, element builder, a pipeline handle that owns the bus.
 //! - [`graph`]: the contract between an ingest protocol and the media graph it feeds.
+//! - [`ts`] and [`segment`]: our MPEG-TS muxer, and a stream cut into segments with it (HLS
+//!   lists them, the recorder writes them as chunks).
 //! - [`transcoders`]: what ingest and egress ask of `transcode` without depending on it.
 //! - [`stream`]: the stream core: a live track set written once, read by many readers, each
 //!   through its own bounded queue.
@@ -16,8 +18,10 @@ pub mod graph;
 pub mod gst_util;
 pub mod media;
 pub mod registry;
+pub mod segment;
 pub mod stream;
 pub mod transcoders;
+pub mod ts;
 
 pub use config::{Config, ConfigError};
 pub use registry::Registry;

@@ -1,11 +1,15 @@
-//! A live session's recorder (the seed's logger service): chunks arrive as the top rendition's
-//! segments close and are written to the chunk store off the media path, in order.
+//! A live session's recorder (the seed's logger service): it reads the top rendition's stream
+//! itself, as one more reader, cuts it into MPEG-TS chunks at keyframes
+//! ([`pipelines::segment::TsCutter`], the same cut HLS makes, but not HLS's output), and writes
+//! them to the chunk store off the media path, in order.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use pipelines::events::{EventBus, EventKind};
+use pipelines::segment::TsCutter;
+use pipelines::stream::{Reader, ReaderKind, Stream, Update};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::warn;
@@ -22,24 +26,40 @@ enum Message {
     Flush(oneshot::Sender<()>),
 }
 
+/// Frames the recorder may have queued: half a minute of media. Cutting is quick; what it
+/// loses the recording loses, so it gets room for a starved scheduler.
+const READ_CAPACITY: usize = 4096;
+
 pub struct SessionRecorder {
     tx: mpsc::UnboundedSender<Message>,
+    /// Reads the stream and cuts it into chunks, until the stream ends.
+    cutter: Option<JoinHandle<()>>,
     _task: JoinHandle<()>,
 }
 
-/// Hands chunks to a [`SessionRecorder`]; never blocks (the media path calls it).
-#[derive(Clone)]
-pub struct ChunkSender(mpsc::UnboundedSender<Message>);
-
-impl ChunkSender {
-    pub fn send(&self, sequence: u64, duration: Duration, data: Bytes) {
-        // Unbounded on purpose: a recording may not lose data, and the writer keeps up with
-        // any live bitrate; only a dead disk makes this grow.
-        let _ = self.0.send(Message::Chunk {
-            sequence,
-            duration,
-            data,
+/// Reads `source` into chunks for the writer, until the stream ends.
+async fn cut(mut reader: Reader, mut cutter: TsCutter, tx: mpsc::UnboundedSender<Message>) {
+    // Unbounded on purpose: a recording may not lose data, and the writer keeps up with any
+    // live bitrate; only a dead disk makes this grow.
+    let send = |segment: pipelines::segment::Segment| {
+        let _ = tx.send(Message::Chunk {
+            sequence: segment.sequence,
+            duration: segment.duration,
+            data: segment.data,
         });
+    };
+    while let Some(update) = reader.recv().await {
+        match update {
+            Update::Frame(frame) => {
+                if let Some(segment) = cutter.push(frame) {
+                    send(segment);
+                }
+            }
+            Update::Video(video) => cutter.set_video(video),
+        }
+    }
+    if let Some(segment) = cutter.finish() {
+        send(segment);
     }
 }
 
@@ -69,13 +89,26 @@ async fn write_with_retries(
 }
 
 impl SessionRecorder {
+    /// Records `source` (the session's top rendition) in chunks of about `chunk_target`.
     pub fn start(
         store: ChunkStore,
         bus: Arc<EventBus>,
         stream: &str,
         session: &str,
+        source: &Stream,
+        chunk_target: Duration,
     ) -> SessionRecorder {
         let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+        let cutter = match source.reader(ReaderKind::Record, READ_CAPACITY) {
+            Some(reader) => {
+                let cutter = TsCutter::new(chunk_target, source.video(), source.audio.clone());
+                Some(tokio::spawn(cut(reader, cutter, tx.clone())))
+            }
+            None => {
+                warn!(%stream, %session, "the stream ended before it could be recorded");
+                None
+            }
+        };
         let (stream, session) = (stream.to_owned(), session.to_owned());
         let task = tokio::spawn(async move {
             while let Some(message) = rx.recv().await {
@@ -106,15 +139,18 @@ impl SessionRecorder {
                 }
             }
         });
-        SessionRecorder { tx, _task: task }
+        SessionRecorder {
+            tx,
+            cutter,
+            _task: task,
+        }
     }
 
-    pub fn sender(&self) -> ChunkSender {
-        ChunkSender(self.tx.clone())
-    }
-
-    /// Waits until every chunk sent so far is on disk.
+    /// Waits until the stream has ended (end it first) and every chunk is on disk.
     pub async fn finish(self) {
+        if let Some(cutter) = self.cutter {
+            let _ = cutter.await;
+        }
         let (done, wait) = oneshot::channel();
         if self.tx.send(Message::Flush(done)).is_ok() {
             let _ = wait.await;

@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 use tracing::warn;
 
 use crate::feeds::{FeedStore, SessionFeeds};
-use crate::hls::segmenter::{SegmentHook, Segmenter};
+use crate::hls::segmenter::Segmenter;
 use crate::hls::store::{HlsStore, SessionHls};
 use crate::relay::tap::{SessionTaps, Tap, TapStore};
 use crate::relay::wire::RenditionInfo;
@@ -63,8 +63,7 @@ impl Egress {
     /// Starts reading `renditions` (best first) for HLS and the relay. Nothing is served
     /// until [`Egress::publish`]. `opus`: the publisher's own Opus, for WebRTC viewers.
     /// `relayed`: the session comes from upstream (its renditions are described by `info`,
-    /// not by the registry). `on_segment` gets every segment of the first rendition as it
-    /// closes (the recorder).
+    /// not by the registry).
     pub fn serve(
         &self,
         stream: &str,
@@ -72,24 +71,19 @@ impl Egress {
         renditions: &[Served],
         opus: Option<Arc<Stream>>,
         relayed: bool,
-        on_segment: Option<SegmentHook>,
     ) -> Serving {
-        let mut on_segment = on_segment;
         let mut segmenters = Vec::with_capacity(renditions.len());
         let mut tasks = Vec::with_capacity(renditions.len());
         let mut taps = Vec::new();
         for served in renditions {
             let s = &served.stream;
-            let mut segmenter = Segmenter::new(
+            let segmenter = Segmenter::new(
                 session,
                 self.segment_target,
                 self.playlist_length,
                 s.video(),
                 s.audio.clone(),
             );
-            if let Some(hook) = on_segment.take() {
-                segmenter.set_on_segment(hook);
-            }
             let segmenter = Arc::new(Mutex::new(segmenter));
             segmenters.push((served.info.name.clone(), segmenter.clone()));
             match s.reader(ReaderKind::Hls, HLS_CAPACITY) {

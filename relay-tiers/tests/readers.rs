@@ -1,12 +1,13 @@
 //! A reader that stops reading costs only itself: the publisher never waits, HLS and the
-//! recording's way in (every segment of the top rendition) get everything, another viewer gets
-//! every frame, and the drop counter says what the stuck one lost.
+//! recording's reader (cutting the stream into chunks as the recorder does) get everything,
+//! another viewer gets every frame, and the drop counter says what the stuck one lost.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pipelines::gst_util::GstError;
 use pipelines::media::{AudioTrack, Bytes, Frame, TrackKind, VideoTrack};
+use pipelines::segment::TsCutter;
 use pipelines::stream::{
     DEFAULT_CAPACITY, Reader, ReaderKind, Stream, StreamInfo, Update, dropped_frames,
 };
@@ -86,13 +87,23 @@ async fn a_stuck_reader_costs_only_itself() {
         bandwidth: 1_000_000,
     };
     let stream = Arc::new(Stream::new(info, Some(video), Some(audio)));
-    let recorded = Arc::new(Mutex::new(Vec::new()));
-    let hook = {
-        let recorded = recorded.clone();
-        Box::new(move |s: &relay_tiers::hls::segmenter::Segment| {
-            recorded.lock().unwrap().push(s.duration)
-        })
-    };
+    // The recording's way in: one more reader, cutting the stream into chunks.
+    let mut recording = stream.reader(ReaderKind::Record, 4096).unwrap();
+    let recorded = tokio::spawn(async move {
+        let mut chunks = Vec::new();
+        let mut cutter = TsCutter::new(
+            Duration::from_secs(2),
+            Some(VideoTrack::from_parameter_sets(SPS, PPS).unwrap()),
+            Some(AudioTrack::from_asc(Bytes::from_static(&[0x11, 0x90])).unwrap()),
+        );
+        while let Some(update) = recording.recv().await {
+            if let Update::Frame(f) = update {
+                chunks.extend(cutter.push(f).map(|s| s.duration));
+            }
+        }
+        chunks.extend(cutter.finish().map(|s| s.duration));
+        chunks
+    });
     let served = Served {
         stream: stream.clone(),
         info: RenditionInfo {
@@ -104,7 +115,7 @@ async fn a_stuck_reader_costs_only_itself() {
             frame_rate: Some(30.0),
         },
     };
-    let serving = egress.serve("s", "session", &[served], None, false, Some(hook));
+    let serving = egress.serve("s", "session", &[served], None, false);
     egress.publish("s", &serving);
 
     let stuck = stream.reader(ReaderKind::WebRtc, 32).unwrap();
@@ -157,8 +168,11 @@ async fn a_stuck_reader_costs_only_itself() {
     assert!(playlist.contains("#EXT-X-ENDLIST"), "{playlist}");
     let listed = playlist.matches("#EXTINF").count();
     assert_eq!(listed, 10, "ten 2 s segments: {playlist}");
-    let recorded = recorded.lock().unwrap();
-    assert_eq!(recorded.len(), 10, "every segment reached the recording");
+    let recorded = tokio::time::timeout(Duration::from_secs(10), recorded)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(recorded.len(), 10, "every chunk reached the recording");
     let total: Duration = recorded.iter().sum();
     assert!(total >= Duration::from_millis(19_900), "{total:?}");
 }

@@ -75,7 +75,13 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read {}", path.display()))?;
-            Ok(Config::parse(&text, &path.display().to_string())?)
+            // Secrets may stay out of the file (a Kubernetes Secret, a systemd credential).
+            let secret = std::env::var(pipelines::config::CLUSTER_SECRET_ENV).ok();
+            Ok(Config::parse_with(
+                &text,
+                &path.display().to_string(),
+                secret,
+            )?)
         }
     }
 }

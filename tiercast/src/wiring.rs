@@ -26,7 +26,6 @@ use pipelines::stream::{Stream, StreamInfo};
 use recorder::chunks::ChunkStore;
 use recorder::session::SessionRecorder;
 use relay_tiers::egress::{Egress, Served, Serving};
-use relay_tiers::hls::segmenter::SegmentHook;
 use relay_tiers::relay::wire::RenditionInfo;
 use tracing::{info, warn};
 use transcode::{EncodeSettings, Mode};
@@ -130,22 +129,19 @@ impl GraphFactory for Broadcast {
             renditions.push(rendition);
         }
 
-        // The top rendition (the source itself when it passes through) is what gets recorded.
-        let recorder = stream.record.then(|| {
-            SessionRecorder::start(
+        // The top rendition (the source itself when it passes through) is what gets recorded;
+        // the recorder reads its stream like any other reader.
+        let recorder = match (stream.record, served.first()) {
+            (true, Some(top)) => Some(SessionRecorder::start(
                 self.chunks.clone(),
                 self.bus.clone(),
                 &stream.name,
                 &session.id,
-            )
-        });
-        let on_segment = recorder.as_ref().map(|recorder| {
-            let chunks = recorder.sender();
-            let hook: SegmentHook = Box::new(move |segment| {
-                chunks.send(segment.sequence, segment.duration, segment.data.clone())
-            });
-            hook
-        });
+                &top.stream,
+                Duration::from_secs(u64::from(c.hls.segment_seconds)),
+            )),
+            _ => None,
+        };
         // A WebRTC publisher's Opus goes to WebRTC viewers as it came.
         let opus = tracks.opus.then(|| {
             let info = StreamInfo {
@@ -157,14 +153,9 @@ impl GraphFactory for Broadcast {
             Arc::new(Stream::new(info, None, None))
         });
         // Readers first, so they see the encoders' first frames.
-        let serving = self.egress.serve(
-            &stream.name,
-            &session.id,
-            &served,
-            opus.clone(),
-            false,
-            on_segment,
-        );
+        let serving = self
+            .egress
+            .serve(&stream.name, &session.id, &served, opus.clone(), false);
         let encoders = if encoded.is_empty() {
             None
         } else {

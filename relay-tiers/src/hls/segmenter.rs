@@ -1,51 +1,23 @@
-//! One rendition's HLS, sans-IO: frames in (video and the shared audio, in any interleaving),
-//! MPEG-TS segments cut at keyframes and the media playlist out, all in memory.
-//!
-//! A segment closes at the first video keyframe at or after the target duration, the moment
-//! that keyframe arrives, so a segment is listed as soon as it is complete. Audio waits for the
-//! video it belongs with, so every segment holds the audio of its own time span.
+//! One rendition's HLS, sans-IO: frames in, the stream cut into MPEG-TS segments
+//! ([`pipelines::segment::TsCutter`]), the segments kept in memory and the media playlist out.
 
 use std::collections::VecDeque;
 use std::fmt::Write;
 use std::time::Duration;
 
-use pipelines::media::{AudioTrack, Bytes, Frame, TrackKind, VideoTrack};
-
-use super::ts::TsMuxer;
-
-/// Audio held back waiting for video past this is written anyway (video has stalled).
-const MAX_AUDIO_WAIT: Duration = Duration::from_secs(3);
-
-#[derive(Debug, Clone)]
-pub struct Segment {
-    pub sequence: u64,
-    /// Session time of its first frame; names it.
-    pub start: Duration,
-    pub duration: Duration,
-    pub data: Bytes,
-}
-
-/// Called with each segment as it closes (the recorder's way in).
-pub type SegmentHook = Box<dyn FnMut(&Segment) + Send>;
+use pipelines::media::{AudioTrack, Bytes, Frame, VideoTrack};
+pub use pipelines::segment::Segment;
+use pipelines::segment::TsCutter;
 
 pub struct Segmenter {
     /// Prefix of segment names; unique per session so URLs never repeat.
     prefix: String,
-    target: Duration,
     playlist_length: usize,
     /// Segments kept after they leave the playlist, for players still fetching them.
     keep_extra: usize,
-    muxer: TsMuxer,
-    has_audio: bool,
+    cutter: TsCutter,
     segments: VecDeque<Segment>,
-    next_sequence: u64,
-    current: Option<Open>,
-    pending_audio: VecDeque<Frame>,
-    last_video_dts: Option<Duration>,
-    frame_gap: Duration,
     max_duration: Duration,
-    ended: bool,
-    on_segment: Option<SegmentHook>,
 }
 
 impl std::fmt::Debug for Segmenter {
@@ -53,16 +25,9 @@ impl std::fmt::Debug for Segmenter {
         f.debug_struct("Segmenter")
             .field("prefix", &self.prefix)
             .field("segments", &self.segments.len())
-            .field("next_sequence", &self.next_sequence)
-            .field("ended", &self.ended)
+            .field("ended", &self.cutter.is_ended())
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Debug)]
-struct Open {
-    start: Duration,
-    data: Vec<u8>,
 }
 
 impl Segmenter {
@@ -75,149 +40,42 @@ impl Segmenter {
     ) -> Segmenter {
         Segmenter {
             prefix: prefix.to_owned(),
-            target,
             playlist_length: playlist_length.max(1),
             keep_extra: 4,
-            has_audio: audio.is_some(),
-            muxer: TsMuxer::new(video, audio),
+            cutter: TsCutter::new(target, video, audio),
             segments: VecDeque::new(),
-            next_sequence: 0,
-            current: None,
-            pending_audio: VecDeque::new(),
-            last_video_dts: None,
-            frame_gap: Duration::from_millis(33),
             max_duration: target,
-            ended: false,
-            on_segment: None,
         }
-    }
-
-    /// Hands every segment, as it closes, to `hook` too.
-    pub fn set_on_segment(&mut self, hook: SegmentHook) {
-        self.on_segment = Some(hook);
     }
 
     /// The video configuration, for renditions whose encoder announces it late.
     pub fn set_video(&mut self, video: VideoTrack) {
-        self.muxer.set_video(video);
+        self.cutter.set_video(video);
     }
 
     pub fn push(&mut self, frame: Frame) {
-        if self.ended {
-            return;
-        }
-        match frame.kind {
-            TrackKind::Video => self.push_video(frame),
-            TrackKind::Audio if self.has_audio => {
-                self.pending_audio.push_back(frame);
-                self.release_audio(false);
-            }
-            TrackKind::Audio => {}
+        if let Some(segment) = self.cutter.push(frame) {
+            self.add(segment);
         }
     }
 
-    fn push_video(&mut self, frame: Frame) {
-        if !self.muxer.has_video() {
-            return;
-        }
-        if let Some(last) = self.last_video_dts
-            && frame.dts > last
-        {
-            self.frame_gap = (frame.dts - last).min(Duration::from_millis(200));
-        }
-        // Audio up to this frame's time belongs before it (and in the segment it may close).
-        self.write_audio_until(frame.dts);
-        if frame.keyframe {
-            match &self.current {
-                None => self.open(frame.dts),
-                // Segments end on a grid of target-long slots of session time, so every node
-                // that cuts the same frames (origin, distribution, edges, whenever they joined)
-                // cuts them at the same keyframes, under the same names. Half a frame of slack:
-                // a keyframe at 1.999 s is on the 2 s line.
-                Some(open) if self.slot(frame.dts + self.frame_gap / 2) > self.slot(open.start) => {
-                    self.close(frame.dts);
-                    self.open(frame.dts);
-                }
-                Some(_) => {}
-            }
-        }
-        self.last_video_dts = Some(frame.dts);
-        if let Some(open) = self.current.as_mut() {
-            self.muxer.write_frame(&frame, &mut open.data);
-        }
-    }
-
-    fn slot(&self, t: Duration) -> u128 {
-        t.as_nanos() / self.target.as_nanos().max(1)
-    }
-
-    fn write_audio_until(&mut self, until: Duration) {
-        while self.pending_audio.front().is_some_and(|a| a.dts < until) {
-            let audio = self.pending_audio.pop_front().expect("front exists");
-            if let Some(open) = self.current.as_mut() {
-                self.muxer.write_frame(&audio, &mut open.data);
-            }
-        }
-    }
-
-    /// Writes audio that video has caught up with, or that has waited too long.
-    fn release_audio(&mut self, all: bool) {
-        let video_at = self.last_video_dts.unwrap_or_default();
-        while let Some(front) = self.pending_audio.front() {
-            let newest = self.pending_audio.back().map_or(front.dts, |b| b.dts);
-            let stale = newest.saturating_sub(front.dts) > MAX_AUDIO_WAIT;
-            if !(all || stale || (self.last_video_dts.is_some() && front.dts < video_at)) {
-                break;
-            }
-            let audio = self.pending_audio.pop_front().expect("front exists");
-            if let Some(open) = self.current.as_mut() {
-                self.muxer.write_frame(&audio, &mut open.data);
-            }
-        }
-    }
-
-    fn open(&mut self, start: Duration) {
-        let mut data = Vec::with_capacity(256 * 1024);
-        self.muxer.write_tables(&mut data);
-        self.current = Some(Open { start, data });
-    }
-
-    fn close(&mut self, end: Duration) {
-        let Some(open) = self.current.take() else {
-            return;
-        };
-        let duration = end.saturating_sub(open.start).max(Duration::from_millis(1));
-        self.max_duration = self.max_duration.max(duration);
-        let segment = Segment {
-            sequence: self.next_sequence,
-            start: open.start,
-            duration,
-            data: Bytes::from(open.data),
-        };
-        if let Some(hook) = self.on_segment.as_mut() {
-            hook(&segment);
-        }
+    fn add(&mut self, segment: Segment) {
+        self.max_duration = self.max_duration.max(segment.duration);
         self.segments.push_back(segment);
-        self.next_sequence += 1;
         while self.segments.len() > self.playlist_length + self.keep_extra {
             self.segments.pop_front();
         }
     }
 
-    /// The publisher is gone: write what is held back, close the last segment, end the list.
+    /// The publisher is gone: close the last segment, end the list.
     pub fn finish(&mut self) {
-        if self.ended {
-            return;
+        if let Some(segment) = self.cutter.finish() {
+            self.add(segment);
         }
-        self.release_audio(true);
-        if let Some(last) = self.last_video_dts {
-            self.close(last + self.frame_gap);
-        }
-        self.ended = true;
     }
 
     pub fn is_ended(&self) -> bool {
-        self.ended
+        self.cutter.is_ended()
     }
 
     /// Segments in the playlist (not the extra ones kept for late fetches).
@@ -270,7 +128,9 @@ impl Segmenter {
         let first = self
             .listed()
             .next()
-            .map_or(self.next_sequence, |s| s.sequence);
+            .map_or(self.segments.back().map_or(0, |s| s.sequence + 1), |s| {
+                s.sequence
+            });
         let target = self.max_duration.as_secs_f64().round().max(1.0) as u64;
         let mut out = format!(
             "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-TARGETDURATION:{target}\n#EXT-X-MEDIA-SEQUENCE:{first}\n"
@@ -283,7 +143,7 @@ impl Segmenter {
                 self.segment_name(s)
             );
         }
-        if self.ended {
+        if self.cutter.is_ended() {
             out.push_str("#EXT-X-ENDLIST\n");
         }
         out
@@ -293,7 +153,8 @@ impl Segmenter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hls::fixtures::{audio_track, video_track};
+    use pipelines::media::TrackKind;
+    use pipelines::media::fixtures::{audio_track, video_track};
 
     fn v(ms: u64, key: bool) -> Frame {
         let t = Duration::from_millis(ms);
@@ -355,14 +216,11 @@ mod tests {
             s.segment("s1-0.ts").is_some(),
             "kept past the window for late fetches"
         );
-        let closed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let seen = closed.clone();
-        s.set_on_segment(Box::new(move |seg| seen.lock().unwrap().push(seg.sequence)));
         s.finish();
         assert_eq!(
-            *closed.lock().unwrap(),
-            [5],
-            "the hook sees the segment the end closes"
+            s.segments.back().map(|seg| seg.sequence),
+            Some(5),
+            "the end closes the last segment"
         );
         let text = s.playlist();
         assert!(text.ends_with("#EXT-X-ENDLIST\n"), "{text}");
@@ -417,19 +275,19 @@ mod tests {
         let mut s = segmenter();
         s.push(a(0));
         s.push(v(0, false));
-        assert!(s.current.is_none());
+        assert!(!s.cutter.is_open());
         // Audio running ahead of video (as from an encoder's delay) waits.
         for t in (0..1000).step_by(21) {
             s.push(a(100 + t));
         }
         s.push(v(100, true));
         assert!(
-            !s.pending_audio.is_empty(),
+            s.cutter.pending_audio().next().is_some(),
             "audio after 100 ms waits for its video"
         );
         assert!(
-            s.pending_audio
-                .iter()
+            s.cutter
+                .pending_audio()
                 .all(|f| f.dts >= Duration::from_millis(100))
         );
     }

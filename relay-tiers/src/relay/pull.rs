@@ -354,10 +354,7 @@ impl Puller {
             })
             .collect();
         info!(%stream, %session, renditions = ?served.iter().map(|r| &r.info.name).collect::<Vec<_>>(), "relaying a session");
-        let serving = self
-            .0
-            .egress
-            .serve(stream, session, &served, None, true, None);
+        let serving = self.0.egress.serve(stream, session, &served, None, true);
         self.0.egress.publish(stream, &serving);
         Relayed {
             session: session.to_owned(),

@@ -1,8 +1,8 @@
-//! An MPEG-TS muxer for HLS, sans-IO: frames of the internal stream model in, 188-byte
-//! packets out. H.264 (AVC in, Annex B out, SPS/PPS before every keyframe) and AAC (raw in,
+//! An MPEG-TS muxer for HLS segments and recording chunks, sans-IO: frames of the internal
+//! stream model in, 188-byte packets out. H.264 (AVC in, Annex B out, SPS/PPS before every keyframe) and AAC (raw in,
 //! ADTS out). Passthrough renditions never touch GStreamer: this is their whole packaging.
 
-use pipelines::media::{AudioTrack, Frame, TrackKind, VideoTrack};
+use crate::media::{AudioTrack, Frame, TrackKind, VideoTrack};
 
 pub const PACKET: usize = 188;
 const PMT_PID: u16 = 0x1000;
@@ -342,10 +342,10 @@ fn crc32_mpeg2(data: &[u8]) -> u32 {
 mod tests {
     use std::time::Duration;
 
-    use pipelines::media::Bytes;
+    use crate::media::Bytes;
 
     use super::*;
-    use crate::hls::fixtures::{audio_track, video_track};
+    use crate::media::fixtures::{audio_track, video_track};
 
     fn frame(kind: TrackKind, ms: u64, keyframe: bool, data: &[u8]) -> Frame {
         let t = Duration::from_millis(ms);

@@ -1,0 +1,113 @@
+//! `[cluster]` (how the tiers find and trust each other) and `[routing]` (which edge a viewer
+//! is sent to).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Invalid, Role};
+
+pub const DEFAULT_LINGER_SECONDS: u32 = 30;
+/// The environment variable the binary reads the cluster secret from, over the file's.
+pub const CLUSTER_SECRET_ENV: &str = "TIERCAST_CLUSTER_SECRET";
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// Shared by every node of the cluster; authenticates requests between tiers. At least 16
+    /// characters. The environment variable `TIERCAST_CLUSTER_SECRET` overrides it.
+    pub secret: String,
+    /// `host:port` of the HTTP doors of the tier above (origins for a distribution node,
+    /// distribution nodes for an edge), in order of preference.
+    pub upstreams: Vec<String>,
+    /// How long a pulled stream is kept after its last viewer (or node below) left.
+    pub linger_seconds: u32,
+    /// The renditions a distribution node carries (the seed: one format per second-tier
+    /// server); empty: all.
+    pub renditions: Vec<String>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            secret: String::new(),
+            upstreams: Vec::new(),
+            linger_seconds: DEFAULT_LINGER_SECONDS,
+            renditions: Vec::new(),
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Keys are relative to `[cluster]`; what is needed depends on the node's `role`.
+    pub fn validate(&self, role: Role) -> Result<(), Invalid> {
+        if role != Role::All && self.secret.len() < 16 {
+            return Err((
+                "secret".into(),
+                "nodes of a cluster need a shared secret of at least 16 characters".into(),
+            ));
+        }
+        if role.pulls() && self.upstreams.is_empty() {
+            return Err((
+                "upstreams".into(),
+                "a distribution or edge node needs the host:port of the tier above".into(),
+            ));
+        }
+        for (i, up) in self.upstreams.iter().enumerate() {
+            let ok = up.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+            });
+            if !ok || up.contains('/') {
+                return Err((
+                    "upstreams".into(),
+                    format!("entry {i}, {up:?}: use host:port (the HTTP door of the node above)"),
+                ));
+            }
+        }
+        if !(1..=3600).contains(&self.linger_seconds) {
+            return Err(("linger_seconds".into(), "must be from 1 to 3600".into()));
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// Client networks and their regions, for viewers who do not say where they are.
+    pub regions: Vec<RegionNetwork>,
+    /// For a region, the other regions in order of nearness (where its viewers go when it has
+    /// no healthy edge).
+    pub nearby: BTreeMap<String, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionNetwork {
+    /// `10.1.0.0/16`, `2001:db8::/32`
+    pub cidr: String,
+    pub region: String,
+}
+
+impl RoutingConfig {
+    /// Keys are relative to `[routing]`.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        for (i, net) in self.regions.iter().enumerate() {
+            let valid = net.cidr.split_once('/').is_some_and(|(ip, prefix)| {
+                let max = match ip.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V4(_)) => 32,
+                    Ok(std::net::IpAddr::V6(_)) => 128,
+                    Err(_) => return false,
+                };
+                prefix.parse::<u8>().is_ok_and(|p| p <= max)
+            });
+            if !valid {
+                return Err((
+                    format!("regions[{i}].cidr"),
+                    format!("{:?}: a network such as 10.1.0.0/16", net.cidr),
+                ));
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,398 @@
+//! The node's configuration: one TOML file, read once by the binary.
+//!
+//! Every section has defaults (`DEFAULT_*`), so an empty file is a working all-in-one node.
+//! [`Config::parse`] rejects unknown keys; [`Config::validate`] rejects what parses but cannot
+//! work, naming the key and, where it can, the line. One module per section, each with its
+//! own `validate()`; a library crate reads no environment (the binary passes the cluster
+//! secret from `TIERCAST_CLUSTER_SECRET` to [`Config::parse_with`]).
+
+mod cluster;
+mod events;
+mod hls;
+mod http;
+mod node;
+mod recording;
+mod rtmp;
+mod streams;
+mod transcode;
+mod webrtc;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub use cluster::*;
+pub use events::*;
+pub use hls::*;
+pub use http::*;
+pub use node::*;
+pub use recording::*;
+pub use rtmp::*;
+pub use streams::*;
+pub use transcode::*;
+pub use webrtc::*;
+
+/// What a `validate()` refuses: the key (relative to its section) and why.
+pub type Invalid = (String, String);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub node: NodeConfig,
+    pub http: HttpConfig,
+    pub rtmp: RtmpConfig,
+    pub hls: HlsConfig,
+    pub transcode: TranscodeConfig,
+    pub events: EventsConfig,
+    pub recording: RecordingConfig,
+    pub notify: NotifyConfig,
+    pub cluster: ClusterConfig,
+    pub routing: RoutingConfig,
+    pub webrtc: WebrtcConfig,
+    pub streams: Vec<StreamConfig>,
+    /// Named ladders. `default` exists unless the file defines its own.
+    pub ladders: BTreeMap<String, Vec<RungConfig>>,
+}
+
+impl Default for Config {
+    /// The all-in-one node: one stream `demo` with key `demo` on the default ladder.
+    fn default() -> Self {
+        Self {
+            node: NodeConfig::default(),
+            http: HttpConfig::default(),
+            rtmp: RtmpConfig::default(),
+            hls: HlsConfig::default(),
+            transcode: TranscodeConfig::default(),
+            events: EventsConfig::default(),
+            recording: RecordingConfig::default(),
+            notify: NotifyConfig::default(),
+            cluster: ClusterConfig::default(),
+            routing: RoutingConfig::default(),
+            webrtc: WebrtcConfig::default(),
+            streams: vec![StreamConfig {
+                name: DEFAULT_STREAM.to_owned(),
+                key: DEFAULT_STREAM_KEY.to_owned(),
+                ladder: default_ladder_name(),
+                record: false,
+            }],
+            ladders: BTreeMap::new(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, with where it went wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    #[error("{origin}: {source}")]
+    Parse {
+        origin: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{origin}{}: {key}: {message}", line.map(|l| format!(":{l}")).unwrap_or_default())]
+    Invalid {
+        origin: String,
+        line: Option<usize>,
+        key: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Parses and validates `text`; `origin` (usually the file name) prefixes every error.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse_with(text, origin, None)
+    }
+
+    /// [`Config::parse`], with the cluster secret given from outside the file (a Kubernetes
+    /// Secret, a systemd credential) taking the file's place.
+    pub fn parse_with(
+        text: &str,
+        origin: &str,
+        cluster_secret: Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut config: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_owned(),
+            source: Box::new(e),
+        })?;
+        if let Some(secret) = cluster_secret.filter(|s| !s.is_empty()) {
+            config.cluster.secret = secret;
+        }
+        // A file that lists streams replaces the demo stream rather than adding to it.
+        if !text_has_streams(text) {
+            config.streams = Config::default().streams;
+        }
+        config
+            .ladders
+            .entry(DEFAULT_LADDER.to_owned())
+            .or_insert_with(default_ladder);
+        config
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                origin: origin.to_owned(),
+                line: locate(text, &key),
+                key,
+                message,
+            })?;
+        Ok(config)
+    }
+
+    /// The built-in all-in-one node.
+    pub fn builtin() -> Config {
+        let mut config = Config::default();
+        config
+            .ladders
+            .insert(DEFAULT_LADDER.to_owned(), default_ladder());
+        config
+    }
+
+    /// Checks what the types cannot: names, references, ranges, section by section. Returns
+    /// the offending key, whole (`hls.segment_seconds`, `streams[1].ladder`).
+    pub fn validate(&self) -> Result<(), Invalid> {
+        fn within(section: &str, result: Result<(), Invalid>) -> Result<(), Invalid> {
+            result.map_err(|(key, message)| (format!("{section}.{key}"), message))
+        }
+        within("hls", self.hls.validate())?;
+        within("transcode", self.transcode.validate())?;
+        within("rtmp", self.rtmp.validate())?;
+        within("events", self.events.validate())?;
+        within("cluster", self.cluster.validate(self.node.role))?;
+        within("routing", self.routing.validate())?;
+        within("node", self.node.validate())?;
+        within("webrtc", self.webrtc.validate())?;
+        within("recording", self.recording.validate())?;
+        within("notify", self.notify.validate())?;
+        validate_streams(&self.streams, &self.ladders)?;
+        validate_ladders(&self.ladders)
+    }
+
+    /// The stream that `key` publishes to.
+    pub fn stream_by_key(&self, key: &str) -> Option<&StreamConfig> {
+        self.streams.iter().find(|s| s.key == key)
+    }
+
+    pub fn ladder(&self, name: &str) -> &[RungConfig] {
+        self.ladders
+            .get(name)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+    }
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().expect("default address literals parse")
+}
+
+/// Names that are used in URLs and paths: `[A-Za-z0-9_-]{1,64}`.
+pub fn is_path_safe(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn text_has_streams(text: &str) -> bool {
+    text.lines().any(|l| {
+        let l = l.trim();
+        l.starts_with("[[streams]]")
+            || l.starts_with("streams") && l[7..].trim_start().starts_with('=')
+    })
+}
+
+/// Finds the 1-based line of a key such as `streams[1].ladder` or `hls.segment_seconds` in
+/// the usual `[table]` / `[[array]]` layout. `None` when the file spells it some other way.
+pub fn locate(text: &str, key: &str) -> Option<usize> {
+    // Split "ladders.default[2].height" into table "ladders.default", index 2, field "height".
+    let (table, index, field) = match key.find('[') {
+        Some(open) => {
+            let close = key[open..].find(']')? + open;
+            let index: usize = key[open + 1..close].parse().ok()?;
+            let field = key[close + 1..].strip_prefix('.').unwrap_or("");
+            (&key[..open], Some(index), field)
+        }
+        None => match key.rsplit_once('.') {
+            Some((table, field)) => (table, None, field),
+            None => ("", None, key),
+        },
+    };
+    let header = match index {
+        Some(_) => format!("[[{table}]]"),
+        None => format!("[{table}]"),
+    };
+    let mut seen = 0usize;
+    let mut in_block = table.is_empty();
+    let mut block_line = None;
+    for (n, line) in text.lines().enumerate() {
+        let t = line.trim();
+        if t.starts_with('[') {
+            if in_block && block_line.is_some() {
+                return block_line;
+            }
+            in_block = false;
+            if t.replace(' ', "") == header {
+                if index.is_none_or(|i| i == seen) {
+                    in_block = true;
+                    block_line = Some(n + 1);
+                }
+                seen += 1;
+            }
+            continue;
+        }
+        if in_block
+            && !field.is_empty()
+            && let Some((k, _)) = t.split_once('=')
+            && k.trim() == field
+        {
+            return Some(n + 1);
+        }
+    }
+    block_line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ISSUE_EXAMPLE: &str = r#"
+[node]
+data_dir = "/var/lib/tiercast"
+[http]
+listen = "0.0.0.0:8080"
+[rtmp]
+listen = "0.0.0.0:1935"
+[[streams]]
+name = "main"
+key = "s3cret"
+ladder = "default"
+[[ladders.default]]
+name = "720p"
+height = 720
+video_kbps = 2800
+audio_kbps = 128
+"#;
+
+    fn invalid(text: &str) -> (Option<usize>, String, String) {
+        match Config::parse(text, "t.toml") {
+            Err(ConfigError::Invalid {
+                line, key, message, ..
+            }) => (line, key, message),
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(ISSUE_EXAMPLE, "t.toml").unwrap();
+        assert_eq!(c.streams.len(), 1);
+        assert_eq!(c.streams[0].name, "main");
+        assert_eq!(
+            c.ladder("default").len(),
+            1,
+            "a file's own default ladder replaces the built-in one"
+        );
+        assert_eq!(c.http.listen.port(), 8080);
+    }
+
+    #[test]
+    fn empty_file_is_the_builtin_node() {
+        assert_eq!(Config::parse("", "t.toml").unwrap(), Config::builtin());
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_line() {
+        let err =
+            Config::parse("[http]\nlisten = \"127.0.0.1:1\"\nlisen = 3\n", "t.toml").unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("lisen") && text.contains("line 3"), "{text}");
+    }
+
+    #[test]
+    fn rejects_what_cannot_work() {
+        let cases: &[(&str, &str, Option<usize>)] = &[
+            (
+                "[[streams]]\nname=\"a\"\nkey=\"k\"\n[[streams]]\nname=\"a\"\nkey=\"j\"\n",
+                "streams[1].name",
+                Some(5),
+            ),
+            (
+                "[[streams]]\nname=\"a\"\nkey=\"k\"\nladder=\"hd\"\n",
+                "streams[0].ladder",
+                Some(4),
+            ),
+            (
+                "[[streams]]\nname=\"a\"\nkey=\"k\"\n[[streams]]\nname=\"b\"\nkey=\"k\"\n",
+                "streams[1].key",
+                Some(6),
+            ),
+            (
+                "[hls]\nsegment_seconds = 0\n",
+                "hls.segment_seconds",
+                Some(2),
+            ),
+            (
+                "[transcode]\nx264_preset = \"warp\"\n",
+                "transcode.x264_preset",
+                Some(2),
+            ),
+            (
+                "[[ladders.default]]\nname=\"a\"\nheight=720\nvideo_kbps=1\n",
+                "ladders.default[0].video_kbps",
+                Some(4),
+            ),
+            (
+                "[[ladders.x]]\nname=\"a\"\nheight=720\nvideo_kbps=100\n[[ladders.x]]\nname=\"b\"\nheight=721\nvideo_kbps=100\n",
+                "ladders.x[1].height",
+                Some(7),
+            ),
+            (
+                "[[streams]]\nname=\"a/b\"\nkey=\"k\"\n",
+                "streams[0].name",
+                Some(2),
+            ),
+            (
+                "[node]\nrole = \"edge\"\n[cluster]\nsecret = \"0123456789abcdef\"\n",
+                "cluster.upstreams",
+                Some(3),
+            ),
+            ("[node]\nrole = \"origin\"\n", "cluster.secret", None),
+            (
+                "[node]\nrole = \"edge\"\n[cluster]\nsecret = \"0123456789abcdef\"\nupstreams = [\"dist-1\"]\n",
+                "cluster.upstreams",
+                Some(5),
+            ),
+            (
+                "[recording.s3]\nbucket = \"My_Bucket\"\n",
+                "recording.s3.bucket",
+                Some(2),
+            ),
+            (
+                "[recording.s3]\nbucket = \"rec\"\nendpoint = \"minio:9000\"\n",
+                "recording.s3.endpoint",
+                Some(3),
+            ),
+            (
+                "[recording.s3]\nbucket = \"rec\"\naccess_key_id = \"AKIA\"\n",
+                "recording.s3.secret_access_key",
+                Some(1),
+            ),
+            (
+                "[recording.s3]\nbucket = \"rec\"\nchunks_prefix = \"recordings/\"\n",
+                "recording.s3.chunks_prefix",
+                Some(3),
+            ),
+        ];
+        for (text, key, line) in cases {
+            let (got_line, got_key, message) = invalid(text);
+            assert_eq!((&got_key[..], got_line), (*key, *line), "{text}: {message}");
+        }
+    }
+
+    #[test]
+    fn locate_finds_plain_and_array_tables() {
+        let text = "[hls]\nsegment_seconds = 3\n[[s]]\na=1\n[[s]]\na=2\nb=3\n";
+        assert_eq!(locate(text, "hls.segment_seconds"), Some(2));
+        assert_eq!(locate(text, "s[1].b"), Some(7));
+        assert_eq!(locate(text, "s[1].zz"), Some(5));
+        assert_eq!(locate(text, "missing.key"), None);
+    }
+}
