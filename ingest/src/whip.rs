@@ -1,15 +1,14 @@
 //! WHIP ingest (`POST /whip/<stream>` with `Authorization: Bearer <stream key>`): a browser or
-//! an encoder publishes over WebRTC. Like WHEP, every publisher is a sans-IO [`str0m::Rtc`]
-//! (ICE-lite) driven by one task on one UDP socket. Its H.264 access units join the same
-//! internal stream model as RTMP (a [`GraphFactory`] session), so the ladder, HLS, recording
-//! and WHEP work unchanged.
+//! an encoder publishes over WebRTC. WHIP is a policy over `rtc`'s one IO driver
+//! ([`rtc::driver`]): every publisher is a sans-IO [`str0m::Rtc`] (ICE-lite) on one UDP socket.
+//! Its H.264 access units join the same internal stream model as RTMP (a [`GraphFactory`]
+//! session), so the ladder, HLS, recording and WHEP work unchanged.
 //!
 //! H.264 goes in as it came. VP8 (offered without H.264) is made into H.264 once at the door
-//! ([`crate::vp8`]), since everything after it carries H.264. Opus is made into AAC once (HLS
-//! carries AAC), and WebRTC viewers get Opus made from that again, which costs a second audio
-//! encode for a WHIP source.
+//! (by `transcode`, through [`Transcoders`]), since everything after it carries H.264. Opus is
+//! made into AAC once (HLS and recordings carry AAC), and WebRTC viewers get the publisher's
+//! own Opus, untouched.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,11 +24,12 @@ use pipelines::graph::{GraphFactory, MediaSink};
 use pipelines::media::{AudioTrack, Bytes, Frame, SourceTracks, TrackKind, VideoTrack};
 use pipelines::registry::{ClaimError, PublishClaim, Registry};
 use pipelines::transcoders::{Converter, Transcoders, Vp8Settings};
+use rtc::driver::{self, Peer, Peers, Policy, Session};
+use rtc::udp::Batch;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, IceConnectionState, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -50,16 +50,18 @@ pub struct Whip {
     next_id: AtomicU64,
     vp8: Arc<Vp8Settings>,
     transcoders: Arc<dyn Transcoders>,
+    factory: Arc<dyn GraphFactory>,
 }
 
 enum Command {
-    Add(Box<Publisher>),
+    Add(Box<Peer<Publisher>>),
     Remove(u64),
 }
 
+/// What the WHIP policy keeps about a publisher, beside its session ([`Peer`]).
 struct Publisher {
     id: u64,
-    rtc: Rtc,
+    factory: Arc<dyn GraphFactory>,
     claim: Option<PublishClaim>,
     sink: Option<Box<dyn MediaSink>>,
     video_mid: Option<Mid>,
@@ -76,8 +78,6 @@ struct Publisher {
     vp8_settings: Arc<Vp8Settings>,
     transcoders: Arc<dyn Transcoders>,
     last_keyframe_ask: Instant,
-    dirty: bool,
-    next_timeout: Instant,
 }
 
 impl Whip {
@@ -101,10 +101,11 @@ impl Whip {
             next_id: AtomicU64::new(1),
             vp8: Arc::new(vp8),
             transcoders,
+            factory,
         });
         info!(udp = %local, "WHIP ready");
         let candidate = whip.candidate;
-        tokio::spawn(drive(socket, candidate, rx, factory));
+        tokio::spawn(driver::run(socket, candidate, Publishers, rx, None));
         Ok(whip)
     }
 }
@@ -204,9 +205,9 @@ async fn offer(
     };
     let id = whip.next_id.fetch_add(1, Ordering::Relaxed);
     info!(%stream, session = %claim.session.id, publisher = id, %from, "WHIP publish accepted");
-    let _ = whip.commands.send(Command::Add(Box::new(Publisher {
+    let publisher = Publisher {
         id,
-        rtc,
+        factory: whip.factory.clone(),
         claim: Some(claim),
         sink: None,
         video_mid: None,
@@ -220,9 +221,10 @@ async fn offer(
         vp8_settings: whip.vp8.clone(),
         transcoders: whip.transcoders.clone(),
         last_keyframe_ask: Instant::now(),
-        dirty: true,
-        next_timeout: Instant::now(),
-    })));
+    };
+    let _ = whip
+        .commands
+        .send(Command::Add(Box::new(Peer::new(id, rtc, publisher))));
     (
         StatusCode::CREATED,
         [
@@ -267,8 +269,8 @@ fn nal_units(data: &[u8]) -> Vec<&[u8]> {
     out
 }
 
-impl Publisher {
-    fn on_event(&mut self, event: Event, factory: &Arc<dyn GraphFactory>) {
+impl Session for Publisher {
+    fn on_event(&mut self, rtc: &mut Rtc, event: Event) {
         match event {
             Event::MediaAdded(m) if m.kind == MediaKind::Video => self.video_mid = Some(m.mid),
             Event::MediaAdded(m) if m.kind == MediaKind::Audio => {
@@ -300,7 +302,7 @@ impl Publisher {
                 }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                self.rtc.disconnect();
+                rtc.disconnect();
             }
             Event::MediaData(data)
                 if Some(data.mid) == self.video_mid && data.params.spec().codec == Codec::Vp8 =>
@@ -318,7 +320,7 @@ impl Publisher {
                             if let Some(claim) = &self.claim {
                                 claim.session.fail(e.to_string());
                             }
-                            self.rtc.disconnect();
+                            rtc.disconnect();
                             return;
                         }
                     }
@@ -354,6 +356,7 @@ impl Publisher {
                 }
                 let t = self.video_time(data.time.numer(), data.network_time);
                 self.deliver_video(
+                    rtc,
                     Frame {
                         kind: TrackKind::Video,
                         pts: t,
@@ -361,13 +364,14 @@ impl Publisher {
                         keyframe,
                         data: Bytes::from(avc),
                     },
-                    factory,
                 );
             }
             _ => {}
         }
     }
+}
 
+impl Publisher {
     /// A video RTP time (90 kHz) on the session's clock, which audio shares.
     fn video_time(&mut self, ticks: u64, network_time: Instant) -> Duration {
         let arrived = network_time.saturating_duration_since(self.started);
@@ -377,7 +381,7 @@ impl Publisher {
 
     /// An H.264 access unit into the session, which starts at the first keyframe once the
     /// parameter sets are known.
-    fn deliver_video(&mut self, frame: Frame, factory: &Arc<dyn GraphFactory>) {
+    fn deliver_video(&mut self, rtc: &mut Rtc, frame: Frame) {
         if self.sink.is_none() {
             let (Some(track), Some(claim), true) = (&self.track, &self.claim, frame.keyframe)
             else {
@@ -392,11 +396,11 @@ impl Publisher {
                 opus: audio.is_some(),
                 audio,
             };
-            match factory.start(claim, &tracks) {
+            match self.factory.start(claim, &tracks) {
                 Ok(sink) => self.sink = Some(sink),
                 Err(e) => {
                     claim.session.fail(e.to_string());
-                    self.rtc.disconnect();
+                    rtc.disconnect();
                     return;
                 }
             }
@@ -414,13 +418,13 @@ impl Publisher {
     }
 
     /// H.264 the VP8 encoder has made since last time.
-    fn drain_video(&mut self, factory: &Arc<dyn GraphFactory>) {
+    fn drain_video(&mut self, rtc: &mut Rtc) {
         let Some(vp8) = self.vp8.take() else { return };
         for (frame, track) in vp8.drain() {
             if self.track.is_none() {
                 self.track = track;
             }
-            self.deliver_video(frame, factory);
+            self.deliver_video(rtc, frame);
         }
         self.vp8 = Some(vp8);
     }
@@ -435,17 +439,19 @@ impl Publisher {
         }
     }
 
-    fn ask_keyframe(&mut self, now: Instant) {
+    /// Asks for a keyframe when it is time; true when the session has something to send.
+    fn ask_keyframe(&mut self, rtc: &mut Rtc, now: Instant) -> bool {
         if now.duration_since(self.last_keyframe_ask) < KEYFRAME_EVERY {
-            return;
+            return false;
         }
         self.last_keyframe_ask = now;
         if let Some(mid) = self.video_mid
-            && let Some(mut writer) = self.rtc.writer(mid)
+            && let Some(mut writer) = rtc.writer(mid)
         {
             let _ = writer.request_keyframe(None, KeyframeRequestKind::Pli);
-            self.dirty = true;
+            return true;
         }
+        false
     }
 
     /// The publisher is gone: the session ends and its graph drains.
@@ -464,91 +470,48 @@ impl Publisher {
     }
 }
 
-async fn drive(
-    socket: UdpSocket,
-    candidate: SocketAddr,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    factory: Arc<dyn GraphFactory>,
-) {
-    // What publishers send to is our one candidate, whatever address the socket is bound to
-    // (0.0.0.0 by default): ICE only takes packets addressed to a candidate it knows.
-    let local = candidate;
-    let mut publishers: Vec<Publisher> = Vec::new();
-    let mut by_source: HashMap<SocketAddr, u64> = HashMap::new();
-    let mut buf = vec![0u8; 2000];
-    loop {
-        let now = Instant::now();
-        let mut next = now + Duration::from_millis(100);
-        for p in publishers.iter_mut() {
-            p.ask_keyframe(now);
-            if p.next_timeout <= now {
-                let _ = p.rtc.handle_input(Input::Timeout(now));
-                p.dirty = true;
-            }
-            if p.dirty {
-                p.dirty = false;
-                loop {
-                    match p.rtc.poll_output() {
-                        Ok(Output::Timeout(t)) => {
-                            p.next_timeout = t;
-                            break;
-                        }
-                        Ok(Output::Transmit(t)) => {
-                            let _ = socket.send_to(&t.contents, t.destination).await;
-                        }
-                        Ok(Output::Event(e)) => p.on_event(e, &factory),
-                        Err(e) => {
-                            debug!(publisher = p.id, "publisher failed: {e}");
-                            p.rtc.disconnect();
-                            break;
-                        }
-                    }
+/// The WHIP policy over the one IO driver ([`driver::run`]): every publisher of this node on one
+/// socket; what they send goes into their sessions' graphs.
+struct Publishers;
+
+impl Policy for Publishers {
+    type State = Publisher;
+    type Command = Command;
+    /// Publishers only receive.
+    type Media = ();
+    type Prepared = ();
+
+    fn on_command(&mut self, peers: &mut Peers<Publisher>, command: Command) {
+        match command {
+            Command::Add(peer) => peers.add(*peer),
+            Command::Remove(id) => {
+                if let Some(peer) = peers.get_mut(id) {
+                    peer.rtc.disconnect();
+                    peer.dirty = true;
                 }
             }
-            p.drain_video(&factory);
-            p.drain_audio();
-            next = next.min(p.next_timeout);
         }
-        publishers.retain_mut(|p| {
-            let alive = p.rtc.is_alive();
-            if !alive {
-                by_source.retain(|_, id| *id != p.id);
-                p.finish();
-            }
-            alive
-        });
-        let wait = next.saturating_duration_since(Instant::now());
-        tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                let Ok((n, source)) = r else { continue };
-                let Ok(contents) = buf[..n].try_into() else { continue };
-                let input = Input::Receive(
-                    Instant::now(),
-                    Receive { proto: Protocol::Udp, source, destination: local, contents },
-                );
-                let known = by_source
-                    .get(&source)
-                    .and_then(|id| publishers.iter().position(|p| p.id == *id))
-                    .filter(|&i| publishers[i].rtc.accepts(&input));
-                let found = known.or_else(|| publishers.iter().position(|p| p.rtc.accepts(&input)));
-                if let Some(i) = found {
-                    let p = &mut publishers[i];
-                    by_source.insert(source, p.id);
-                    let _ = p.rtc.handle_input(input);
-                    p.dirty = true;
-                }
-            }
-            cmd = commands.recv() => match cmd {
-                None => return,
-                Some(Command::Add(p)) => publishers.push(*p),
-                Some(Command::Remove(id)) => {
-                    if let Some(p) = publishers.iter_mut().find(|p| p.id == id) {
-                        p.rtc.disconnect();
-                        p.dirty = true;
-                    }
-                }
-            },
-            _ = tokio::time::sleep(wait) => {}
+    }
+
+    fn prepare(&mut self, _: &Peers<Publisher>, _: ()) -> Option<()> {
+        None
+    }
+
+    fn deliver(&mut self, _: &mut Peer<Publisher>, _: &(), _: Instant, _: &mut Batch) {}
+
+    fn before_drive(&mut self, peer: &mut Peer<Publisher>, now: Instant) {
+        if peer.state.ask_keyframe(&mut peer.rtc, now) {
+            peer.dirty = true;
         }
+    }
+
+    /// What the transcoders at the door made since the last turn goes into the session.
+    fn after_drive(&mut self, peer: &mut Peer<Publisher>) {
+        peer.state.drain_video(&mut peer.rtc);
+        peer.state.drain_audio();
+    }
+
+    fn gone(&mut self, mut peer: Peer<Publisher>) {
+        peer.state.finish();
     }
 }

@@ -1,10 +1,10 @@
 //! WHEP egress (`POST /whep/<stream>`, RFC 9725 style): a viewer's browser gets an already
-//! encoded rendition over WebRTC. Every viewer is a sans-IO [`str0m::Rtc`] driven by one task
-//! on one shared UDP socket (ICE-lite, demultiplexed by who accepts each packet): no thread,
-//! no GStreamer element and no encoder per viewer.
+//! encoded rendition over WebRTC. WHEP is a policy over `rtc`'s one IO driver
+//! ([`rtc::driver`]): every viewer is a sans-IO [`str0m::Rtc`] on one shared UDP socket
+//! (ICE-lite): no thread, no GStreamer element and no encoder per viewer.
 //!
-//! Video is the rendition's own H.264; audio is the session's AAC made into Opus once
-//! ([`crate::feeds`]) for every WebRTC viewer of the session.
+//! Video is the rendition's own H.264; audio is Opus: a WebRTC publisher's own, or the
+//! session's AAC made into Opus once ([`crate::feeds`]) for every WebRTC viewer of the session.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -19,26 +19,23 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
 use pipelines::events::{EventBus, EventKind};
-use pipelines::media::Frame;
+use pipelines::media::{Frame, TrackKind};
 use pipelines::stream::{DEFAULT_CAPACITY, Reader, ReaderKind, Stream, Update};
+use rtc::driver::{self, Peer, Peers, Policy, Session};
 use rtc::rtp::{self, Packets};
 use rtc::srtp::{self, KeySlot, SrtpSender};
 use rtc::udp::Batch;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
 use str0m::media::{MediaKind, Mid, Pt};
-use str0m::net::{Protocol, Receive};
 use str0m::rtp::rtcp::Rtcp;
 use str0m::rtp::{RawPacket, RtpWrite};
-use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, IceConnectionState, Input, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use crate::feeds::FeedStore;
-
-/// Datagrams made before they are sent, at most.
-const FLUSH_AT: usize = 512;
 
 /// Largest SDP offer accepted.
 const MAX_OFFER: usize = 64 * 1024;
@@ -75,25 +72,23 @@ struct Sent {
 }
 
 enum Command {
-    Add(Box<Viewer>),
+    Add(Box<Peer<Viewer>>),
     Remove(u64),
     /// Move a viewer to another rendition of its session, at that rendition's next keyframe.
     Switch(u64, Arc<Stream>),
 }
 
+/// What the WHEP policy keeps about a viewer, beside its session ([`Peer`]).
 struct Viewer {
     id: u64,
     stream: String,
     session: String,
     joined: Instant,
-    rtc: Rtc,
     /// Where DTLS leaves the SRTP keys, and the sender made from them.
     keys: KeySlot,
     srtp: Option<SrtpSender>,
     /// Counted in [`Sent::fanned_out`].
     counted: bool,
-    /// Where str0m sends this viewer's packets (the nominated ICE pair).
-    remote: Option<SocketAddr>,
     /// Retransmissions asked for (NACK), sealed, to go with the next batch.
     resend: Vec<Vec<u8>>,
     feed: Arc<Stream>,
@@ -105,9 +100,6 @@ struct Viewer {
     connected: bool,
     /// Frames are sent from a keyframe on.
     started: bool,
-    /// Has input or output to handle.
-    dirty: bool,
-    next_timeout: Instant,
 }
 
 impl Whep {
@@ -140,13 +132,15 @@ impl Whep {
             sent: Arc::default(),
         });
         info!(udp = %local, candidate = %candidate, "WHEP ready");
-        tokio::spawn(drive(
-            socket,
-            candidate,
-            rx,
-            Arc::downgrade(&whep),
-            whep.sent.clone(),
-        ));
+        // One forwarder per rendition in use, all into this channel.
+        let (frames_tx, frames) = mpsc::channel(4096);
+        let policy = Viewers {
+            whep: Arc::downgrade(&whep),
+            sent: whep.sent.clone(),
+            frames_tx,
+            forwarded: Default::default(),
+        };
+        tokio::spawn(driver::run(socket, candidate, policy, rx, Some(frames)));
         Ok(whep)
     }
 
@@ -275,17 +269,15 @@ async fn offer(
         protocol: "whep".into(),
         rendition: feed.info.name.clone(),
     });
-    let _ = whep.commands.send(Command::Add(Box::new(Viewer {
+    let viewer = Viewer {
         id,
         stream: stream.clone(),
         session: feeds.session.clone(),
         joined: Instant::now(),
         pending: None,
-        rtc,
         keys,
         srtp: None,
         counted: false,
-        remote: None,
         resend: Vec::new(),
         feed,
         opus,
@@ -293,9 +285,10 @@ async fn offer(
         audio: None,
         connected: false,
         started: false,
-        dirty: true,
-        next_timeout: Instant::now(),
-    })));
+    };
+    let _ = whep
+        .commands
+        .send(Command::Add(Box::new(Peer::new(id, rtc, viewer))));
     (
         StatusCode::CREATED,
         [
@@ -509,8 +502,8 @@ fn rtp_header(pt: Pt, marker: bool, seq: u64, time: u32, ssrc: u32) -> [u8; 12] 
     h
 }
 
-impl Viewer {
-    fn on_event(&mut self, event: Event) {
+impl Session for Viewer {
+    fn on_event(&mut self, rtc: &mut Rtc, event: Event) {
         match event {
             Event::MediaAdded(m) => {
                 let codec = match m.kind {
@@ -519,7 +512,7 @@ impl Viewer {
                 };
                 // Sequence numbers start anywhere below the first rollover (RFC 3550).
                 let seq = (self.id.wrapping_mul(0x9e37_79b9) % 30_000) + 1;
-                let track = choose_pt(&self.rtc, m.mid, codec).map(|pt| Track::new(m.mid, pt, seq));
+                let track = choose_pt(rtc, m.mid, codec).map(|pt| Track::new(m.mid, pt, seq));
                 match m.kind {
                     MediaKind::Video => self.video = track,
                     MediaKind::Audio => self.audio = track,
@@ -541,12 +534,21 @@ impl Viewer {
                 }
             }
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
-                self.rtc.disconnect();
+                rtc.disconnect();
             }
             _ => {}
         }
     }
 
+    /// Retransmissions asked for go with the session's own datagrams.
+    fn after_pump(&mut self, remote: SocketAddr, out: &mut Batch) {
+        for datagram in self.resend.drain(..) {
+            out.push(remote, datagram);
+        }
+    }
+}
+
+impl Viewer {
     /// The viewer misses packets: those still in the history go again, as they were.
     fn on_nack(&mut self, nack: &str0m::rtp::rtcp::Nack) {
         let (Some(srtp), Some(video)) = (self.srtp.as_mut(), self.video.as_ref()) else {
@@ -571,323 +573,248 @@ impl Viewer {
             }
         }
     }
+}
 
-    /// A frame from feed `key`: the rendition's video, or the session's Opus, as `packets`
-    /// made once for every viewer. Sealed datagrams go into `out`, and so does what str0m
-    /// sends in between. Returns whether the session has more to say.
-    fn send(
-        &mut self,
-        key: u64,
-        frame: &Frame,
-        packets: &Packets,
-        now: Instant,
-        out: &mut Batch,
-    ) -> bool {
-        if !self.connected {
-            return false;
-        }
-        if let Some(next) = &self.pending
-            && next.id == key
-        {
-            if !(frame.kind == pipelines::media::TrackKind::Video && frame.keyframe) {
-                return false;
-            }
-            // The new rendition starts here, with its own SPS and PPS in front, on the same
-            // RTP stream: the browser sees a new resolution, not a new track.
-            self.feed = next.clone();
-            self.pending = None;
-        }
-        let video = frame.kind == pipelines::media::TrackKind::Video;
-        let audio = self.opus.as_ref().is_some_and(|o| o.id == key);
-        let time = if audio {
-            // Audio waits for the picture, so both start together.
-            if !self.started {
-                return false;
-            }
-            (frame.pts.as_nanos() * 48 / 1_000_000) as u32
-        } else {
-            if !video || (!self.started && !frame.keyframe) {
-                return false;
-            }
-            self.started = true;
-            (frame.pts.as_nanos() * 9 / 100_000) as u32
-        };
-        // Out of the viewer while it sends, so the session can be pumped in between.
-        let Some(mut track) = (if audio {
-            self.audio.take()
-        } else {
-            self.video.take()
-        }) else {
-            return false;
-        };
-        let sent = self.send_on(&mut track, packets, time, video, now, out);
-        if audio {
-            self.audio = Some(track);
-        } else {
-            self.video = Some(track);
-        }
-        sent
+/// A frame from stream `key`: the rendition's video, or the session's Opus, as `packets` made
+/// once for every viewer. Sealed datagrams go into `out`, and so does what str0m sends in
+/// between.
+fn send(
+    peer: &mut Peer<Viewer>,
+    key: u64,
+    frame: &Frame,
+    packets: &Packets,
+    now: Instant,
+    out: &mut Batch,
+) {
+    let v = &mut peer.state;
+    if !v.connected {
+        return;
     }
-
-    fn send_on(
-        &mut self,
-        track: &mut Track,
-        packets: &Packets,
-        time: u32,
-        video: bool,
-        now: Instant,
-        out: &mut Batch,
-    ) -> bool {
-        // The stream's SSRC is fixed by the answer; looked up once.
-        let ssrc = match track.ssrc {
-            Some(ssrc) => ssrc,
-            None => {
-                let mut api = self.rtc.direct_api();
-                let Some(tx) = api.stream_tx_by_mid(track.mid, None) else {
-                    return false;
-                };
-                *track.ssrc.insert(*tx.ssrc())
-            }
-        };
-        let last = packets.payloads.len().saturating_sub(1);
-        for (i, payload) in packets.payloads.iter().enumerate() {
-            let marker = i == last && video;
-            let session_due = i == 0
-                && track
-                    .via_session
-                    .is_none_or(|t| now >= t + VIA_SESSION_EVERY);
-            match (&mut self.srtp, self.remote) {
-                (Some(srtp), Some(to)) if !session_due => {
-                    let header = rtp_header(track.pt, marker, track.seq, time, ssrc);
-                    let buf = out.buffer();
-                    out.push(to, srtp.seal_into(&header, track.seq, payload, buf));
-                }
-                _ => {
-                    if let Some(tx) = self.rtc.direct_api().stream_tx_by_mid(track.mid, None) {
-                        tx.write_rtp(
-                            RtpWrite::new(track.pt, track.seq.into(), time, now, payload.clone())
-                                .marker(marker)
-                                .nackable(true),
-                        );
-                    }
-                    track.via_session = Some(now);
-                    // Out now (str0m queues what is written until its next timer), so the
-                    // packets after it stay in order.
-                    let _ = self.rtc.handle_input(Input::Timeout(now));
-                    self.pump(out);
-                }
-            }
-            if video {
-                if track.history.len() == HISTORY {
-                    track.history.pop_front();
-                }
-                track
-                    .history
-                    .push_back((track.seq, payload.clone(), time, marker));
-            }
-            track.seq += 1;
+    if let Some(next) = &v.pending
+        && next.id == key
+    {
+        if !(frame.kind == TrackKind::Video && frame.keyframe) {
+            return;
         }
-        false
+        // The new rendition starts here, with its own SPS and PPS in front, on the same RTP
+        // stream: the browser sees a new resolution, not a new track.
+        v.feed = next.clone();
+        v.pending = None;
     }
+    let video = frame.kind == TrackKind::Video;
+    let audio = v.opus.as_ref().is_some_and(|o| o.id == key);
+    let time = if audio {
+        // Audio waits for the picture, so both start together.
+        if !v.started {
+            return;
+        }
+        (frame.pts.as_nanos() * 48 / 1_000_000) as u32
+    } else {
+        if !video || (!v.started && !frame.keyframe) {
+            return;
+        }
+        v.started = true;
+        (frame.pts.as_nanos() * 9 / 100_000) as u32
+    };
+    // Out of the viewer while it sends, so the session can be pumped in between.
+    let Some(mut track) = (if audio {
+        v.audio.take()
+    } else {
+        v.video.take()
+    }) else {
+        return;
+    };
+    send_on(peer, &mut track, packets, time, video, now, out);
+    if audio {
+        peer.state.audio = Some(track);
+    } else {
+        peer.state.video = Some(track);
+    }
+}
 
-    /// Everything the viewer's session has to send or say, up to its next timer.
-    fn pump(&mut self, out: &mut Batch) {
-        loop {
-            match self.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => {
-                    self.next_timeout = t;
-                    break;
+fn send_on(
+    peer: &mut Peer<Viewer>,
+    track: &mut Track,
+    packets: &Packets,
+    time: u32,
+    video: bool,
+    now: Instant,
+    out: &mut Batch,
+) {
+    // The stream's SSRC is fixed by the answer; looked up once.
+    let ssrc = match track.ssrc {
+        Some(ssrc) => ssrc,
+        None => {
+            let mut api = peer.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(track.mid, None) else {
+                return;
+            };
+            *track.ssrc.insert(*tx.ssrc())
+        }
+    };
+    let last = packets.payloads.len().saturating_sub(1);
+    for (i, payload) in packets.payloads.iter().enumerate() {
+        let marker = i == last && video;
+        let session_due = i == 0
+            && track
+                .via_session
+                .is_none_or(|t| now >= t + VIA_SESSION_EVERY);
+        match (&mut peer.state.srtp, peer.remote) {
+            (Some(srtp), Some(to)) if !session_due => {
+                let header = rtp_header(track.pt, marker, track.seq, time, ssrc);
+                let buf = out.buffer();
+                out.push(to, srtp.seal_into(&header, track.seq, payload, buf));
+            }
+            _ => {
+                if let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(track.mid, None) {
+                    tx.write_rtp(
+                        RtpWrite::new(track.pt, track.seq.into(), time, now, payload.clone())
+                            .marker(marker)
+                            .nackable(true),
+                    );
                 }
-                Ok(Output::Transmit(t)) => {
-                    self.remote = Some(t.destination);
-                    out.push(t.destination, t.contents.into());
-                }
-                Ok(Output::Event(e)) => self.on_event(e),
-                Err(e) => {
-                    debug!(viewer = self.id, "viewer failed: {e}");
-                    self.rtc.disconnect();
-                    break;
-                }
+                track.via_session = Some(now);
+                // Out now (str0m queues what is written until its next timer), so the packets
+                // after it stay in order.
+                let _ = peer.rtc.handle_input(Input::Timeout(now));
+                peer.pump(out);
             }
         }
-        if let Some(to) = self.remote {
-            for datagram in self.resend.drain(..) {
-                out.push(to, datagram);
+        if video {
+            if track.history.len() == HISTORY {
+                track.history.pop_front();
             }
+            track
+                .history
+                .push_back((track.seq, payload.clone(), time, marker));
+        }
+        track.seq += 1;
+    }
+}
+
+/// The WHEP policy over the one IO driver ([`driver::run`]): every viewer of this node on one
+/// socket. Each frame is made into RTP payloads once; each viewer's session only adds its
+/// header and encrypts; what all the viewers send for one frame leaves in a few `sendmmsg`
+/// calls.
+struct Viewers {
+    whep: std::sync::Weak<Whep>,
+    sent: Arc<Sent>,
+    /// Where the readers of the streams in use hand their frames.
+    frames_tx: mpsc::Sender<(u64, Frame)>,
+    /// Streams read already, by id.
+    forwarded: std::collections::HashSet<u64>,
+}
+
+impl Viewers {
+    fn forward(&mut self, stream: &Stream) {
+        if self.forwarded.insert(stream.id) {
+            forward(stream, &self.frames_tx);
         }
     }
 }
 
-/// The one task that runs every viewer: UDP in and out, timers, and frames from the feeds.
-/// Each frame is made into RTP payloads once; each viewer's session only adds its header and
-/// encrypts; what all the viewers send for one event leaves in a few `sendmmsg` calls.
-async fn drive(
-    socket: UdpSocket,
-    candidate: SocketAddr,
-    mut commands: mpsc::UnboundedReceiver<Command>,
-    whep: std::sync::Weak<Whep>,
-    sent: Arc<Sent>,
-) {
-    // What viewers send to is our one candidate, whatever address the socket is bound to
-    // (0.0.0.0 by default): ICE only takes packets addressed to a candidate it knows.
-    let local = candidate;
-    let mut viewers: Vec<Viewer> = Vec::new();
-    // One forwarder per rendition feed in use, all into this channel.
-    let (frames_tx, mut frames) = mpsc::channel::<(u64, Frame)>(4096);
-    let mut forwarded: std::collections::HashSet<u64> = Default::default();
-    let mut buf = vec![0u8; 2000];
-    let mut out = Batch::default();
-    // Who sends from where, once ICE has told us, and where each viewer is in `viewers`.
-    let mut by_source: HashMap<SocketAddr, u64> = HashMap::new();
-    let mut index: HashMap<u64, usize> = HashMap::new();
-    loop {
-        // Only viewers with something new (input, frames written) or a timer due are driven:
-        // an idle viewer costs nothing per event.
-        let now = Instant::now();
-        let mut next = now + Duration::from_millis(100);
-        for v in viewers.iter_mut() {
-            if v.next_timeout <= now {
-                let _ = v.rtc.handle_input(Input::Timeout(now));
-                v.dirty = true;
-            }
-            if v.dirty {
-                v.dirty = false;
-                v.pump(&mut out);
-                if v.srtp.is_some() && !v.counted {
-                    v.counted = true;
-                    sent.fanned_out.fetch_add(1, Ordering::Relaxed);
+impl Policy for Viewers {
+    type State = Viewer;
+    type Command = Command;
+    type Media = (u64, Frame);
+    /// The frame, its stream and its RTP payloads.
+    type Prepared = (u64, Frame, Packets);
+
+    fn on_command(&mut self, peers: &mut Peers<Viewer>, command: Command) {
+        match command {
+            Command::Add(peer) => {
+                self.forward(&peer.state.feed.clone());
+                if let Some(opus) = peer.state.opus.clone() {
+                    self.forward(&opus);
                 }
-                // A keyframe for every viewer is megabytes: send as it is made.
-                if out.len() >= FLUSH_AT {
-                    out.flush(&socket).await;
+                peers.add(*peer);
+            }
+            Command::Remove(id) => {
+                if let Some(peer) = peers.get_mut(id) {
+                    peer.rtc.disconnect();
+                    peer.dirty = true;
                 }
             }
-            next = next.min(v.next_timeout);
+            Command::Switch(id, feed) => {
+                self.forward(&feed);
+                if let Some(peer) = peers.get_mut(id) {
+                    let v = &mut peer.state;
+                    v.pending = (feed.id != v.feed.id).then_some(feed);
+                }
+            }
         }
-        if !out.is_empty() {
-            out.flush(&socket).await;
+    }
+
+    fn prepare(
+        &mut self,
+        peers: &Peers<Viewer>,
+        (key, frame): (u64, Frame),
+    ) -> Option<Self::Prepared> {
+        let viewers = || peers.iter().map(|p| &p.state);
+        let packets = if viewers().any(|v| v.opus.as_ref().is_some_and(|o| o.id == key)) {
+            rtp::opus(&frame.data)
+        } else if frame.kind == TrackKind::Video {
+            let feed = viewers().find_map(|v| {
+                [Some(&v.feed), v.pending.as_ref()]
+                    .into_iter()
+                    .flatten()
+                    .find(|f| f.id == key)
+                    .cloned()
+            })?;
+            let video = feed.video();
+            let sets = video
+                .as_ref()
+                .map(|v| v.parameter_sets())
+                .unwrap_or_default();
+            rtp::h264(&frame.data, frame.keyframe, &sets, rtp::MAX_PAYLOAD)
+        } else {
+            return None; // the renditions' AAC: viewers get Opus
+        };
+        Some((key, frame, packets))
+    }
+
+    fn deliver(
+        &mut self,
+        peer: &mut Peer<Viewer>,
+        (key, frame, packets): &Self::Prepared,
+        now: Instant,
+        out: &mut Batch,
+    ) {
+        let v = &peer.state;
+        let wants = v.feed.id == *key
+            || v.pending.as_ref().is_some_and(|p| p.id == *key)
+            || v.opus.as_ref().is_some_and(|o| o.id == *key);
+        if wants {
+            send(peer, *key, frame, packets, now, out);
         }
-        sent.packets.store(out.sent, Ordering::Relaxed);
-        sent.calls.store(out.calls, Ordering::Relaxed);
-        viewers.retain(|v| {
-            let alive = v.rtc.is_alive();
-            if !alive {
-                info!(viewer = v.id, stream = %v.stream, "WHEP viewer left");
-                by_source.retain(|_, id| *id != v.id);
-                if let Some(w) = whep.upgrade() {
-                    w.viewer_left(&v.stream);
-                    w.bus.publish(EventKind::ViewerLeft {
-                        stream: v.stream.clone(),
-                        session: v.session.clone(),
-                        viewer: v.id.to_string(),
-                        protocol: "whep".into(),
-                        watched_secs: v.joined.elapsed().as_secs_f64(),
-                    });
-                }
-            }
-            alive
-        });
-        if index.len() != viewers.len() {
-            index = viewers.iter().enumerate().map(|(i, v)| (v.id, i)).collect();
+    }
+
+    fn after_drive(&mut self, peer: &mut Peer<Viewer>) {
+        let v = &mut peer.state;
+        if v.srtp.is_some() && !v.counted {
+            v.counted = true;
+            self.sent.fanned_out.fetch_add(1, Ordering::Relaxed);
         }
-        let wait = next.saturating_duration_since(Instant::now());
-        tokio::select! {
-            r = socket.readable() => {
-                if r.is_err() {
-                    continue;
-                }
-                // Whatever has arrived, up to a bound, before the viewers are driven again.
-                for _ in 0..256 {
-                    let Ok((n, source)) = socket.try_recv_from(&mut buf) else { break };
-                    let Ok(contents) = buf[..n].try_into() else { continue };
-                    let input = Input::Receive(
-                        Instant::now(),
-                        Receive { proto: Protocol::Udp, source, destination: local, contents },
-                    );
-                    let known = by_source
-                        .get(&source)
-                        .and_then(|id| index.get(id).copied())
-                        .filter(|&i| viewers[i].rtc.accepts(&input));
-                    // A new address: whoever's ICE credentials its STUN request carries.
-                    let found =
-                        known.or_else(|| viewers.iter().position(|v| v.rtc.accepts(&input)));
-                    if let Some(i) = found {
-                        let v = &mut viewers[i];
-                        by_source.insert(source, v.id);
-                        let _ = v.rtc.handle_input(input);
-                        v.dirty = true;
-                    }
-                }
-            }
-            cmd = commands.recv() => match cmd {
-                None => return,
-                Some(Command::Add(v)) => {
-                    let key = v.feed.id;
-                    if forwarded.insert(key) {
-                        forward(&v.feed, &frames_tx);
-                    }
-                    if let Some(opus) = &v.opus
-                        && forwarded.insert(opus.id)
-                    {
-                        forward(opus, &frames_tx);
-                    }
-                    index.insert(v.id, viewers.len());
-                    viewers.push(*v);
-                }
-                Some(Command::Remove(id)) => {
-                    if let Some(v) = index.get(&id).map(|&i| &mut viewers[i]) {
-                        v.rtc.disconnect();
-                        v.dirty = true;
-                    }
-                }
-                Some(Command::Switch(id, feed)) => {
-                    if forwarded.insert(feed.id) {
-                        forward(&feed, &frames_tx);
-                    }
-                    if let Some(v) = index.get(&id).map(|&i| &mut viewers[i]) {
-                        v.pending = (feed.id != v.feed.id).then_some(feed);
-                    }
-                }
-            },
-            Some((key, frame)) = frames.recv() => {
-                // The frame's RTP payloads, once for all its viewers.
-                let opus = viewers.iter().any(|v| v.opus.as_ref().is_some_and(|o| o.id == key));
-                let packets = if opus {
-                    rtp::opus(&frame.data)
-                } else if frame.kind == pipelines::media::TrackKind::Video {
-                    let feed = viewers.iter().find_map(|v| {
-                        [Some(&v.feed), v.pending.as_ref()]
-                            .into_iter()
-                            .flatten()
-                            .find(|f| f.id == key)
-                            .cloned()
-                    });
-                    let Some(feed) = feed else { continue };
-                    let video = feed.video();
-                    let sets = video.as_ref().map(|v| v.parameter_sets()).unwrap_or_default();
-                    rtp::h264(&frame.data, frame.keyframe, &sets, rtp::MAX_PAYLOAD)
-                } else {
-                    continue; // the feeds' AAC: viewers get Opus
-                };
-                let now = Instant::now();
-                for v in viewers
-                    .iter_mut()
-                    .filter(|v| {
-                        v.feed.id == key
-                            || v.pending.as_ref().is_some_and(|p| p.id == key)
-                            || v.opus.as_ref().is_some_and(|o| o.id == key)
-                    })
-                {
-                    if v.send(key, &frame, &packets, now, &mut out) {
-                        v.dirty = true;
-                    }
-                    if out.len() >= FLUSH_AT {
-                        out.flush(&socket).await;
-                    }
-                }
-            }
-            _ = tokio::time::sleep(wait) => {}
+    }
+
+    fn gone(&mut self, peer: Peer<Viewer>) {
+        let v = peer.state;
+        info!(viewer = v.id, stream = %v.stream, "WHEP viewer left");
+        if let Some(w) = self.whep.upgrade() {
+            w.viewer_left(&v.stream);
+            w.bus.publish(EventKind::ViewerLeft {
+                stream: v.stream.clone(),
+                session: v.session.clone(),
+                viewer: v.id.to_string(),
+                protocol: "whep".into(),
+                watched_secs: v.joined.elapsed().as_secs_f64(),
+            });
         }
+    }
+
+    fn after_turn(&mut self, out: &Batch) {
+        self.sent.packets.store(out.sent, Ordering::Relaxed);
+        self.sent.calls.store(out.calls, Ordering::Relaxed);
     }
 }
 

@@ -8,7 +8,10 @@
 //! - [`rtp`]: frames made into RTP payloads once and shared by every receiver.
 //! - [`udp`]: many datagrams per system call (`sendmmsg`, UDP GSO).
 //! - [`net`]: the address peers are told to send to.
+//! - [`driver`]: one IO driver serving many peers (sans-IO str0m sessions) on one socket, for
+//!   any policy (WHIP, WHEP, the call server).
 
+pub mod driver;
 pub mod dtls;
 pub mod net;
 pub mod rtp;

@@ -1,0 +1,300 @@
+//! One IO driver for many WebRTC peers on one UDP socket, whatever they are for (WHIP
+//! publishers, WHEP viewers, next call participants).
+//!
+//! Each peer is a sans-IO [`Rtc`] (str0m) with the policy's own state beside it. The driver
+//! owns the socket and the time: datagrams in, read in bounded bursts and handed to the peer
+//! they belong to (by source address once ICE has told us, else by whose ICE credentials a
+//! STUN request carries); timers; and everything peers send, batched ([`Batch`]: `sendmmsg`,
+//! UDP GSO). Only peers with something new (input, media, a due timer) are driven, so an idle
+//! peer costs nothing per event.
+//!
+//! What the peers are for is a [`Policy`]: commands from the HTTP side (add, remove, ...),
+//! media to send (prepared once, delivered to each peer that wants it), and what to do with
+//! each session's events.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use str0m::net::{Protocol, Receive};
+use str0m::{Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::udp::Batch;
+
+/// Datagrams made before they are sent, at most: a keyframe for every viewer is megabytes.
+const FLUSH_AT: usize = 512;
+/// Datagrams read in one burst before the peers are driven again.
+const READ_BURST: usize = 256;
+/// The driver looks at its peers at least this often.
+const IDLE_TURN: Duration = Duration::from_millis(100);
+
+/// One WebRTC connection and what its policy keeps about it.
+pub struct Peer<S> {
+    pub id: u64,
+    pub rtc: Rtc,
+    pub state: S,
+    /// Where the peer's packets go (the nominated ICE pair), once str0m has sent there.
+    pub remote: Option<SocketAddr>,
+    /// Has input or output to handle.
+    pub dirty: bool,
+    next_timeout: Instant,
+}
+
+/// What a peer's policy does with its session's events.
+pub trait Session {
+    fn on_event(&mut self, rtc: &mut Rtc, event: Event);
+
+    /// After the session has said all it had to: datagrams the policy owes the peer itself
+    /// (retransmissions it seals), to `remote`.
+    fn after_pump(&mut self, remote: SocketAddr, out: &mut Batch) {
+        let _ = (remote, out);
+    }
+}
+
+impl<S: Session> Peer<S> {
+    pub fn new(id: u64, rtc: Rtc, state: S) -> Peer<S> {
+        Peer {
+            id,
+            rtc,
+            state,
+            remote: None,
+            dirty: true,
+            next_timeout: Instant::now(),
+        }
+    }
+
+    /// Everything the session has to send or say, up to its next timer.
+    pub fn pump(&mut self, out: &mut Batch) {
+        loop {
+            match self.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    self.next_timeout = t;
+                    break;
+                }
+                Ok(Output::Transmit(t)) => {
+                    self.remote = Some(t.destination);
+                    out.push(t.destination, t.contents.into());
+                }
+                Ok(Output::Event(e)) => self.state.on_event(&mut self.rtc, e),
+                Err(e) => {
+                    debug!(peer = self.id, "peer failed: {e}");
+                    self.rtc.disconnect();
+                    break;
+                }
+            }
+        }
+        if let Some(to) = self.remote {
+            self.state.after_pump(to, out);
+        }
+    }
+}
+
+/// The peers of one driver, and where to find them.
+pub struct Peers<S> {
+    list: Vec<Peer<S>>,
+    /// Who sends from where, once ICE has told us.
+    by_source: HashMap<SocketAddr, u64>,
+    /// Where each peer is in `list`.
+    index: HashMap<u64, usize>,
+}
+
+impl<S> Default for Peers<S> {
+    fn default() -> Self {
+        Peers {
+            list: Vec::new(),
+            by_source: HashMap::new(),
+            index: HashMap::new(),
+        }
+    }
+}
+
+impl<S> Peers<S> {
+    pub fn add(&mut self, peer: Peer<S>) {
+        self.index.insert(peer.id, self.list.len());
+        self.list.push(peer);
+    }
+
+    pub fn get_mut(&mut self, id: u64) -> Option<&mut Peer<S>> {
+        let i = *self.index.get(&id)?;
+        self.list.get_mut(i)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Peer<S>> {
+        self.list.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Peer<S>> {
+        self.list.iter_mut()
+    }
+
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// The peer `input` (a datagram from `source`) is for.
+    fn route(&mut self, source: SocketAddr, input: &Input) -> Option<usize> {
+        let known = self
+            .by_source
+            .get(&source)
+            .and_then(|id| self.index.get(id).copied())
+            .filter(|&i| self.list[i].rtc.accepts(input));
+        // A new address: whoever's ICE credentials its STUN request carries.
+        let found = known.or_else(|| self.list.iter().position(|p| p.rtc.accepts(input)))?;
+        self.by_source.insert(source, self.list[found].id);
+        Some(found)
+    }
+
+    /// Removes the peers whose sessions are over, handing each to `gone`.
+    fn reap(&mut self, mut gone: impl FnMut(Peer<S>)) {
+        if self.list.iter().all(|p| p.rtc.is_alive()) {
+            return;
+        }
+        let (alive, dead): (Vec<_>, Vec<_>) = self.list.drain(..).partition(|p| p.rtc.is_alive());
+        self.list = alive;
+        for peer in dead {
+            self.by_source.retain(|_, id| *id != peer.id);
+            gone(peer);
+        }
+        self.index = self
+            .list
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id, i))
+            .collect();
+    }
+}
+
+/// What a driver's peers are for.
+pub trait Policy: Send + 'static {
+    type State: Session + Send;
+    /// From the HTTP side: add a peer, remove one, ...
+    type Command: Send;
+    /// Media to send (a frame of some stream), as it arrives.
+    type Media: Send;
+    /// Media made ready once for every peer (RTP payloads).
+    type Prepared;
+
+    fn on_command(&mut self, peers: &mut Peers<Self::State>, command: Self::Command);
+
+    /// Makes `media` ready for the peers; `None` when no peer takes it.
+    fn prepare(&mut self, peers: &Peers<Self::State>, media: Self::Media)
+    -> Option<Self::Prepared>;
+
+    /// Hands `prepared` to `peer` if it wants it, its datagrams into `out`.
+    fn deliver(
+        &mut self,
+        peer: &mut Peer<Self::State>,
+        prepared: &Self::Prepared,
+        now: Instant,
+        out: &mut Batch,
+    );
+
+    /// Each turn, for every peer before it is driven (a keyframe to ask for, ...).
+    fn before_drive(&mut self, peer: &mut Peer<Self::State>, now: Instant) {
+        let _ = (peer, now);
+    }
+
+    /// Each turn, for every peer after it was driven (media its session gave up, ...).
+    fn after_drive(&mut self, peer: &mut Peer<Self::State>) {
+        let _ = peer;
+    }
+
+    /// A peer whose session is over, removed.
+    fn gone(&mut self, peer: Peer<Self::State>);
+
+    /// After every turn, with what the socket has sent so far.
+    fn after_turn(&mut self, out: &Batch) {
+        let _ = out;
+    }
+}
+
+/// Serves `policy`'s peers on `socket` until `commands` closes. `candidate` is the address
+/// peers send to (ICE only takes packets addressed to a candidate it knows, whatever address
+/// the socket is bound to).
+pub async fn run<P: Policy>(
+    socket: UdpSocket,
+    candidate: SocketAddr,
+    mut policy: P,
+    mut commands: mpsc::UnboundedReceiver<P::Command>,
+    mut media: Option<mpsc::Receiver<P::Media>>,
+) {
+    let mut peers: Peers<P::State> = Peers::default();
+    let mut buf = vec![0u8; 2000];
+    let mut out = Batch::default();
+    loop {
+        let now = Instant::now();
+        let mut next = now + IDLE_TURN;
+        for peer in peers.list.iter_mut() {
+            policy.before_drive(peer, now);
+            if peer.next_timeout <= now {
+                let _ = peer.rtc.handle_input(Input::Timeout(now));
+                peer.dirty = true;
+            }
+            if peer.dirty {
+                peer.dirty = false;
+                peer.pump(&mut out);
+                if out.len() >= FLUSH_AT {
+                    out.flush(&socket).await;
+                }
+            }
+            policy.after_drive(peer);
+            next = next.min(peer.next_timeout);
+        }
+        if !out.is_empty() {
+            out.flush(&socket).await;
+        }
+        policy.after_turn(&out);
+        peers.reap(|peer| policy.gone(peer));
+        let wait = next.saturating_duration_since(Instant::now());
+        tokio::select! {
+            r = socket.readable() => {
+                if r.is_err() {
+                    continue;
+                }
+                for _ in 0..READ_BURST {
+                    let Ok((n, source)) = socket.try_recv_from(&mut buf) else { break };
+                    let Ok(contents) = buf[..n].try_into() else { continue };
+                    let input = Input::Receive(
+                        Instant::now(),
+                        Receive { proto: Protocol::Udp, source, destination: candidate, contents },
+                    );
+                    if let Some(i) = peers.route(source, &input) {
+                        let peer = &mut peers.list[i];
+                        let _ = peer.rtc.handle_input(input);
+                        peer.dirty = true;
+                    }
+                }
+            }
+            command = commands.recv() => match command {
+                None => return,
+                Some(command) => policy.on_command(&mut peers, command),
+            },
+            Some(m) = recv(&mut media) => {
+                let Some(prepared) = policy.prepare(&peers, m) else { continue };
+                let now = Instant::now();
+                for peer in peers.list.iter_mut() {
+                    policy.deliver(peer, &prepared, now, &mut out);
+                    if out.len() >= FLUSH_AT {
+                        out.flush(&socket).await;
+                    }
+                }
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// The next media, or never when the policy takes none.
+async fn recv<M>(media: &mut Option<mpsc::Receiver<M>>) -> Option<M> {
+    match media {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
