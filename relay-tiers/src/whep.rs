@@ -6,7 +6,7 @@
 //! Video is the rendition's own H.264; audio is Opus: a WebRTC publisher's own, or the
 //! session's AAC made into Opus once ([`crate::feeds`]) for every WebRTC viewer of the session.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +22,7 @@ use pipelines::events::{EventBus, EventKind};
 use pipelines::media::{Frame, TrackKind};
 use pipelines::stream::{DEFAULT_CAPACITY, Reader, ReaderKind, Stream, Update};
 use rtc::driver::{self, Peer, Peers, Policy, Session};
+use rtc::nack::History;
 use rtc::rtp::{self, Packets};
 use rtc::srtp::{self, KeySlot, SrtpSender};
 use rtc::udp::Batch;
@@ -469,25 +470,30 @@ struct Track {
     /// When a packet last went through str0m, which keeps its sender reports (the RTP to
     /// wall-clock mapping browsers synchronize audio and video with) true.
     via_session: Option<Instant>,
-    /// Recent packets, for retransmission: sequence number, payload, RTP time, marker.
-    history: VecDeque<(u64, Arc<[u8]>, u32, bool)>,
+    /// Recent packets, for retransmission, and the budget for it.
+    history: History,
 }
 
 /// Packets a video track keeps for retransmission: about a second of a 2.5 Mb/s rendition,
 /// each a reference to a payload every viewer shares.
 const HISTORY: usize = 320;
+/// Retransmissions to one viewer may take up to this share of its rendition's rate: a flood
+/// of NACKs costs the node at most that.
+const RESEND_SHARE: f64 = 0.5;
 /// How often a packet goes through str0m, for its sender reports.
 const VIA_SESSION_EVERY: Duration = Duration::from_millis(500);
 
 impl Track {
-    fn new(mid: Mid, pt: Pt, seq: u64) -> Track {
+    /// `bandwidth`: the rendition's bits per second, which sets the retransmission budget.
+    fn new(mid: Mid, pt: Pt, seq: u64, bandwidth: u64) -> Track {
+        let budget = (bandwidth as f64 / 8.0 * RESEND_SHARE) as u64;
         Track {
             mid,
             pt,
             seq,
             ssrc: None,
             via_session: None,
-            history: VecDeque::new(),
+            history: History::new(HISTORY, budget, Instant::now()),
         }
     }
 }
@@ -512,7 +518,9 @@ impl Session for Viewer {
                 };
                 // Sequence numbers start anywhere below the first rollover (RFC 3550).
                 let seq = (self.id.wrapping_mul(0x9e37_79b9) % 30_000) + 1;
-                let track = choose_pt(rtc, m.mid, codec).map(|pt| Track::new(m.mid, pt, seq));
+                let bandwidth = self.feed.info.bandwidth;
+                let track =
+                    choose_pt(rtc, m.mid, codec).map(|pt| Track::new(m.mid, pt, seq, bandwidth));
                 match m.kind {
                     MediaKind::Video => self.video = track,
                     MediaKind::Audio => self.audio = track,
@@ -549,26 +557,21 @@ impl Session for Viewer {
 }
 
 impl Viewer {
-    /// The viewer misses packets: those still in the history go again, as they were.
+    /// The viewer misses packets: those still in the history go again, as they were, each
+    /// at most once per [`rtc::nack::RESEND_GAP`] and within the track's budget.
     fn on_nack(&mut self, nack: &str0m::rtp::rtcp::Nack) {
-        let (Some(srtp), Some(video)) = (self.srtp.as_mut(), self.video.as_ref()) else {
+        let (Some(srtp), Some(video)) = (self.srtp.as_mut(), self.video.as_mut()) else {
             return;
         };
         if video.ssrc != Some(*nack.ssrc) {
             return;
         }
+        let now = Instant::now();
         for entry in nack.reports.iter() {
-            let lost = std::iter::once(entry.pid).chain(
-                (0..16)
-                    .filter(|b| entry.blp & (1 << b) != 0)
-                    .map(|b| entry.pid.wrapping_add(b + 1)),
-            );
-            for seq16 in lost {
-                if let Some((seq, payload, time, marker)) =
-                    video.history.iter().find(|h| h.0 as u16 == seq16)
-                {
-                    let header = rtp_header(video.pt, *marker, *seq, *time, *nack.ssrc);
-                    self.resend.push(srtp.seal(&header, *seq, payload));
+            for seq16 in rtc::nack::lost(entry.pid, entry.blp) {
+                if let Some(p) = video.history.resend(seq16, now) {
+                    let header = rtp_header(video.pt, p.marker, p.seq, p.time, *nack.ssrc);
+                    self.resend.push(srtp.seal(&header, p.seq, &p.payload));
                 }
             }
         }
@@ -681,12 +684,7 @@ fn send_on(
             }
         }
         if video {
-            if track.history.len() == HISTORY {
-                track.history.pop_front();
-            }
-            track
-                .history
-                .push_back((track.seq, payload.clone(), time, marker));
+            track.history.push(track.seq, payload.clone(), time, marker);
         }
         track.seq += 1;
     }

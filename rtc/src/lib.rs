@@ -6,6 +6,7 @@
 //! - [`srtp`]: the fan-out's own SRTP sealing (AES-GCM, AES-CM + HMAC-SHA1-80) from a session's
 //!   DTLS keys.
 //! - [`rtp`]: frames made into RTP payloads once and shared by every receiver.
+//! - [`nack`]: what was sent, what a NACK asks for, and a retransmission budget.
 //! - [`udp`]: many datagrams per system call (`sendmmsg`, UDP GSO).
 //! - [`net`]: the address peers are told to send to.
 //! - [`driver`]: one IO driver serving many peers (sans-IO str0m sessions) on one socket, for
@@ -13,6 +14,7 @@
 
 pub mod driver;
 pub mod dtls;
+pub mod nack;
 pub mod net;
 pub mod rtp;
 pub mod sdp;
