@@ -18,6 +18,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use ipnet::IpNet;
 use pipelines::config::Role;
 use pipelines::media::Bytes;
 use serde::{Deserialize, Serialize};
@@ -64,41 +65,21 @@ impl Member {
 /// Where a viewer's region comes from when they do not say: their address.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RegionRule {
-    pub network: IpAddr,
-    pub prefix: u8,
+    pub network: IpNet,
     pub region: String,
 }
 
 impl RegionRule {
     /// `10.1.0.0/16` → a rule for `region`.
     pub fn parse(cidr: &str, region: &str) -> Option<RegionRule> {
-        let (net, prefix) = cidr.split_once('/')?;
-        let network: IpAddr = net.parse().ok()?;
-        let prefix: u8 = prefix.parse().ok()?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        (prefix <= max).then(|| RegionRule {
-            network,
-            prefix,
+        Some(RegionRule {
+            network: cidr.parse().ok()?,
             region: region.to_owned(),
         })
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        match (self.network, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
+        self.network.contains(&ip)
     }
 }
 

@@ -93,15 +93,7 @@ impl RoutingConfig {
     /// Keys are relative to `[routing]`.
     pub fn validate(&self) -> Result<(), Invalid> {
         for (i, net) in self.regions.iter().enumerate() {
-            let valid = net.cidr.split_once('/').is_some_and(|(ip, prefix)| {
-                let max = match ip.parse::<std::net::IpAddr>() {
-                    Ok(std::net::IpAddr::V4(_)) => 32,
-                    Ok(std::net::IpAddr::V6(_)) => 128,
-                    Err(_) => return false,
-                };
-                prefix.parse::<u8>().is_ok_and(|p| p <= max)
-            });
-            if !valid {
+            if net.cidr.parse::<ipnet::IpNet>().is_err() {
                 return Err((
                     format!("regions[{i}].cidr"),
                     format!("{:?}: a network such as 10.1.0.0/16", net.cidr),
