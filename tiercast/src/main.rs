@@ -7,6 +7,7 @@
 mod demo;
 mod http;
 mod kafka;
+mod services;
 mod wiring;
 
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use relay_tiers::feeds::FeedStore;
 use relay_tiers::relay::pull::{PullSettings, Puller};
 use relay_tiers::relay::tap::TapStore;
 use relay_tiers::whep::{Whep, WhepLimits};
+use services::{Services, Stage};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -195,10 +197,9 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
             ..egress.clone()
         },
     ));
-    let (shutdown_tx, shutdown) = watch::channel(false);
-    let (archiver_stop, archiver_shutdown) = watch::channel(false);
+    let mut services = Services::new();
     let archiver = (ingests && config.recording.embedded_archiver).then(|| {
-        notify(&config, &bus, archiver_shutdown.clone());
+        notify(&config, &bus, &mut services);
         // Local chunks are this node's alone: what is there at start was left by its last run.
         let sole_writer = matches!(chunks, ChunkStore::Local(_));
         let live = registry.clone();
@@ -211,9 +212,14 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
             });
         Arc::new(archiver)
     });
-    let archiver_task = archiver
-        .clone()
-        .map(|a| tokio::spawn(a.run(bus.subscribe(), archiver_shutdown)));
+    if let Some(archiver) = archiver.clone() {
+        let stop = services.signal(Stage::Archive);
+        services.spawn(
+            Stage::Archive,
+            "archiver",
+            archiver.run(bus.subscribe(), stop),
+        );
+    }
 
     let rtmp = if ingests {
         let rtmp_settings = ingest::rtmp::RtmpSettings {
@@ -279,24 +285,16 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
     .with_context(|| format!("webrtc.listen {}", config.webrtc.listen))?;
     let cluster = Arc::new(cluster_view(&config, http_addr));
     if !config.cluster.upstreams.is_empty() {
-        tokio::spawn(cluster.clone().run(shutdown.clone()));
+        let stop = services.signal(Stage::Serve);
+        services.spawn(Stage::Serve, "heartbeats", cluster.clone().run(stop));
     }
     if let Some(puller) = puller.clone() {
-        // What this node reads from, for the cluster view.
-        let cluster = cluster.clone();
-        tokio::spawn(async move {
-            loop {
-                let mut links: Vec<String> = puller
-                    .status()
-                    .into_iter()
-                    .filter_map(|p| p.upstream)
-                    .collect();
-                links.sort();
-                links.dedup();
-                cluster.set_links(links);
-                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            }
-        });
+        let stop = services.signal(Stage::Serve);
+        services.spawn(
+            Stage::Serve,
+            "relay-links",
+            show_links(puller, cluster.clone(), stop),
+        );
     }
     let router = http::router(http::Services {
         config: config.clone(),
@@ -328,15 +326,21 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         info!(upstreams = ?config.cluster.upstreams, "streams are pulled from upstream when first watched");
     }
 
-    let rtmp_task = rtmp.map(|r| tokio::spawn(r.run(shutdown.clone())));
-    let mut http_shutdown = shutdown.clone();
-    let http_task = tokio::spawn(async move {
+    if let Some(rtmp) = rtmp {
+        let stop = services.signal(Stage::Ingest);
+        services.spawn(Stage::Ingest, "rtmp", rtmp.run(stop));
+    }
+    let mut stop = services.signal(Stage::Serve);
+    services.spawn(Stage::Serve, "http", async move {
         let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        axum::serve(http_listener, service)
+        let served = axum::serve(http_listener, service)
             .with_graceful_shutdown(async move {
-                let _ = http_shutdown.wait_for(|s| *s).await;
+                let _ = stop.wait_for(|s| *s).await;
             })
-            .await
+            .await;
+        if let Err(e) = served {
+            warn!("http server: {e}");
+        }
     });
     let demo = if let (true, Some(rtmp_addr)) = (demo_source, rtmp_addr) {
         let key = config
@@ -359,32 +363,35 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         None
     };
 
+    info!(services = ?services.names(), "services running");
     wait_for_signal().await;
     info!("shutting down");
     drop(demo);
-    let _ = shutdown_tx.send(true);
-    if let Some(task) = rtmp_task {
-        let _ = task.await;
-    }
-    // Publishes have ended; the archiver makes their recordings, then stops.
-    let _ = archiver_stop.send(true);
-    if let Some(task) = archiver_task
-        && tokio::time::timeout(std::time::Duration::from_secs(60), task)
-            .await
-            .is_err()
-    {
-        warn!("archiver still busy at exit; its sessions are archived at the next start");
-    }
+    // Publishes end first; then the archiver makes their recordings; then HTTP and the rest.
+    services.stop().await;
     if let Some(kafka) = kafka {
         let _ = tokio::task::spawn_blocking(move || kafka.flush(std::time::Duration::from_secs(5)))
             .await;
     }
-    match http_task.await {
-        Ok(Err(e)) => warn!("http server: {e}"),
-        Err(e) => warn!("http server task: {e}"),
-        Ok(Ok(())) => {}
-    }
     Ok(())
+}
+
+/// Keeps the cluster view's list of what this node reads from up to date.
+async fn show_links(puller: Puller, cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let mut links: Vec<String> = puller
+            .status()
+            .into_iter()
+            .filter_map(|p| p.upstream)
+            .collect();
+        links.sort();
+        links.dedup();
+        cluster.set_links(links);
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 /// The node's event bus: `events.jsonl` always, Kafka when configured.
@@ -493,15 +500,21 @@ fn archiver_for(
 }
 
 /// Webhooks for recording events, in the process that makes the recordings.
-fn notify(config: &Config, bus: &Arc<EventBus>, shutdown: watch::Receiver<bool>) {
-    if config.notify.webhooks.is_empty() {
-        return;
+/// The webhook notifier, stopped with the archiver (whose recordings it announces).
+fn notify(config: &Config, bus: &Arc<EventBus>, services: &mut Services) {
+    if let Some(notifier) = notifier(config) {
+        let stop = services.signal(Stage::Archive);
+        services.spawn(Stage::Archive, "notifier", notifier.run(bus.clone(), stop));
     }
-    let notifier = Arc::new(Notifier::new(
-        config.notify.webhooks.clone(),
-        config.notify.secret.clone(),
-    ));
-    tokio::spawn(notifier.run(bus.clone(), shutdown));
+}
+
+fn notifier(config: &Config) -> Option<Arc<Notifier>> {
+    (!config.notify.webhooks.is_empty()).then(|| {
+        Arc::new(Notifier::new(
+            config.notify.webhooks.clone(),
+            config.notify.secret.clone(),
+        ))
+    })
 }
 
 /// Kafka consumer group shared by every archiver.
@@ -545,7 +558,9 @@ fn archiver(config: Config, all: bool) -> anyhow::Result<()> {
             // Nothing will announce new sessions: archive what is there, then stop.
             let _ = stop_tx.send(true);
         }
-        notify(&config, &bus, stop.clone());
+        if let Some(notifier) = notifier(&config) {
+            tokio::spawn(notifier.run(bus.clone(), stop.clone()));
+        }
         let task = tokio::spawn(archiver.run(events, stop));
         if consumer.is_some() {
             wait_for_signal().await;
