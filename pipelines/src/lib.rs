@@ -6,6 +6,7 @@
 //! - [`registry`]: which streams exist, which are live, with what renditions, and their counters.
 //! - [`gst_util`]: GStreamer set-up: init, element builder, a pipeline handle that owns the bus.
 //! - [`graph`]: the contract between an ingest protocol and the media graph it feeds.
+//! - [`http_error`]: the one JSON shape of every HTTP error.
 //! - [`ts`] and [`segment`]: our MPEG-TS muxer, and a stream cut into segments with it (HLS
 //!   lists them, the recorder writes them as chunks).
 //! - [`transcoders`]: what ingest and egress ask of `transcode` without depending on it.
@@ -16,6 +17,7 @@ pub mod config;
 pub mod events;
 pub mod graph;
 pub mod gst_util;
+pub mod http_error;
 pub mod media;
 pub mod registry;
 pub mod segment;

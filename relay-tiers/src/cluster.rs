@@ -317,22 +317,20 @@ async fn heartbeat(
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     if !cluster.authorized(HEARTBEAT_PATH, token) {
-        return (
+        return refuse(
             axum::http::StatusCode::UNAUTHORIZED,
-            "a cluster token is needed\n",
-        )
-            .into_response();
+            "a cluster token is needed",
+        );
     }
     match serde_json::from_slice::<Vec<Member>>(&body) {
         Ok(heard) => {
             cluster.merge(heard);
             axum::Json(cluster.members()).into_response()
         }
-        Err(e) => (
+        Err(e) => refuse(
             axum::http::StatusCode::BAD_REQUEST,
-            format!("not a list of members: {e}\n"),
-        )
-            .into_response(),
+            &format!("not a list of members: {e}"),
+        ),
     }
 }
 
@@ -390,13 +388,27 @@ async fn route(
             })),
         )
             .into_response(),
-        None => (
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            cors,
-            axum::Json(serde_json::json!({ "error": "no healthy edge" })),
-        )
-            .into_response(),
+        None => {
+            let status = axum::http::StatusCode::SERVICE_UNAVAILABLE;
+            let body = pipelines::http_error::body(status.as_u16(), "no healthy edge");
+            let json = [(
+                axum::http::header::CONTENT_TYPE,
+                pipelines::http_error::CONTENT_TYPE,
+            )];
+            (status, cors, json, body).into_response()
+        }
     }
+}
+
+/// An error in the one shape every route uses ([`pipelines::http_error`]).
+fn refuse(status: axum::http::StatusCode, why: &str) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let body = pipelines::http_error::body(status.as_u16(), why);
+    let json = [(
+        axum::http::header::CONTENT_TYPE,
+        pipelines::http_error::CONTENT_TYPE,
+    )];
+    (status, json, body).into_response()
 }
 
 #[cfg(test)]

@@ -47,7 +47,12 @@ async fn watch(
     headers: HeaderMap,
 ) -> Response {
     if !pipelines::config::is_path_safe(&stream) {
-        return (StatusCode::NOT_FOUND, "no such stream\n").into_response();
+        let body = pipelines::http_error::body(404, "no such stream");
+        let json = [(
+            axum::http::header::CONTENT_TYPE,
+            pipelines::http_error::CONTENT_TYPE,
+        )];
+        return (StatusCode::NOT_FOUND, json, body).into_response();
     }
     if state.redirect_to_edges {
         let cluster = &state.cluster;

@@ -190,7 +190,9 @@ pub fn router(whep: Arc<Whep>) -> Router {
 }
 
 fn refuse(status: StatusCode, why: impl std::fmt::Display) -> Response {
-    (status, format!("{why}\n")).into_response()
+    let body = pipelines::http_error::body(status.as_u16(), &why.to_string());
+    let json = [(header::CONTENT_TYPE, pipelines::http_error::CONTENT_TYPE)];
+    (status, json, body).into_response()
 }
 
 #[derive(Debug, serde::Deserialize)]

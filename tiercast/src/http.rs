@@ -124,11 +124,7 @@ async fn streams(State(api): State<Api>) -> Response {
 async fn stream(State(api): State<Api>, Path(name): Path<String>) -> Response {
     match api.registry.get(&name) {
         Some(entry) => Json(entry.snapshot()).into_response(),
-        None => (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": format!("no stream {name:?}") })),
-        )
-            .into_response(),
+        None => refuse(StatusCode::NOT_FOUND, &format!("no stream {name:?}")),
     }
 }
 
@@ -312,11 +308,10 @@ async fn described(api: &Api, info: RecordingInfo) -> serde_json::Value {
 }
 
 fn store_unavailable(e: recorder::RecordError) -> Response {
-    (
+    refuse(
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(serde_json::json!({ "error": format!("recordings unavailable: {e}") })),
+        &format!("recordings unavailable: {e}"),
     )
-        .into_response()
 }
 
 async fn recordings_list(State(api): State<Api>) -> Response {
@@ -334,11 +329,7 @@ async fn recordings_list(State(api): State<Api>) -> Response {
 async fn recording(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.recordings.get(&id).await {
         Ok(Some(info)) => Json(described(&api, info).await).into_response(),
-        Ok(None) => (
-            StatusCode::NOT_FOUND,
-            Json(serde_json::json!({ "error": format!("no recording {id:?}") })),
-        )
-            .into_response(),
+        Ok(None) => refuse(StatusCode::NOT_FOUND, &format!("no recording {id:?}")),
         Err(e) => store_unavailable(e),
     }
 }
@@ -351,7 +342,7 @@ async fn archives(State(api): State<Api>) -> Response {
 
 /// The MP4 itself, streamed from the local object store (or a redirect to the bucket).
 async fn recording_file(State(api): State<Api>, Path(file): Path<String>) -> Response {
-    let not_found = || (StatusCode::NOT_FOUND, "no such recording\n").into_response();
+    let not_found = || refuse(StatusCode::NOT_FOUND, "no such recording");
     let Some(id) = file.strip_suffix(".mp4") else {
         return not_found();
     };
@@ -425,4 +416,11 @@ async fn events(
             }
         }
     })
+}
+
+/// An error in the one shape every route uses ([`pipelines::http_error`]).
+fn refuse(status: StatusCode, why: &str) -> Response {
+    let body = pipelines::http_error::body(status.as_u16(), why);
+    let json = [(header::CONTENT_TYPE, pipelines::http_error::CONTENT_TYPE)];
+    (status, json, body).into_response()
 }

@@ -224,6 +224,22 @@ fn a_wrong_key_is_refused_and_never_listed() {
     let json = node.streams_json();
     assert_eq!(json["streams"][0]["state"], "idle", "{json}");
     assert_eq!(node.get("/hls/main/master.m3u8").status, 404);
+    // Every error has one JSON shape, whichever route answers.
+    for path in [
+        "/hls/main/master.m3u8",
+        "/api/v1/streams/nope",
+        "/recordings/nope.mp4",
+    ] {
+        let r = node.get(path);
+        let error: serde_json::Value = serde_json::from_str(&r.text()).unwrap_or_default();
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(error["error"]["code"], "not_found", "{path}: {}", r.text());
+        assert!(
+            error["error"]["message"].is_string(),
+            "{path}: {}",
+            r.text()
+        );
+    }
     let log = node.log();
     assert!(
         log.contains("publish refused") && log.contains("127.0.0.1:"),

@@ -43,12 +43,13 @@ const PLAYLIST_TYPE: &str = "application/vnd.apple.mpegurl";
 const SEGMENT_TYPE: &str = "video/mp2t";
 
 fn not_found(why: &str) -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        headers(None, None),
-        format!("{why}\n"),
-    )
-        .into_response()
+    let mut headers = headers(None, None);
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static(pipelines::http_error::CONTENT_TYPE),
+    );
+    let body = pipelines::http_error::body(404, why);
+    (StatusCode::NOT_FOUND, headers, body).into_response()
 }
 
 fn headers_for_redirect() -> HeaderMap {

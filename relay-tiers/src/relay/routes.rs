@@ -47,7 +47,12 @@ pub fn router(state: RelayState) -> Router {
 }
 
 fn refuse(status: StatusCode, why: &str) -> Response {
-    (status, format!("{why}\n")).into_response()
+    let body = pipelines::http_error::body(status.as_u16(), why);
+    let json = [(
+        axum::http::header::CONTENT_TYPE,
+        pipelines::http_error::CONTENT_TYPE,
+    )];
+    (status, json, body).into_response()
 }
 
 impl RelayState {
