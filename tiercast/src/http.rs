@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::kafka::KafkaSink;
+use crate::openapi::documented;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -72,14 +73,15 @@ pub fn router(s: Services) -> Router {
     };
     let mut router = Router::new()
         .route("/healthz", get(healthz))
-        .route("/api/v1/streams", get(streams))
-        .route("/api/v1/streams/{name}", get(stream))
+        .route(documented("/api/v1/streams"), get(streams))
+        .route(documented("/api/v1/streams/{name}"), get(stream))
         .route("/metrics", get(metrics))
-        .route("/api/v1/recordings", get(recordings_list))
-        .route("/api/v1/recordings/{id}", get(recording))
+        .route(documented("/api/v1/recordings"), get(recordings_list))
+        .route(documented("/api/v1/recordings/{id}"), get(recording))
         .route("/recordings/{file}", get(recording_file))
-        .route("/api/v1/archives", get(archives))
-        .route("/api/v1/events", get(events))
+        .route(documented("/api/v1/archives"), get(archives))
+        .route(documented("/api/v1/events"), get(events))
+        .route(documented("/api/v1/openapi.json"), get(openapi))
         .with_state(Api {
             registry: s.registry,
             recordings: s.recordings,
@@ -110,6 +112,10 @@ pub fn router(s: Services) -> Router {
         }));
     }
     router
+}
+
+async fn openapi() -> Response {
+    Json(crate::openapi::document()).into_response()
 }
 
 async fn healthz(State(api): State<Api>) -> Response {

@@ -247,6 +247,31 @@ fn a_wrong_key_is_refused_and_never_listed() {
     );
 }
 
+#[test]
+fn the_api_is_described_and_every_path_it_names_answers() {
+    let node = start_node("");
+    let r = node.get("/api/v1/openapi.json");
+    assert_eq!(r.status, 200);
+    let doc: serde_json::Value = serde_json::from_str(&r.text()).expect("JSON");
+    assert_eq!(doc["openapi"], "3.1.0", "{doc}");
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(paths.contains_key("/api/v1/streams") && paths.contains_key("/api/v1/route"));
+    for path in paths.keys() {
+        let concrete = match path.as_str() {
+            "/api/v1/route" => "/api/v1/route?stream=demo".to_owned(),
+            p => p.replace("{name}", "demo").replace("{id}", "nope"),
+        };
+        let r = node.get(&concrete);
+        // A handler answered: the router's own 404 for an unknown path has no body.
+        assert!(
+            r.status != 404 || r.text().contains("\"error\""),
+            "{path} is described but not served: {}",
+            r.status
+        );
+    }
+    assert_eq!(node.get("/api/v1/nothing-here").status, 404);
+}
+
 /// Sends `bytes` on a fresh connection to the RTMP port, then hangs up.
 fn send_raw(node: &Node, bytes: &[u8]) {
     if let Ok(mut s) = TcpStream::connect_timeout(&node.rtmp, Duration::from_secs(5)) {
