@@ -178,8 +178,11 @@ impl Stream {
             self.written.fetch_add(1, Ordering::Relaxed);
         }
         let video = frame.kind == TrackKind::Video;
-        let config = (video && frame.keyframe).then(|| self.video()).flatten();
         let mut readers = lock(&self.readers);
+        // The configuration again, for readers that lost it (rare): looked up only then.
+        let config = (video && frame.keyframe && readers.iter().any(|s| s.config_lost))
+            .then(|| self.video())
+            .flatten();
         readers.retain_mut(|slot| {
             if video && slot.gap && !frame.keyframe {
                 return slot.drop_one();

@@ -701,15 +701,20 @@ struct Viewers {
     sent: Arc<Sent>,
     /// Where the readers of the streams in use hand their frames.
     frames_tx: mpsc::Sender<(u64, Frame)>,
-    /// Streams read already, by id.
-    forwarded: std::collections::HashSet<u64>,
+    /// Streams read already, by id; those that have ended are forgotten, so this holds at
+    /// most the streams live on the node.
+    forwarded: HashMap<u64, std::sync::Weak<Stream>>,
 }
 
 impl Viewers {
-    fn forward(&mut self, stream: &Stream) {
-        if self.forwarded.insert(stream.id) {
-            forward(stream, &self.frames_tx);
+    fn forward(&mut self, stream: &Arc<Stream>) {
+        if self.forwarded.contains_key(&stream.id) {
+            return;
         }
+        self.forwarded
+            .retain(|_, s| s.upgrade().is_some_and(|s| !s.is_ended()));
+        self.forwarded.insert(stream.id, Arc::downgrade(stream));
+        forward(stream, &self.frames_tx);
     }
 }
 
@@ -723,7 +728,8 @@ impl Policy for Viewers {
     fn on_command(&mut self, peers: &mut Peers<Viewer>, command: Command) {
         match command {
             Command::Add(peer) => {
-                self.forward(&peer.state.feed.clone());
+                let feed = peer.state.feed.clone();
+                self.forward(&feed);
                 if let Some(opus) = peer.state.opus.clone() {
                     self.forward(&opus);
                 }

@@ -46,6 +46,12 @@ pub struct Services {
     stages: Vec<Running>,
 }
 
+impl Default for Services {
+    fn default() -> Services {
+        Services::new()
+    }
+}
+
 impl Services {
     pub fn new() -> Services {
         Services {

@@ -2,7 +2,7 @@
 //! Each is made at most once per session and target codec, however many viewers it has.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,6 +14,9 @@ use pipelines::transcoders::{Converter, Transcoded};
 use tracing::info;
 
 use crate::side::{Output, SidePipeline};
+
+/// Frames a converter's output holds until its caller drains them; past it, they are dropped.
+const OUT_QUEUE: usize = 512;
 
 /// AudioSpecificConfig of what [`OpusToAac`] makes: AAC-LC, 48 kHz, 2 channels.
 pub const AAC_48K_STEREO: [u8; 2] = [0x11, 0x90];
@@ -136,7 +139,8 @@ impl OpusToAac {
             filter,
             enc,
         ];
-        let (tx, out) = channel();
+        // Drained every turn of the WebRTC driver; bounded all the same.
+        let (tx, out) = sync_channel(OUT_QUEUE);
         let tx = Mutex::new(tx);
         let side = SidePipeline::start(
             &format!("aac-{label}"),
@@ -144,7 +148,7 @@ impl OpusToAac {
             256 * 1024,
             &chain,
             Output::Audio(Box::new(move |frame| {
-                let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).send(frame);
+                let _ = tx.lock().unwrap_or_else(|p| p.into_inner()).try_send(frame);
             })),
         )?;
         AAC_STARTED.fetch_add(1, Ordering::Relaxed);

@@ -111,8 +111,10 @@ pub fn deliver_video_frames(
                 let sample = sink.pull_sample().map_err(|_| gst::FlowError::Eos)?;
                 let track = {
                     let mut last = last_caps.lock().unwrap_or_else(|p| p.into_inner());
+                    // The same caps object until the encoder renegotiates: compared by
+                    // pointer (kept alive in `last`), not field by field on every frame.
                     match sample.caps() {
-                        Some(caps) if last.as_ref() != Some(&caps.to_owned()) => {
+                        Some(caps) if last.as_ref().map(|c| c.as_ptr()) != Some(caps.as_ptr()) => {
                             *last = Some(caps.to_owned());
                             caps.structure(0)
                                 .and_then(|s| s.get::<gst::Buffer>("codec_data").ok())

@@ -3,7 +3,7 @@
 //! source rendition every later stage takes unchanged. H.264 publishers never come here.
 
 use std::sync::Mutex;
-use std::sync::mpsc::{Receiver, channel};
+use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::Duration;
 
 use gst::prelude::*;
@@ -12,6 +12,10 @@ use pipelines::media::{Frame, VideoTrack};
 use pipelines::transcoders::{Converter, Vp8Settings};
 
 use crate::side::{Output, SidePipeline};
+
+/// Frames the converter's output holds until its caller drains them (8 s at 30 fps); past it,
+/// they are dropped.
+const OUT_QUEUE: usize = 256;
 
 pub struct Vp8ToH264 {
     side: SidePipeline,
@@ -33,7 +37,8 @@ impl Vp8ToH264 {
             enc,
             caps,
         ];
-        let (tx, out) = channel();
+        // Drained every turn of the WebRTC driver; bounded all the same.
+        let (tx, out) = sync_channel(OUT_QUEUE);
         let tx = Mutex::new(tx);
         let side = SidePipeline::start(
             &format!("vp8-{label}"),
@@ -44,7 +49,7 @@ impl Vp8ToH264 {
                 let _ = tx
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .send((frame, track));
+                    .try_send((frame, track));
             })),
         )?;
         Ok(Vp8ToH264 {
