@@ -1,11 +1,10 @@
 //! The node's HTTP surface: `/healthz`, `/api/v1/…`, `/metrics`, and every crate's routes.
 
-use std::fmt::Write;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::kafka::KafkaSink;
+use crate::metrics::NodeMetrics;
 use crate::openapi::documented;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
@@ -14,7 +13,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use pipelines::config::Role;
 use pipelines::events::EventBus;
-use pipelines::registry::StreamCounters;
 use pipelines::{Config, Registry};
 use recorder::archiver::Archiver;
 use recorder::store::{Download, ObjectStore, RecordingInfo};
@@ -30,10 +28,8 @@ struct Api {
     registry: Arc<Registry>,
     recordings: ObjectStore,
     archiver: Option<Arc<Archiver>>,
-    kafka: Option<Arc<KafkaSink>>,
     bus: Arc<EventBus>,
-    taps: Option<Arc<TapStore>>,
-    whep: Arc<relay_tiers::whep::Whep>,
+    metrics: NodeMetrics,
 }
 
 /// Everything the HTTP doors serve from.
@@ -83,13 +79,16 @@ pub fn router(s: Services) -> Router {
         .route(documented("/api/v1/events"), get(events))
         .route(documented("/api/v1/openapi.json"), get(openapi))
         .with_state(Api {
-            registry: s.registry,
+            registry: s.registry.clone(),
             recordings: s.recordings,
             archiver: s.archiver,
-            kafka: s.kafka,
+            metrics: NodeMetrics {
+                registry: s.registry.clone(),
+                whep: s.whep.clone(),
+                taps: s.taps.clone(),
+                kafka: s.kafka.clone(),
+            },
             bus: s.bus,
-            taps: s.taps.clone(),
-            whep: s.whep.clone(),
         })
         .merge(relay_tiers::hls::routes::router(hls))
         .merge(relay_tiers::watch::router(WatchState {
@@ -134,168 +133,10 @@ async fn stream(State(api): State<Api>, Path(name): Path<String>) -> Response {
     }
 }
 
-/// Prometheus text exposition.
+/// `/metrics` ([`crate::metrics`]).
 async fn metrics(State(api): State<Api>) -> Response {
-    let r = &api.registry;
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "# HELP tiercast_active_streams Streams with a live publisher."
-    );
-    let _ = writeln!(out, "# TYPE tiercast_active_streams gauge");
-    let _ = writeln!(out, "tiercast_active_streams {}", r.live_count());
-    type Counter = fn(&StreamCounters) -> u64;
-    let counters: [(&str, &str, Counter); 4] = [
-        (
-            "tiercast_ingest_bytes_total",
-            "Bytes received from publishers.",
-            |c| c.bytes_in.load(Ordering::Relaxed),
-        ),
-        (
-            "tiercast_ingest_frames_total",
-            "Frames received from publishers.",
-            |c| c.frames_in.load(Ordering::Relaxed),
-        ),
-        (
-            "tiercast_dropped_frames_total",
-            "Frames dropped before the media graph.",
-            |c| c.frames_dropped.load(Ordering::Relaxed),
-        ),
-        (
-            "tiercast_publish_refused_total",
-            "Publish attempts refused (stream already live).",
-            |c| c.publishes_refused.load(Ordering::Relaxed),
-        ),
-    ];
-    for (name, help, get) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
-        for e in r.streams() {
-            let _ = writeln!(
-                out,
-                "{name}{{stream=\"{}\"}} {}",
-                e.config.name,
-                get(&e.counters)
-            );
-        }
-    }
-    let name = "tiercast_rendition_frames_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Frames produced per rendition in the current session (encoded or passed through)."
-    );
-    let _ = writeln!(out, "# TYPE {name} counter");
-    for e in r.streams() {
-        let Some(session) = e.session() else { continue };
-        for rend in session.renditions() {
-            let mode = if rend.passthrough {
-                "passthrough"
-            } else {
-                "encode"
-            };
-            let _ = writeln!(
-                out,
-                "{name}{{stream=\"{}\",rendition=\"{}\",mode=\"{mode}\"}} {}",
-                e.config.name,
-                rend.name,
-                rend.frames_out.load(Ordering::Relaxed)
-            );
-        }
-    }
-    if let Some(taps) = &api.taps {
-        let _ = writeln!(
-            out,
-            "# HELP tiercast_relay_subscribers Connections of the tier below reading renditions from this node.\n\
-             # TYPE tiercast_relay_subscribers gauge\ntiercast_relay_subscribers {}",
-            taps.subscribers()
-        );
-        let _ = writeln!(
-            out,
-            "# HELP tiercast_relay_bytes_sent_total Bytes sent to the tier below.\n\
-             # TYPE tiercast_relay_bytes_sent_total counter\ntiercast_relay_bytes_sent_total {}",
-            taps.bytes_sent.load(Ordering::Relaxed)
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP tiercast_webrtc_viewers WHEP viewers on this node.\n\
-         # TYPE tiercast_webrtc_viewers gauge\ntiercast_webrtc_viewers {}",
-        api.whep.viewers()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP tiercast_webrtc_packets_sent_total Datagrams sent to WHEP viewers.\n\
-         # TYPE tiercast_webrtc_packets_sent_total counter\ntiercast_webrtc_packets_sent_total {}",
-        api.whep.packets_sent()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP tiercast_webrtc_send_calls_total System calls those datagrams took (sendmmsg with UDP GSO).\n\
-         # TYPE tiercast_webrtc_send_calls_total counter\ntiercast_webrtc_send_calls_total {}",
-        api.whep.send_calls()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP tiercast_webrtc_fanned_out_viewers_total WHEP viewers whose media went out through the shared fan-out (SRTP sealed per viewer, no session per packet).\n\
-         # TYPE tiercast_webrtc_fanned_out_viewers_total counter\ntiercast_webrtc_fanned_out_viewers_total {}",
-        api.whep.fanned_out()
-    );
-    let _ = writeln!(
-        out,
-        "# HELP tiercast_stream_dropped_frames_total Frames a reader of a stream lost because it fell behind (its queue was full); the publisher and other readers are not held up.\n\
-         # TYPE tiercast_stream_dropped_frames_total counter"
-    );
-    for (reader, dropped) in pipelines::stream::dropped_frames() {
-        let _ = writeln!(
-            out,
-            "tiercast_stream_dropped_frames_total{{reader=\"{}\"}} {dropped}",
-            reader.as_str()
-        );
-    }
-    let _ = writeln!(
-        out,
-        "# HELP tiercast_audio_transcoders_started_total Audio transcoders started (one per session and target codec, however many viewers).\n\
-         # TYPE tiercast_audio_transcoders_started_total counter\n\
-         tiercast_audio_transcoders_started_total{{to=\"opus\"}} {}\n\
-         tiercast_audio_transcoders_started_total{{to=\"aac\"}} {}",
-        transcode::audio::opus_encoders_started(),
-        transcode::audio::aac_encoders_started()
-    );
-    if let Some(kafka) = &api.kafka {
-        let c = kafka.counters();
-        let _ = writeln!(
-            out,
-            "# HELP tiercast_kafka_events_queued Events waiting for the Kafka brokers."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE tiercast_kafka_events_queued gauge\ntiercast_kafka_events_queued {}",
-            kafka.queued()
-        );
-        for (name, help, value) in [
-            (
-                "tiercast_kafka_events_delivered_total",
-                "Events the brokers acknowledged.",
-                &c.delivered,
-            ),
-            (
-                "tiercast_kafka_events_failed_total",
-                "Events the brokers refused.",
-                &c.failed,
-            ),
-            (
-                "tiercast_kafka_events_dropped_total",
-                "Events dropped because the queue was full.",
-                &c.dropped,
-            ),
-        ] {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Ordering::Relaxed)
-            );
-        }
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    let text = api.metrics.render();
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// A recording as the API shows it: its description and where to download it.

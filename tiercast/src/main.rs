@@ -7,6 +7,7 @@
 mod demo;
 mod http;
 mod kafka;
+mod metrics;
 mod openapi;
 mod services;
 mod wiring;
