@@ -31,7 +31,8 @@ use str0m::format::Codec;
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use str0m::{Candidate, Event, IceConnectionState, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
 const MAX_OFFER: usize = 64 * 1024;
@@ -88,7 +89,8 @@ impl Whip {
         factory: Arc<dyn GraphFactory>,
         transcoders: Arc<dyn Transcoders>,
         vp8: Vp8Settings,
-    ) -> std::io::Result<Arc<Whip>> {
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<(Arc<Whip>, impl Future<Output = ()> + Send + use<>)> {
         let socket = UdpSocket::bind(listen).await?;
         let local = socket.local_addr()?;
         let ip = rtc::net::candidate_ip(local.ip(), advertise);
@@ -105,8 +107,8 @@ impl Whip {
         });
         info!(udp = %local, "WHIP ready");
         let candidate = whip.candidate;
-        tokio::spawn(driver::run(socket, candidate, Publishers, rx, None));
-        Ok(whip)
+        let driver = driver::run(socket, candidate, Publishers::default(), rx, None, stop);
+        Ok((whip, driver))
     }
 }
 
@@ -457,10 +459,12 @@ impl Publisher {
     }
 
     /// The publisher is gone: the session ends and its graph drains.
-    fn finish(&mut self) {
+    /// The session's end: the claim is let go and the graph finishes (last segments,
+    /// `stream.ended`, the recording closed).
+    fn finish(&mut self) -> impl Future<Output = ()> + Send + use<> {
         let claim = self.claim.take();
         let sink = self.sink.take();
-        tokio::spawn(async move {
+        async move {
             if let Some(c) = &claim {
                 info!(stream = %c.session.stream, "WHIP publisher finished");
             }
@@ -468,13 +472,17 @@ impl Publisher {
             if let Some(sink) = sink {
                 sink.finish().await;
             }
-        });
+        }
     }
 }
 
 /// The WHIP policy over the one IO driver ([`driver::run`]): every publisher of this node on one
 /// socket; what they send goes into their sessions' graphs.
-struct Publishers;
+#[derive(Default)]
+struct Publishers {
+    /// Sessions of publishers that left, still finishing.
+    finishing: JoinSet<()>,
+}
 
 impl Policy for Publishers {
     type State = Publisher;
@@ -514,6 +522,13 @@ impl Policy for Publishers {
     }
 
     fn gone(&mut self, mut peer: Peer<Publisher>) {
-        peer.state.finish();
+        self.finishing.spawn(peer.state.finish());
+        while self.finishing.try_join_next().is_some() {}
+    }
+
+    /// On shutdown, every session that was let go has finished before the driver returns.
+    fn finishing(&mut self) -> impl Future<Output = ()> + Send + 'static {
+        let mut finishing = std::mem::take(&mut self.finishing);
+        async move { while finishing.join_next().await.is_some() {} }
     }
 }

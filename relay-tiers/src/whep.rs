@@ -33,7 +33,7 @@ use str0m::rtp::rtcp::Rtcp;
 use str0m::rtp::{RawPacket, RtpWrite};
 use str0m::{Candidate, Event, IceConnectionState, Input, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::{debug, info};
 
 use crate::feeds::FeedStore;
@@ -112,7 +112,8 @@ impl Whep {
         limits: WhepLimits,
         feeds: Arc<FeedStore>,
         bus: Arc<EventBus>,
-    ) -> std::io::Result<Arc<Whep>> {
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<(Arc<Whep>, impl Future<Output = ()> + Send + use<>)> {
         let socket = UdpSocket::bind(listen).await?;
         rtc::udp::set_buffers(&socket, 4 << 20);
         let local = socket.local_addr()?;
@@ -141,8 +142,8 @@ impl Whep {
             frames_tx,
             forwarded: Default::default(),
         };
-        tokio::spawn(driver::run(socket, candidate, policy, rx, Some(frames)));
-        Ok(whep)
+        let driver = driver::run(socket, candidate, policy, rx, Some(frames), stop);
+        Ok((whep, driver))
     }
 
     pub fn udp(&self) -> SocketAddr {

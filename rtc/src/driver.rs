@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use str0m::net::{Protocol, Receive};
 use str0m::{Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tracing::debug;
 
 use crate::udp::Batch;
@@ -209,13 +209,20 @@ pub trait Policy: Send + 'static {
     /// A peer whose session is over, removed.
     fn gone(&mut self, peer: Peer<Self::State>);
 
+    /// When the driver stops, after every peer has been through [`Policy::gone`]: what must
+    /// still finish before the driver returns (a publisher's session closing its last segment).
+    fn finishing(&mut self) -> impl Future<Output = ()> + Send + 'static {
+        std::future::ready(())
+    }
+
     /// After every turn, with what the socket has sent so far.
     fn after_turn(&mut self, out: &Batch) {
         let _ = out;
     }
 }
 
-/// Serves `policy`'s peers on `socket` until `commands` closes. `candidate` is the address
+/// Serves `policy`'s peers on `socket` until `commands` closes or `stop` turns true (then
+/// every peer is let go through [`Policy::gone`] first). `candidate` is the address
 /// peers send to (ICE only takes packets addressed to a candidate it knows, whatever address
 /// the socket is bound to).
 pub async fn run<P: Policy>(
@@ -224,6 +231,7 @@ pub async fn run<P: Policy>(
     mut policy: P,
     mut commands: mpsc::UnboundedReceiver<P::Command>,
     mut media: Option<mpsc::Receiver<P::Media>>,
+    mut stop: watch::Receiver<bool>,
 ) {
     let mut peers: Peers<P::State> = Peers::default();
     let mut buf = vec![0u8; 2000];
@@ -287,7 +295,24 @@ pub async fn run<P: Policy>(
                 }
             }
             _ = tokio::time::sleep(wait) => {}
+            () = stopped(&mut stop) => {
+                // Every peer is let go as if it had left: the policy ends what it was for
+                // (a publisher's session ends cleanly, a viewer is counted out).
+                for peer in peers.list.iter_mut() {
+                    peer.rtc.disconnect();
+                }
+                peers.reap(|peer| policy.gone(peer));
+                policy.finishing().await;
+                return;
+            }
         }
+    }
+}
+
+/// Returns once `stop` says so; never when its sender is gone without saying it.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    if stop.wait_for(|stop| *stop).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -262,9 +262,12 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
                 gop_frames: config.transcode.gop_seconds * 30,
                 preset: config.transcode.x264_preset.clone(),
             },
+            services.signal(Stage::Ingest),
         )
         .await
         .with_context(|| format!("webrtc.whip_listen {}", config.webrtc.whip_listen))?;
+        let (whip, driver) = whip;
+        services.spawn(Stage::Ingest, "whip", driver);
         Some(whip)
     } else {
         None
@@ -282,9 +285,12 @@ async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
         },
         feeds,
         bus.clone(),
+        services.signal(Stage::Serve),
     )
     .await
     .with_context(|| format!("webrtc.listen {}", config.webrtc.listen))?;
+    let (whep, driver) = whep;
+    services.spawn(Stage::Serve, "whep", driver);
     let cluster = Arc::new(cluster_view(&config, http_addr));
     if !config.cluster.upstreams.is_empty() {
         let stop = services.signal(Stage::Serve);
