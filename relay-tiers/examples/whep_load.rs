@@ -4,7 +4,7 @@
 //! str0m all along. The first `full` receivers also decrypt every packet (SRTP) and parse it;
 //! the others read the sequence number and SSRC from the RTP header, which SRTP leaves in the
 //! clear, so one core can count what a thousand viewers get. All count the packets they get
-//! and the ones missing from each sequence.
+//! and the ones missing from each sequence, and how many viewers got both tracks.
 //!
 //! `whep_load <http://host:port/whep/stream> <viewers> <seconds> [full=2]`; prints one JSON
 //! line.
@@ -28,6 +28,8 @@ struct Totals {
     lost: AtomicU64,
     bytes: AtomicU64,
     failed: AtomicU64,
+    /// Viewers that got packets of both tracks (video and audio).
+    complete: AtomicU64,
     /// Packets decrypted and parsed by the full receivers.
     decrypted: AtomicU64,
 }
@@ -131,6 +133,9 @@ async fn viewer(
                 rtc.handle_input(Input::Timeout(Instant::now())).map_err(|e| e.to_string())?;
             }
         }
+    }
+    if counter.last.len() >= 2 {
+        totals.complete.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -302,9 +307,10 @@ fn main() {
         }
     });
     println!(
-        "{{\"viewers\": {n}, \"connected\": {}, \"failed\": {}, \"packets\": {}, \"lost\": {}, \"bytes\": {}, \"decrypted\": {}}}",
+        "{{\"viewers\": {n}, \"connected\": {}, \"failed\": {}, \"complete\": {}, \"packets\": {}, \"lost\": {}, \"bytes\": {}, \"decrypted\": {}}}",
         totals.connected.load(Ordering::Relaxed),
         totals.failed.load(Ordering::Relaxed),
+        totals.complete.load(Ordering::Relaxed),
         totals.packets.load(Ordering::Relaxed),
         totals.lost.load(Ordering::Relaxed),
         totals.bytes.load(Ordering::Relaxed),

@@ -13,18 +13,24 @@ use common::*;
 
 /// The helper, built next to this test by `cargo test` (examples are built with the tests).
 fn helper() -> PathBuf {
+    example("tiercast", "gst_webrtc")
+}
+
+/// An example of `package`, built by `cargo test --workspace` next to the tests.
+fn example(package: &str, name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("the test knows its path");
-    let helper = exe
+    let path = exe
         .parent()
         .and_then(|deps| deps.parent())
         .expect("target/<profile>/deps")
-        .join("examples/gst_webrtc");
+        .join("examples")
+        .join(name);
     assert!(
-        helper.exists(),
-        "{} is missing: `cargo build -p tiercast --example gst_webrtc`",
-        helper.display()
+        path.exists(),
+        "{} is missing: `cargo build -p {package} --example {name}`",
+        path.display()
     );
-    helper
+    path
 }
 
 /// What `gst_webrtc play` decoded from `url` in `seconds`.
@@ -113,7 +119,7 @@ fn gstreamer_publishes_over_whip_and_plays_over_whep_next_to_an_rtmp_stream() {
     );
 
     // An RTMP publisher's stream plays in the same player.
-    let mut ffmpeg = ffmpeg_publish(&node.rtmp_url("c"), 480, 270, 40)
+    let mut ffmpeg = ffmpeg_publish(&node.rtmp_url("c"), 480, 270, 60)
         .spawn()
         .expect("ffmpeg starts");
     node.wait_for("/hls/cam/master.m3u8", Duration::from_secs(40), |r| {
@@ -127,14 +133,34 @@ fn gstreamer_publishes_over_whip_and_plays_over_whep_next_to_an_rtmp_stream() {
         metrics.contains("tiercast_audio_transcoders_started_total{to=\"opus\"} 1"),
         "{metrics}"
     );
+
+    // 200 more WebRTC viewers of it (str0m receivers, `relay-tiers/examples/whep_load.rs`):
+    // every one gets video and audio, and the AAC is still made into Opus once.
+    let load = Command::new(example("relay-tiers", "whep_load"))
+        .args([&format!("http://{}/whep/cam", node.http), "200", "8"])
+        .output()
+        .expect("the load client runs");
+    let stdout = String::from_utf8_lossy(&load.stdout);
+    let stderr = String::from_utf8_lossy(&load.stderr);
+    assert!(load.status.success(), "{stdout}\n{stderr}");
+    let viewers: serde_json::Value =
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"));
+    assert_eq!(viewers["connected"], 200, "{viewers}\n{stderr}");
+    assert_eq!(viewers["complete"], 200, "{viewers}\n{stderr}");
+    let metrics = node.get("/metrics").text();
+    assert!(
+        metrics.contains("tiercast_audio_transcoders_started_total{to=\"opus\"} 1"),
+        "{metrics}"
+    );
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();
 
-    // Both GStreamer viewers (AES-CM SRTP, where browsers take AES-GCM) went through the
-    // shared fan-out, not a session per packet; libsrtp in the player took every packet.
+    // Both GStreamer viewers (AES-CM SRTP, where browsers take AES-GCM) and the 200 others
+    // went through the shared fan-out, not a session per packet; libsrtp in the player took
+    // every packet.
     let metrics = node.get("/metrics").text();
     assert!(
-        metrics.contains("tiercast_webrtc_fanned_out_viewers_total 2"),
+        metrics.contains("tiercast_webrtc_fanned_out_viewers_total 202"),
         "{metrics}"
     );
 
