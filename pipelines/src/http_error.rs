@@ -25,9 +25,30 @@ pub fn code(status: u16) -> &'static str {
     }
 }
 
+/// An error as every route answers it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    pub error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail<'a> {
+    /// A stable word for the status.
+    #[schema(examples("not_found"))]
+    pub code: &'static str,
+    /// What went wrong, for people.
+    pub message: &'a str,
+}
+
 /// The body of an error with `status`.
 pub fn body(status: u16, message: &str) -> String {
-    serde_json::json!({ "error": { "code": code(status), "message": message } }).to_string()
+    let body = ErrorBody {
+        error: ErrorDetail {
+            code: code(status),
+            message,
+        },
+    };
+    serde_json::to_string(&body).unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -354,7 +354,7 @@ impl Drop for PublishClaim {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct StreamSnapshot {
     pub name: String,
     pub state: &'static str,
@@ -364,7 +364,7 @@ pub struct StreamSnapshot {
     pub session: Option<SessionSnapshot>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SessionSnapshot {
     pub id: String,
     pub protocol: &'static str,
@@ -377,7 +377,7 @@ pub struct SessionSnapshot {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SourceSnapshot {
     pub video_codec: String,
     pub width: u32,
@@ -388,7 +388,7 @@ pub struct SourceSnapshot {
     pub audio_channels: Option<u8>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RenditionSnapshot {
     pub name: String,
     pub width: u32,

@@ -40,7 +40,7 @@ pub struct Archiver {
 const ORPHAN_ATTEMPTS: u32 = 3;
 
 /// A recording being made, as `GET /api/v1/archives` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ArchiveJob {
     pub stream: String,
     pub session: String,

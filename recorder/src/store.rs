@@ -13,7 +13,7 @@ use crate::RecordError;
 use crate::s3::Bucket;
 
 /// What `GET /api/v1/recordings` lists.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RecordingInfo {
     /// The session id; unique.
     pub id: String,

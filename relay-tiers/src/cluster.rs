@@ -34,7 +34,7 @@ pub const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
 pub const HEALTHY_FOR: Duration = Duration::from_secs(3);
 
 /// A node as the cluster knows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
     pub name: String,
     pub role: Role,
@@ -266,14 +266,13 @@ impl Cluster {
     }
 }
 
-/// `POST /api/v1/cluster/heartbeat`, `GET /api/v1/cluster`, `GET /api/v1/route`.
-pub fn router(cluster: Arc<Cluster>) -> axum::Router {
-    use axum::routing::{get, post};
-    axum::Router::new()
-        .route(HEARTBEAT_PATH, post(heartbeat))
-        .route("/api/v1/cluster", get(view))
-        .route("/api/v1/route", get(route))
-        .with_state(cluster)
+/// `POST /api/v1/cluster/heartbeat` (between nodes), `GET /api/v1/cluster` and
+/// `GET /api/v1/route`, each mounted with its description ([`utoipa`]).
+pub fn router() -> utoipa_axum::router::OpenApiRouter<Arc<Cluster>> {
+    utoipa_axum::router::OpenApiRouter::new()
+        .routes(utoipa_axum::routes!(heartbeat))
+        .routes(utoipa_axum::routes!(view))
+        .routes(utoipa_axum::routes!(route))
 }
 
 /// The viewer's address, where the server records it.
@@ -307,6 +306,17 @@ impl Cluster {
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/cluster/heartbeat",
+    summary = "Between nodes: a node says what it knows of the cluster and hears what this one knows. Needs the cluster token (made from the cluster secret).",
+    request_body = Vec<Member>,
+    responses(
+        (status = 200, body = Vec<Member>),
+        (status = 400, description = "Not a list of members.", body = pipelines::http_error::ErrorBody),
+        (status = 401, description = "No valid cluster token.", body = pipelines::http_error::ErrorBody),
+    )
+)]
 async fn heartbeat(
     axum::extract::State(cluster): axum::extract::State<Arc<Cluster>>,
     headers: axum::http::HeaderMap,
@@ -334,32 +344,80 @@ async fn heartbeat(
     }
 }
 
-async fn view(
-    axum::extract::State(cluster): axum::extract::State<Arc<Cluster>>,
-) -> axum::response::Response {
-    use axum::response::IntoResponse;
-    let now = now_ms();
-    let members: Vec<serde_json::Value> = cluster
-        .members()
-        .into_iter()
-        .map(|m| {
-            let healthy = m.healthy(now);
-            let age = now.saturating_sub(m.seen_ms) as f64 / 1000.0;
-            let mut v = serde_json::to_value(m).unwrap_or_default();
-            v["healthy"] = healthy.into();
-            v["seen_secs_ago"] = age.into();
-            v
-        })
-        .collect();
-    axum::Json(serde_json::json!({ "me": cluster.me().name, "members": members })).into_response()
+/// `GET /api/v1/cluster`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ClusterView {
+    /// This node's name.
+    pub me: String,
+    pub members: Vec<MemberView>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A member as `GET /api/v1/cluster` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberView {
+    #[serde(flatten)]
+    pub member: Member,
+    /// It spoke within the last few heartbeats.
+    pub healthy: bool,
+    pub seen_secs_ago: f64,
+}
+
+/// `GET /api/v1/route`: where a viewer of `stream` should go.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RouteAnswer {
+    pub stream: String,
+    /// The viewer's region, as asked or as their address says.
+    pub region: Option<String>,
+    pub edge: String,
+    pub edge_region: String,
+    pub hls: String,
+    pub watch: String,
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/cluster",
+    summary = "Every node of the cluster: role, region, load, links and health.",
+    responses((status = 200, body = ClusterView))
+)]
+async fn view(
+    axum::extract::State(cluster): axum::extract::State<Arc<Cluster>>,
+) -> axum::Json<ClusterView> {
+    let now = now_ms();
+    let members = cluster
+        .members()
+        .into_iter()
+        .map(|member| MemberView {
+            healthy: member.healthy(now),
+            seen_secs_ago: now.saturating_sub(member.seen_ms) as f64 / 1000.0,
+            member,
+        })
+        .collect();
+    axum::Json(ClusterView {
+        me: cluster.me().name.clone(),
+        members,
+    })
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct RouteQuery {
+    /// The stream to watch.
     stream: String,
+    /// The viewer's region; else X-Tiercast-Region or the viewer's address.
     region: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/route",
+    summary = "The edge a viewer of a stream should use: the least loaded healthy edge of the viewer's region, else the nearest region's.",
+    params(RouteQuery),
+    responses(
+        (status = 200, body = RouteAnswer),
+        (status = 503, description = "No healthy edge.", body = pipelines::http_error::ErrorBody),
+    )
+)]
 async fn route(
     axum::extract::State(cluster): axum::extract::State<Arc<Cluster>>,
     axum::extract::Query(q): axum::extract::Query<RouteQuery>,
@@ -378,14 +436,14 @@ async fn route(
     match cluster.route(region.as_deref()) {
         Some(edge) => (
             cors,
-            axum::Json(serde_json::json!({
-                "stream": q.stream,
-                "region": region,
-                "edge": edge.name,
-                "edge_region": edge.region,
-                "hls": format!("http://{}/hls/{}/master.m3u8", edge.address, q.stream),
-                "watch": format!("http://{}/watch/{}", edge.address, q.stream),
-            })),
+            axum::Json(RouteAnswer {
+                hls: format!("http://{}/hls/{}/master.m3u8", edge.address, q.stream),
+                watch: format!("http://{}/watch/{}", edge.address, q.stream),
+                stream: q.stream,
+                region,
+                edge: edge.name,
+                edge_region: edge.region,
+            }),
         )
             .into_response(),
         None => {

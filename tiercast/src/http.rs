@@ -1,11 +1,11 @@
 //! The node's HTTP surface: `/healthz`, `/api/v1/…`, `/metrics`, and every crate's routes.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::kafka::KafkaSink;
 use crate::metrics::NodeMetrics;
-use crate::openapi::documented;
+use crate::openapi::ApiDoc;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -13,7 +13,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use pipelines::config::Role;
 use pipelines::events::EventBus;
+use pipelines::http_error::ErrorBody;
+use pipelines::registry::StreamSnapshot;
 use pipelines::{Config, Registry};
+use recorder::archiver::ArchiveJob;
 use recorder::archiver::Archiver;
 use recorder::store::{Download, ObjectStore, RecordingInfo};
 use relay_tiers::cluster::Cluster;
@@ -22,14 +25,39 @@ use relay_tiers::relay::pull::Puller;
 use relay_tiers::relay::routes::RelayState;
 use relay_tiers::relay::tap::TapStore;
 use relay_tiers::watch::WatchState;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 #[derive(Clone)]
-struct Api {
+pub(crate) struct Api {
     registry: Arc<Registry>,
     recordings: ObjectStore,
     archiver: Option<Arc<Archiver>>,
     bus: Arc<EventBus>,
     metrics: NodeMetrics,
+    /// The OpenAPI document, as JSON, once the router is made.
+    openapi: Arc<OnceLock<String>>,
+}
+
+/// This binary's `/api/v1/` routes, each mounted with its description.
+fn api_routes() -> OpenApiRouter<Api> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(streams))
+        .routes(routes!(stream))
+        .routes(routes!(recordings_list))
+        .routes(routes!(recording))
+        .routes(routes!(archives))
+        .routes(routes!(events))
+        .routes(routes!(openapi))
+}
+
+/// The OpenAPI document of every `/api/v1/` route a node mounts, without a node.
+#[cfg(test)]
+pub(crate) fn document() -> utoipa::openapi::OpenApi {
+    let mut doc = api_routes().into_openapi();
+    doc.merge(relay_tiers::cluster::router().into_openapi());
+    doc
 }
 
 /// Everything the HTTP doors serve from.
@@ -67,29 +95,30 @@ pub fn router(s: Services) -> Router {
         redirect_to_edges,
         ready_wait,
     };
+    let api = Api {
+        registry: s.registry.clone(),
+        recordings: s.recordings,
+        archiver: s.archiver,
+        metrics: NodeMetrics {
+            registry: s.registry.clone(),
+            whep: s.whep.clone(),
+            taps: s.taps.clone(),
+            kafka: s.kafka.clone(),
+        },
+        bus: s.bus,
+        openapi: Arc::default(),
+    };
+    let (described, doc) = api_routes()
+        .with_state(api.clone())
+        .merge(relay_tiers::cluster::router().with_state(s.cluster.clone()))
+        .split_for_parts();
+    let _ = api.openapi.set(doc.to_json().unwrap_or_default());
     let mut router = Router::new()
         .route("/healthz", get(healthz))
-        .route(documented("/api/v1/streams"), get(streams))
-        .route(documented("/api/v1/streams/{name}"), get(stream))
         .route("/metrics", get(metrics))
-        .route(documented("/api/v1/recordings"), get(recordings_list))
-        .route(documented("/api/v1/recordings/{id}"), get(recording))
         .route("/recordings/{file}", get(recording_file))
-        .route(documented("/api/v1/archives"), get(archives))
-        .route(documented("/api/v1/events"), get(events))
-        .route(documented("/api/v1/openapi.json"), get(openapi))
-        .with_state(Api {
-            registry: s.registry.clone(),
-            recordings: s.recordings,
-            archiver: s.archiver,
-            metrics: NodeMetrics {
-                registry: s.registry.clone(),
-                whep: s.whep.clone(),
-                taps: s.taps.clone(),
-                kafka: s.kafka.clone(),
-            },
-            bus: s.bus,
-        })
+        .with_state(api)
+        .merge(described)
         .merge(relay_tiers::hls::routes::router(hls))
         .merge(relay_tiers::watch::router(WatchState {
             cluster: s.cluster.clone(),
@@ -97,8 +126,7 @@ pub fn router(s: Services) -> Router {
             hls: hls_store,
             assets_dir: s.config.http.assets_dir.clone(),
         }))
-        .merge(relay_tiers::whep::router(s.whep))
-        .merge(relay_tiers::cluster::router(s.cluster));
+        .merge(relay_tiers::whep::router(s.whep));
     if let Some(whip) = s.whip {
         router = router.merge(ingest::whip::router(whip));
     }
@@ -113,8 +141,11 @@ pub fn router(s: Services) -> Router {
     router
 }
 
-async fn openapi() -> Response {
-    Json(crate::openapi::document()).into_response()
+#[utoipa::path(get, path = "/api/v1/openapi.json", summary = "This document.",
+    responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json")))]
+async fn openapi(State(api): State<Api>) -> Response {
+    let doc = api.openapi.get().cloned().unwrap_or_default();
+    ([(header::CONTENT_TYPE, "application/json")], doc).into_response()
 }
 
 async fn healthz(State(api): State<Api>) -> Response {
@@ -122,10 +153,26 @@ async fn healthz(State(api): State<Api>) -> Response {
         .into_response()
 }
 
-async fn streams(State(api): State<Api>) -> Response {
-    Json(serde_json::json!({ "streams": api.registry.snapshot() })).into_response()
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct StreamList {
+    streams: Vec<StreamSnapshot>,
 }
 
+#[utoipa::path(get, path = "/api/v1/streams",
+    summary = "Every configured stream: state, session, source tracks, renditions, counters.",
+    responses((status = 200, body = StreamList)))]
+async fn streams(State(api): State<Api>) -> Json<StreamList> {
+    Json(StreamList {
+        streams: api.registry.snapshot(),
+    })
+}
+
+#[utoipa::path(get, path = "/api/v1/streams/{name}", summary = "One stream, as in the list.",
+    params(("name" = String, Path, description = "The stream's name.")),
+    responses(
+        (status = 200, body = StreamSnapshot),
+        (status = 404, description = "No stream of that name.", body = ErrorBody),
+    ))]
 async fn stream(State(api): State<Api>, Path(name): Path<String>) -> Response {
     match api.registry.get(&name) {
         Some(entry) => Json(entry.snapshot()).into_response(),
@@ -140,7 +187,20 @@ async fn metrics(State(api): State<Api>) -> Response {
 }
 
 /// A recording as the API shows it: its description and where to download it.
-async fn described(api: &Api, info: RecordingInfo) -> serde_json::Value {
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct Recording {
+    #[serde(flatten)]
+    info: RecordingInfo,
+    /// The MP4: a presigned bucket URL, or this node's `/recordings/<id>.mp4`.
+    download_url: Option<String>,
+}
+
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct RecordingList {
+    recordings: Vec<Recording>,
+}
+
+async fn described(api: &Api, info: RecordingInfo) -> Recording {
     let url = match api.recordings.download(&info).await {
         Ok(Download::Url(url)) => Some(url),
         Ok(Download::File(_)) => Some(format!("/recordings/{}.mp4", info.id)),
@@ -149,9 +209,10 @@ async fn described(api: &Api, info: RecordingInfo) -> serde_json::Value {
             None
         }
     };
-    let mut json = serde_json::to_value(info).unwrap_or_default();
-    json["download_url"] = url.map_or(serde_json::Value::Null, serde_json::Value::String);
-    json
+    Recording {
+        info,
+        download_url: url,
+    }
 }
 
 fn store_unavailable(e: recorder::RecordError) -> Response {
@@ -161,6 +222,12 @@ fn store_unavailable(e: recorder::RecordError) -> Response {
     )
 }
 
+#[utoipa::path(get, path = "/api/v1/recordings",
+    summary = "Finished recordings, newest first, each with its download URL.",
+    responses(
+        (status = 200, body = RecordingList),
+        (status = 503, description = "The object store cannot be read.", body = ErrorBody),
+    ))]
 async fn recordings_list(State(api): State<Api>) -> Response {
     let infos = match api.recordings.list().await {
         Ok(infos) => infos,
@@ -170,9 +237,17 @@ async fn recordings_list(State(api): State<Api>) -> Response {
     for info in infos {
         list.push(described(&api, info).await);
     }
-    Json(serde_json::json!({ "recordings": list })).into_response()
+    Json(RecordingList { recordings: list }).into_response()
 }
 
+#[utoipa::path(get, path = "/api/v1/recordings/{id}",
+    summary = "One recording's description (duration, size, tracks, download URL).",
+    params(("id" = String, Path, description = "The recording's id (its session's).")),
+    responses(
+        (status = 200, body = Recording),
+        (status = 404, description = "No recording of that id.", body = ErrorBody),
+        (status = 503, description = "The object store cannot be read.", body = ErrorBody),
+    ))]
 async fn recording(State(api): State<Api>, Path(id): Path<String>) -> Response {
     match api.recordings.get(&id).await {
         Ok(Some(info)) => Json(described(&api, info).await).into_response(),
@@ -181,10 +256,18 @@ async fn recording(State(api): State<Api>, Path(id): Path<String>) -> Response {
     }
 }
 
+#[derive(serde::Serialize, utoipa::ToSchema)]
+struct ArchiveList {
+    archives: Vec<ArchiveJob>,
+}
+
 /// `GET /api/v1/archives`: recordings being made, with their progress.
-async fn archives(State(api): State<Api>) -> Response {
-    let jobs = api.archiver.as_ref().map(|a| a.jobs()).unwrap_or_default();
-    Json(serde_json::json!({ "archives": jobs })).into_response()
+#[utoipa::path(get, path = "/api/v1/archives",
+    summary = "Recordings being made now, with their progress.",
+    responses((status = 200, body = ArchiveList)))]
+async fn archives(State(api): State<Api>) -> Json<ArchiveList> {
+    let archives = api.archiver.as_ref().map(|a| a.jobs()).unwrap_or_default();
+    Json(ArchiveList { archives })
 }
 
 /// The MP4 itself, streamed from the local object store (or a redirect to the bucket).
@@ -221,13 +304,21 @@ async fn recording_file(State(api): State<Api>, Path(file): Path<String>) -> Res
         .into_response()
 }
 
-#[derive(serde::Deserialize)]
+#[derive(serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct EventFilter {
-    /// Comma-separated event types (`recording.ready,stream.ended`); all when absent.
+    /// Comma-separated event types to receive (`recording.ready,stream.ended`); all when absent.
     types: Option<String>,
 }
 
 /// `GET /api/v1/events` (WebSocket): every event from now on, one JSON text message each.
+#[utoipa::path(get, path = "/api/v1/events",
+    summary = "A WebSocket of every event as it happens (the same JSON as on Kafka).",
+    params(EventFilter),
+    responses(
+        (status = 101, description = "The WebSocket: one JSON event per text message."),
+        (status = 400, description = "Not a WebSocket upgrade."),
+    ))]
 async fn events(
     State(api): State<Api>,
     axum::extract::Query(filter): axum::extract::Query<EventFilter>,

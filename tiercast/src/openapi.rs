@@ -1,205 +1,104 @@
-//! The HTTP API described: an OpenAPI 3.1 document served at `GET /api/v1/openapi.json`, made
-//! from [`API`], the one list of the `/api/v1/` operations. The router mounts this binary's
-//! `/api/v1/` routes through [`documented`], so a route cannot be mounted without being in the
-//! document (the node refuses to start); the cluster's own routes are in the list too, and a
-//! test asks the running node for every path the document names.
+//! The HTTP API described: an OpenAPI 3.1 document made by `utoipa` from the handlers
+//! themselves (`#[utoipa::path]` on each), served at `GET /api/v1/openapi.json`.
+//!
+//! Every `/api/v1/` route is mounted through `utoipa_axum`'s `routes!`, which mounts a handler
+//! and describes it in one step: the router and the document are split from one
+//! `OpenApiRouter` ([`crate::http::router`]), so what is served is what is described. A test
+//! below also reads every `"/api/v1/…"` path written anywhere in the workspace's sources and
+//! finds it in the document, and an integration test asks a running node for every path the
+//! document names.
 
-use serde_json::{Value, json};
+use utoipa::OpenApi;
 
-/// One operation of the API.
-pub struct Operation {
-    pub method: &'static str,
-    pub path: &'static str,
-    pub summary: &'static str,
-    /// Query parameters: name, required, description.
-    pub query: &'static [(&'static str, bool, &'static str)],
-    /// Answers other than 200, with what they mean.
-    pub errors: &'static [(u16, &'static str)],
-}
-
-/// Every `/api/v1/` operation a node serves.
-pub const API: &[Operation] = &[
-    Operation {
-        method: "get",
-        path: "/api/v1/streams",
-        summary: "Every configured stream: state, session, source tracks, renditions, counters.",
-        query: &[],
-        errors: &[],
-    },
-    Operation {
-        method: "get",
-        path: "/api/v1/streams/{name}",
-        summary: "One stream, as in the list.",
-        query: &[],
-        errors: &[(404, "No stream of that name.")],
-    },
-    Operation {
-        method: "get",
-        path: "/api/v1/recordings",
-        summary: "Finished recordings, newest first, each with its download URL.",
-        query: &[],
-        errors: &[(503, "The object store cannot be read.")],
-    },
-    Operation {
-        method: "get",
-        path: "/api/v1/recordings/{id}",
-        summary: "One recording's description (duration, size, tracks, download URL).",
-        query: &[],
-        errors: &[
-            (404, "No recording of that id."),
-            (503, "The object store cannot be read."),
-        ],
-    },
-    Operation {
-        method: "get",
-        path: "/api/v1/archives",
-        summary: "Recordings being made now, with their progress.",
-        query: &[],
-        errors: &[],
-    },
-    Operation {
-        method: "get",
-        path: "/api/v1/events",
-        summary: "A WebSocket of every event as it happens (the same JSON as on Kafka).",
-        query: &[(
-            "types",
-            false,
-            "Comma-separated event types to receive, e.g. recording.ready.",
-        )],
-        errors: &[(400, "Not a WebSocket upgrade.")],
-    },
-    Operation {
-        method: "get",
-        path: "/api/v1/cluster",
-        summary: "Every node of the cluster: role, region, load, links and health.",
-        query: &[],
-        errors: &[],
-    },
-    Operation {
-        method: "get",
-        path: "/api/v1/route",
-        summary: "The edge a viewer of a stream should use: the least loaded healthy edge of the viewer's region, else the nearest region's.",
-        query: &[
-            ("stream", true, "The stream to watch."),
-            (
-                "region",
-                false,
-                "The viewer's region; else X-Tiercast-Region or the viewer's address.",
-            ),
-        ],
-        errors: &[(503, "No healthy edge.")],
-    },
-    Operation {
-        method: "get",
-        path: "/api/v1/openapi.json",
-        summary: "This document.",
-        query: &[],
-        errors: &[],
-    },
-];
-
-/// `path`, which the router is about to mount under `/api/v1/`, as it is documented.
-/// Panics when it is not: an undocumented route is a bug the first test run finds.
-pub fn documented(path: &'static str) -> &'static str {
-    assert!(
-        API.iter().any(|op| op.path == path),
-        "{path} is mounted but not in the OpenAPI document (tiercast/src/openapi.rs)"
-    );
-    path
-}
-
-/// The OpenAPI 3.1 document.
-pub fn document() -> Value {
-    let mut paths = serde_json::Map::new();
-    for op in API {
-        let mut parameters: Vec<Value> = op
-            .path
-            .split('/')
-            .filter_map(|seg| seg.strip_prefix('{')?.strip_suffix('}'))
-            .map(|name| {
-                json!({ "name": name, "in": "path", "required": true,
-                        "schema": { "type": "string" } })
-            })
-            .collect();
-        parameters.extend(op.query.iter().map(|(name, required, description)| {
-            json!({ "name": name, "in": "query", "required": required,
-                    "description": description, "schema": { "type": "string" } })
-        }));
-        let mut responses = serde_json::Map::new();
-        responses.insert(
-            "200".into(),
-            json!({ "description": "OK", "content": { "application/json": {} } }),
-        );
-        for (status, description) in op.errors {
-            responses.insert(
-                status.to_string(),
-                json!({
-                    "description": description,
-                    "content": { "application/json": {
-                        "schema": { "$ref": "#/components/schemas/Error" } } }
-                }),
-            );
-        }
-        let entry = paths.entry(op.path).or_insert_with(|| json!({}));
-        entry[op.method] = json!({
-            "summary": op.summary,
-            "parameters": parameters,
-            "responses": responses,
-        });
-    }
-    json!({
-        "openapi": "3.1.0",
-        "info": {
-            "title": "tiercast",
-            "version": env!("CARGO_PKG_VERSION"),
-            "description": "A tiercast node's HTTP API. Media doors (RTMP, WHIP, WHEP, HLS) are described in the README."
-        },
-        "paths": paths,
-        "components": { "schemas": { "Error": {
-            "type": "object",
-            "required": ["error"],
-            "properties": { "error": {
-                "type": "object",
-                "required": ["code", "message"],
-                "properties": {
-                    "code": { "type": "string", "examples": ["not_found"] },
-                    "message": { "type": "string" }
-                }
-            } }
-        } } }
-    })
-}
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tiercast",
+        description = "A tiercast node's HTTP API. Media doors (RTMP, WHIP, WHEP, HLS) are described in the README. Every error, on every route, is an ErrorBody."
+    ),
+    components(schemas(pipelines::http_error::ErrorBody))
+)]
+pub struct ApiDoc;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::path::Path;
 
-    #[test]
-    fn every_operation_is_in_the_document_with_its_parameters() {
-        let doc = document();
-        assert_eq!(doc["openapi"], "3.1.0");
-        for op in API {
-            let entry = &doc["paths"][op.path][op.method];
-            assert!(entry["summary"].is_string(), "{}", op.path);
-            let names: Vec<&str> = entry["parameters"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|p| p["name"].as_str().unwrap())
-                .collect();
-            for seg in op.path.split('/').filter(|s| s.starts_with('{')) {
-                assert!(names.contains(&&seg[1..seg.len() - 1]), "{}", op.path);
+    use crate::http::document;
+
+    /// Every `"/api/v1/…"` string literal in `dir`'s Rust sources (query strings cut off).
+    fn api_paths_in(dir: &Path, found: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                api_paths_in(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap_or_default();
+                for (i, _) in text.match_indices("\"/api/v1/") {
+                    let rest = &text[i + 1..];
+                    let end = rest.find(['"', '?']).unwrap_or(rest.len());
+                    let path = &rest[..end];
+                    let route_like = path
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "/{}._-".contains(c));
+                    // A prefix (`starts_with("/api/v1/")`) is no route.
+                    if route_like && !path.ends_with('/') {
+                        found.push(path.to_owned());
+                    }
+                }
             }
         }
-        assert_eq!(
-            doc["paths"]["/api/v1/route"]["get"]["parameters"][0]["required"],
-            true
-        );
     }
 
     #[test]
-    #[should_panic(expected = "not in the OpenAPI document")]
-    fn an_undocumented_route_cannot_be_mounted() {
-        documented("/api/v1/secret");
+    fn every_api_path_in_the_sources_is_described() {
+        let doc = serde_json::to_value(document()).unwrap();
+        assert_eq!(doc["openapi"], "3.1.0");
+        let paths = doc["paths"].as_object().unwrap();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let mut found = Vec::new();
+        for krate in [
+            "tiercast",
+            "ingest",
+            "relay-tiers",
+            "recorder",
+            "pipelines",
+            "transcode",
+        ] {
+            api_paths_in(&root.join(krate).join("src"), &mut found);
+        }
+        assert!(found.len() >= 8, "{found:?}");
+        for path in found {
+            assert!(
+                paths.contains_key(&path),
+                "{path} is in the sources but not in the OpenAPI document"
+            );
+        }
+    }
+
+    #[test]
+    fn operations_carry_their_parameters_and_error_shape() {
+        let doc = serde_json::to_value(document()).unwrap();
+        let route = &doc["paths"]["/api/v1/route"]["get"];
+        let stream = route["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "stream")
+            .expect("?stream= is described");
+        assert_eq!(stream["required"], true);
+        assert_eq!(stream["in"], "query");
+        let one = &doc["paths"]["/api/v1/streams/{name}"]["get"];
+        assert_eq!(one["parameters"][0]["in"], "path");
+        assert!(one["responses"]["404"].is_object(), "{one}");
+        assert!(
+            doc["components"]["schemas"]["ErrorBody"].is_object()
+                && doc["components"]["schemas"]["StreamSnapshot"].is_object(),
+            "{}",
+            doc["components"]
+        );
     }
 }

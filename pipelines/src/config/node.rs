@@ -25,7 +25,7 @@ pub struct NodeConfig {
 }
 
 /// A node's place in the relay tiers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything on one node: ingest, transcode, record, serve.
