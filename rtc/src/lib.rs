@@ -6,12 +6,14 @@
 //! - [`srtp`]: the fan-out's own SRTP sealing (AES-GCM, AES-CM + HMAC-SHA1-80) from a session's
 //!   DTLS keys.
 //! - [`rtp`]: frames made into RTP payloads once and shared by every receiver.
+//! - [`depacketize`]: RTP payloads made back into H.264 access units, VP8 and Opus frames.
 //! - [`nack`]: what was sent, what a NACK asks for, and a retransmission budget.
 //! - [`udp`]: many datagrams per system call (`sendmmsg`, UDP GSO).
 //! - [`net`]: the address peers are told to send to.
 //! - [`driver`]: one IO driver serving many peers (sans-IO str0m sessions) on one socket, for
 //!   any policy (WHIP, WHEP, the call server).
 
+pub mod depacketize;
 pub mod driver;
 pub mod dtls;
 pub mod nack;
