@@ -16,7 +16,9 @@ pub struct Packets {
 }
 
 /// The NAL units of an AVC access unit (4-byte length prefixes), with `parameter_sets` in
-/// front when it is a keyframe. A length that runs past the end stops the walk.
+/// front when it is a keyframe. A length that runs past the end stops the walk. Units a
+/// receiver would misread are left out: empty ones, and types 0 and 24–31 (unspecified, or
+/// RTP's own aggregation and fragmentation types, which a publisher's stream cannot carry).
 fn nal_units<'a>(au: &'a [u8], keyframe: bool, parameter_sets: &[&'a [u8]]) -> Vec<&'a [u8]> {
     let mut units: Vec<&[u8]> = Vec::new();
     if keyframe {
@@ -31,11 +33,18 @@ fn nal_units<'a>(au: &'a [u8], keyframe: bool, parameter_sets: &[&'a [u8]]) -> V
         units.push(&data[4..4 + len]);
         data = &data[4 + len..];
     }
+    units.retain(|u| u.first().is_some_and(|h| (1..=23).contains(&(h & 0x1f))));
     units
 }
 
-/// An H.264 access unit (AVC form) in RTP payloads of at most `max` bytes.
+/// The smallest payload size that still carries a byte of a fragmented unit (FU-A's two
+/// header bytes and one of the unit), and the largest a STAP-A's 16-bit unit lengths allow.
+const PAYLOAD_SIZES: std::ops::RangeInclusive<usize> = 3..=u16::MAX as usize;
+
+/// An H.264 access unit (AVC form) in RTP payloads of at most `max` bytes (taken within
+/// 3..=65535).
 pub fn h264(au: &[u8], keyframe: bool, parameter_sets: &[&[u8]], max: usize) -> Packets {
+    let max = max.clamp(*PAYLOAD_SIZES.start(), *PAYLOAD_SIZES.end());
     let units = nal_units(au, keyframe, parameter_sets);
     let mut payloads: Vec<Arc<[u8]>> = Vec::new();
     let mut i = 0;
@@ -111,31 +120,21 @@ mod tests {
         out
     }
 
-    /// Reassembles payloads into NAL units, as a receiver does.
+    /// Reassembles payloads into NAL units, as a receiver does ([`crate::depacketize`]).
     fn depacketize(payloads: &[Arc<[u8]>]) -> Vec<Vec<u8>> {
+        let mut receiver = crate::depacketize::H264::new();
+        let mut frame = None;
+        for (seq, p) in payloads.iter().enumerate() {
+            let last = seq + 1 == payloads.len();
+            frame = receiver.push(seq as u16, last, p).expect("a payload it reads");
+        }
+        let au = frame.expect("a whole access unit").au;
         let mut units = Vec::new();
-        let mut fu: Vec<u8> = Vec::new();
-        for p in payloads {
-            match p[0] & 0x1f {
-                24 => {
-                    let mut rest = &p[1..];
-                    while rest.len() >= 2 {
-                        let len = u16::from_be_bytes([rest[0], rest[1]]) as usize;
-                        units.push(rest[2..2 + len].to_vec());
-                        rest = &rest[2 + len..];
-                    }
-                }
-                28 => {
-                    if p[1] & 0x80 != 0 {
-                        fu = vec![(p[0] & 0xe0) | (p[1] & 0x1f)];
-                    }
-                    fu.extend_from_slice(&p[2..]);
-                    if p[1] & 0x40 != 0 {
-                        units.push(std::mem::take(&mut fu));
-                    }
-                }
-                _ => units.push(p.to_vec()),
-            }
+        let mut rest = au.as_slice();
+        while rest.len() >= 4 {
+            let len = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            units.push(rest[4..4 + len].to_vec());
+            rest = &rest[4 + len..];
         }
         units
     }
@@ -170,5 +169,26 @@ mod tests {
         let mut data = avc(&[&[0x41, 9]]);
         data.extend_from_slice(&[0, 0, 0, 50, 1]);
         assert_eq!(h264(&data, false, &[], MAX_PAYLOAD).payloads.len(), 1);
+    }
+
+    #[test]
+    fn units_a_receiver_would_misread_and_sizes_out_of_range_are_handled() {
+        // An empty parameter set, an empty unit and a unit typed as RTP's own STAP-A (24)
+        // are left out; the slice (1) goes.
+        let slice = vec![0x41, 7, 7, 7];
+        let f = avc(&[&[0x78, 1, 2], &slice]);
+        let packets = h264(&f, true, &[&[], &[0x67, 1]], MAX_PAYLOAD);
+        assert_eq!(depacketize(&packets.payloads), vec![vec![0x67, 1], slice.clone()]);
+        // A size too small for a fragment still makes packets that carry the unit.
+        for max in [0, 1, 2] {
+            let packets = h264(&avc(&[&slice]), false, &[], max);
+            assert!(packets.payloads.iter().all(|p| p.len() <= 3));
+            assert_eq!(depacketize(&packets.payloads), vec![slice.clone()]);
+        }
+        // A unit over 65535 bytes is fragmented, never put in a STAP-A with a cut length.
+        let big: Vec<u8> = std::iter::once(0x65).chain(vec![1; 70_000]).collect();
+        let packets = h264(&avc(&[&[0x06, 1], &big]), false, &[], usize::MAX);
+        assert!(packets.payloads.iter().all(|p| p.len() <= u16::MAX as usize));
+        assert_eq!(depacketize(&packets.payloads), vec![vec![0x06, 1], big]);
     }
 }
