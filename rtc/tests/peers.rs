@@ -6,67 +6,31 @@
 //! decrypted and depacketized by the receiver's SRTP stack: what the fan-out seals is what a
 //! real receiver reads.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use str0m::format::Codec;
 use str0m::media::{Direction, MediaKind, Mid};
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use str0m::{Candidate, Event, Input, Rtc, RtcConfig};
+
+mod common;
+use common::{Datagram, Wire, addr};
 
 const RECEIVER: &str = "127.0.0.1:5000";
 const SENDER: &str = "127.0.0.1:8189";
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-/// One datagram on the link.
-struct Datagram {
-    from: SocketAddr,
-    to: SocketAddr,
-    contents: Vec<u8>,
-}
 
 /// The simulated link and both ends of it.
 struct Link {
     now: Instant,
     receiver: Rtc,
     sender: Rtc,
-    in_flight: VecDeque<Datagram>,
+    wire: Wire,
     /// DTLS datagrams (first byte 20..=63) from the sender still to drop.
     drop_sender_dtls: usize,
     dropped: usize,
-    /// Swap each pair of datagrams before delivering them.
-    reorder: bool,
-    /// Let real time pass while waiting for a timer, instead of jumping to it: OpenSSL keeps
-    /// its own clock for DTLS retransmissions, so a lost flight of ours is sent again only
-    /// when that much real time has passed.
-    real_time: bool,
     connected: (bool, bool),
     received: Vec<Vec<u8>>,
     /// The media the sender's session added (from the offer).
     sender_mids: Vec<Mid>,
-}
-
-fn drain(
-    rtc: &mut Rtc,
-    from: SocketAddr,
-    out: &mut Vec<Datagram>,
-    events: &mut Vec<Event>,
-) -> Instant {
-    loop {
-        match rtc.poll_output().expect("the session works") {
-            Output::Timeout(t) => return t,
-            Output::Transmit(t) => out.push(Datagram {
-                from,
-                to: t.destination,
-                contents: t.contents.into(),
-            }),
-            Output::Event(e) => events.push(e),
-        }
-    }
 }
 
 impl Link {
@@ -74,54 +38,27 @@ impl Link {
     fn run(&mut self, limit: Duration, done: impl Fn(&Link) -> bool) {
         let end = self.now + limit;
         while self.now < end && !done(self) {
-            let mut out = Vec::new();
-            let mut events = Vec::new();
-            let t_receiver = drain(&mut self.receiver, addr(RECEIVER), &mut out, &mut events);
-            for e in events.drain(..) {
-                self.on_receiver_event(e);
-            }
-            let t_sender = drain(&mut self.sender, addr(SENDER), &mut out, &mut events);
-            for e in events.drain(..) {
-                match e {
-                    Event::Connected => self.connected.1 = true,
-                    Event::MediaAdded(m) => self.sender_mids.push(m.mid),
-                    _ => {}
-                }
-            }
-            for d in out {
+            let ends = [
+                (&mut self.receiver, addr(RECEIVER)),
+                (&mut self.sender, addr(SENDER)),
+            ];
+            let on_event = |side, _: &mut Rtc, e| match (side, e) {
+                (0, Event::Connected) => self.connected.0 = true,
+                (0, Event::MediaData(m)) => self.received.push(m.data.to_vec()),
+                (1, Event::Connected) => self.connected.1 = true,
+                (1, Event::MediaAdded(m)) => self.sender_mids.push(m.mid),
+                _ => {}
+            };
+            let lose = |d: &Datagram| {
                 let dtls = d.contents.first().is_some_and(|b| (20..=63).contains(b));
-                if d.from == addr(SENDER) && dtls && self.drop_sender_dtls > 0 {
+                let lost = d.from == addr(SENDER) && dtls && self.drop_sender_dtls > 0;
+                if lost {
                     self.drop_sender_dtls -= 1;
                     self.dropped += 1;
-                    continue;
                 }
-                self.in_flight.push_back(d);
-            }
-            if self.reorder && self.in_flight.len() >= 2 {
-                let last = self.in_flight.len() - 1;
-                self.in_flight.swap(last - 1, last);
-            }
-            if self.in_flight.is_empty() {
-                // Nothing to deliver: time moves to the next timer.
-                let next = t_receiver
-                    .min(t_sender)
-                    .max(self.now + Duration::from_millis(1));
-                self.now = if self.real_time {
-                    let wait = next.saturating_duration_since(Instant::now());
-                    std::thread::sleep(wait.min(Duration::from_millis(50)));
-                    Instant::now()
-                } else {
-                    next
-                };
-                self.receiver
-                    .handle_input(Input::Timeout(self.now))
-                    .unwrap();
-                self.sender.handle_input(Input::Timeout(self.now)).unwrap();
-                continue;
-            }
-            while let Some(d) = self.in_flight.pop_front() {
-                self.deliver(d);
-            }
+                lost
+            };
+            self.wire.turn(&mut self.now, end, ends, on_event, lose);
         }
     }
 
@@ -131,26 +68,7 @@ impl Link {
         } else {
             &mut self.sender
         };
-        let input = Input::Receive(
-            self.now,
-            Receive {
-                proto: Protocol::Udp,
-                source: d.from,
-                destination: d.to,
-                contents: d.contents.as_slice().try_into().unwrap(),
-            },
-        );
-        if target.accepts(&input) {
-            target.handle_input(input).unwrap();
-        }
-    }
-
-    fn on_receiver_event(&mut self, e: Event) {
-        match e {
-            Event::Connected => self.connected.0 = true,
-            Event::MediaData(m) => self.received.push(m.data.to_vec()),
-            _ => {}
-        }
+        common::deliver(target, self.now, &d);
     }
 }
 
@@ -186,11 +104,9 @@ fn connect(drop_sender_dtls: usize, reorder: bool, real_time: bool) -> (Link, rt
         now,
         receiver,
         sender,
-        in_flight: VecDeque::new(),
+        wire: Wire::new(reorder, real_time),
         drop_sender_dtls,
         dropped: 0,
-        reorder,
-        real_time,
         connected: (false, false),
         received: Vec::new(),
         sender_mids: Vec::new(),
