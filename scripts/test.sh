@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs every test: unit, integration (the real binary with ffmpeg publishers), and the RTMP
-# fuzz corpus as a regression test.
+# Runs every test: unit, integration (the real binary with ffmpeg publishers), the RTMP
+# fuzz corpus as a regression test, then rtc/'s fuzz targets built and run briefly.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup-tests.sh
 cargo test --workspace --locked "$@"
+scripts/fuzz-smoke.sh

@@ -276,7 +276,13 @@ pub async fn run<P: Policy>(
                     if let Some(i) = peers.route(source, &input) {
                         let peer = &mut peers.list[i];
                         let _ = peer.rtc.handle_input(input);
+                        // Polled before its next datagram: a session in RTP mode keeps only
+                        // the last packet it was given until it is polled.
+                        peer.pump(&mut out);
                         peer.dirty = true;
+                    }
+                    if out.len() >= FLUSH_AT {
+                        out.flush(&socket).await;
                     }
                 }
             }
