@@ -126,7 +126,9 @@ mod tests {
         let mut frame = None;
         for (seq, p) in payloads.iter().enumerate() {
             let last = seq + 1 == payloads.len();
-            frame = receiver.push(seq as u16, last, p).expect("a payload it reads");
+            frame = receiver
+                .push(seq as u16, last, p)
+                .expect("a payload it reads");
         }
         let au = frame.expect("a whole access unit").au;
         let mut units = Vec::new();
@@ -178,7 +180,10 @@ mod tests {
         let slice = vec![0x41, 7, 7, 7];
         let f = avc(&[&[0x78, 1, 2], &slice]);
         let packets = h264(&f, true, &[&[], &[0x67, 1]], MAX_PAYLOAD);
-        assert_eq!(depacketize(&packets.payloads), vec![vec![0x67, 1], slice.clone()]);
+        assert_eq!(
+            depacketize(&packets.payloads),
+            vec![vec![0x67, 1], slice.clone()]
+        );
         // A size too small for a fragment still makes packets that carry the unit.
         for max in [0, 1, 2] {
             let packets = h264(&avc(&[&slice]), false, &[], max);
@@ -188,7 +193,12 @@ mod tests {
         // A unit over 65535 bytes is fragmented, never put in a STAP-A with a cut length.
         let big: Vec<u8> = std::iter::once(0x65).chain(vec![1; 70_000]).collect();
         let packets = h264(&avc(&[&[0x06, 1], &big]), false, &[], usize::MAX);
-        assert!(packets.payloads.iter().all(|p| p.len() <= u16::MAX as usize));
+        assert!(
+            packets
+                .payloads
+                .iter()
+                .all(|p| p.len() <= u16::MAX as usize)
+        );
         assert_eq!(depacketize(&packets.payloads), vec![vec![0x06, 1], big]);
     }
 }

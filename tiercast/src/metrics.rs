@@ -211,7 +211,16 @@ impl NodeMetrics {
             "tiercast_audio_transcoders_started",
             "Audio transcoders started (one per session and target codec, however many viewers).",
             started.map(|(to, n)| (vec![("to", to.to_owned())], n)),
-        )
+        )?;
+        let running = transcode::audio::opus_encoders_running();
+        let mut family = e.encode_descriptor(
+            "tiercast_audio_transcoders_running",
+            "AAC → Opus encoders running now (gone when their session's audio ends).",
+            None,
+            MetricType::Gauge,
+        )?;
+        let labels = [("to", "opus")];
+        gauge(usize::try_from(running).unwrap_or(usize::MAX)).encode(family.encode_family(&labels)?)
     }
 
     fn encode_kafka(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {

@@ -152,8 +152,17 @@ fn gstreamer_publishes_over_whip_and_plays_over_whep_next_to_an_rtmp_stream() {
         metrics.contains("tiercast_audio_transcoders_started_total{to=\"opus\"} 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("tiercast_audio_transcoders_running{to=\"opus\"} 1"),
+        "{metrics}"
+    );
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();
+    // The RTMP session ends: its encoder is torn down with it, not kept for the next one.
+    node.wait_for("/metrics", Duration::from_secs(20), |r| {
+        r.text()
+            .contains("tiercast_audio_transcoders_running{to=\"opus\"} 0")
+    });
 
     // Both GStreamer viewers (AES-CM SRTP, where browsers take AES-GCM) and the 200 others
     // went through the shared fan-out, not a session per packet; libsrtp in the player took

@@ -22,12 +22,40 @@ const OUT_QUEUE: usize = 512;
 pub const AAC_48K_STEREO: [u8; 2] = [0x11, 0x90];
 
 static OPUS_STARTED: AtomicU64 = AtomicU64::new(0);
+static OPUS_RUNNING: AtomicU64 = AtomicU64::new(0);
 static AAC_STARTED: AtomicU64 = AtomicU64::new(0);
 
 /// AAC → Opus encoders started on this node so far.
 pub fn opus_encoders_started() -> u64 {
     OPUS_STARTED.load(Ordering::Relaxed)
 }
+
+/// AAC → Opus encoders running now (an ended session's is gone with its input).
+pub fn opus_encoders_running() -> u64 {
+    OPUS_RUNNING.load(Ordering::Relaxed)
+}
+
+/// A running AAC → Opus pipeline, counted while it exists.
+struct OpusEncoder(SidePipeline);
+
+impl Drop for OpusEncoder {
+    fn drop(&mut self) {
+        OPUS_RUNNING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The encoder's slot, as its owner holds it: letting go of it stops the encoder.
+struct Owner(Arc<Mutex<Option<OpusEncoder>>>);
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        let encoder = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        drop(encoder);
+    }
+}
+
+/// How long an ended input's encoder may take to drain before it is torn down.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 
 /// Opus → AAC encoders started on this node so far.
 pub fn aac_encoders_started() -> u64 {
@@ -78,39 +106,51 @@ pub fn aac_to_opus(
     };
     let stream = Arc::new(Stream::new(info, None, None));
     let out = stream.clone();
-    let side = Arc::new(SidePipeline::start(
+    let side = SidePipeline::start(
         &format!("opus-{label}"),
         &caps,
         1024 * 1024,
         &chain,
         Output::Audio(Box::new(move |frame| out.write(frame))),
-    )?);
-    // AAC in, off the async runtime (appsrc may take a moment).
-    let feeder = side.clone();
+    )?;
+    OPUS_STARTED.fetch_add(1, Ordering::Relaxed);
+    OPUS_RUNNING.fetch_add(1, Ordering::Relaxed);
+    // The encoder lives as long as its input (or until the owner lets it go first): when the
+    // session's AAC ends, it drains and is torn down at once, not when the session's feeds
+    // are next replaced.
+    let slot = Arc::new(Mutex::new(Some(OpusEncoder(side))));
+    let feeder = slot.clone();
     let opus = stream.clone();
+    let name = format!("opus-{label}");
     std::thread::Builder::new()
-        .name(format!("opus-{label}"))
+        .name(name.clone())
         .spawn(move || {
+            // AAC in, off the async runtime (appsrc may take a moment).
             while let Some(update) = aac.blocking_recv() {
-                if let Update::Frame(f) = update
-                    && f.kind == TrackKind::Audio
-                    && !feeder.push(&f.data, f.pts, true)
-                {
+                let Update::Frame(f) = update else { continue };
+                if f.kind != TrackKind::Audio {
+                    continue;
+                }
+                let guard = feeder.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(encoder) = guard.as_ref() else { break };
+                if !encoder.0.push(&f.data, f.pts, true) {
                     break;
                 }
             }
-            feeder.end();
+            let encoder = feeder.lock().unwrap_or_else(|p| p.into_inner()).take();
+            if let Some(encoder) = encoder {
+                encoder.0.end_and_drain(DRAIN_LIMIT);
+            }
             opus.end();
         })
         .map_err(|e| GstError::Other {
-            pipeline: format!("opus-{label}"),
+            pipeline: name,
             message: e.to_string(),
         })?;
-    OPUS_STARTED.fetch_add(1, Ordering::Relaxed);
     info!(session = %label, "AAC → Opus started for WebRTC viewers");
     Ok(Transcoded {
         stream,
-        owner: Box::new(side),
+        owner: Box::new(Owner(slot)),
     })
 }
 

@@ -93,6 +93,19 @@ impl SidePipeline {
     pub fn end(&self) {
         let _ = self.src.end_of_stream();
     }
+
+    /// Ends the input and blocks (off the async runtime) until the pipeline has drained or
+    /// failed, at most `limit`; then it can be dropped without losing what was in it.
+    pub fn end_and_drain(&self, limit: Duration) {
+        self.end();
+        let outcome = self.handle.outcome();
+        let deadline = std::time::Instant::now() + limit;
+        while *outcome.borrow() == pipelines::gst_util::Outcome::Running
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// Hands every H.264 access unit `sink` receives to `out` as a video [`Frame`], without
