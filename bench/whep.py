@@ -214,6 +214,8 @@ def main():
                 listen = "127.0.0.1:0"
                 max_viewers = 100000
                 max_viewers_per_stream = 100000
+                max_sessions_per_address = 100000
+                offers_per_second_per_address = 100000
                 [[streams]]
                 name = "bench"
                 key = "bench"

@@ -11,7 +11,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -25,6 +25,7 @@ use pipelines::media::{AudioTrack, Bytes, Frame, SourceTracks, TrackKind, VideoT
 use pipelines::registry::{ClaimError, PublishClaim, Registry};
 use pipelines::transcoders::{Converter, Transcoders, Vp8Settings};
 use rtc::driver::{self, Peer, Peers, Policy, Session};
+use rtc::resource::{Limits, Refused, Resources};
 use rtc::udp::Batch;
 use str0m::change::SdpOffer;
 use str0m::format::Codec;
@@ -48,7 +49,8 @@ pub struct Whip {
     commands: mpsc::UnboundedSender<Command>,
     candidate: SocketAddr,
     cert: Option<str0m::config::DtlsCert>,
-    next_id: AtomicU64,
+    /// Publishers' sessions by their unguessable resource ids.
+    resources: Arc<Resources>,
     vp8: Arc<Vp8Settings>,
     transcoders: Arc<dyn Transcoders>,
     factory: Arc<dyn GraphFactory>,
@@ -89,6 +91,7 @@ impl Whip {
         factory: Arc<dyn GraphFactory>,
         transcoders: Arc<dyn Transcoders>,
         vp8: Vp8Settings,
+        limits: Limits,
         stop: watch::Receiver<bool>,
     ) -> std::io::Result<(Arc<Whip>, impl Future<Output = ()> + Send + use<>)> {
         let socket = UdpSocket::bind(listen).await?;
@@ -100,14 +103,18 @@ impl Whip {
             commands,
             candidate: SocketAddr::new(ip, local.port()),
             cert: rtc::dtls::certificate(),
-            next_id: AtomicU64::new(1),
+            resources: Arc::new(Resources::new(limits)),
             vp8: Arc::new(vp8),
             transcoders,
             factory,
         });
         info!(udp = %local, "WHIP ready");
         let candidate = whip.candidate;
-        let driver = driver::run(socket, candidate, Publishers::default(), rx, None, stop);
+        let policy = Publishers {
+            resources: whip.resources.clone(),
+            finishing: JoinSet::new(),
+        };
+        let driver = driver::run(socket, candidate, policy, rx, None, stop);
         Ok((whip, driver))
     }
 }
@@ -145,46 +152,17 @@ async fn offer(
             "send the stream key as a Bearer token",
         );
     };
-    if key != entry.config.key {
-        warn!(%stream, "WHIP publish with a wrong key refused");
+    let from = peer.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0.0);
+    if let Err(refused) = whip.resources.offer(from.ip(), Instant::now()) {
+        return too_many(refused);
+    }
+    if !pipelines::secret::same(key, &entry.config.key) {
+        warn!(%stream, %from, "WHIP publish with a wrong key refused");
         return refuse(StatusCode::FORBIDDEN, "wrong stream key");
     }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
-    if !content_type.starts_with("application/sdp") {
-        return refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send an SDP offer (application/sdp)",
-        );
-    }
-    if body.len() > MAX_OFFER {
-        return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the offer is too large");
-    }
-    let Ok(sdp) = std::str::from_utf8(&body) else {
-        return refuse(StatusCode::BAD_REQUEST, "the offer is not text");
-    };
-    let offer = match SdpOffer::from_sdp_string(&rtc::sdp::normalize_offer(sdp)) {
-        Ok(o) => o,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("malformed SDP offer: {e}")),
-    };
-    // H.264 goes through as it is, so it is taken whenever offered; VP8 otherwise.
-    let upper = sdp.to_ascii_uppercase();
-    let h264 = upper.contains("H264/90000");
-    if !h264 && !upper.contains("VP8/90000") {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            "the offer has no usable video codec (H.264 or VP8)",
-        );
-    }
-    let from = peer.map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |p| p.0.0);
-    let claim = match whip.registry.claim(key, from, "whip") {
-        Ok(c) => c,
-        Err(ClaimError::AlreadyLive(_)) => {
-            return refuse(StatusCode::CONFLICT, "the stream already has a publisher");
-        }
-        Err(e) => return refuse(StatusCode::FORBIDDEN, e),
+    let (offer, h264) = match read_offer(&headers, &body) {
+        Ok(read) => read,
+        Err(refused) => return refused,
     };
     let mut config = RtcConfig::new()
         .set_ice_lite(true)
@@ -207,25 +185,24 @@ async fn offer(
         Ok(a) => a,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, format!("offer not accepted: {e}")),
     };
-    let id = whip.next_id.fetch_add(1, Ordering::Relaxed);
-    info!(%stream, session = %claim.session.id, publisher = id, %from, "WHIP publish accepted");
-    let publisher = Publisher {
-        id,
-        factory: whip.factory.clone(),
-        claim: Some(claim),
-        sink: None,
-        video_mid: None,
-        audio_mid: None,
-        track: None,
-        first_video: None,
-        first_audio: None,
-        started: Instant::now(),
-        aac: None,
-        vp8: None,
-        vp8_settings: whip.vp8.clone(),
-        transcoders: whip.transcoders.clone(),
-        last_keyframe_ask: Instant::now(),
+    let (resource, id) = match whip.resources.open(&stream, from.ip()) {
+        Ok(opened) => opened,
+        Err(refused) => return too_many(refused),
     };
+    let claim = match whip.registry.claim(key, from, "whip") {
+        Ok(c) => c,
+        Err(e) => {
+            whip.resources.close(id);
+            return match e {
+                ClaimError::AlreadyLive(_) => {
+                    refuse(StatusCode::CONFLICT, "the stream already has a publisher")
+                }
+                e => refuse(StatusCode::FORBIDDEN, e),
+            };
+        }
+    };
+    info!(%stream, session = %claim.session.id, publisher = id, %from, "WHIP publish accepted");
+    let publisher = Publisher::new(&whip, id, claim);
     let _ = whip
         .commands
         .send(Command::Add(Box::new(Peer::new(id, rtc, publisher))));
@@ -233,16 +210,99 @@ async fn offer(
         StatusCode::CREATED,
         [
             (header::CONTENT_TYPE, "application/sdp".to_owned()),
-            (header::LOCATION, format!("/whip/{stream}/{id}")),
+            (header::LOCATION, format!("/whip/{stream}/{resource}")),
         ],
         answer.to_sdp_string(),
     )
         .into_response()
 }
 
-async fn stop(State(whip): State<Arc<Whip>>, Path((_s, id)): Path<(String, u64)>) -> Response {
+/// The offer in a WHIP request, and whether its video is H.264 (else VP8); or the answer
+/// that refuses it.
+#[allow(clippy::result_large_err)]
+fn read_offer(headers: &HeaderMap, body: &[u8]) -> Result<(SdpOffer, bool), Response> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("application/sdp") {
+        return Err(refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send an SDP offer (application/sdp)",
+        ));
+    }
+    if body.len() > MAX_OFFER {
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the offer is too large",
+        ));
+    }
+    let Ok(sdp) = std::str::from_utf8(&body) else {
+        return Err(refuse(StatusCode::BAD_REQUEST, "the offer is not text"));
+    };
+    let offer = match SdpOffer::from_sdp_string(&rtc::sdp::normalize_offer(sdp)) {
+        Ok(o) => o,
+        Err(e) => {
+            return Err(refuse(
+                StatusCode::BAD_REQUEST,
+                format!("malformed SDP offer: {e}"),
+            ));
+        }
+    };
+    // H.264 goes through as it is, so it is taken whenever offered; VP8 otherwise.
+    let upper = sdp.to_ascii_uppercase();
+    let h264 = upper.contains("H264/90000");
+    if !h264 && !upper.contains("VP8/90000") {
+        return Err(refuse(
+            StatusCode::BAD_REQUEST,
+            "the offer has no usable video codec (H.264 or VP8)",
+        ));
+    }
+    Ok((offer, h264))
+}
+
+impl Publisher {
+    fn new(whip: &Whip, id: u64, claim: PublishClaim) -> Publisher {
+        Publisher {
+            id,
+            factory: whip.factory.clone(),
+            claim: Some(claim),
+            sink: None,
+            video_mid: None,
+            audio_mid: None,
+            track: None,
+            first_video: None,
+            first_audio: None,
+            started: Instant::now(),
+            aac: None,
+            vp8: None,
+            vp8_settings: whip.vp8.clone(),
+            transcoders: whip.transcoders.clone(),
+            last_keyframe_ask: Instant::now(),
+        }
+    }
+}
+
+/// `DELETE /whip/<stream>/<id>`: only the session that id names, under that stream.
+async fn stop(
+    State(whip): State<Arc<Whip>>,
+    Path((stream, resource)): Path<(String, String)>,
+) -> Response {
+    let Some(id) = whip.resources.find(&stream, &resource) else {
+        return refuse(StatusCode::NOT_FOUND, "no such session");
+    };
     let _ = whip.commands.send(Command::Remove(id));
     StatusCode::OK.into_response()
+}
+
+/// `429` with when to ask again.
+fn too_many(refused: Refused) -> Response {
+    let mut response = refuse(StatusCode::TOO_MANY_REQUESTS, refused);
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        axum::http::HeaderValue::from(refused.retry_after()),
+    );
+    response
 }
 
 /// NAL units of an Annex B access unit.
@@ -478,8 +538,8 @@ impl Publisher {
 
 /// The WHIP policy over the one IO driver ([`driver::run`]): every publisher of this node on one
 /// socket; what they send goes into their sessions' graphs.
-#[derive(Default)]
 struct Publishers {
+    resources: Arc<Resources>,
     /// Sessions of publishers that left, still finishing.
     finishing: JoinSet<()>,
 }
@@ -522,6 +582,7 @@ impl Policy for Publishers {
     }
 
     fn gone(&mut self, mut peer: Peer<Publisher>) {
+        self.resources.close(peer.id);
         self.finishing.spawn(peer.state.finish());
         while self.finishing.try_join_next().is_some() {}
     }

@@ -4,6 +4,7 @@
 //! - [`media`]: the internal stream model every protocol converts to (tracks, frames, codec
 //!   configuration), with the small parsers it needs (H.264 SPS, AAC AudioSpecificConfig).
 //! - [`registry`]: which streams exist, which are live, with what renditions, and their counters.
+//! - [`secret`]: stream keys and tokens compared in constant time.
 //! - [`gst_util`]: GStreamer set-up: init, element builder, a pipeline handle that owns the bus.
 //! - [`graph`]: the contract between an ingest protocol and the media graph it feeds.
 //! - [`http_error`]: the one JSON shape of every HTTP error.
@@ -20,6 +21,7 @@ pub mod gst_util;
 pub mod http_error;
 pub mod media;
 pub mod registry;
+pub mod secret;
 pub mod segment;
 pub mod stream;
 pub mod transcoders;

@@ -172,11 +172,15 @@ impl Registry {
         publisher: SocketAddr,
         protocol: &'static str,
     ) -> Result<PublishClaim, ClaimError> {
-        let entry = self
-            .streams
-            .values()
-            .find(|e| e.config.key == key)
-            .ok_or(ClaimError::UnknownKey)?;
+        // Every key is compared, each in constant time: how long a wrong key takes says
+        // nothing of which stream, or how much of a key, it was close to.
+        let mut found = None;
+        for e in self.streams.values() {
+            if crate::secret::same(key, &e.config.key) {
+                found = Some(e);
+            }
+        }
+        let entry = found.ok_or(ClaimError::UnknownKey)?;
         let mut state = lock(&entry.state);
         if let Some(s) = &state.session
             && matches!(s.phase(), Phase::Starting | Phase::Live)

@@ -23,6 +23,7 @@ use pipelines::media::{Frame, TrackKind};
 use pipelines::stream::{DEFAULT_CAPACITY, Reader, ReaderKind, Stream, Update};
 use rtc::driver::{self, Peer, Peers, Policy, Session};
 use rtc::nack::History;
+use rtc::resource::{Limits, Refused, Resources};
 use rtc::rtp::{self, Packets};
 use rtc::srtp::{self, KeySlot, SrtpSender};
 use rtc::udp::Batch;
@@ -41,10 +42,13 @@ use crate::feeds::FeedStore;
 /// Largest SDP offer accepted.
 const MAX_OFFER: usize = 64 * 1024;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy)]
 pub struct WhepLimits {
     pub per_node: usize,
     pub per_stream: usize,
+    /// Sessions one address holds at once, and the offers it may make per second.
+    pub per_address: usize,
+    pub offers_per_second: u32,
 }
 
 pub struct Whep {
@@ -55,7 +59,8 @@ pub struct Whep {
     limits: WhepLimits,
     /// Viewers per stream now.
     viewers: Mutex<HashMap<String, usize>>,
-    next_id: AtomicU64,
+    /// Viewers' sessions by their unguessable resource ids, and what each address may open.
+    resources: Arc<Resources>,
     /// One DTLS certificate for every viewer: making one per viewer costs more than the
     /// handshake itself.
     cert: Option<str0m::config::DtlsCert>,
@@ -126,7 +131,11 @@ impl Whep {
             candidate,
             limits,
             viewers: Mutex::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
+            resources: Arc::new(Resources::new(Limits {
+                max_sessions: limits.per_node,
+                per_address: limits.per_address,
+                offers_per_second: limits.offers_per_second,
+            })),
             cert: str0m::crypto::from_feature_flags()
                 .dtls_provider
                 .generate_certificate(),
@@ -205,9 +214,14 @@ async fn offer(
     State(whep): State<Arc<Whep>>,
     Path(stream): Path<String>,
     Query(q): Query<OfferQuery>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<SocketAddr>>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let from = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.0.ip());
+    if let Err(refused) = whep.resources.offer(from, Instant::now()) {
+        return too_many(refused);
+    }
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -259,7 +273,13 @@ async fn offer(
         }
         *here += 1;
     }
-    let id = whep.next_id.fetch_add(1, Ordering::Relaxed);
+    let (resource, id) = match whep.resources.open(&stream, from) {
+        Ok(opened) => opened,
+        Err(refused) => {
+            whep.viewer_left(&stream);
+            return too_many(refused);
+        }
+    };
     info!(%stream, rendition = %feed.info.name, viewer = id, "WHEP viewer joined");
     let opus = if sdp.to_ascii_lowercase().contains("opus/48000") {
         feeds.opus()
@@ -297,19 +317,33 @@ async fn offer(
         StatusCode::CREATED,
         [
             (header::CONTENT_TYPE, "application/sdp".to_owned()),
-            (header::LOCATION, format!("/whep/{stream}/{id}")),
+            (header::LOCATION, format!("/whep/{stream}/{resource}")),
         ],
         answer,
     )
         .into_response()
 }
 
+/// `DELETE /whep/<stream>/<id>`: only the session that id names, under that stream.
 async fn hang_up(
     State(whep): State<Arc<Whep>>,
-    Path((_stream, id)): Path<(String, u64)>,
+    Path((stream, resource)): Path<(String, String)>,
 ) -> Response {
+    let Some(id) = whep.resources.find(&stream, &resource) else {
+        return refuse(StatusCode::NOT_FOUND, "no such session");
+    };
     let _ = whep.commands.send(Command::Remove(id));
     StatusCode::OK.into_response()
+}
+
+/// `429` with when to ask again.
+fn too_many(refused: Refused) -> Response {
+    let mut response = refuse(StatusCode::TOO_MANY_REQUESTS, refused);
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        axum::http::HeaderValue::from(refused.retry_after()),
+    );
+    response
 }
 
 /// What the client says it can take (`b=AS:` kb/s or `b=TIAS:` b/s, the largest given), in
@@ -403,9 +437,12 @@ struct Layer {
 /// rendition at its next keyframe, without renegotiating.
 async fn select_layer(
     State(whep): State<Arc<Whep>>,
-    Path((stream, id)): Path<(String, u64)>,
+    Path((stream, resource)): Path<(String, String)>,
     body: Body,
 ) -> Response {
+    let Some(id) = whep.resources.find(&stream, &resource) else {
+        return refuse(StatusCode::NOT_FOUND, "no such session");
+    };
     let Ok(layer) = serde_json::from_slice::<Layer>(&body) else {
         return refuse(
             StatusCode::BAD_REQUEST,
@@ -808,6 +845,7 @@ impl Policy for Viewers {
         let v = peer.state;
         info!(viewer = v.id, stream = %v.stream, "WHEP viewer left");
         if let Some(w) = self.whep.upgrade() {
+            w.resources.close(v.id);
             w.viewer_left(&v.stream);
             w.bus.publish(EventKind::ViewerLeft {
                 stream: v.stream.clone(),

@@ -30,6 +30,10 @@ const FLUSH_AT: usize = 512;
 const READ_BURST: usize = 256;
 /// The driver looks at its peers at least this often.
 const IDLE_TURN: Duration = Duration::from_millis(100);
+/// A peer that has not connected (ICE and DTLS) this long after it was added is let go, and
+/// whatever slot it held with it: an offer that never connects (no candidates, a client that
+/// went away) cannot hold one.
+pub const CONNECT_WITHIN: Duration = Duration::from_secs(15);
 
 /// One WebRTC connection and what its policy keeps about it.
 pub struct Peer<S> {
@@ -41,6 +45,9 @@ pub struct Peer<S> {
     /// Has input or output to handle.
     pub dirty: bool,
     next_timeout: Instant,
+    /// When it was added, and whether it has connected since.
+    born: Instant,
+    connected: bool,
 }
 
 /// What a peer's policy does with its session's events.
@@ -63,6 +70,8 @@ impl<S: Session> Peer<S> {
             remote: None,
             dirty: true,
             next_timeout: Instant::now(),
+            born: Instant::now(),
+            connected: false,
         }
     }
 
@@ -78,7 +87,10 @@ impl<S: Session> Peer<S> {
                     self.remote = Some(t.destination);
                     out.push(t.destination, t.contents.into());
                 }
-                Ok(Output::Event(e)) => self.state.on_event(&mut self.rtc, e),
+                Ok(Output::Event(e)) => {
+                    self.connected |= matches!(e, Event::Connected);
+                    self.state.on_event(&mut self.rtc, e);
+                }
                 Err(e) => {
                     debug!(peer = self.id, "peer failed: {e}");
                     self.rtc.disconnect();
@@ -240,6 +252,17 @@ pub async fn run<P: Policy>(
         let now = Instant::now();
         let mut next = now + IDLE_TURN;
         for peer in peers.list.iter_mut() {
+            if !peer.connected {
+                let deadline = peer.born + CONNECT_WITHIN;
+                if now >= deadline && peer.rtc.is_alive() {
+                    debug!(
+                        peer = peer.id,
+                        "not connected within {CONNECT_WITHIN:?}; let go"
+                    );
+                    peer.rtc.disconnect();
+                }
+                next = next.min(deadline);
+            }
             policy.before_drive(peer, now);
             if peer.next_timeout <= now {
                 let _ = peer.rtc.handle_input(Input::Timeout(now));

@@ -5,6 +5,7 @@
 //! - [`dtls`]: DTLS over the system's OpenSSL (takes the RSA certificates GStreamer presents).
 //! - [`srtp`]: the fan-out's own SRTP sealing (AES-GCM, AES-CM + HMAC-SHA1-80) from a session's
 //!   DTLS keys.
+//! - [`resource`]: unguessable session ids, and how many sessions and offers one address may have.
 //! - [`rtp`]: frames made into RTP payloads once and shared by every receiver.
 //! - [`depacketize`]: RTP payloads made back into H.264 access units, VP8 and Opus frames.
 //! - [`nack`]: what was sent, what a NACK asks for, and a retransmission budget.
@@ -18,6 +19,7 @@ pub mod driver;
 pub mod dtls;
 pub mod nack;
 pub mod net;
+pub mod resource;
 pub mod rtp;
 pub mod sdp;
 pub mod srtp;

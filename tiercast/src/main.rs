@@ -8,6 +8,7 @@ mod demo;
 mod http;
 mod kafka;
 mod metrics;
+mod node;
 mod openapi;
 mod services;
 mod wiring;
@@ -18,19 +19,13 @@ use std::sync::Arc;
 use crate::kafka::KafkaSink;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use pipelines::Config;
 use pipelines::events::EventBus;
-use pipelines::{Config, Registry};
 use recorder::archiver::Archiver;
 use recorder::chunks::ChunkStore;
 use recorder::notifier::Notifier;
 use recorder::s3::Bucket;
 use recorder::store::{LocalObjectStore, ObjectStore, S3ObjectStore};
-use relay_tiers::cluster::{Cluster, Member, RegionRule, RoutingRules};
-use relay_tiers::egress::Egress;
-use relay_tiers::feeds::FeedStore;
-use relay_tiers::relay::pull::{PullSettings, Puller};
-use relay_tiers::relay::tap::TapStore;
-use relay_tiers::whep::{Whep, WhepLimits};
 use services::{Services, Stage};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -125,6 +120,7 @@ fn check(path: &PathBuf) -> anyhow::Result<()> {
     );
     println!("  http  {}", config.http.listen);
     println!("  data  {}", config.node.data_dir.display());
+    println!("  runs  {}", node::Plan::of(&config).services().join(", "));
     for s in &config.streams {
         let rungs: Vec<String> = config
             .ladder(&s.ladder)
@@ -146,260 +142,7 @@ fn run(config: Config, demo_source: bool) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(serve(Arc::new(config), demo_source))
-}
-
-async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.node.data_dir)
-        .with_context(|| format!("cannot create data_dir {}", config.node.data_dir.display()))?;
-    let registry = Arc::new(Registry::new(&config.streams));
-    let (bus, kafka) = event_bus(&config)?;
-    let (chunks, recordings) = stores(&config).await;
-    let hls = Arc::new(relay_tiers::hls::store::HlsStore::default());
-    let role = config.node.role;
-    // Distribution and edge nodes take their media from the tier above, not from publishers.
-    let ingests = !role.pulls();
-    // Renditions leave for the tier below through taps, wherever a cluster is configured.
-    let taps = (!config.cluster.secret.is_empty()).then(|| Arc::new(TapStore::default()));
-    let feeds = Arc::new(FeedStore::default());
-    let egress = Egress {
-        hls: hls.clone(),
-        taps: taps.clone(),
-        feeds: feeds.clone(),
-        secret: config.cluster.secret.clone(),
-        segment_target: std::time::Duration::from_secs(u64::from(config.hls.segment_seconds)),
-        playlist_length: config.hls.playlist_length as usize,
-        transcoders: Arc::new(transcode::GstTranscoders),
-    };
-    let puller = role.pulls().then(|| {
-        let c = &config.cluster;
-        Puller::new(
-            PullSettings {
-                upstreams: c.upstreams.clone(),
-                secret: c.secret.clone(),
-                linger: std::time::Duration::from_secs(u64::from(c.linger_seconds)),
-                renditions: c.renditions.clone(),
-                segment_target: std::time::Duration::from_secs(u64::from(
-                    config.hls.segment_seconds,
-                )),
-                playlist_length: config.hls.playlist_length as usize,
-            },
-            Egress {
-                taps: Some(taps.clone().unwrap_or_default()),
-                ..egress.clone()
-            },
-        )
-    });
-    let factory = Arc::new(wiring::Broadcast::new(
-        config.clone(),
-        bus.clone(),
-        chunks.clone(),
-        Egress {
-            taps: taps.clone().filter(|_| ingests),
-            ..egress.clone()
-        },
-    ));
-    let mut services = Services::new();
-    let archiver = (ingests && config.recording.embedded_archiver).then(|| {
-        notify(&config, &bus, &mut services);
-        // Local chunks are this node's alone: what is there at start was left by its last run.
-        let sole_writer = matches!(chunks, ChunkStore::Local(_));
-        let live = registry.clone();
-        let archiver = archiver_for(&config, chunks, recordings.clone(), &bus)
-            .sole_writer(sole_writer)
-            .live_sessions(move |stream, session| {
-                live.get(stream)
-                    .and_then(|e| e.live_session())
-                    .is_some_and(|s| s.id == session)
-            });
-        Arc::new(archiver)
-    });
-    if let Some(archiver) = archiver.clone() {
-        let stop = services.signal(Stage::Archive);
-        services.spawn(
-            Stage::Archive,
-            "archiver",
-            archiver.run(bus.subscribe(), stop),
-        );
-    }
-
-    let rtmp = if ingests {
-        let rtmp_settings = ingest::rtmp::RtmpSettings {
-            app: config.rtmp.app.clone(),
-            max_connections: config.rtmp.max_connections,
-            merge_read: std::time::Duration::from_millis(u64::from(config.rtmp.merge_read_ms)),
-            ..Default::default()
-        };
-        let server = ingest::rtmp::RtmpServer::bind(
-            config.rtmp.listen,
-            rtmp_settings,
-            registry.clone(),
-            factory.clone(),
-        )
-        .await
-        .with_context(|| format!("rtmp.listen {}", config.rtmp.listen))?;
-        Some(server)
-    } else {
-        None
-    };
-    let rtmp_addr = rtmp.as_ref().map(|r| r.local_addr()).transpose()?;
-    let whip = if ingests {
-        let whip = ingest::whip::Whip::start(
-            config.webrtc.whip_listen,
-            config.webrtc.advertise.parse().ok(),
-            registry.clone(),
-            factory.clone(),
-            egress.transcoders.clone(),
-            // A VP8 source becomes H.264 at the best rung's rate, keyframes on the GOP.
-            pipelines::transcoders::Vp8Settings {
-                kbps: config
-                    .ladders
-                    .values()
-                    .flatten()
-                    .map(|r| r.video_kbps)
-                    .max()
-                    .unwrap_or(2500),
-                gop_frames: config.transcode.gop_seconds * 30,
-                preset: config.transcode.x264_preset.clone(),
-            },
-            services.signal(Stage::Ingest),
-        )
-        .await
-        .with_context(|| format!("webrtc.whip_listen {}", config.webrtc.whip_listen))?;
-        let (whip, driver) = whip;
-        services.spawn(Stage::Ingest, "whip", driver);
-        Some(whip)
-    } else {
-        None
-    };
-    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("http.listen {}", config.http.listen))?;
-    let http_addr = http_listener.local_addr()?;
-    let whep = Whep::start(
-        config.webrtc.listen,
-        config.webrtc.advertise.parse().ok(),
-        WhepLimits {
-            per_node: config.webrtc.max_viewers,
-            per_stream: config.webrtc.max_viewers_per_stream,
-        },
-        feeds,
-        bus.clone(),
-        services.signal(Stage::Serve),
-    )
-    .await
-    .with_context(|| format!("webrtc.listen {}", config.webrtc.listen))?;
-    let (whep, driver) = whep;
-    services.spawn(Stage::Serve, "whep", driver);
-    let cluster = Arc::new(cluster_view(&config, http_addr));
-    if !config.cluster.upstreams.is_empty() {
-        let stop = services.signal(Stage::Serve);
-        services.spawn(Stage::Serve, "heartbeats", cluster.clone().run(stop));
-    }
-    if let Some(puller) = puller.clone() {
-        let stop = services.signal(Stage::Serve);
-        services.spawn(
-            Stage::Serve,
-            "relay-links",
-            show_links(puller, cluster.clone(), stop),
-        );
-    }
-    let router = http::router(http::Services {
-        config: config.clone(),
-        registry: registry.clone(),
-        hls,
-        recordings,
-        archiver,
-        kafka: kafka.clone(),
-        bus: bus.clone(),
-        taps,
-        puller,
-        cluster,
-        whep,
-        whip,
-    });
-
-    // Tests and scripts read this line to find the ports (`listen = "127.0.0.1:0"`).
-    let rtmp_shown = rtmp_addr.map_or("none".to_owned(), |a| a.to_string());
-    println!("tiercast listening rtmp={rtmp_shown} http={http_addr}");
-    info!(rtmp_addr = %rtmp_shown, %http_addr, ?role, region = %config.node.region, data_dir = %config.node.data_dir.display(), "tiercast node up");
-    if let Some(rtmp_addr) = rtmp_addr {
-        for s in &config.streams {
-            info!(
-                "publish to rtmp://{}/{}/<key of {}>, watch http://{}/hls/{}/master.m3u8",
-                rtmp_addr, config.rtmp.app, s.name, http_addr, s.name
-            );
-        }
-    } else {
-        info!(upstreams = ?config.cluster.upstreams, "streams are pulled from upstream when first watched");
-    }
-
-    if let Some(rtmp) = rtmp {
-        let stop = services.signal(Stage::Ingest);
-        services.spawn(Stage::Ingest, "rtmp", rtmp.run(stop));
-    }
-    let mut stop = services.signal(Stage::Serve);
-    services.spawn(Stage::Serve, "http", async move {
-        let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-        let served = axum::serve(http_listener, service)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await;
-        if let Err(e) = served {
-            warn!("http server: {e}");
-        }
-    });
-    let demo = if let (true, Some(rtmp_addr)) = (demo_source, rtmp_addr) {
-        let key = config
-            .streams
-            .iter()
-            .find(|s| s.name == pipelines::config::DEFAULT_STREAM)
-            .or(config.streams.first())
-            .map(|s| (s.name.clone(), s.key.clone()));
-        match key {
-            Some((name, key)) => {
-                let url = format!("rtmp://{}/{}/{key}", loopback(rtmp_addr), config.rtmp.app);
-                info!(stream = %name, "demo source publishing");
-                demo::DemoSource::start(&url)
-                    .map_err(|e| warn!("demo source not started: {e}"))
-                    .ok()
-            }
-            None => None,
-        }
-    } else {
-        None
-    };
-
-    info!(services = ?services.names(), "services running");
-    wait_for_signal().await;
-    info!("shutting down");
-    drop(demo);
-    // Publishes end first; then the archiver makes their recordings; then HTTP and the rest.
-    services.stop().await;
-    if let Some(kafka) = kafka {
-        let _ = tokio::task::spawn_blocking(move || kafka.flush(std::time::Duration::from_secs(5)))
-            .await;
-    }
-    Ok(())
-}
-
-/// Keeps the cluster view's list of what this node reads from up to date.
-async fn show_links(puller: Puller, cluster: Arc<Cluster>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let mut links: Vec<String> = puller
-            .status()
-            .into_iter()
-            .filter_map(|p| p.upstream)
-            .collect();
-        links.sort();
-        links.dedup();
-        cluster.set_links(links);
-        tokio::select! {
-            _ = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
+    runtime.block_on(node::serve(Arc::new(config), demo_source))
 }
 
 /// The node's event bus: `events.jsonl` always, Kafka when configured.
@@ -421,44 +164,6 @@ fn event_bus(config: &Config) -> anyhow::Result<(Arc<EventBus>, Option<Arc<Kafka
         }
     };
     Ok((Arc::new(bus), kafka))
-}
-
-/// This node as the cluster sees it, and how it routes viewers.
-fn cluster_view(config: &Config, http_addr: std::net::SocketAddr) -> Cluster {
-    let node = &config.node;
-    let address = if node.advertise.is_empty() {
-        http_addr.to_string()
-    } else {
-        node.advertise.clone()
-    };
-    let me = Member {
-        name: if node.name.is_empty() {
-            address.clone()
-        } else {
-            node.name.clone()
-        },
-        role: node.role,
-        region: node.region.clone(),
-        address,
-        load: 0.0,
-        links: Vec::new(),
-        seen_ms: 0,
-    };
-    let rules = RoutingRules {
-        regions: config
-            .routing
-            .regions
-            .iter()
-            .filter_map(|r| RegionRule::parse(&r.cidr, &r.region))
-            .collect(),
-        nearby: config.routing.nearby.clone().into_iter().collect(),
-    };
-    Cluster::new(
-        me,
-        &config.cluster.secret,
-        config.cluster.upstreams.clone(),
-        rules,
-    )
 }
 
 /// The chunk store and the object store: under `data_dir`, or in the `[recording.s3]` bucket.

@@ -79,55 +79,12 @@ impl GraphFactory for Broadcast {
         );
 
         let audio_codecs = tracks.audio.as_ref().map(|a| a.codecs());
-        let mut passthrough = Vec::new();
-        let mut encoded = Vec::new();
-        let mut renditions = Vec::with_capacity(plan.len());
-        let mut served = Vec::with_capacity(plan.len());
-        for r in &plan {
-            let with_audio = if audio_codecs.is_some() {
-                r.audio_kbps
-            } else {
-                0
-            };
-            let bandwidth = u64::from(r.video_kbps + with_audio) * 1000;
-            let is_passthrough = r.mode == Mode::Passthrough;
-            let rendition = Arc::new(Rendition::new(
-                &r.name,
-                r.width,
-                r.height,
-                bandwidth,
-                is_passthrough,
-            ));
-            // An encoder's configuration is known once it has negotiated (see `appsink_for`).
-            let video = is_passthrough.then(|| v.clone());
-            if let Some(video) = &video {
-                rendition.set_codecs(codecs(video, audio_codecs.as_deref()));
-            }
-            let info = StreamInfo {
-                name: r.name.clone(),
-                width: r.width,
-                height: r.height,
-                bandwidth,
-            };
-            let out = Arc::new(Stream::new(info, video, tracks.audio.clone()));
-            served.push(Served {
-                stream: out.clone(),
-                info: RenditionInfo {
-                    name: r.name.clone(),
-                    width: r.width,
-                    height: r.height,
-                    bandwidth,
-                    codecs: rendition.codecs().unwrap_or_default(),
-                    frame_rate: v.fps,
-                },
-            });
-            if is_passthrough {
-                passthrough.push((rendition.clone(), out))
-            } else {
-                encoded.push((rendition.clone(), out))
-            }
-            renditions.push(rendition);
-        }
+        let Renditions {
+            passthrough,
+            encoded,
+            renditions,
+            served,
+        } = renditions(&plan, tracks, audio_codecs.as_deref());
 
         // The top rendition (the source itself when it passes through) is what gets recorded;
         // the recorder reads its stream like any other reader.
@@ -367,4 +324,72 @@ impl MediaSink for LiveGraph {
             });
         })
     }
+}
+
+/// A session's renditions, each a [`Stream`], as the ladder plans them.
+struct Renditions {
+    passthrough: Vec<Output>,
+    encoded: Vec<Output>,
+    renditions: Vec<Arc<Rendition>>,
+    served: Vec<Served>,
+}
+
+fn renditions(
+    plan: &[transcode::PlannedRendition],
+    tracks: &SourceTracks,
+    audio_codecs: Option<&str>,
+) -> Renditions {
+    let v = &tracks.video;
+    let mut all = Renditions {
+        passthrough: Vec::new(),
+        encoded: Vec::new(),
+        renditions: Vec::with_capacity(plan.len()),
+        served: Vec::with_capacity(plan.len()),
+    };
+    for r in plan {
+        let with_audio = if audio_codecs.is_some() {
+            r.audio_kbps
+        } else {
+            0
+        };
+        let bandwidth = u64::from(r.video_kbps + with_audio) * 1000;
+        let is_passthrough = r.mode == Mode::Passthrough;
+        let rendition = Arc::new(Rendition::new(
+            &r.name,
+            r.width,
+            r.height,
+            bandwidth,
+            is_passthrough,
+        ));
+        // An encoder's configuration is known once it has negotiated (see `appsink_for`).
+        let video = is_passthrough.then(|| v.clone());
+        if let Some(video) = &video {
+            rendition.set_codecs(codecs(video, audio_codecs));
+        }
+        let info = StreamInfo {
+            name: r.name.clone(),
+            width: r.width,
+            height: r.height,
+            bandwidth,
+        };
+        let out = Arc::new(Stream::new(info, video, tracks.audio.clone()));
+        all.served.push(Served {
+            stream: out.clone(),
+            info: RenditionInfo {
+                name: r.name.clone(),
+                width: r.width,
+                height: r.height,
+                bandwidth,
+                codecs: rendition.codecs().unwrap_or_default(),
+                frame_rate: v.fps,
+            },
+        });
+        if is_passthrough {
+            all.passthrough.push((rendition.clone(), out))
+        } else {
+            all.encoded.push((rendition.clone(), out))
+        }
+        all.renditions.push(rendition);
+    }
+    all
 }

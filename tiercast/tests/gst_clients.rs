@@ -5,70 +5,19 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::webrtc::*;
 use common::*;
-
-/// The helper, built next to this test by `cargo test` (examples are built with the tests).
-fn helper() -> PathBuf {
-    example("tiercast", "gst_webrtc")
-}
-
-/// An example of `package`, built by `cargo test --workspace` next to the tests.
-fn example(package: &str, name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("the test knows its path");
-    let path = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/deps")
-        .join("examples")
-        .join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo build -p {package} --example {name}`",
-        path.display()
-    );
-    path
-}
-
-/// What `gst_webrtc play` decoded from `url` in `seconds`.
-fn gst_play(url: &str, seconds: u32) -> serde_json::Value {
-    let out = Command::new(helper())
-        .args(["play", url, &seconds.to_string()])
-        .env("GST_DEBUG", "1")
-        .stderr(Stdio::piped())
-        .output()
-        .expect("the helper runs");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "play failed: {stdout}\n{stderr}");
-    let line = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout}\n{stderr}"))
-}
-
-fn assert_plays(played: &serde_json::Value, width: u64, height: u64) {
-    assert!(
-        played["video_frames"].as_u64().unwrap_or(0) >= 100,
-        "at least 100 frames decoded: {played}"
-    );
-    assert_eq!(
-        (played["width"].as_u64(), played["height"].as_u64()),
-        (Some(width), Some(height)),
-        "{played}"
-    );
-    assert!(
-        played["audio_buffers"].as_u64().unwrap_or(0) > 0,
-        "Opus decoded too: {played}"
-    );
-}
 
 #[test]
 fn gstreamer_publishes_over_whip_and_plays_over_whep_next_to_an_rtmp_stream() {
     let _turn = heavy();
     let mut node = start_node(
-        "[transcode]\nx264_preset = \"ultrafast\"\n\
+        // Still in [webrtc]: 200 viewers from one address, joining within a second.
+        "max_sessions_per_address = 300\noffers_per_second_per_address = 1000\n\
+         [transcode]\nx264_preset = \"ultrafast\"\n\
          [[streams]]\nname = \"main\"\nkey = \"k\"\n\
          [[streams]]\nname = \"cam\"\nkey = \"c\"\n\
          [[ladders.default]]\nname = \"src\"\nheight = 2160\nvideo_kbps = 1500\n",
@@ -207,14 +156,4 @@ fn gstreamer_publishes_over_whip_and_plays_over_whep_next_to_an_rtmp_stream() {
         "the WHIP session ended before the node exited:\n{log}"
     );
     drop(publisher);
-}
-
-/// Ends a helper however the test ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod webrtc;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -229,14 +230,26 @@ impl Response {
 
 /// A plain HTTP/1.1 POST with `Connection: close`; status 0 when the node does not answer.
 pub fn http_post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Response {
+    http_send(addr, "POST", path, &[("Content-Type", content_type)], body)
+}
+
+/// Any HTTP/1.1 request with `Connection: close`; status 0 when the node does not answer.
+pub fn http_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
     let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_secs(5)) else {
         return http_get(addr, "/unreachable");
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
     let _ = s.write_all(head.as_bytes());
     let _ = s.write_all(body);
     read_response(s)
