@@ -191,13 +191,33 @@ fn a_viewer_whose_edge_dies_is_moved_to_another_edge() {
     let _ = publisher.wait();
 }
 
+/// A fingerprint of an encoded frame (FNV-1a and length), as the page sees it.
+const FRAME_HASH: &str = "window.frameHash = data => {
+  const bytes = new Uint8Array(data);
+  let h = 0x811c9dc5;
+  for (const b of bytes) { h ^= b; h = Math.imul(h, 0x01000193) >>> 0; }
+  return h.toString(16) + ':' + bytes.length;
+};";
+
 /// Publishes the browser's (fake) camera to `/whip/main` with `KEY` in `CODEC`
-/// (`video/H264` or `video/VP8`); "ok" or what went wrong.
+/// (`video/H264` or `video/VP8`); "ok" or what went wrong. Every encoded Opus frame it sends
+/// is fingerprinted into `window.sentOpus` (the newest 20,000).
 const WHIP_PUBLISH: &str = "(async () => {
   const media = await navigator.mediaDevices.getUserMedia(
     { video: { width: 640, height: 360 }, audio: true });
-  const pc = new RTCPeerConnection();
-  for (const t of media.getTracks()) pc.addTransceiver(t, { direction: 'sendonly' });
+  const pc = new RTCPeerConnection({ encodedInsertableStreams: true });
+  window.sentOpus = new Set();
+  for (const t of media.getTracks()) {
+    const { sender } = pc.addTransceiver(t, { direction: 'sendonly' });
+    const { readable, writable } = sender.createEncodedStreams();
+    readable.pipeThrough(new TransformStream({ transform(frame, out) {
+      if (t.kind === 'audio') {
+        window.sentOpus.add(window.frameHash(frame.data));
+        if (window.sentOpus.size > 20000) window.sentOpus.delete(window.sentOpus.values().next().value);
+      }
+      out.enqueue(frame);
+    } })).pipeTo(writable);
+  }
   const video = pc.getTransceivers().find(t => t.sender.track.kind === 'video');
   video.setCodecPreferences(RTCRtpSender.getCapabilities('video').codecs
     .filter(c => c.mimeType === 'CODEC'));
@@ -216,8 +236,37 @@ const WHIP_PUBLISH: &str = "(async () => {
 })()";
 
 fn whip_publish(key: &str, codec: &str) -> String {
-    WHIP_PUBLISH.replace("KEY", key).replace("CODEC", codec)
+    let publish = WHIP_PUBLISH.replace("KEY", key).replace("CODEC", codec);
+    format!("{FRAME_HASH}\n{publish}")
 }
+
+/// A WebRTC viewer of `/whep/main` beside the page's own, fingerprinting every encoded Opus
+/// frame it receives into `window.gotOpus` (the first 2,000); "ok" or what went wrong.
+const WHEP_FINGERPRINTS: &str = "(async () => {
+  const pc = new RTCPeerConnection({ encodedInsertableStreams: true });
+  window.gotOpus = [];
+  pc.addTransceiver('video', { direction: 'recvonly' });
+  pc.addTransceiver('audio', { direction: 'recvonly' });
+  pc.ontrack = e => {
+    const audio = e.track.kind === 'audio';
+    const { readable, writable } = e.receiver.createEncodedStreams();
+    readable.pipeThrough(new TransformStream({ transform(frame, out) {
+      if (audio && window.gotOpus.length < 2000) window.gotOpus.push(window.frameHash(frame.data));
+      out.enqueue(frame);
+    } })).pipeTo(writable);
+  };
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise(done => {
+    pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && done();
+    setTimeout(done, 2000);
+  });
+  const r = await fetch('/whep/main', { method: 'POST',
+    headers: { 'Content-Type': 'application/sdp' }, body: pc.localDescription.sdp });
+  if (r.status !== 201) return `whep ${r.status} ${await r.text()}`;
+  await pc.setRemoteDescription({ type: 'answer', sdp: await r.text() });
+  window.fingerprinted = pc;
+  return 'ok';
+})()";
 
 #[test]
 fn a_browser_publishing_vp8_over_whip_is_made_into_h264_once_and_plays_over_hls() {
@@ -301,7 +350,38 @@ fn a_browser_publishes_over_whip_and_its_stream_plays_over_hls_and_webrtc() {
         Duration::from_secs(20),
         |n| n.as_u64().unwrap_or(0) >= 100,
     );
-    // The viewer got the browser's own Opus: no audio was transcoded for WebRTC.
+    // The viewer got the browser's own Opus, byte for byte: every encoded frame a second
+    // WebRTC viewer receives is one the publisher's encoder made.
+    page.eval(FRAME_HASH);
+    assert_eq!(page.eval(WHEP_FINGERPRINTS), "ok");
+    page.wait_for("window.gotOpus.length", Duration::from_secs(20), |n| {
+        n.as_u64().unwrap_or(0) >= 150
+    });
+    let got = page.eval("window.gotOpus");
+    let sent = browser.eval("[...window.sentOpus]");
+    let sent: std::collections::HashSet<&str> = sent
+        .as_array()
+        .expect("the publisher's fingerprints")
+        .iter()
+        .filter_map(|h| h.as_str())
+        .collect();
+    let got: Vec<&str> = got
+        .as_array()
+        .expect("the viewer's fingerprints")
+        .iter()
+        .filter_map(|h| h.as_str())
+        .collect();
+    let foreign: Vec<&&str> = got.iter().filter(|h| !sent.contains(*h)).collect();
+    assert!(
+        foreign.is_empty(),
+        "{} of {} received Opus frames were never sent: {:?}",
+        foreign.len(),
+        got.len(),
+        &foreign[..foreign.len().min(5)]
+    );
+    let distinct: std::collections::HashSet<&&str> = got.iter().collect();
+    assert!(distinct.len() >= 10, "{} distinct frames", distinct.len());
+    // ... and no audio was transcoded for WebRTC.
     let metrics = node.get("/metrics").text();
     assert!(
         metrics.contains("tiercast_audio_transcoders_started_total{to=\"opus\"} 0"),
