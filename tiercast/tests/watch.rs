@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::browser::Browser;
+use common::webrtc::gst_play;
 use common::*;
 
 /// Video element state, and what the page says about itself.
@@ -240,6 +241,43 @@ fn whip_publish(key: &str, codec: &str) -> String {
     format!("{FRAME_HASH}\n{publish}")
 }
 
+/// Every encoded Opus frame a second WebRTC viewer (in `viewer`'s page) receives is one the
+/// publisher's encoder (in `publisher`'s page, [`WHIP_PUBLISH`]) made, byte for byte.
+fn assert_opus_untouched(
+    publisher: &mut common::browser::Page,
+    viewer: &mut common::browser::Page,
+) {
+    viewer.eval(FRAME_HASH);
+    assert_eq!(viewer.eval(WHEP_FINGERPRINTS), "ok");
+    viewer.wait_for("window.gotOpus.length", Duration::from_secs(20), |n| {
+        n.as_u64().unwrap_or(0) >= 150
+    });
+    let got = viewer.eval("window.gotOpus");
+    let sent = publisher.eval("[...window.sentOpus]");
+    let sent: std::collections::HashSet<&str> = sent
+        .as_array()
+        .expect("the publisher's fingerprints")
+        .iter()
+        .filter_map(|h| h.as_str())
+        .collect();
+    let got: Vec<&str> = got
+        .as_array()
+        .expect("the viewer's fingerprints")
+        .iter()
+        .filter_map(|h| h.as_str())
+        .collect();
+    let foreign: Vec<&&str> = got.iter().filter(|h| !sent.contains(*h)).collect();
+    assert!(
+        foreign.is_empty(),
+        "{} of {} received Opus frames were never sent: {:?}",
+        foreign.len(),
+        got.len(),
+        &foreign[..foreign.len().min(5)]
+    );
+    let distinct: std::collections::HashSet<&&str> = got.iter().collect();
+    assert!(distinct.len() >= 10, "{} distinct frames", distinct.len());
+}
+
 /// A WebRTC viewer of `/whep/main` beside the page's own, fingerprinting every encoded Opus
 /// frame it receives into `window.gotOpus` (the first 2,000); "ok" or what went wrong.
 const WHEP_FINGERPRINTS: &str = "(async () => {
@@ -302,6 +340,30 @@ fn a_browser_publishing_vp8_over_whip_is_made_into_h264_once_and_plays_over_hls(
         !names.is_empty() && names.iter().all(|n| *n == "h264"),
         "{codec}"
     );
+
+    // WebRTC viewers: GStreamer's `whepclientsrc` decodes the H.264 made from the VP8, and a
+    // browser gets the publisher's Opus byte for byte; no audio was transcoded for them.
+    // (From its first keyframe on: the H.264 made at the door has one every GOP.)
+    let played = gst_play(&format!("http://{}/whep/main", node.http), 8);
+    assert!(
+        played["video_frames"].as_u64().unwrap_or(0) >= 60,
+        "{played}"
+    );
+    assert_eq!(
+        (played["width"].as_u64(), played["height"].as_u64()),
+        (Some(640), Some(360))
+    );
+    assert!(
+        played["audio_buffers"].as_u64().unwrap_or(0) > 0,
+        "{played}"
+    );
+    let (_viewer, mut page) = Browser::open(&format!("http://{}/", node.http));
+    assert_opus_untouched(&mut browser, &mut page);
+    let metrics = node.get("/metrics").text();
+    assert!(
+        metrics.contains("tiercast_audio_transcoders_started_total{to=\"opus\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -350,37 +412,8 @@ fn a_browser_publishes_over_whip_and_its_stream_plays_over_hls_and_webrtc() {
         Duration::from_secs(20),
         |n| n.as_u64().unwrap_or(0) >= 100,
     );
-    // The viewer got the browser's own Opus, byte for byte: every encoded frame a second
-    // WebRTC viewer receives is one the publisher's encoder made.
-    page.eval(FRAME_HASH);
-    assert_eq!(page.eval(WHEP_FINGERPRINTS), "ok");
-    page.wait_for("window.gotOpus.length", Duration::from_secs(20), |n| {
-        n.as_u64().unwrap_or(0) >= 150
-    });
-    let got = page.eval("window.gotOpus");
-    let sent = browser.eval("[...window.sentOpus]");
-    let sent: std::collections::HashSet<&str> = sent
-        .as_array()
-        .expect("the publisher's fingerprints")
-        .iter()
-        .filter_map(|h| h.as_str())
-        .collect();
-    let got: Vec<&str> = got
-        .as_array()
-        .expect("the viewer's fingerprints")
-        .iter()
-        .filter_map(|h| h.as_str())
-        .collect();
-    let foreign: Vec<&&str> = got.iter().filter(|h| !sent.contains(*h)).collect();
-    assert!(
-        foreign.is_empty(),
-        "{} of {} received Opus frames were never sent: {:?}",
-        foreign.len(),
-        got.len(),
-        &foreign[..foreign.len().min(5)]
-    );
-    let distinct: std::collections::HashSet<&&str> = got.iter().collect();
-    assert!(distinct.len() >= 10, "{} distinct frames", distinct.len());
+    // The viewer got the browser's own Opus, byte for byte.
+    assert_opus_untouched(&mut browser, &mut page);
     // ... and no audio was transcoded for WebRTC.
     let metrics = node.get("/metrics").text();
     assert!(
