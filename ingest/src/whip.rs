@@ -83,17 +83,33 @@ struct Publisher {
     last_keyframe_ask: Instant,
 }
 
+/// Where WHIP listens and what it allows.
+#[derive(Debug, Clone)]
+pub struct WhipSettings {
+    /// The UDP socket every publisher's media comes in through.
+    pub listen: SocketAddr,
+    /// The address put in answers (else the socket's own).
+    pub advertise: Option<IpAddr>,
+    /// What a VP8 source is made into.
+    pub vp8: Vp8Settings,
+    /// Sessions and offers per address.
+    pub limits: Limits,
+}
+
 impl Whip {
     pub async fn start(
-        listen: SocketAddr,
-        advertise: Option<IpAddr>,
+        settings: WhipSettings,
         registry: Arc<Registry>,
         factory: Arc<dyn GraphFactory>,
         transcoders: Arc<dyn Transcoders>,
-        vp8: Vp8Settings,
-        limits: Limits,
         stop: watch::Receiver<bool>,
     ) -> std::io::Result<(Arc<Whip>, impl Future<Output = ()> + Send + use<>)> {
+        let WhipSettings {
+            listen,
+            advertise,
+            vp8,
+            limits,
+        } = settings;
         let socket = UdpSocket::bind(listen).await?;
         let local = socket.local_addr()?;
         let ip = rtc::net::candidate_ip(local.ip(), advertise);
@@ -237,7 +253,7 @@ fn read_offer(headers: &HeaderMap, body: &[u8]) -> Result<(SdpOffer, bool), Resp
             "the offer is too large",
         ));
     }
-    let Ok(sdp) = std::str::from_utf8(&body) else {
+    let Ok(sdp) = std::str::from_utf8(body) else {
         return Err(refuse(StatusCode::BAD_REQUEST, "the offer is not text"));
     };
     let offer = match SdpOffer::from_sdp_string(&rtc::sdp::normalize_offer(sdp)) {

@@ -281,19 +281,22 @@ impl Core {
         )
         .await
         .with_context(|| format!("rtmp.listen {}", config.rtmp.listen))?;
-        let (whip, driver) = ingest::whip::Whip::start(
-            config.webrtc.whip_listen,
-            config.webrtc.advertise.parse().ok(),
-            self.registry.clone(),
-            factory,
-            self.egress.transcoders.clone(),
-            vp8_settings(config),
-            rtc::resource::Limits {
+        let settings = ingest::whip::WhipSettings {
+            listen: config.webrtc.whip_listen,
+            advertise: config.webrtc.advertise.parse().ok(),
+            vp8: vp8_settings(config),
+            limits: rtc::resource::Limits {
                 // A publisher per stream, and as many again still connecting or leaving.
                 max_sessions: config.streams.len().max(1) * 2,
                 per_address: config.webrtc.max_sessions_per_address,
                 offers_per_second: config.webrtc.offers_per_second_per_address,
             },
+        };
+        let (whip, driver) = ingest::whip::Whip::start(
+            settings,
+            self.registry.clone(),
+            factory,
+            self.egress.transcoders.clone(),
             services.signal(Stage::Ingest),
         )
         .await
