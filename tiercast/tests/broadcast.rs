@@ -375,24 +375,7 @@ fn sigterm_ends_publishes_cleanly_and_exits() {
     node.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
         r.status == 200
     });
-    let killed = std::process::Command::new("kill")
-        .args(["-TERM", &node.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = node.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "tiercast did not exit after SIGTERM:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "exit status {status}:\n{}", node.log());
+    node.terminate(Duration::from_secs(20));
     let log = node.log();
     assert!(
         log.contains("shutting down") && log.contains("every playlist ended"),

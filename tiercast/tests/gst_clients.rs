@@ -130,24 +130,7 @@ fn gstreamer_publishes_over_whip_and_plays_over_whep_next_to_an_rtmp_stream() {
 
     // SIGTERM with the WHIP publisher still live: its session ends cleanly (every playlist
     // ended) before the node exits.
-    let killed = Command::new("kill")
-        .args(["-TERM", &node.child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(killed.success());
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = node.child.try_wait().expect("the node can be waited on") {
-            break status;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "tiercast did not exit after SIGTERM:\n{}",
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert!(status.success(), "exit status {status}:\n{}", node.log());
+    node.terminate(Duration::from_secs(30));
     let log = node.log();
     let finished = log.find("WHIP publisher finished");
     let ended = log.rfind("every playlist ended");

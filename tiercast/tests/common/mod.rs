@@ -144,6 +144,29 @@ fn spawn(
 }
 
 impl Node {
+    /// Sends the node SIGTERM, as an operator's `systemctl stop` does, and waits at most
+    /// `limit` for it to exit; it must exit successfully.
+    pub fn terminate(&mut self, limit: Duration) {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(killed.success());
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("the node can be waited on") {
+                break status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "tiercast did not exit after SIGTERM:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(status.success(), "exit status {status}:\n{}", self.log());
+    }
+
     /// Kills the node with SIGKILL, as a crash would, and starts it again on the same config
     /// and data (new ports).
     pub fn crash_and_restart(&mut self) {
