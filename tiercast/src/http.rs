@@ -1,11 +1,13 @@
 //! The node's HTTP surface: `/healthz`, `/api/v1/…`, `/metrics`, and every crate's routes.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::kafka::KafkaSink;
 use crate::metrics::NodeMetrics;
 use crate::openapi::ApiDoc;
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -108,9 +110,14 @@ pub fn router(s: Services) -> Router {
         bus: s.bus,
         openapi: Arc::default(),
     };
+    let admin_token: Arc<str> = Arc::from(s.config.http.admin_token.as_str());
     let (described, doc) = api_routes()
         .with_state(api.clone())
         .merge(relay_tiers::cluster::router().with_state(s.cluster.clone()))
+        .layer(axum::middleware::from_fn_with_state(
+            admin_token,
+            operator_guard,
+        ))
         .split_for_parts();
     let _ = api.openapi.set(doc.to_json().unwrap_or_default());
     let mut router = Router::new()
@@ -200,9 +207,61 @@ struct RecordingList {
     recordings: Vec<Recording>,
 }
 
-async fn described(api: &Api, info: RecordingInfo) -> Recording {
+/// Whether the caller of an `/api/v1/` route is the operator: set on every such request by
+/// [`operator_guard`].
+#[derive(Debug, Clone, Copy)]
+struct Operator(bool);
+
+/// The operator API's routes: what is live and who publishes it, and the cluster.
+fn operator_only(path: &str) -> bool {
+    path == "/api/v1/streams" || path.starts_with("/api/v1/streams/") || path == "/api/v1/cluster"
+}
+
+/// The `[http] admin_token` as a Bearer token, or, on a node without one, a caller on this
+/// machine.
+fn is_operator(token: &str, headers: &axum::http::HeaderMap, peer: Option<SocketAddr>) -> bool {
+    if token.is_empty() {
+        return peer.is_some_and(|p| p.ip().is_loopback());
+    }
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|given| pipelines::secret::same(given, token))
+}
+
+/// Refuses the operator API to anyone else (`401`), and tells every `/api/v1/` handler who
+/// is asking ([`Operator`]).
+async fn operator_guard(
+    State(token): State<Arc<str>>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let peer = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0);
+    let operator = is_operator(&token, request.headers(), peer);
+    if operator_only(request.uri().path()) && !operator {
+        let mut refused = refuse(
+            StatusCode::UNAUTHORIZED,
+            "the operator API needs the node's admin token (Authorization: Bearer <[http] admin_token>)",
+        );
+        refused.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            axum::http::HeaderValue::from_static("Bearer"),
+        );
+        return refused;
+    }
+    request.extensions_mut().insert(Operator(operator));
+    next.run(request).await
+}
+
+/// A recording as `who` may see it: a presigned bucket URL is the operator's only.
+async fn described(api: &Api, info: RecordingInfo, who: Operator) -> Recording {
     let url = match api.recordings.download(&info).await {
-        Ok(Download::Url(url)) => Some(url),
+        Ok(Download::Url(url)) if who.0 => Some(url),
+        Ok(Download::Url(_)) => None,
         Ok(Download::File(_)) => Some(format!("/recordings/{}.mp4", info.id)),
         Err(e) => {
             tracing::warn!(recording = %info.id, "no download URL: {e}");
@@ -228,14 +287,14 @@ fn store_unavailable(e: recorder::RecordError) -> Response {
         (status = 200, body = RecordingList),
         (status = 503, description = "The object store cannot be read.", body = ErrorBody),
     ))]
-async fn recordings_list(State(api): State<Api>) -> Response {
+async fn recordings_list(State(api): State<Api>, Extension(who): Extension<Operator>) -> Response {
     let infos = match api.recordings.list().await {
         Ok(infos) => infos,
         Err(e) => return store_unavailable(e),
     };
     let mut list = Vec::with_capacity(infos.len());
     for info in infos {
-        list.push(described(&api, info).await);
+        list.push(described(&api, info, who).await);
     }
     Json(RecordingList { recordings: list }).into_response()
 }
@@ -248,9 +307,13 @@ async fn recordings_list(State(api): State<Api>) -> Response {
         (status = 404, description = "No recording of that id.", body = ErrorBody),
         (status = 503, description = "The object store cannot be read.", body = ErrorBody),
     ))]
-async fn recording(State(api): State<Api>, Path(id): Path<String>) -> Response {
+async fn recording(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Extension(who): Extension<Operator>,
+) -> Response {
     match api.recordings.get(&id).await {
-        Ok(Some(info)) => Json(described(&api, info).await).into_response(),
+        Ok(Some(info)) => Json(described(&api, info, who).await).into_response(),
         Ok(None) => refuse(StatusCode::NOT_FOUND, &format!("no recording {id:?}")),
         Err(e) => store_unavailable(e),
     }
@@ -322,8 +385,15 @@ struct EventFilter {
 async fn events(
     State(api): State<Api>,
     axum::extract::Query(filter): axum::extract::Query<EventFilter>,
+    headers: axum::http::HeaderMap,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
+    if !same_origin(&headers) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "a page of another site may not open this WebSocket",
+        );
+    }
     let wanted: Option<Vec<String>> = filter
         .types
         .map(|t| t.split(',').map(|s| s.trim().to_owned()).collect());
@@ -354,6 +424,21 @@ async fn events(
             }
         }
     })
+}
+
+/// A browser's WebSocket from a page of this node (its `Origin` names the `Host` asked), or
+/// a client that is not a browser (no `Origin`).
+fn same_origin(headers: &axum::http::HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin_host = origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .map(|(_, rest)| rest.trim_end_matches('/'));
+    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
 /// An error in the one shape every route uses ([`pipelines::http_error`]).

@@ -7,6 +7,9 @@
 //!   decodes.
 //! - A session's `Location` names it by 128 random bits under its stream: a guessed id, a
 //!   sequential one or another stream's is `404`, and the publisher goes on.
+//! - The operator API (what is live, who publishes it, the cluster) answers `401` without the
+//!   node's admin token; what viewers need (routing, recordings without their presigned URLs,
+//!   `/metrics`) stays open; a page of another site cannot open the events WebSocket.
 
 mod common;
 
@@ -165,4 +168,47 @@ fn a_session_answers_only_to_its_own_unguessable_id() {
         .expect("main is listed");
     assert_eq!(main["state"], "live", "{streams}");
     drop(publisher);
+}
+
+#[test]
+fn the_operator_api_needs_the_admin_token() {
+    const TOKEN: &str = "operator-token-0123456789";
+    let node = start_node_http(
+        &format!("admin_token = \"{TOKEN}\""),
+        "[[streams]]\nname = \"main\"\nkey = \"main-key-0123456789\"\n",
+    );
+    let bearer = format!("Bearer {TOKEN}");
+    for path in ["/api/v1/streams", "/api/v1/streams/main", "/api/v1/cluster"] {
+        let anonymous = node.get(path);
+        assert_eq!(anonymous.status, 401, "{path}: {}", anonymous.text());
+        assert_eq!(anonymous.header("WWW-Authenticate"), Some("Bearer"));
+        assert!(anonymous.text().contains("\"unauthorized\""));
+        let wrong = http_send(
+            node.http,
+            "GET",
+            path,
+            &[("Authorization", "Bearer nope")],
+            b"",
+        );
+        assert_eq!(wrong.status, 401, "{path}");
+        let operator = http_send(node.http, "GET", path, &[("Authorization", &bearer)], b"");
+        assert_eq!(operator.status, 200, "{path}: {}", operator.text());
+    }
+    // What viewers and players need stays open.
+    assert_eq!(node.get("/api/v1/recordings").status, 200);
+    assert_eq!(node.get("/api/v1/archives").status, 200);
+    assert_eq!(node.get("/api/v1/openapi.json").status, 200);
+    assert_eq!(node.get("/metrics").status, 200);
+    assert_ne!(node.get("/api/v1/route?stream=main").status, 401);
+
+    // A page of another site cannot open the events WebSocket.
+    let upgrade = [
+        ("Upgrade", "websocket"),
+        ("Connection", "Upgrade"),
+        ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ("Sec-WebSocket-Version", "13"),
+        ("Origin", "http://evil.example"),
+    ];
+    let r = http_send(node.http, "GET", "/api/v1/events", &upgrade, b"");
+    assert_eq!(r.status, 403, "{}", r.text());
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::addr;
+use super::{Invalid, addr};
 
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_ASSETS_DIR: &str = "web/node_modules/hls.js/dist";
@@ -16,6 +16,9 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Where the watch page's scripts are (`hls.min.js`, installed by `npm ci --prefix web`).
     pub assets_dir: PathBuf,
+    /// The operator API (`/api/v1/streams`, `/api/v1/cluster`, presigned recording URLs) asks
+    /// for this as a Bearer token; empty: only callers on this machine may use it.
+    pub admin_token: String,
 }
 
 impl Default for HttpConfig {
@@ -23,6 +26,20 @@ impl Default for HttpConfig {
         Self {
             listen: addr(DEFAULT_HTTP_LISTEN),
             assets_dir: PathBuf::from(DEFAULT_ASSETS_DIR),
+            admin_token: String::new(),
         }
+    }
+}
+
+impl HttpConfig {
+    /// Keys are relative to `[http]`.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        if !self.admin_token.is_empty() && self.admin_token.len() < 16 {
+            return Err((
+                "admin_token".into(),
+                "at least 16 characters (e.g. `openssl rand -hex 16`)".into(),
+            ));
+        }
+        Ok(())
     }
 }

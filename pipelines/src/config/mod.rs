@@ -161,6 +161,7 @@ impl Config {
         within("routing", self.routing.validate())?;
         within("node", self.node.validate())?;
         within("webrtc", self.webrtc.validate())?;
+        within("http", self.http.validate())?;
         within("recording", self.recording.validate())?;
         within("notify", self.notify.validate())?;
         validate_streams(&self.streams, &self.ladders)?;

@@ -58,15 +58,26 @@ pub fn start_node_with(extra: &str, args: &[&str]) -> Node {
 
 /// [`start_node_with`] with more environment variables for the node.
 pub fn start_node_env(extra: &str, args: &[&str], env: &[(&str, &Path)]) -> Node {
-    start_node_full("", extra, args, env)
+    start_node_full("", "", extra, args, env)
 }
 
 /// A node with more keys in its `[node]` table (`role = "edge"`, `region = ...`).
 pub fn start_node_in(node: &str, extra: &str) -> Node {
-    start_node_full(node, extra, &[], &[])
+    start_node_full(node, "", extra, &[], &[])
 }
 
-fn start_node_full(node: &str, extra: &str, args: &[&str], env: &[(&str, &Path)]) -> Node {
+/// A node with more keys in its `[http]` table (`admin_token = ...`).
+pub fn start_node_http(http: &str, extra: &str) -> Node {
+    start_node_full("", http, extra, &[], &[])
+}
+
+fn start_node_full(
+    node: &str,
+    http: &str,
+    extra: &str,
+    args: &[&str],
+    env: &[(&str, &Path)],
+) -> Node {
     let dir = TempDir::new("node");
     let config = dir.0.join("node.toml");
     let data = dir.0.join("data");
@@ -75,7 +86,7 @@ fn start_node_full(node: &str, extra: &str, args: &[&str], env: &[(&str, &Path)]
     std::fs::write(
         &config,
         format!(
-            "[node]\ndata_dir = {:?}\n{node}\n[http]\nlisten = \"127.0.0.1:0\"\nassets_dir = {:?}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n[webrtc]\nlisten = \"0.0.0.0:0\"\nwhip_listen = \"0.0.0.0:0\"\n{extra}",
+            "[node]\ndata_dir = {:?}\n{node}\n[http]\nlisten = \"127.0.0.1:0\"\nassets_dir = {:?}\n{http}\n[rtmp]\nlisten = \"127.0.0.1:0\"\n[webrtc]\nlisten = \"0.0.0.0:0\"\nwhip_listen = \"0.0.0.0:0\"\n{extra}",
             data.display().to_string(),
             concat!(env!("CARGO_MANIFEST_DIR"), "/../web/node_modules/hls.js/dist")
         ),
@@ -256,7 +267,8 @@ pub fn http_post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) 
     http_send(addr, "POST", path, &[("Content-Type", content_type)], body)
 }
 
-/// Any HTTP/1.1 request with `Connection: close`; status 0 when the node does not answer.
+/// Any HTTP/1.1 request, with `Connection: close` unless `headers` say otherwise; status 0
+/// when the node does not answer.
 pub fn http_send(
     addr: SocketAddr,
     method: &str,
@@ -268,7 +280,13 @@ pub fn http_send(
         return http_get(addr, "/unreachable");
     };
     let _ = s.set_read_timeout(Some(Duration::from_secs(20)));
-    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n");
+    if !headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("Connection"))
+    {
+        head.push_str("Connection: close\r\n");
+    }
     for (name, value) in headers {
         head.push_str(&format!("{name}: {value}\r\n"));
     }
