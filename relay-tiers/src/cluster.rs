@@ -146,7 +146,12 @@ pub struct Cluster {
     /// Viewer requests served since the last heartbeat.
     pub requests: AtomicU64,
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Heartbeats heard lately, so none is taken twice.
+    replays: auth::Replays,
 }
+
+/// Members a node keeps at most; more names than this are not taken.
+pub const MAX_MEMBERS: usize = 1024;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -164,6 +169,7 @@ impl Cluster {
             rules,
             requests: AtomicU64::new(0),
             client: Client::builder(TokioExecutor::new()).build(connector),
+            replays: auth::Replays::default(),
         }
     }
 
@@ -191,11 +197,19 @@ impl Cluster {
     }
 
     /// Takes in what a heartbeat says, keeping the newest word on each member.
+    /// Takes what a heartbeat said. A member's clock is not trusted past ours: a time ahead
+    /// of now is taken as now (it cannot stay "healthy" forever), and no more than
+    /// [`MAX_MEMBERS`] are kept.
     pub fn merge(&self, heard: Vec<Member>) {
         let me = lock(&self.me).name.clone();
+        let now = now_ms();
         let mut members = lock(&self.members);
-        for m in heard {
+        for mut m in heard {
             if m.name == me {
+                continue;
+            }
+            m.seen_ms = m.seen_ms.min(now);
+            if members.len() >= MAX_MEMBERS && !members.contains_key(&m.name) {
                 continue;
             }
             match members.get(&m.name) {
@@ -209,12 +223,12 @@ impl Cluster {
             }
         }
         // Members silent for a minute are forgotten.
-        let now = now_ms();
         members.retain(|_, m| now.saturating_sub(m.seen_ms) < 60_000);
     }
 
-    pub fn authorized(&self, path: &str, header: Option<&str>) -> bool {
-        auth::verify(&self.secret, path, header)
+    /// Whether `header` signs this heartbeat `body`, now, for the first time.
+    fn heartbeat_signed(&self, body: &[u8], header: Option<&str>) -> bool {
+        auth::verify_signed(&self.secret, HEARTBEAT_PATH, body, header, &self.replays)
     }
 
     /// Sends heartbeats to the upstreams until `shutdown`.
@@ -246,7 +260,7 @@ impl Cluster {
         let request = hyper::Request::post(format!("http://{upstream}{HEARTBEAT_PATH}"))
             .header(
                 hyper::header::AUTHORIZATION,
-                auth::token(&self.secret, HEARTBEAT_PATH),
+                auth::signed(&self.secret, HEARTBEAT_PATH, &body),
             )
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
@@ -326,10 +340,10 @@ async fn heartbeat(
     let token = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if !cluster.authorized(HEARTBEAT_PATH, token) {
+    if !cluster.heartbeat_signed(&body, token) {
         return refuse(
             axum::http::StatusCode::UNAUTHORIZED,
-            "a cluster token is needed",
+            "a heartbeat is signed whole, once, with the cluster secret",
         );
     }
     match serde_json::from_slice::<Vec<Member>>(&body) {
@@ -546,5 +560,26 @@ mod tests {
         c.merge(vec![member("me", Role::Edge, "eu", 7.0, now + 1000)]);
         let names: Vec<(String, f64)> = c.members().into_iter().map(|m| (m.name, m.load)).collect();
         assert_eq!(names, [("e".into(), 1.0), ("me".into(), 0.0)]);
+    }
+
+    #[test]
+    fn a_member_cannot_claim_the_future_or_flood_the_map() {
+        let c = Cluster::new(
+            member("me", Role::Distribution, "core", 0.0, 0),
+            "secret-secret-secret",
+            Vec::new(),
+            RoutingRules::default(),
+        );
+        let hour_ahead = now_ms() + 3_600_000;
+        c.merge(vec![member("liar", Role::Edge, "eu", 0.0, hour_ahead)]);
+        let liar = c.members().into_iter().find(|m| m.name == "liar").unwrap();
+        assert!(liar.seen_ms <= now_ms(), "taken as now, not an hour ahead");
+        let now = now_ms();
+        let flood = (0..MAX_MEMBERS + 500)
+            .map(|i| member(&format!("n{i}"), Role::Edge, "eu", 0.0, now))
+            .collect();
+        c.merge(flood);
+        // The map holds at most MAX_MEMBERS; this node is listed beside them.
+        assert!(c.members().len() <= MAX_MEMBERS + 1);
     }
 }

@@ -10,6 +10,8 @@
 //! - The operator API (what is live, who publishes it, the cluster) answers `401` without the
 //!   node's admin token; what viewers need (routing, recordings without their presigned URLs,
 //!   `/metrics`) stays open; a page of another site cannot open the events WebSocket.
+//! - A heartbeat is signed whole, once: a forged, altered, old or replayed one is refused, and
+//!   a node without a cluster secret takes none.
 
 mod common;
 
@@ -211,4 +213,88 @@ fn the_operator_api_needs_the_admin_token() {
     ];
     let r = http_send(node.http, "GET", "/api/v1/events", &upgrade, b"");
     assert_eq!(r.status, 403, "{}", r.text());
+}
+
+/// A heartbeat's `Authorization`, as a node signs it (`relay-tiers/src/relay/auth.rs`).
+fn heartbeat_token(secret: &str, time: u64, nonce: &str, body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let path = "/api/v1/cluster/heartbeat";
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
+    mac.update(format!("{time}\n{nonce}\n{path}\n").as_bytes());
+    mac.update(body);
+    let digest: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("Bearer {time}.{nonce}.{digest}")
+}
+
+#[test]
+fn forged_altered_old_and_replayed_heartbeats_are_refused() {
+    const SECRET: &str = "cluster-secret-0123456789abcdef";
+    let node = start_node_in(
+        "role = \"origin\"",
+        &format!("[cluster]\nsecret = \"{SECRET}\"\n"),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let member = |name: &str| {
+        format!(
+            r#"[{{"name":"{name}","role":"edge","region":"eu","address":"203.0.113.9:8080","load":0.0,"links":[],"seen_ms":{}}}]"#,
+            now * 1000
+        )
+    };
+    let body = member("edge-x");
+    let body = body.as_bytes();
+    let beat = |token: &str, body: &[u8]| {
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("Authorization", token),
+        ];
+        http_send(
+            node.http,
+            "POST",
+            "/api/v1/cluster/heartbeat",
+            &headers,
+            body,
+        )
+        .status
+    };
+    let genuine = heartbeat_token(SECRET, now, "a1", body);
+    assert_eq!(beat(&genuine, body), 200);
+    // The same request again, word for word.
+    assert_eq!(beat(&genuine, body), 401, "a replay is refused");
+    // Signed with another secret; the right signature on another body; an hour old.
+    let forged = heartbeat_token("not-the-cluster-secret-at-all!!", now, "a2", body);
+    assert_eq!(beat(&forged, body), 401);
+    let altered = heartbeat_token(SECRET, now, "a3", body);
+    assert_eq!(beat(&altered, member("edge-y").as_bytes()), 401);
+    let old = heartbeat_token(SECRET, now - 3600, "a4", body);
+    assert_eq!(beat(&old, body), 401);
+    // Only the genuine one was taken.
+    let cluster = node.get("/api/v1/cluster").text();
+    assert!(
+        cluster.contains("edge-x") && !cluster.contains("edge-y"),
+        "{cluster}"
+    );
+
+    // A node without a secret takes no heartbeat, whatever it is signed with.
+    let open = start_node("");
+    let unsigned = heartbeat_token("", now, "b1", body);
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Authorization", unsigned.as_str()),
+    ];
+    let r = http_send(
+        open.http,
+        "POST",
+        "/api/v1/cluster/heartbeat",
+        &headers,
+        body,
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
 }
