@@ -134,6 +134,19 @@ fn the_watch_page_plays_a_live_stream_over_webrtc_and_over_hls() {
     plays(&mut page);
     let _ = publisher.kill();
     let _ = publisher.wait();
+    // `?home=` is followed only to an http(s) node, never to a script or a path of a site.
+    for (given, kept) in [
+        ("javascript%3Aalert(document.domain)%2F%2F", ""),
+        ("http%3A%2F%2Fevil.example%2Fsteal%3Fx%3D1", ""),
+        ("http%3A%2F%2F127.0.0.1%3A9", "http://127.0.0.1:9"),
+    ] {
+        let url = format!("http://{}/watch/main?home={given}&protocol=hls", node.http);
+        let (_other, mut linked) = Browser::open(&url);
+        let home = linked.wait_for("window.tiercast.home", Duration::from_secs(10), |v| {
+            v.is_string()
+        });
+        assert_eq!(home, kept, "?home={given}");
+    }
 }
 
 #[test]
