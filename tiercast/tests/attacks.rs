@@ -10,6 +10,8 @@
 //! - The operator API (what is live, who publishes it, the cluster) answers `401` without the
 //!   node's admin token; what viewers need (routing, recordings without their presigned URLs,
 //!   `/metrics`) stays open; a page of another site cannot open the events WebSocket.
+//! - An RTMP client trickling its handshake a byte at a time is let go at the handshake
+//!   deadline, and one address holds at most 16 connections; a live publish goes on.
 //! - A heartbeat is signed whole, once: a forged, altered, old or replayed one is refused, and
 //!   a node without a cluster secret takes none.
 
@@ -297,4 +299,67 @@ fn forged_altered_old_and_replayed_heartbeats_are_refused() {
         body,
     );
     assert_eq!(r.status, 401, "{}", r.text());
+}
+
+/// Whether the node has closed `socket` (a read gives end of file or an error) within `limit`.
+fn closed_within(socket: &mut std::net::TcpStream, limit: Duration, trickle: bool) -> bool {
+    use std::io::{Read, Write};
+    let _ = socket.set_read_timeout(Some(Duration::from_millis(500)));
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        if trickle && socket.write_all(&[3]).is_err() {
+            return true;
+        }
+        match socket.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn slow_and_many_rtmp_connections_cost_only_themselves() {
+    let node = start_node("[[streams]]\nname = \"main\"\nkey = \"main-key-0123456789\"\n");
+    let publisher = KillOnDrop(
+        ffmpeg_publish(&node.rtmp_url("main-key-0123456789"), 320, 180, 60)
+            .spawn()
+            .expect("ffmpeg starts"),
+    );
+    node.wait_for("/hls/main/master.m3u8", Duration::from_secs(40), |r| {
+        r.status == 200
+    });
+    // One address: the publisher's connection and 15 idle ones fill its share; the next is
+    // closed at once.
+    let mut idle: Vec<std::net::TcpStream> = (0..15)
+        .map(|_| std::net::TcpStream::connect(node.rtmp).expect("connects"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let mut over = std::net::TcpStream::connect(node.rtmp).expect("the kernel accepts");
+    assert!(
+        closed_within(&mut over, Duration::from_secs(5), false),
+        "the 17th connection of one address was kept"
+    );
+    // A client trickling its handshake a byte every half second is let go at the deadline
+    // (10 s from accept), not kept alive by each byte.
+    drop(idle.pop());
+    std::thread::sleep(Duration::from_millis(200));
+    let mut slow = std::net::TcpStream::connect(node.rtmp).expect("connects");
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(30), true),
+        "a trickling handshake held its connection for 30 s"
+    );
+    // The live publish and the HTTP door were not held up.
+    assert_eq!(node.get("/healthz").status, 200);
+    let streams = node.get("/api/v1/streams/main");
+    assert!(streams.text().contains("\"live\""), "{}", streams.text());
+    drop(idle);
+    drop(publisher);
 }

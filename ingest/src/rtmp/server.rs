@@ -23,7 +23,10 @@ use super::timeline::{Timeline, ms};
 pub struct RtmpSettings {
     pub app: String,
     pub max_connections: usize,
-    /// How long a connection may stay silent before it publishes.
+    /// Connections one address may hold at once (an encoder needs one per stream).
+    pub max_connections_per_address: usize,
+    /// How long a connection has, from accept, to complete the handshake and publish,
+    /// however it trickles its bytes.
     pub handshake_timeout: Duration,
     /// How long a publisher may stay silent.
     pub idle_timeout: Duration,
@@ -36,6 +39,7 @@ impl Default for RtmpSettings {
         RtmpSettings {
             app: pipelines::config::DEFAULT_RTMP_APP.to_owned(),
             max_connections: pipelines::config::MAX_RTMP_CONNECTIONS,
+            max_connections_per_address: MAX_CONNECTIONS_PER_ADDRESS,
             handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(30),
             merge_read: Duration::ZERO,
@@ -56,6 +60,41 @@ const READ_BUFFER: usize = 64 * 1024;
 const PRE_PUBLISH_BUDGET: u64 = 256 * 1024;
 /// How long a publisher's media graph may take to drain once it has gone.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections one address may hold at once, by default.
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
+
+/// Connections open now, by address; an address is forgotten when its last one closes, so
+/// this holds at most `max_connections` entries.
+#[derive(Default)]
+struct PerAddress(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+/// One connection counted for its address until dropped.
+struct Counted(Arc<PerAddress>, std::net::IpAddr);
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, cap: usize) -> Option<Counted> {
+        let mut open = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_default();
+        if *n >= cap {
+            return None;
+        }
+        *n += 1;
+        Some(Counted(self.clone(), ip))
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        let mut open = self.0.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.1);
+            }
+        }
+    }
+}
 
 impl RtmpServer {
     pub async fn bind(
@@ -80,6 +119,7 @@ impl RtmpServer {
     /// Accepts until `shutdown` turns true, then ends every publish cleanly.
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let slots = Arc::new(Semaphore::new(self.settings.max_connections));
+        let per_address = Arc::new(PerAddress::default());
         let mut tasks = JoinSet::new();
         loop {
             let accepted = tokio::select! {
@@ -98,6 +138,11 @@ impl RtmpServer {
                 warn!(%peer, "rtmp connection refused: {} connections already open", self.settings.max_connections);
                 continue;
             };
+            let cap = self.settings.max_connections_per_address;
+            let Some(counted) = per_address.take(peer.ip(), cap) else {
+                warn!(%peer, "rtmp connection refused: {cap} connections already open from this address");
+                continue;
+            };
             let _ = socket.set_nodelay(true);
             let conn = ConnTask {
                 settings: self.settings.clone(),
@@ -109,7 +154,7 @@ impl RtmpServer {
             tasks.spawn(
                 async move {
                     conn.serve(socket).await;
-                    drop(slot);
+                    drop((slot, counted));
                 }
                 .instrument(info_span!("rtmp", %peer)),
             );
@@ -175,11 +220,14 @@ impl ConnTask {
     ) -> End {
         let mut buf = vec![0u8; READ_BUFFER];
         let mut unauthenticated_bytes = 0u64;
+        // The handshake and the publish are one deadline, not one per read: a client
+        // trickling a byte now and then cannot hold the connection.
+        let publish_by = tokio::time::Instant::now() + self.settings.handshake_timeout;
         loop {
             let limit = if publishing.is_some() {
                 self.settings.idle_timeout
             } else {
-                self.settings.handshake_timeout
+                publish_by.saturating_duration_since(tokio::time::Instant::now())
             };
             let read = tokio::select! {
                 r = tokio::time::timeout(limit, socket.read(&mut buf)) => r,
