@@ -31,18 +31,25 @@ fn figure(node: &Node, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("{name} is not in /metrics:\n{metrics}"))
 }
 
-#[test]
-fn offers_that_never_connect_cannot_hold_webrtc_viewing() {
-    let _turn = heavy();
-    let node = start_node("[[streams]]\nname = \"main\"\nkey = \"main-key-0123456789\"\n");
+/// ffmpeg publishing `seconds` of 320x180 into the stream `main` (key `main-key-0123456789`),
+/// once its master playlist is up.
+fn publish_main(node: &Node, seconds: u32) -> KillOnDrop {
     let publisher = KillOnDrop(
-        ffmpeg_publish(&node.rtmp_url("main-key-0123456789"), 320, 180, 90)
+        ffmpeg_publish(&node.rtmp_url("main-key-0123456789"), 320, 180, seconds)
             .spawn()
             .expect("ffmpeg starts"),
     );
     node.wait_for("/hls/main/master.m3u8", Duration::from_secs(40), |r| {
         r.status == 200
     });
+    publisher
+}
+
+#[test]
+fn offers_that_never_connect_cannot_hold_webrtc_viewing() {
+    let _turn = heavy();
+    let node = start_node("[[streams]]\nname = \"main\"\nkey = \"main-key-0123456789\"\n");
+    let publisher = publish_main(&node, 90);
 
     // 3,000 offers without candidates from one address, as fast as it can send them.
     let offer = offer_without_candidates(false);
@@ -94,14 +101,7 @@ fn a_session_answers_only_to_its_own_unguessable_id() {
         "[[streams]]\nname = \"main\"\nkey = \"main-key-0123456789\"\n\
          [[streams]]\nname = \"cam\"\nkey = \"cam-key-0123456789\"\n",
     );
-    let publisher = KillOnDrop(
-        ffmpeg_publish(&node.rtmp_url("main-key-0123456789"), 320, 180, 60)
-            .spawn()
-            .expect("ffmpeg starts"),
-    );
-    node.wait_for("/hls/main/master.m3u8", Duration::from_secs(40), |r| {
-        r.status == 200
-    });
+    let publisher = publish_main(&node, 60);
     let sdp = "application/sdp";
 
     // A WHEP viewer's resource: 128 random bits under its stream.
@@ -328,14 +328,7 @@ fn closed_within(socket: &mut std::net::TcpStream, limit: Duration, trickle: boo
 #[test]
 fn slow_and_many_rtmp_connections_cost_only_themselves() {
     let node = start_node("[[streams]]\nname = \"main\"\nkey = \"main-key-0123456789\"\n");
-    let publisher = KillOnDrop(
-        ffmpeg_publish(&node.rtmp_url("main-key-0123456789"), 320, 180, 60)
-            .spawn()
-            .expect("ffmpeg starts"),
-    );
-    node.wait_for("/hls/main/master.m3u8", Duration::from_secs(40), |r| {
-        r.status == 200
-    });
+    let publisher = publish_main(&node, 60);
     // One address: the publisher's connection and 15 idle ones fill its share; the next is
     // closed at once.
     let mut idle: Vec<std::net::TcpStream> = (0..15)
