@@ -287,7 +287,12 @@ pub fn router() -> utoipa_axum::router::OpenApiRouter<Arc<Cluster>> {
         .routes(utoipa_axum::routes!(heartbeat))
         .routes(utoipa_axum::routes!(view))
         .routes(utoipa_axum::routes!(route))
+        // Every member, as the tier below knows them.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_HEARTBEAT))
 }
+
+/// The largest heartbeat taken: [`MAX_MEMBERS`] members and their links.
+const MAX_HEARTBEAT: usize = 1024 * 1024;
 
 /// The viewer's address, where the server records it.
 pub type Peer = axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>;

@@ -145,8 +145,12 @@ pub fn router(s: Services) -> Router {
             wait: ready_wait,
         }));
     }
-    router
+    // Bodies are read up to this and no further (the cluster's heartbeat takes more).
+    router.layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
 }
+
+/// The largest request body the node reads: an SDP offer, a token request.
+const MAX_BODY: usize = 64 * 1024;
 
 #[utoipa::path(get, path = "/api/v1/openapi.json", summary = "This document.",
     responses((status = 200, description = "OpenAPI 3.1", content_type = "application/json")))]
@@ -400,8 +404,15 @@ async fn events(
     let mut rx = api.bus.subscribe();
     ws.on_upgrade(move |mut socket| async move {
         use axum::extract::ws::Message;
+        // A quiet subscriber is pinged, so its connection is not taken for a stalled one.
+        let mut ping = tokio::time::interval(crate::door::STALLED / 3);
         loop {
             tokio::select! {
+                _ = ping.tick() => {
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        return;
+                    }
+                }
                 event = rx.recv() => match event {
                     Ok(event) => {
                         let Ok(text) = serde_json::to_string(&event) else { continue };

@@ -5,6 +5,7 @@
 //! - `tiercast check --config FILE`: validate a config and say what it would run.
 
 mod demo;
+mod door;
 mod http;
 mod kafka;
 mod metrics;

@@ -156,7 +156,7 @@ pub async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()>
     services.spawn(
         Stage::Serve,
         "http",
-        serve_http(http_listener, router, stop),
+        crate::door::serve(http_listener, router, door_caps(&config), stop),
     );
     let demo = rtmp_addr
         .filter(|_| demo_source)
@@ -362,16 +362,11 @@ fn announce(
     }
 }
 
-/// The HTTP door until `stop`; requests in flight are let finish.
-async fn serve_http(listener: TcpListener, router: axum::Router, mut stop: watch::Receiver<bool>) {
-    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
-    let served = axum::serve(listener, service)
-        .with_graceful_shutdown(async move {
-            let _ = stop.wait_for(|s| *s).await;
-        })
-        .await;
-    if let Err(e) = served {
-        warn!("http server: {e}");
+/// `[http]`'s caps on connections.
+fn door_caps(config: &Config) -> crate::door::Caps {
+    crate::door::Caps {
+        total: config.http.max_connections,
+        per_address: config.http.max_connections_per_address,
     }
 }
 

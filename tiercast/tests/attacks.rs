@@ -12,6 +12,10 @@
 //!   `/metrics`) stays open; a page of another site cannot open the events WebSocket.
 //! - An RTMP client trickling its handshake a byte at a time is let go at the handshake
 //!   deadline, and one address holds at most 16 connections; a live publish goes on.
+//! - 500 HTTP clients trickling a request head and 500 RTMP clients trickling a handshake, from
+//!   32 addresses: `/healthz` answers all along, the live stream's playlist keeps moving, and
+//!   every one of them is let go at its 10 s deadline; one address past its HTTP share is told
+//!   `503` with `Retry-After` before anything is read.
 //! - A heartbeat is signed whole, once: a forged, altered, old or replayed one is refused, and
 //!   a node without a cluster secret takes none.
 
@@ -355,4 +359,158 @@ fn slow_and_many_rtmp_connections_cost_only_themselves() {
     assert!(streams.text().contains("\"live\""), "{}", streams.text());
     drop(idle);
     drop(publisher);
+}
+
+/// `count` sockets to `to`, from `hosts` loopback addresses of the form `127.0.<net>.<n>`
+/// (an attacker's, not the publisher's), round robin.
+fn sockets_from(
+    net: u8,
+    hosts: u8,
+    count: usize,
+    to: std::net::SocketAddr,
+) -> Vec<std::net::TcpStream> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    (0..count)
+        .map(|i| {
+            let from =
+                std::net::SocketAddr::from(([127, 0, net, (i % usize::from(hosts)) as u8 + 1], 0));
+            runtime.block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                socket.bind(from).expect("a loopback source address");
+                let stream = tokio::time::timeout(Duration::from_secs(5), socket.connect(to))
+                    .await
+                    .expect("connects in time")
+                    .expect("connects");
+                stream.into_std().unwrap()
+            })
+        })
+        .inspect(|s| s.set_nonblocking(true).unwrap())
+        .collect()
+}
+
+/// Whether the node has closed a nonblocking socket: a read gives end of file or an error.
+fn is_closed(socket: &mut std::net::TcpStream) -> bool {
+    use std::io::Read;
+    let mut buf = [0u8; 1024];
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// The number of the newest segment in the first rendition's playlist of `main`.
+fn newest_segment_number(node: &Node) -> u64 {
+    let master = node.get("/hls/main/master.m3u8").text();
+    let (_, uri) = variants(&master).into_iter().next().expect("a variant");
+    let playlist = node.get(&format!("/hls/main/{uri}")).text();
+    let first: u64 = playlist
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("#EXT-X-MEDIA-SEQUENCE:")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no media sequence in:\n{playlist}"));
+    first + segments(&playlist).len() as u64
+}
+
+#[test]
+fn five_hundred_slow_clients_on_http_and_rtmp_cost_only_themselves() {
+    use std::io::Write;
+    let node = start_node("[[streams]]\nname = \"main\"\nkey = \"main-key-0123456789\"\n");
+    let publisher = publish_main(&node, 90);
+    let sequence_before = newest_segment_number(&node);
+
+    // 500 HTTP clients sending a request head a byte a second, 500 RTMP clients their
+    // handshake; from 32 addresses (16 each is what the RTMP door holds per address).
+    let mut http = sockets_from(2, 32, 500, node.http);
+    let mut rtmp = sockets_from(3, 32, 500, node.rtmp);
+    for s in &mut http {
+        let _ = s.write_all(b"GET /healthz HTTP/1.1\r\nX-Slow: ");
+    }
+    for s in &mut rtmp {
+        let _ = s.write_all(&[3]);
+    }
+    let started = Instant::now();
+    let mut healthy = 0;
+    while started.elapsed() < Duration::from_secs(14) {
+        trickle(&mut http, &mut rtmp);
+        let r = http_get(node.http, "/healthz");
+        assert_eq!(r.status, 200, "/healthz under 1,000 slow clients");
+        healthy += 1;
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(healthy >= 5, "/healthz answered only {healthy} times");
+
+    // Each was let go at its deadline (10 s from accept on both doors), trickle or not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let open = |sockets: &mut Vec<std::net::TcpStream>| {
+        sockets.retain_mut(|s| !is_closed(s));
+        sockets.len()
+    };
+    while (open(&mut http) > 0 || open(&mut rtmp) > 0) && Instant::now() < deadline {
+        trickle(&mut http, &mut rtmp);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(http.len(), 0, "slow HTTP clients still held after 24 s");
+    assert_eq!(rtmp.len(), 0, "slow RTMP clients still held after 24 s");
+
+    // One address holds at most `[http] max_connections_per_address` (256); the next is told
+    // to come back, before anything is read from it.
+    let mut full = sockets_from(4, 1, 256, node.http);
+    std::thread::sleep(Duration::from_millis(300));
+    let over = answer_unasked(4, node.http);
+    assert!(
+        over.starts_with("HTTP/1.1 503"),
+        "the 257th connection: {over}"
+    );
+    assert!(
+        over.to_ascii_lowercase().contains("retry-after: 1"),
+        "{over}"
+    );
+    assert!(
+        full.iter_mut().all(|s| !is_closed(s)),
+        "the first 256 are held"
+    );
+    drop(full);
+
+    // The live publish went on the whole time.
+    assert!(
+        newest_segment_number(&node) >= sequence_before + 8,
+        "the live stream's playlist stalled under the attack"
+    );
+    assert_eq!(node.get("/healthz").status, 200);
+    drop(publisher);
+}
+
+/// One byte more of a request head on every HTTP socket, of a handshake on every RTMP one.
+fn trickle(http: &mut [std::net::TcpStream], rtmp: &mut [std::net::TcpStream]) {
+    use std::io::Write;
+    for s in http {
+        let _ = s.write_all(b"a");
+    }
+    for s in rtmp {
+        let _ = s.write_all(&[0]);
+    }
+}
+
+/// What the node says, unasked, to a connection from `127.0.<net>.1`, until it closes it.
+fn answer_unasked(net: u8, to: std::net::SocketAddr) -> String {
+    use std::io::Read;
+    let mut socket = sockets_from(net, 1, 1, to).pop().unwrap();
+    socket.set_nonblocking(false).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut got = Vec::new();
+    let _ = socket.read_to_end(&mut got);
+    String::from_utf8_lossy(&got).into_owned()
 }

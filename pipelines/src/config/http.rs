@@ -19,6 +19,10 @@ pub struct HttpConfig {
     /// The operator API (`/api/v1/streams`, `/api/v1/cluster`, presigned recording URLs) asks
     /// for this as a Bearer token; empty: only callers on this machine may use it.
     pub admin_token: String,
+    /// Open connections the node holds at most; past it a new one is answered `503`.
+    pub max_connections: usize,
+    /// Open connections one client address holds at most.
+    pub max_connections_per_address: usize,
 }
 
 impl Default for HttpConfig {
@@ -27,6 +31,8 @@ impl Default for HttpConfig {
             listen: addr(DEFAULT_HTTP_LISTEN),
             assets_dir: PathBuf::from(DEFAULT_ASSETS_DIR),
             admin_token: String::new(),
+            max_connections: 8192,
+            max_connections_per_address: 256,
         }
     }
 }
@@ -39,6 +45,12 @@ impl HttpConfig {
                 "admin_token".into(),
                 "at least 16 characters (e.g. `openssl rand -hex 16`)".into(),
             ));
+        }
+        if self.max_connections == 0 {
+            return Err(("max_connections".into(), "at least 1".into()));
+        }
+        if self.max_connections_per_address == 0 {
+            return Err(("max_connections_per_address".into(), "at least 1".into()));
         }
         Ok(())
     }
