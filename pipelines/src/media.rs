@@ -82,7 +82,9 @@ impl VideoTrack {
         VideoTrack::from_avcc(Bytes::from(avcc))
     }
 
-    /// Reads an `AVCDecoderConfigurationRecord` and the dimensions from its first SPS.
+    /// Reads an `AVCDecoderConfigurationRecord` and the dimensions from its first SPS. A
+    /// record a decoder could not start from is refused: no SPS or no PPS, an empty or
+    /// truncated one, or a unit that is not what its place says.
     pub fn from_avcc(codec_data: Bytes) -> Result<VideoTrack, MediaError> {
         let d = &codec_data[..];
         if d.len() < 7 || d[0] != 1 {
@@ -90,15 +92,20 @@ impl VideoTrack {
                 "avcC record too short or wrong version",
             ));
         }
-        let sps_count = d[5] & 0x1f;
-        if sps_count == 0 {
+        let (sps, pps) = avcc_parameter_sets(d)?;
+        if sps.is_empty() {
             return Err(MediaError::Invalid("avcC record has no SPS"));
         }
-        let len = u16::from_be_bytes([d[6], d[7 % d.len()]]) as usize;
-        let sps = d
-            .get(8..8 + len)
-            .ok_or(MediaError::Invalid("avcC SPS truncated"))?;
-        let info = parse_sps(sps)?;
+        if pps.is_empty() {
+            return Err(MediaError::Invalid("avcC record has no PPS"));
+        }
+        if pps.iter().any(|p| p.len() < 2 || p[0] & 0x1f != 8) {
+            return Err(MediaError::Invalid("avcC PPS empty or not a PPS"));
+        }
+        for later in &sps[1..] {
+            parse_sps(later)?;
+        }
+        let info = parse_sps(sps[0])?;
         Ok(VideoTrack {
             width: info.width,
             height: info.height,
@@ -111,6 +118,8 @@ impl VideoTrack {
     }
 
     /// The SPS and PPS NAL units of the `avcC` record, in order.
+    ///
+    /// Only of a record [`VideoTrack::from_avcc`] took, so whole.
     pub fn parameter_sets(&self) -> Vec<&[u8]> {
         let d = &self.codec_data[..];
         let mut out = Vec::new();
@@ -200,7 +209,7 @@ pub fn find_sps_annexb(data: &[u8]) -> Option<&[u8]> {
     None
 }
 
-#[derive(Debug, thiserror::Error, PartialEq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
 #[non_exhaustive]
 pub enum MediaError {
     #[error("invalid media: {0}")]
@@ -218,6 +227,28 @@ pub struct SpsInfo {
 
 /// Parses an H.264 sequence parameter set NAL unit (with its one-byte header) far enough to
 /// know the picture size.
+/// The SPS and the PPS units of an `avcC` record (from its sixth byte on), each whole.
+fn avcc_parameter_sets(d: &[u8]) -> Result<(Vec<&[u8]>, Vec<&[u8]>), MediaError> {
+    let truncated = MediaError::Invalid("avcC parameter sets truncated");
+    let mut pos = 5;
+    let mut sets = [Vec::new(), Vec::new()];
+    // SPS count (low 5 bits), then the PPS count as a full byte.
+    for (count_mask, out) in [0x1f, 0xff].into_iter().zip(&mut sets) {
+        let count = *d.get(pos).ok_or(truncated.clone())? & count_mask;
+        pos += 1;
+        for _ in 0..count {
+            let len = d
+                .get(pos..pos + 2)
+                .map(|b| u16::from_be_bytes([b[0], b[1]]) as usize)
+                .ok_or(truncated.clone())?;
+            out.push(d.get(pos + 2..pos + 2 + len).ok_or(truncated.clone())?);
+            pos += 2 + len;
+        }
+    }
+    let [sps, pps] = sets;
+    Ok((sps, pps))
+}
+
 pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, MediaError> {
     if nal.len() < 4 || nal[0] & 0x1f != 7 {
         return Err(MediaError::Invalid("not an SPS NAL unit"));
@@ -408,6 +439,44 @@ mod tests {
         0x67, 0x64, 0x00, 0x1f, 0xac, 0xd9, 0x40, 0x50, 0x05, 0xbb, 0x01, 0x10, 0x00, 0x00, 0x03,
         0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x83, 0x19, 0x60,
     ];
+    /// An `avcC` of `sps` and the PPS units `pps`.
+    fn avcc(sps: &[u8], pps: &[&[u8]]) -> Bytes {
+        let mut d = vec![1, sps[1], sps[2], sps[3], 0xff, 0xe1];
+        d.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+        d.extend_from_slice(sps);
+        d.push(pps.len() as u8);
+        for p in pps {
+            d.extend_from_slice(&(p.len() as u16).to_be_bytes());
+            d.extend_from_slice(p);
+        }
+        Bytes::from(d)
+    }
+
+    #[test]
+    fn a_record_a_decoder_cannot_start_from_is_refused() {
+        let good = avcc(SPS_720P_HIGH, &[&[0x68, 0xeb, 0xe3, 0xcb]]);
+        assert_eq!(VideoTrack::from_avcc(good.clone()).unwrap().height, 720);
+        let refused = |d: Bytes| VideoTrack::from_avcc(d).unwrap_err();
+        assert_eq!(
+            refused(avcc(SPS_720P_HIGH, &[&[]])),
+            MediaError::Invalid("avcC PPS empty or not a PPS")
+        );
+        assert_eq!(
+            refused(avcc(SPS_720P_HIGH, &[])),
+            MediaError::Invalid("avcC record has no PPS")
+        );
+        // A PPS where the SPS should be, an SPS where the PPS should be.
+        assert!(VideoTrack::from_avcc(avcc(&[0x68, 0x64, 0, 0x1f], &[&[0x68, 1]])).is_err());
+        assert!(VideoTrack::from_avcc(avcc(SPS_720P_HIGH, &[SPS_720P_HIGH])).is_err());
+        // Cut anywhere, it is refused, never read past its end.
+        for cut in 0..good.len() {
+            assert!(
+                VideoTrack::from_avcc(good.slice(..cut)).is_err(),
+                "cut at {cut}"
+            );
+        }
+    }
+
     // SPS of 1920x1080 (1088 coded, cropped) Main profile level 4.0.
     const SPS_1080P_MAIN: &[u8] = &[
         0x67, 0x4d, 0x40, 0x28, 0xec, 0xa0, 0x3c, 0x01, 0x13, 0xf2, 0xe0, 0x22, 0x00, 0x00, 0x03,

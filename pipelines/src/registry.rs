@@ -413,6 +413,7 @@ mod tests {
             key: "k".into(),
             ladder: "default".into(),
             record: false,
+            access: crate::config::Access::Public,
         }])
     }
 

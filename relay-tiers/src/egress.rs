@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use pipelines::config::Access;
 use pipelines::stream::{DEFAULT_CAPACITY, Reader, ReaderKind, Stream, Update};
 use pipelines::transcoders::Transcoders;
 use tokio::task::JoinHandle;
@@ -63,7 +64,7 @@ impl Egress {
     /// Starts reading `renditions` (best first) for HLS and the relay. Nothing is served
     /// until [`Egress::publish`]. `opus`: the publisher's own Opus, for WebRTC viewers.
     /// `relayed`: the session comes from upstream (its renditions are described by `info`,
-    /// not by the registry).
+    /// not by the registry). `access`: who may watch it, here and on the tiers below.
     pub fn serve(
         &self,
         stream: &str,
@@ -71,6 +72,7 @@ impl Egress {
         renditions: &[Served],
         opus: Option<Arc<Stream>>,
         relayed: bool,
+        access: Access,
     ) -> Serving {
         let mut segmenters = Vec::with_capacity(renditions.len());
         let mut tasks = Vec::with_capacity(renditions.len());
@@ -106,12 +108,11 @@ impl Egress {
                 taps.push(tap);
             }
         }
-        let hls = SessionHls::new(session, segmenters);
-        let hls = if relayed {
-            hls.relayed(renditions.iter().map(|r| r.info.clone()).collect())
-        } else {
-            hls
-        };
+        let mut hls = SessionHls::new(session, segmenters);
+        if relayed {
+            hls = hls.relayed(renditions.iter().map(|r| r.info.clone()).collect());
+        }
+        hls.access = access;
         Serving {
             session: session.to_owned(),
             segmenters: tasks,
@@ -120,6 +121,7 @@ impl Egress {
                 Arc::new(SessionTaps {
                     session: session.to_owned(),
                     renditions: taps,
+                    access,
                 })
             }),
             feeds: Arc::new(SessionFeeds::new(
@@ -128,6 +130,7 @@ impl Egress {
                 renditions.first().and_then(|r| r.stream.audio.clone()),
                 opus,
                 self.transcoders.clone(),
+                access,
             )),
         }
     }

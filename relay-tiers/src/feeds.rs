@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use pipelines::config::Access;
 use pipelines::media::AudioTrack;
 use pipelines::stream::{DEFAULT_CAPACITY, ReaderKind, Stream};
 use pipelines::transcoders::{Transcoded, Transcoders};
@@ -16,6 +17,8 @@ pub struct SessionFeeds {
     pub renditions: Vec<Arc<Stream>>,
     /// The session's (AAC) audio, shared by every rendition.
     pub audio: Option<AudioTrack>,
+    /// Who may watch it.
+    pub access: Access,
     /// The publisher's own Opus, passed to viewers untouched.
     published_opus: Option<Arc<Stream>>,
     transcoders: Arc<dyn Transcoders>,
@@ -39,11 +42,13 @@ impl SessionFeeds {
         audio: Option<AudioTrack>,
         published_opus: Option<Arc<Stream>>,
         transcoders: Arc<dyn Transcoders>,
+        access: Access,
     ) -> SessionFeeds {
         SessionFeeds {
             session: session.to_owned(),
             renditions,
             audio,
+            access,
             published_opus,
             transcoders,
             transcoded_opus: OnceLock::new(),

@@ -2,6 +2,7 @@
 //! encoded frames (never decoded here) and served over HTTP ([`hls`]); the inter-tier relay that
 //! carries renditions from the origin through distribution nodes to regional edges ([`relay`]).
 
+pub mod access;
 pub mod cluster;
 pub mod egress;
 pub mod feeds;

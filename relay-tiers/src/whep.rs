@@ -6,6 +6,7 @@
 //! Video is the rendition's own H.264; audio is Opus: a WebRTC publisher's own, or the
 //! session's AAC made into Opus once ([`crate::feeds`]) for every WebRTC viewer of the session.
 
+use crate::access::{Tokens, admit, token_of};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +62,8 @@ pub struct Whep {
     cert: Option<str0m::config::DtlsCert>,
     bus: Arc<EventBus>,
     sent: Arc<Sent>,
+    /// Checks viewer tokens of `access = "token"` streams.
+    tokens: Option<Arc<Tokens>>,
 }
 
 /// What the viewers' socket has sent.
@@ -87,6 +90,7 @@ impl Whep {
         advertise: Option<IpAddr>,
         limits: WhepLimits,
         feeds: Arc<FeedStore>,
+        tokens: Option<Arc<Tokens>>,
         bus: Arc<EventBus>,
         stop: watch::Receiver<bool>,
     ) -> std::io::Result<(Arc<Whep>, impl Future<Output = ()> + Send + use<>)> {
@@ -112,6 +116,7 @@ impl Whep {
                 .generate_certificate(),
             bus,
             sent: Arc::default(),
+            tokens,
         });
         info!(udp = %local, candidate = %candidate, "WHEP ready");
         // One forwarder per rendition in use, all into this channel.
@@ -179,6 +184,7 @@ fn refuse(status: StatusCode, why: impl std::fmt::Display) -> Response {
 #[derive(Debug, serde::Deserialize)]
 struct OfferQuery {
     rendition: Option<String>,
+    token: Option<String>,
 }
 
 async fn offer(
@@ -209,7 +215,20 @@ async fn offer(
     let Some(feeds) = whep.feeds.get(&stream) else {
         return refuse(StatusCode::NOT_FOUND, "stream is not live here");
     };
-    let feed = match &q.rendition {
+    let token = token_of(q.token.as_deref(), &headers);
+    let rendition = match admit(
+        whep.tokens.as_deref(),
+        feeds.access,
+        &stream,
+        q.rendition.as_deref(),
+        token,
+        from,
+    ) {
+        // A token for one rendition gives that one.
+        Ok(grant) => q.rendition.or(grant.and_then(|g| g.rendition)),
+        Err(refused) => return refused.into_response(),
+    };
+    let feed = match &rendition {
         Some(name) => match feeds.renditions.iter().find(|r| &r.info.name == name) {
             Some(f) => f.clone(),
             None => return refuse(StatusCode::NOT_FOUND, "no such rendition"),
@@ -409,6 +428,9 @@ struct Layer {
 async fn select_layer(
     State(whep): State<Arc<Whep>>,
     Path((stream, resource)): Path<(String, String)>,
+    Query(q): Query<OfferQuery>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<SocketAddr>>>,
+    headers: HeaderMap,
     body: Body,
 ) -> Response {
     let Some(id) = whep.resources.find(&stream, &resource) else {
@@ -430,6 +452,18 @@ async fn select_layer(
     else {
         return refuse(StatusCode::NOT_FOUND, "no such rendition");
     };
+    // A token stream's viewer moves only where its token lets it.
+    let from = peer.map_or(IpAddr::from([0, 0, 0, 0]), |p| p.0.0.ip());
+    if let Err(refused) = admit(
+        whep.tokens.as_deref(),
+        feeds.access,
+        &stream,
+        Some(&layer.encoding_id),
+        token_of(q.token.as_deref(), &headers),
+        from,
+    ) {
+        return refused.into_response();
+    }
     let _ = whep.commands.send(Command::Switch(id, feed.clone()));
     whep.bus.publish(EventKind::QualityChanged {
         stream,

@@ -115,7 +115,14 @@ async fn a_stuck_reader_costs_only_itself() {
             frame_rate: Some(30.0),
         },
     };
-    let serving = egress.serve("s", "session", &[served], None, false);
+    let serving = egress.serve(
+        "s",
+        "session",
+        &[served],
+        None,
+        false,
+        pipelines::config::Access::Public,
+    );
     egress.publish("s", &serving);
 
     let stuck = stream.reader(ReaderKind::WebRtc, 32).unwrap();

@@ -21,6 +21,7 @@ use pipelines::{Config, Registry};
 use recorder::archiver::ArchiveJob;
 use recorder::archiver::Archiver;
 use recorder::store::{Download, ObjectStore, RecordingInfo};
+use relay_tiers::access::{Grant, Tokens, parse_ttl};
 use relay_tiers::cluster::Cluster;
 use relay_tiers::hls::store::HlsStore;
 use relay_tiers::relay::pull::Puller;
@@ -40,6 +41,8 @@ pub(crate) struct Api {
     metrics: NodeMetrics,
     /// The OpenAPI document, as JSON, once the router is made.
     openapi: Arc<OnceLock<String>>,
+    /// Mints viewer tokens (`None` without a cluster secret).
+    tokens: Option<Arc<Tokens>>,
 }
 
 /// This binary's `/api/v1/` routes, each mounted with its description.
@@ -51,6 +54,7 @@ fn api_routes() -> OpenApiRouter<Api> {
         .routes(routes!(recording))
         .routes(routes!(archives))
         .routes(routes!(events))
+        .routes(routes!(mint_token))
         .routes(routes!(openapi))
 }
 
@@ -79,6 +83,8 @@ pub struct Services {
     pub whep: Arc<relay_tiers::whep::Whep>,
     /// WHIP ingest, on nodes that ingest.
     pub whip: Option<Arc<ingest::whip::Whip>>,
+    /// Viewer tokens, under the cluster secret.
+    pub tokens: Option<Arc<Tokens>>,
 }
 
 pub fn router(s: Services) -> Router {
@@ -96,6 +102,7 @@ pub fn router(s: Services) -> Router {
         cluster: Some(s.cluster.clone()),
         redirect_to_edges,
         ready_wait,
+        tokens: s.tokens.clone(),
     };
     let api = Api {
         registry: s.registry.clone(),
@@ -109,6 +116,7 @@ pub fn router(s: Services) -> Router {
         },
         bus: s.bus,
         openapi: Arc::default(),
+        tokens: s.tokens.clone(),
     };
     let admin_token: Arc<str> = Arc::from(s.config.http.admin_token.as_str());
     let (described, doc) = api_routes()
@@ -218,7 +226,10 @@ struct Operator(bool);
 
 /// The operator API's routes: what is live and who publishes it, and the cluster.
 fn operator_only(path: &str) -> bool {
-    path == "/api/v1/streams" || path.starts_with("/api/v1/streams/") || path == "/api/v1/cluster"
+    path == "/api/v1/streams"
+        || path.starts_with("/api/v1/streams/")
+        || path == "/api/v1/cluster"
+        || path == "/api/v1/tokens"
 }
 
 /// The `[http] admin_token` as a Bearer token, or, on a node without one, a caller on this
@@ -435,6 +446,73 @@ async fn events(
             }
         }
     })
+}
+
+/// `POST /api/v1/tokens`: what to mint.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    stream: String,
+    /// How long it holds: `90s`, `30m`, `1h`, `1d` (at most a day). Default `1h`.
+    ttl: Option<String>,
+    /// Only a viewer at this address may use it.
+    #[schema(value_type = Option<String>)]
+    address: Option<std::net::IpAddr>,
+    /// Only this rendition.
+    rendition: Option<String>,
+}
+
+/// A minted viewer token and the URLs that carry it.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+struct MintedToken {
+    token: String,
+    /// Unix time, in seconds.
+    expires: u64,
+    hls: String,
+    whep: String,
+}
+
+#[utoipa::path(post, path = "/api/v1/tokens",
+    summary = "Mint a viewer token for a stream with access = \"token\" (operator only).",
+    request_body = TokenRequest,
+    responses(
+        (status = 200, body = MintedToken),
+        (status = 400, description = "Not a stream name, a lifetime or JSON.", body = ErrorBody),
+        (status = 401, description = "No admin token.", body = ErrorBody),
+        (status = 409, description = "The node has no cluster secret to sign with.", body = ErrorBody),
+    ))]
+async fn mint_token(State(api): State<Api>, body: axum::body::Bytes) -> Response {
+    let request: TokenRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("the request: {e}")),
+    };
+    let Some(tokens) = &api.tokens else {
+        return refuse(
+            StatusCode::CONFLICT,
+            "viewer tokens are signed with [cluster] secret, and this node has none",
+        );
+    };
+    if !pipelines::config::is_path_safe(&request.stream) {
+        return refuse(StatusCode::BAD_REQUEST, "not a stream name");
+    }
+    let ttl = match parse_ttl(request.ttl.as_deref().unwrap_or("1h")) {
+        Ok(t) => t,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, &format!("ttl: {e}")),
+    };
+    let grant = Grant {
+        address: request.address,
+        rendition: request.rendition,
+        ..Grant::for_secs(&request.stream, ttl)
+    };
+    let token = tokens.mint(&grant);
+    let stream = &request.stream;
+    Json(MintedToken {
+        hls: format!("/hls/{stream}/master.m3u8?token={token}"),
+        whep: format!("/whep/{stream}?token={token}"),
+        expires: grant.expires,
+        token,
+    })
+    .into_response()
 }
 
 /// A browser's WebSocket from a page of this node (its `Origin` names the `Host` asked), or

@@ -3,6 +3,8 @@
 //! - `tiercast run [--config FILE] [--demo-source]`: run a node (no `--config`: the built-in
 //!   all-in-one node).
 //! - `tiercast check --config FILE`: validate a config and say what it would run.
+//! - `tiercast token --config FILE --stream S --ttl 1h`: mint a viewer token for a stream with
+//!   `access = "token"`.
 
 mod demo;
 mod door;
@@ -67,6 +69,23 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Mint a viewer token (for streams with `access = "token"`), signed with the cluster
+    /// secret: every node of the cluster takes it.
+    Token {
+        #[arg(long)]
+        config: PathBuf,
+        #[arg(long)]
+        stream: String,
+        /// How long it holds: 90s, 30m, 1h, 1d.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Only a viewer at this address may use it.
+        #[arg(long)]
+        address: Option<std::net::IpAddr>,
+        /// Only this rendition.
+        #[arg(long)]
+        rendition: Option<String>,
+    },
 }
 
 fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
@@ -97,11 +116,21 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { config } => check(&config),
+        Command::Token {
+            config,
+            stream,
+            ttl,
+            address,
+            rendition,
+        } => load(Some(&config)).and_then(|c| token(&c, &stream, &ttl, address, rendition)),
         Command::Archiver { config, all } => load(Some(&config)).and_then(|c| archiver(c, all)),
         Command::Run {
             config,
             demo_source,
-        } => load(config.as_ref()).and_then(|c| run(c, demo_source)),
+        } => load(config.as_ref()).and_then(|c| {
+            warn_weak(&c, config.as_ref());
+            run(c, demo_source)
+        }),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
@@ -114,6 +143,15 @@ fn main() -> std::process::ExitCode {
 
 fn check(path: &PathBuf) -> anyhow::Result<()> {
     let config = load(Some(path))?;
+    let text = std::fs::read_to_string(path)?;
+    let weak = config.weak_secrets(&text);
+    for (key, line, why) in &weak {
+        let at = line.map(|l| format!(":{l}")).unwrap_or_default();
+        eprintln!("{}{at}: {key}: {why}", path.display());
+    }
+    if !weak.is_empty() {
+        anyhow::bail!("{} guessable key(s) or secret(s)", weak.len());
+    }
     println!("{}: ok", path.display());
     println!(
         "  rtmp  {}  (app {:?})",
@@ -135,6 +173,44 @@ fn check(path: &PathBuf) -> anyhow::Result<()> {
             rungs.join(", ")
         );
     }
+    Ok(())
+}
+
+/// `run` starts with guessable secrets (a lab, a test), but says so.
+fn warn_weak(config: &Config, path: Option<&PathBuf>) {
+    let Some(text) = path.and_then(|p| std::fs::read_to_string(p).ok()) else {
+        return;
+    };
+    for (key, line, why) in config.weak_secrets(&text) {
+        warn!(%key, line = line.unwrap_or_default(), "{why}; `tiercast check` refuses this file");
+    }
+}
+
+/// Prints a viewer token for `stream`, and the URLs that carry it.
+fn token(
+    config: &Config,
+    stream: &str,
+    ttl: &str,
+    address: Option<std::net::IpAddr>,
+    rendition: Option<String>,
+) -> anyhow::Result<()> {
+    use relay_tiers::access::{Grant, Tokens, parse_ttl};
+    let tokens = Tokens::new(&config.cluster.secret)
+        .context("viewer tokens are signed with [cluster] secret, and this config has none")?;
+    if !pipelines::config::is_path_safe(stream) {
+        anyhow::bail!("{stream:?} is not a stream name");
+    }
+    let ttl = parse_ttl(ttl).map_err(anyhow::Error::msg)?;
+    let grant = Grant {
+        address,
+        rendition,
+        ..Grant::for_secs(stream, ttl)
+    };
+    let token = tokens.mint(&grant);
+    println!("{token}");
+    eprintln!("expires {} (Unix time); watch with", grant.expires);
+    eprintln!("  /hls/{stream}/master.m3u8?token={token}");
+    eprintln!("  /whep/{stream}?token={token}");
     Ok(())
 }
 

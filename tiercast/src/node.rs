@@ -22,6 +22,7 @@ use pipelines::{Config, Registry};
 use recorder::archiver::Archiver;
 use recorder::chunks::ChunkStore;
 use recorder::store::ObjectStore;
+use relay_tiers::access::Tokens;
 use relay_tiers::cluster::{Cluster, Member, RegionRule, RoutingRules};
 use relay_tiers::egress::Egress;
 use relay_tiers::feeds::FeedStore;
@@ -98,6 +99,8 @@ struct Core {
     taps: Option<Arc<TapStore>>,
     feeds: Arc<FeedStore>,
     egress: Egress,
+    /// Viewer tokens, under the cluster secret.
+    tokens: Option<Arc<Tokens>>,
 }
 
 /// The publishers' doors, on nodes that ingest.
@@ -146,6 +149,7 @@ pub async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()>
         cluster,
         whep,
         whip: ingest.as_ref().map(|i| i.whip.clone()),
+        tokens: core.tokens.clone(),
     });
     announce(&config, rtmp_addr, http_addr);
     if let Some(ingest) = ingest {
@@ -195,6 +199,7 @@ impl Core {
             playlist_length: config.hls.playlist_length as usize,
             transcoders: Arc::new(transcode::GstTranscoders),
         };
+        let tokens = Tokens::new(&config.cluster.secret).map(Arc::new);
         Ok(Core {
             registry: Arc::new(Registry::new(&config.streams)),
             config,
@@ -207,6 +212,7 @@ impl Core {
             taps,
             feeds,
             egress,
+            tokens,
         })
     }
 
@@ -319,6 +325,7 @@ impl Core {
             webrtc.advertise.parse().ok(),
             limits,
             self.feeds.clone(),
+            self.tokens.clone(),
             self.bus.clone(),
             services.signal(Stage::Serve),
         )

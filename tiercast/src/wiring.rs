@@ -110,9 +110,14 @@ impl GraphFactory for Broadcast {
             Arc::new(Stream::new(info, None, None))
         });
         // Readers first, so they see the encoders' first frames.
-        let serving = self
-            .egress
-            .serve(&stream.name, &session.id, &served, opus.clone(), false);
+        let serving = self.egress.serve(
+            &stream.name,
+            &session.id,
+            &served,
+            opus.clone(),
+            false,
+            stream.access,
+        );
         let encoders = if encoded.is_empty() {
             None
         } else {

@@ -16,6 +16,13 @@
 //!   32 addresses: `/healthz` answers all along, the live stream's playlist keeps moving, and
 //!   every one of them is let go at its 10 s deadline; one address past its HTTP share is told
 //!   `503` with `Retry-After` before anything is read.
+//! - A stream with `access = "token"` plays at an edge (HLS with ffmpeg following the token on
+//!   every URL, WebRTC with `whepclientsrc`) with a token from `tiercast token` or
+//!   `POST /api/v1/tokens`; without one, with a forged, expired or other address's token, every
+//!   tier refuses it.
+//! - A publisher whose H.264 configuration has an empty PPS, none, or an SPS in its place is
+//!   refused at the RTMP door (the connection closes, the node logs why) while a WebRTC viewer
+//!   of another stream goes on decoding.
 //! - A heartbeat is signed whole, once: a forged, altered, old or replayed one is refused, and
 //!   a node without a cluster secret takes none.
 
@@ -513,4 +520,328 @@ fn answer_unasked(net: u8, to: std::net::SocketAddr) -> String {
     let mut got = Vec::new();
     let _ = socket.read_to_end(&mut got);
     String::from_utf8_lossy(&got).into_owned()
+}
+
+/// Decodes `seconds` of the HLS stream at `url` with ffmpeg as a player would; the video
+/// frames it decoded, or what it said.
+fn hls_frames(url: &str, seconds: u32) -> Result<u64, String> {
+    let out = std::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-nostdin",
+            "-v",
+            "error",
+            "-progress",
+            "pipe:1",
+        ])
+        .args(["-i", url, "-t", &seconds.to_string()])
+        .args(["-map", "0:v:0", "-f", "null", "-"])
+        .output()
+        .map_err(|e| e.to_string())?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("frame=")?.trim().parse().ok())
+        .ok_or_else(|| format!("no progress: {stdout}"))
+}
+
+#[test]
+fn a_token_stream_plays_at_an_edge_only_with_a_current_token() {
+    const SECRET: &str = "token-test-cluster-secret";
+    let origin = start_node_in(
+        "role = \"origin\"\nname = \"origin\"",
+        &format!(
+            "[cluster]\nsecret = \"{SECRET}\"\n\
+             [[streams]]\nname = \"main\"\nkey = \"main-key-0123456789\"\naccess = \"token\"\n"
+        ),
+    );
+    let edge = start_node_in(
+        "role = \"edge\"\nname = \"edge\"",
+        &format!(
+            "[cluster]\nsecret = \"{SECRET}\"\nupstreams = [\"{}\"]\nlinger_seconds = 5\n",
+            origin.http
+        ),
+    );
+    let publisher = KillOnDrop(
+        ffmpeg_publish(&origin.rtmp_url("main-key-0123456789"), 320, 180, 90)
+            .spawn()
+            .expect("ffmpeg starts"),
+    );
+
+    // Minted by the operator's command, from a file holding only the cluster secret.
+    let scratch = TempDir::new("token");
+    let config = scratch.0.join("mint.toml");
+    std::fs::write(&config, format!("[cluster]\nsecret = \"{SECRET}\"\n")).unwrap();
+    let minted = std::process::Command::new(env!("CARGO_BIN_EXE_tiercast"))
+        .args(["token", "--config", config.to_str().unwrap()])
+        .args(["--stream", "main", "--ttl", "10m"])
+        .output()
+        .expect("tiercast token runs");
+    assert!(
+        minted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&minted.stderr)
+    );
+    let token = String::from_utf8(minted.stdout).unwrap().trim().to_owned();
+
+    // At the edge, the master playlist with it; every URL in it carries it.
+    let master = edge.wait_for(
+        &format!("/hls/main/master.m3u8?token={token}"),
+        Duration::from_secs(60),
+        |r| r.status == 200,
+    );
+    let (_, first) = variants(&master.text())
+        .into_iter()
+        .next()
+        .expect("a variant");
+    assert!(first.ends_with(&format!("?token={token}")), "{first}");
+    let media = edge.get(&format!("/hls/main/{first}")).text();
+    let segment = segments(&media).pop().expect("a segment");
+    assert!(segment.ends_with(&format!("?token={token}")), "{media}");
+    let rendition = first.split('/').next().unwrap();
+    assert_eq!(
+        edge.get(&format!("/hls/main/{rendition}/{segment}")).status,
+        200
+    );
+    // A player follows them.
+    let frames = hls_frames(
+        &format!("http://{}/hls/main/master.m3u8?token={token}", edge.http),
+        4,
+    )
+    .expect("ffmpeg plays the token URL");
+    assert!(frames >= 60, "{frames} frames in 4 s");
+    // WebRTC at the edge with the same token (GStreamer's whepclientsrc).
+    assert_plays(
+        &gst_play(&format!("http://{}/whep/main?token={token}", edge.http), 5),
+        320,
+        180,
+    );
+
+    // Without it, with a forged one, or on any URL under the stream: refused, on every tier
+    // (the origin sends master playlist requests on to its edge).
+    let bare_segment = segment.split('?').next().unwrap();
+    let last = if token.ends_with('0') { '1' } else { '0' };
+    let forged = format!("{}{last}", &token[..token.len() - 1]);
+    assert_eq!(edge.get("/hls/main/master.m3u8").status, 401);
+    assert_eq!(
+        edge.get(&format!("/hls/main/master.m3u8?token={forged}"))
+            .status,
+        403
+    );
+    for node in [&origin, &edge] {
+        assert_eq!(
+            node.get(&format!("/hls/main/{rendition}/index.m3u8"))
+                .status,
+            401
+        );
+        assert_eq!(
+            node.get(&format!("/hls/main/{rendition}/{bare_segment}"))
+                .status,
+            401
+        );
+        let forged_playlist = format!("/hls/main/{rendition}/index.m3u8?token={forged}");
+        assert_eq!(node.get(&forged_playlist).status, 403);
+        let offer = offer_without_candidates(false);
+        let r = http_post(node.http, "/whep/main", "application/sdp", offer.as_bytes());
+        assert_eq!(r.status, 401, "WHEP without a token: {}", r.text());
+    }
+
+    // Minted by the API (the operator's: from this machine), for 2 s: then it has expired.
+    let r = http_send(
+        origin.http,
+        "POST",
+        "/api/v1/tokens",
+        &[("Content-Type", "application/json")],
+        br#"{"stream": "main", "ttl": "2s"}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let short: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    let url = short["hls"].as_str().unwrap();
+    assert_eq!(edge.get(url).status, 200, "a fresh token");
+    std::thread::sleep(Duration::from_secs(3));
+    let expired = edge.get(url);
+    assert_eq!(expired.status, 403, "{}", expired.text());
+    assert!(expired.text().contains("expired"), "{}", expired.text());
+
+    // A token bound to another address does not play here.
+    let r = http_send(
+        origin.http,
+        "POST",
+        "/api/v1/tokens",
+        &[("Content-Type", "application/json")],
+        br#"{"stream": "main", "address": "192.0.2.7"}"#,
+    );
+    let bound: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert_eq!(edge.get(bound["hls"].as_str().unwrap()).status, 403);
+    drop(publisher);
+}
+
+/// A publisher that speaks RTMP by the book (handshake, connect, publish `key` in `app`) and
+/// then sends `video` as its video messages, 33 ms apart. The connection, for the caller to
+/// watch.
+fn crafted_publisher(
+    to: std::net::SocketAddr,
+    app: &str,
+    key: &str,
+    video: &[Vec<u8>],
+) -> std::net::TcpStream {
+    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+    use rml_rtmp::sessions::{
+        ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
+        PublishRequestType,
+    };
+    use rml_rtmp::time::RtmpTimestamp;
+    use std::io::{Read, Write};
+
+    let mut socket = std::net::TcpStream::connect(to).expect("connects");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut handshake = Handshake::new(PeerType::Client);
+    socket
+        .write_all(&handshake.generate_outbound_p0_and_p1().unwrap())
+        .unwrap();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut input = loop {
+        let n = socket.read(&mut buf).expect("the handshake goes on");
+        assert!(n > 0, "closed during the handshake");
+        match handshake
+            .process_bytes(&buf[..n])
+            .expect("a good handshake")
+        {
+            HandshakeProcessResult::InProgress { response_bytes } => {
+                socket.write_all(&response_bytes).unwrap()
+            }
+            HandshakeProcessResult::Completed {
+                response_bytes,
+                remaining_bytes,
+            } => {
+                socket.write_all(&response_bytes).unwrap();
+                break remaining_bytes;
+            }
+        }
+    };
+    let (mut session, _) = ClientSession::new(ClientSessionConfig::new()).unwrap();
+    let send = |socket: &mut std::net::TcpStream, result: ClientSessionResult| {
+        if let ClientSessionResult::OutboundResponse(packet) = result {
+            socket.write_all(&packet.bytes).unwrap();
+        }
+    };
+    // Reads until the server says `wanted`, answering what needs an answer.
+    let mut until = |socket: &mut std::net::TcpStream,
+                     session: &mut ClientSession,
+                     input: &mut Vec<u8>,
+                     wanted: fn(&ClientSessionEvent) -> bool| {
+        loop {
+            for result in session.handle_input(input).expect("RTMP the client reads") {
+                match result {
+                    ClientSessionResult::RaisedEvent(e) if wanted(&e) => return,
+                    other => send(socket, other),
+                }
+            }
+            let n = socket.read(&mut buf).expect("the server answers");
+            assert!(n > 0, "closed before the publish was accepted");
+            *input = buf[..n].to_vec();
+        }
+    };
+    let connect = session.request_connection(app.to_owned()).unwrap();
+    send(&mut socket, connect);
+    until(&mut socket, &mut session, &mut input, |e| {
+        matches!(e, ClientSessionEvent::ConnectionRequestAccepted)
+    });
+    input.clear();
+    let publish = session
+        .request_publishing(key.to_owned(), PublishRequestType::Live)
+        .unwrap();
+    send(&mut socket, publish);
+    until(&mut socket, &mut session, &mut input, |e| {
+        matches!(e, ClientSessionEvent::PublishRequestAccepted)
+    });
+    for (i, message) in video.iter().enumerate() {
+        let at = RtmpTimestamp::new(i as u32 * 33);
+        let Ok(packet) = session.publish_video_data(bytes::Bytes::from(message.clone()), at, false)
+        else {
+            break;
+        };
+        if let ClientSessionResult::OutboundResponse(p) = packet
+            && socket.write_all(&p.bytes).is_err()
+        {
+            break;
+        }
+    }
+    socket
+}
+
+/// An FLV video message: the H.264 sequence header holding x264's 1280x720 High 3.1 SPS and
+/// the PPS units `pps`.
+fn sequence_header(pps: &[&[u8]]) -> Vec<u8> {
+    const SPS: &[u8] = &[
+        0x67, 0x64, 0x00, 0x1f, 0xac, 0xd9, 0x40, 0x50, 0x05, 0xbb, 0x01, 0x10, 0x00, 0x00, 0x03,
+        0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x83, 0x19, 0x60,
+    ];
+    let mut tag = vec![0x17, 0x00, 0, 0, 0, 1, SPS[1], SPS[2], SPS[3], 0xff, 0xe1];
+    tag.extend_from_slice(&(SPS.len() as u16).to_be_bytes());
+    tag.extend_from_slice(SPS);
+    tag.push(pps.len() as u8);
+    for p in pps {
+        tag.extend_from_slice(&(p.len() as u16).to_be_bytes());
+        tag.extend_from_slice(p);
+    }
+    tag
+}
+
+#[test]
+fn a_publisher_with_an_empty_pps_is_refused_and_other_viewers_go_on() {
+    let _turn = heavy();
+    let node = start_node(
+        "[[streams]]\nname = \"main\"\nkey = \"main-key-0123456789\"\n\
+         [[streams]]\nname = \"other\"\nkey = \"other-key-0123456789\"\n",
+    );
+    let publisher = publish_main(&node, 60);
+    // A WebRTC viewer of `main` (GStreamer's whepclientsrc) watches while the attack goes on.
+    let whep = format!("http://{}/whep/main", node.http);
+    let viewer = std::thread::spawn(move || gst_play(&whep, 8));
+
+    // An empty PPS, no PPS, a PPS that is an SPS, and a keyframe after each: refused at the
+    // door, every time; the stream never goes live.
+    let keyframe = vec![
+        0x17, 0x01, 0, 0, 0, 0, 0, 0, 5, 0x65, 0x88, 0x84, 0x00, 0x33,
+    ];
+    let empty: &[u8] = &[];
+    let sps_as_pps: &[u8] = &[0x67, 0x64, 0x00, 0x1f];
+    for pps in [vec![empty], vec![], vec![sps_as_pps]] {
+        let mut socket = crafted_publisher(
+            node.rtmp,
+            "live",
+            "other-key-0123456789",
+            &[sequence_header(&pps), keyframe.clone(), keyframe.clone()],
+        );
+        assert!(
+            closed_within(&mut socket, Duration::from_secs(5), false),
+            "a publisher with PPS {pps:?} was kept"
+        );
+    }
+    let log = node.log();
+    assert!(log.contains("bad H.264 sequence header"), "{log}");
+    let other = node.get("/api/v1/streams/other").text();
+    assert!(!other.contains("\"live\""), "{other}");
+    // The same publisher with a real PPS is taken: the door refuses the record, not the client.
+    let mut good = crafted_publisher(
+        node.rtmp,
+        "live",
+        "other-key-0123456789",
+        &[sequence_header(&[&[0x68, 0xeb, 0xe3, 0xcb]])],
+    );
+    assert!(
+        !closed_within(&mut good, Duration::from_secs(2), false),
+        "a good header was refused"
+    );
+    drop(good);
+
+    assert_plays(&viewer.join().expect("the viewer ran"), 320, 180);
+    drop(publisher);
 }

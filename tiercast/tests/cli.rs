@@ -27,7 +27,7 @@ fn check(text: &str) -> (bool, String) {
 fn check_accepts_the_documented_config() {
     let (ok, out) = check(
         "[node]\ndata_dir = \"/var/lib/tiercast\"\n[http]\nlisten = \"0.0.0.0:8080\"\n[rtmp]\nlisten = \"0.0.0.0:1935\"\n\
-         [[streams]]\nname = \"main\"\nkey = \"s3cret\"\nladder = \"default\"\n\
+         [[streams]]\nname = \"main\"\nkey = \"s3cret-0123456789ab\"\nladder = \"default\"\n\
          [[ladders.default]]\nname = \"720p\"\nheight = 720\nvideo_kbps = 2800\naudio_kbps = 128\n",
     );
     assert!(ok, "{out}");
@@ -87,13 +87,41 @@ fn run_refuses_a_bad_config_before_binding_anything() {
 }
 
 #[test]
-fn the_example_config_in_deploy_is_valid() {
+fn the_example_config_in_deploy_is_valid_once_its_placeholder_key_is_replaced() {
     let text = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../deploy/node.example.toml"
     ))
     .unwrap();
+    let line = 1 + text
+        .lines()
+        .position(|l| l.starts_with("key = \"change-me\""))
+        .expect("the example's stream key");
     let (ok, out) = check(&text);
+    assert!(!ok, "the placeholder key was taken: {out}");
+    assert!(
+        out.contains(&format!("node.toml:{line}: streams[0].key")) && out.contains("placeholder"),
+        "{out}"
+    );
+    let (ok, out) = check(&text.replace("\"change-me\"", "\"a-key-of-my-own-4f9a2c\""));
     assert!(ok, "{out}");
     assert!(out.contains("stream \"main\""), "{out}");
+}
+
+#[test]
+fn check_refuses_guessable_keys_and_secrets_naming_each() {
+    let (ok, out) = check(
+        "[cluster]\nsecret = \"short\"\n[[streams]]\nname = \"a\"\nkey = \"k\"\n\
+         [[streams]]\nname = \"b\"\nkey = \"b-key-nobody-could-guess\"\n",
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("node.toml:5: streams[0].key: 1 characters"),
+        "{out}"
+    );
+    assert!(
+        out.contains("node.toml:2: cluster.secret: 5 characters"),
+        "{out}"
+    );
+    assert!(!out.contains("streams[1]"), "{out}");
 }

@@ -21,20 +21,55 @@ fn files(dir: &Path, ext: &str) -> Vec<PathBuf> {
 }
 
 /// `tiercast check` on `config`, with the cluster secret from the environment as the
-/// manifests provide it.
-fn check(config: &Path) {
+/// manifests provide it: its success and what it printed.
+fn check_once(config: &Path) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_tiercast"))
         .args(["check", "--config"])
         .arg(config)
         .env("TIERCAST_CLUSTER_SECRET", "a-secret-from-kubernetes")
         .output()
         .unwrap();
-    assert!(
+    (
         out.status.success(),
-        "{}: {}",
-        config.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The placeholders `deploy/` ships for keys and secrets.
+const PLACEHOLDERS: [&str; 3] = [
+    "\"local-cluster-secret-change-me\"",
+    "\"change-me\"",
+    "\"local\"",
+];
+
+/// `config` is a valid node once its operator has put their own keys and secrets in place of
+/// the placeholders; before that, `check` names the stream keys left (the cluster secret here
+/// comes from the environment, as the manifests give it).
+fn check(config: &Path) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let (ok, out) = check_once(config);
+    if text.contains("[[streams]]") {
+        assert!(!ok, "{}: a placeholder key was taken", config.display());
+        assert!(out.contains("streams[0].key"), "{out}");
+    } else {
+        assert!(ok, "{}: {out}", config.display());
+    }
+    let mut own = text;
+    for (i, placeholder) in PLACEHOLDERS.iter().enumerate() {
+        own = own.replace(
+            placeholder,
+            &format!("\"an-operator-secret-{i}-0123456789\""),
+        );
+    }
+    let mine = std::env::temp_dir().join(format!(
+        "tiercast-mine-{}-{}",
+        std::process::id(),
+        config.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&mine, own).unwrap();
+    let (ok, out) = check_once(&mine);
+    std::fs::remove_file(&mine).unwrap();
+    assert!(ok, "{}: {out}", config.display());
 }
 
 #[test]

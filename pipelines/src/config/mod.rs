@@ -75,6 +75,7 @@ impl Default for Config {
                 key: DEFAULT_STREAM_KEY.to_owned(),
                 ladder: default_ladder_name(),
                 record: false,
+                access: Access::Public,
             }],
             ladders: BTreeMap::new(),
         }
@@ -138,6 +139,36 @@ impl Config {
         Ok(config)
     }
 
+    /// Keys and secrets in `text` (the file this config came from) that anyone could guess: a
+    /// stream key, cluster secret or admin token shorter than 16 characters, or one of the
+    /// placeholders shipped in `deploy/`. The demo stream a file without `[[streams]]` gets is
+    /// the built-in demo node's, and not counted. Each with its key and line.
+    pub fn weak_secrets(&self, text: &str) -> Vec<(String, Option<usize>, String)> {
+        let mut secrets: Vec<(String, &str)> = Vec::new();
+        if text_has_streams(text) {
+            for (i, s) in self.streams.iter().enumerate() {
+                secrets.push((format!("streams[{i}].key"), &s.key));
+            }
+        }
+        secrets.push(("cluster.secret".into(), &self.cluster.secret));
+        secrets.push(("http.admin_token".into(), &self.http.admin_token));
+        secrets.push(("notify.secret".into(), &self.notify.secret));
+        secrets
+            .into_iter()
+            .filter(|(_, value)| !value.is_empty())
+            .filter_map(|(key, value)| {
+                let why = if is_placeholder(value) {
+                    format!("{value:?} is a placeholder from deploy/: put a secret of your own (openssl rand -hex 16)")
+                } else if value.len() < MIN_SECRET {
+                    format!("{} characters is guessable: use at least {MIN_SECRET} (openssl rand -hex 16)", value.len())
+                } else {
+                    return None;
+                };
+                Some((key.clone(), locate(text, &key), why))
+            })
+            .collect()
+    }
+
     /// The built-in all-in-one node.
     pub fn builtin() -> Config {
         let mut config = Config::default();
@@ -165,6 +196,14 @@ impl Config {
         within("recording", self.recording.validate())?;
         within("notify", self.notify.validate())?;
         validate_streams(&self.streams, &self.ladders)?;
+        if let Some(i) = self.streams.iter().position(|s| s.access == Access::Token)
+            && self.cluster.secret.is_empty()
+        {
+            return Err((
+                format!("streams[{i}].access"),
+                "\"token\" needs [cluster] secret, which signs viewer tokens".into(),
+            ));
+        }
         validate_ladders(&self.ladders)
     }
 
@@ -179,6 +218,17 @@ impl Config {
             .map(Vec::as_slice)
             .unwrap_or_default()
     }
+}
+
+/// The shortest key or secret `tiercast check` takes.
+pub const MIN_SECRET: usize = 16;
+
+/// The example values in `deploy/`, which every reader of this repository knows.
+fn is_placeholder(value: &str) -> bool {
+    let lower = value.to_ascii_lowercase();
+    lower.contains("change-me")
+        || lower.contains("changeme")
+        || lower == "a-long-random-string-shared-by-every-node"
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -297,6 +347,35 @@ audio_kbps = 128
     #[test]
     fn empty_file_is_the_builtin_node() {
         assert_eq!(Config::parse("", "t.toml").unwrap(), Config::builtin());
+    }
+
+    #[test]
+    fn guessable_keys_and_placeholders_are_named_with_their_line() {
+        let text = "[cluster]\nsecret = \"local-cluster-secret-change-me\"\n\
+                    [http]\nadmin_token = \"0123456789abcdef\"\n\
+                    [[streams]]\nname = \"a\"\nkey = \"short\"\n\
+                    [[streams]]\nname = \"b\"\nkey = \"a-key-nobody-could-guess\"\n";
+        let config = Config::parse(text, "t").unwrap();
+        let weak: Vec<_> = config
+            .weak_secrets(text)
+            .into_iter()
+            .map(|(key, line, _)| (key, line))
+            .collect();
+        assert_eq!(
+            weak,
+            [
+                ("streams[0].key".to_owned(), Some(7)),
+                ("cluster.secret".to_owned(), Some(2)),
+            ]
+        );
+        // A file without streams is the demo node's, its key included.
+        let demo = "[http]\nlisten = \"127.0.0.1:0\"\n";
+        assert!(
+            Config::parse(demo, "t")
+                .unwrap()
+                .weak_secrets(demo)
+                .is_empty()
+        );
     }
 
     #[test]

@@ -20,6 +20,19 @@ pub struct StreamConfig {
     /// Record every session: chunks while live, one MP4 in the object store when it ends.
     #[serde(default)]
     pub record: bool,
+    /// Who may watch: everyone, or viewers with a token the cluster signed.
+    #[serde(default)]
+    pub access: Access,
+}
+
+/// Who may watch a stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Access {
+    #[default]
+    Public,
+    /// A viewer URL carries a token minted by `tiercast token` or `POST /api/v1/tokens`.
+    Token,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,6 +13,7 @@ use pipelines::registry::{Phase, Registry};
 use super::MEDIA_PLAYLIST;
 use super::playlist::{Variant, multivariant};
 use super::store::{HlsStore, SessionHls};
+use crate::access::{Tokens, admit, carry};
 use crate::cluster::{Cluster, Peer, viewer_region};
 use crate::relay::Demand;
 
@@ -30,6 +31,8 @@ pub struct HlsState {
     /// How long a request for a stream that has just gone live may wait for its first
     /// segments before it is answered 404.
     pub ready_wait: Duration,
+    /// Checks viewer tokens of `access = "token"` streams (`None` without a cluster secret).
+    pub tokens: Option<Arc<Tokens>>,
 }
 
 pub fn router(state: HlsState) -> Router {
@@ -74,6 +77,59 @@ fn headers(content_type: Option<&'static str>, cache: Option<&'static str>) -> H
 #[derive(Debug, serde::Deserialize)]
 struct MasterQuery {
     region: Option<String>,
+    token: Option<String>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct FileQuery {
+    token: Option<String>,
+}
+
+/// The viewer's address as this node sees it.
+fn client_of(peer: Option<&Peer>) -> std::net::IpAddr {
+    peer.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |p| p.0.0.ip())
+}
+
+/// A playlist as `hls` lets this viewer have it: as it is for a public stream; for a token
+/// stream, only to a holder of a good token, with the token on every URL in it.
+/// `variants`: a multivariant playlist's, cut to the rendition the token names.
+fn playlist_for(
+    state: &HlsState,
+    hls: &SessionHls,
+    stream: &str,
+    rendition: Option<&str>,
+    token: Option<&str>,
+    client: std::net::IpAddr,
+    playlist: impl FnOnce(Option<&str>) -> String,
+) -> Response {
+    match admit(
+        state.tokens.as_deref(),
+        hls.access,
+        stream,
+        rendition,
+        token,
+        client,
+    ) {
+        Ok(None) => (
+            headers(Some(PLAYLIST_TYPE), Some("no-cache")),
+            playlist(None),
+        )
+            .into_response(),
+        Ok(Some(grant)) => {
+            let text = playlist(grant.rendition.as_deref());
+            let text = carry(&text, token.unwrap_or_default());
+            (headers(Some(PLAYLIST_TYPE), Some("no-cache")), text).into_response()
+        }
+        Err(refused) => refused.into_response(),
+    }
+}
+
+/// `variants` without those a token's `only` rendition leaves out.
+fn only(variants: Vec<Variant>, only: Option<&str>) -> Vec<Variant> {
+    match only {
+        Some(name) => variants.into_iter().filter(|v| v.name == name).collect(),
+        None => variants,
+    }
 }
 
 #[tracing::instrument(skip(state, peer, request))]
@@ -96,7 +152,16 @@ async fn master(
                 peer.map(|p| p.0.0.ip()),
             );
             if let Some(edge) = cluster.route(region.as_deref()) {
-                let to = format!("http://{}/hls/{stream}/master.m3u8", edge.address);
+                let mut to = format!("http://{}/hls/{stream}/master.m3u8", edge.address);
+                // Tokens are hex and dots: the edge gets the viewer's as it was.
+                if let Some(token) = q
+                    .token
+                    .as_deref()
+                    .filter(|t| t.bytes().all(|b| b.is_ascii_hexdigit() || b == b'.'))
+                {
+                    to.push_str("?token=");
+                    to.push_str(token);
+                }
                 let mut h = headers_for_redirect();
                 if let Ok(v) = HeaderValue::from_str(&to) {
                     h.insert(header::LOCATION, v);
@@ -105,8 +170,10 @@ async fn master(
             }
         }
     }
+    let client = client_of(peer.as_ref());
+    let token = crate::access::token_of(q.token.as_deref(), &request);
     if let Some(demand) = &state.demand {
-        return relayed_master(&state, demand.as_ref(), &stream).await;
+        return relayed_master(&state, demand.as_ref(), &stream, token, client).await;
     }
     let Some(entry) = state.registry.get(&stream) else {
         return not_found("no such stream");
@@ -140,11 +207,9 @@ async fn master(
                     }
                 })
                 .collect();
-            return (
-                headers(Some(PLAYLIST_TYPE), Some("no-cache")),
-                multivariant(&variants),
-            )
-                .into_response();
+            return playlist_for(&state, hls, &stream, None, token, client, |rendition| {
+                multivariant(&only(variants, rendition))
+            });
         }
         let starting = session.is_some_and(|s| matches!(s.phase(), Phase::Starting | Phase::Live));
         if !starting || tokio::time::Instant::now() >= deadline {
@@ -155,7 +220,13 @@ async fn master(
 }
 
 /// The multivariant playlist of a stream relayed from upstream (pulled now if it is not here).
-async fn relayed_master(state: &HlsState, demand: &dyn Demand, stream: &str) -> Response {
+async fn relayed_master(
+    state: &HlsState,
+    demand: &dyn Demand,
+    stream: &str,
+    token: Option<&str>,
+    client: std::net::IpAddr,
+) -> Response {
     demand.want(stream);
     let deadline = tokio::time::Instant::now() + state.ready_wait;
     loop {
@@ -163,11 +234,10 @@ async fn relayed_master(state: &HlsState, demand: &dyn Demand, stream: &str) -> 
             && let Some(renditions) = hls.relayed_renditions()
             && hls.ready()
         {
-            return (
-                headers(Some(PLAYLIST_TYPE), Some("no-cache")),
-                multivariant(&relayed_variants(&hls, renditions)),
-            )
-                .into_response();
+            let variants = relayed_variants(&hls, renditions);
+            return playlist_for(state, &hls, stream, None, token, client, |rendition| {
+                multivariant(&only(variants, rendition))
+            });
         }
         if tokio::time::Instant::now() >= deadline {
             return not_found("stream is not live");
@@ -197,10 +267,13 @@ fn relayed_variants(
         .collect()
 }
 
-#[tracing::instrument(skip(state))]
+#[tracing::instrument(skip(state, q, peer, request))]
 async fn media_file(
     State(state): State<HlsState>,
     Path((stream, rendition, file)): Path<(String, String, String)>,
+    axum::extract::Query(q): axum::extract::Query<FileQuery>,
+    peer: Option<Peer>,
+    request: HeaderMap,
 ) -> Response {
     if let Some(cluster) = &state.cluster {
         cluster
@@ -217,12 +290,30 @@ async fn media_file(
     let Some(segmenter) = hls.rendition(&rendition) else {
         return not_found("no such rendition");
     };
+    let client = client_of(peer.as_ref());
+    let token = crate::access::token_of(q.token.as_deref(), &request);
     if file == MEDIA_PLAYLIST {
-        return (
-            headers(Some(PLAYLIST_TYPE), Some("no-cache")),
-            segmenter.playlist(),
-        )
-            .into_response();
+        let playlist = segmenter.playlist();
+        drop(segmenter);
+        return playlist_for(
+            &state,
+            &hls,
+            &stream,
+            Some(&rendition),
+            token,
+            client,
+            |_| playlist,
+        );
+    }
+    if let Err(refused) = admit(
+        state.tokens.as_deref(),
+        hls.access,
+        &stream,
+        Some(&rendition),
+        token,
+        client,
+    ) {
+        return refused.into_response();
     }
     match segmenter.segment(&file) {
         // Segment names carry the session id: a URL never changes content.

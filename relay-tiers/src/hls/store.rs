@@ -3,6 +3,8 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use pipelines::config::Access;
+
 use super::segmenter::Segmenter;
 use crate::relay::wire::RenditionInfo;
 use crate::sessions::{OfSession, SessionMap};
@@ -20,6 +22,8 @@ pub struct SessionHls {
     /// For a session relayed from upstream: what its renditions are (a local session's
     /// renditions are in the registry).
     relayed: Option<Vec<RenditionInfo>>,
+    /// Who may watch it.
+    pub access: Access,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -32,6 +36,7 @@ impl SessionHls {
             session: session.to_owned(),
             renditions,
             relayed: None,
+            access: Access::Public,
         }
     }
 

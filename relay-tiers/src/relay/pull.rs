@@ -280,7 +280,7 @@ impl Puller {
             if let Some(old) = current.take() {
                 old.end().await;
             }
-            *current = Some(self.start_session(stream, &info.session, &bodies));
+            *current = Some(self.start_session(stream, &info.session, info.access, &bodies));
         }
         let relayed = current.as_ref().expect("a session is set up above");
         let (stop_tx, stop) = watch::channel(false);
@@ -331,6 +331,7 @@ impl Puller {
         &self,
         stream: &str,
         session: &str,
+        access: pipelines::config::Access,
         bodies: &[(Header, hyper::body::Incoming, Decoder)],
     ) -> Relayed {
         let served: Vec<Served> = bodies
@@ -354,7 +355,10 @@ impl Puller {
             })
             .collect();
         info!(%stream, %session, renditions = ?served.iter().map(|r| &r.info.name).collect::<Vec<_>>(), "relaying a session");
-        let serving = self.0.egress.serve(stream, session, &served, None, true);
+        let serving = self
+            .0
+            .egress
+            .serve(stream, session, &served, None, true, access);
         self.0.egress.publish(stream, &serving);
         Relayed {
             session: session.to_owned(),

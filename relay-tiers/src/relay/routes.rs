@@ -37,6 +37,9 @@ pub struct RelayState {
 pub struct StreamInfo {
     pub session: String,
     pub renditions: Vec<RenditionInfo>,
+    /// Who may watch it (a node that does not say: everyone).
+    #[serde(default)]
+    pub access: pipelines::config::Access,
 }
 
 pub fn router(state: RelayState) -> Router {
@@ -95,6 +98,7 @@ async fn stream_info(
     axum::Json(StreamInfo {
         session: taps.session.clone(),
         renditions: taps.renditions.iter().map(|t| t.info()).collect(),
+        access: taps.access,
     })
     .into_response()
 }

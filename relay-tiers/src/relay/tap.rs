@@ -170,6 +170,8 @@ impl Tap {
 pub struct SessionTaps {
     pub session: String,
     pub renditions: Vec<Arc<Tap>>,
+    /// Who may watch it, for the tiers below to hold to.
+    pub access: pipelines::config::Access,
 }
 
 impl SessionTaps {
