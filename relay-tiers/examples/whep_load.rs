@@ -8,6 +8,10 @@
 //!
 //! `whep_load <http://host:port/whep/stream> <viewers> <seconds> [full=2]`; prints one JSON
 //! line.
+//!
+//! `WHEP_LIE=N`: the full receivers hand str0m only one RTP packet in `N`, so it asks for the
+//! others again (NACK) all along: a viewer that claims to lose nearly everything, the way an
+//! attacker would try to make the node resend a stream many times over.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -98,6 +102,12 @@ async fn viewer(
 
     let mut counter = Counter::default();
     let mut connected = false;
+    let lie: u64 = std::env::var("WHEP_LIE")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut rtp_seen = 0u64;
     let mut buf = vec![0u8; 65536];
     while Instant::now() < until {
         let timeout = drain(&mut rtc, &socket, &mut connected, &mut counter, &totals)?;
@@ -118,6 +128,12 @@ async fn viewer(
                             let seq = u16::from_be_bytes([packet[2], packet[3]]);
                             counter.count(ssrc, seq, packet.len(), &totals);
                             continue;
+                        }
+                        if connected && full && lie > 1 && is_rtp(packet) {
+                            rtp_seen += 1;
+                            if rtp_seen % lie != 0 {
+                                continue;
+                            }
                         }
                         let Ok(contents) = packet.try_into() else { continue };
                         let input = Input::Receive(

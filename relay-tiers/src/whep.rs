@@ -73,6 +73,10 @@ struct Sent {
     calls: AtomicU64,
     /// Viewers whose media went out through the shared fan-out (SRTP sealed per viewer).
     fanned_out: AtomicU64,
+    /// Packets viewers asked for again (NACK), those sent again, and their bytes.
+    nacked: AtomicU64,
+    resent: AtomicU64,
+    resent_bytes: AtomicU64,
 }
 
 enum Command {
@@ -155,6 +159,15 @@ impl Whep {
     /// Viewers so far whose media went out through the shared fan-out.
     pub fn fanned_out(&self) -> u64 {
         self.sent.fanned_out.load(Ordering::Relaxed)
+    }
+
+    /// Packets viewers asked for again, packets sent again and their bytes, so far.
+    pub fn retransmissions(&self) -> (u64, u64, u64) {
+        (
+            self.sent.nacked.load(Ordering::Relaxed),
+            self.sent.resent.load(Ordering::Relaxed),
+            self.sent.resent_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// Total viewers on this node.
@@ -293,6 +306,7 @@ async fn offer(
         srtp: None,
         counted: false,
         resend: Vec::new(),
+        sent: whep.sent.clone(),
         feed,
         opus,
         video: None,

@@ -11,16 +11,20 @@
 //! What the peers are for is a [`Policy`]: commands from the HTTP side (add, remove, ...),
 //! media to send (prepared once, delivered to each peer that wants it), and what to do with
 //! each session's events.
+//!
+//! A fault (a panic) in what the driver does for one peer is caught and logged, and that peer
+//! is let go; one in preparing media drops that media. The other peers never notice.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use str0m::net::{Protocol, Receive};
 use str0m::{Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
-use tracing::debug;
+use tracing::{debug, error};
 
 use crate::udp::Batch;
 
@@ -35,6 +39,40 @@ const IDLE_TURN: Duration = Duration::from_millis(100);
 /// went away) cannot hold one.
 pub const CONNECT_WITHIN: Duration = Duration::from_secs(15);
 
+/// Faults caught so far, in every driver of this process.
+static FAULTS: AtomicU64 = AtomicU64::new(0);
+
+/// Faults (panics) the drivers of this process have caught, each costing one peer or one
+/// piece of media.
+pub fn faults() -> u64 {
+    FAULTS.load(Ordering::Relaxed)
+}
+
+/// Runs `f`, what the driver does for `what`; a panic in it is caught, counted and logged.
+fn guarded<T>(what: impl FnOnce() -> String, f: impl FnOnce() -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(done) => Some(done),
+        Err(panic) => {
+            let why = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            FAULTS.fetch_add(1, Ordering::Relaxed);
+            error!("{} failed ({why}); let go, the others go on", what());
+            None
+        }
+    }
+}
+
+/// Runs `f` for `peer`; if it panics, the peer is let go (reaped with the dead).
+fn for_peer<S>(peer: &mut Peer<S>, f: impl FnOnce(&mut Peer<S>)) {
+    let id = peer.id;
+    if guarded(|| format!("peer {id}"), || f(peer)).is_none() {
+        peer.faulted = true;
+    }
+}
+
 /// One WebRTC connection and what its policy keeps about it.
 pub struct Peer<S> {
     pub id: u64,
@@ -48,6 +86,8 @@ pub struct Peer<S> {
     /// When it was added, and whether it has connected since.
     born: Instant,
     connected: bool,
+    /// Something done for it panicked: its state cannot be trusted, it is let go.
+    faulted: bool,
 }
 
 /// What a peer's policy does with its session's events.
@@ -72,6 +112,7 @@ impl<S: Session> Peer<S> {
             next_timeout: Instant::now(),
             born: Instant::now(),
             connected: false,
+            faulted: false,
         }
     }
 
@@ -163,16 +204,18 @@ impl<S> Peers<S> {
         Some(found)
     }
 
-    /// Removes the peers whose sessions are over, handing each to `gone`.
+    /// Removes the peers whose sessions are over (or that faulted), handing each to `gone`.
     fn reap(&mut self, mut gone: impl FnMut(Peer<S>)) {
-        if self.list.iter().all(|p| p.rtc.is_alive()) {
+        let alive = |p: &Peer<S>| !p.faulted && p.rtc.is_alive();
+        if self.list.iter().all(alive) {
             return;
         }
-        let (alive, dead): (Vec<_>, Vec<_>) = self.list.drain(..).partition(|p| p.rtc.is_alive());
+        let (alive, dead): (Vec<_>, Vec<_>) = self.list.drain(..).partition(alive);
         self.list = alive;
         for peer in dead {
             self.by_source.retain(|_, id| *id != peer.id);
-            gone(peer);
+            let id = peer.id;
+            guarded(|| format!("letting peer {id} go"), || gone(peer));
         }
         self.index = self
             .list
@@ -252,6 +295,9 @@ pub async fn run<P: Policy>(
         let now = Instant::now();
         let mut next = now + IDLE_TURN;
         for peer in peers.list.iter_mut() {
+            if peer.faulted {
+                continue;
+            }
             if !peer.connected {
                 let deadline = peer.born + CONNECT_WITHIN;
                 if now >= deadline && peer.rtc.is_alive() {
@@ -263,19 +309,21 @@ pub async fn run<P: Policy>(
                 }
                 next = next.min(deadline);
             }
-            policy.before_drive(peer, now);
-            if peer.next_timeout <= now {
-                let _ = peer.rtc.handle_input(Input::Timeout(now));
-                peer.dirty = true;
-            }
-            if peer.dirty {
-                peer.dirty = false;
-                peer.pump(&mut out);
-                if out.len() >= FLUSH_AT {
-                    out.flush(&socket).await;
+            for_peer(peer, |peer| {
+                policy.before_drive(peer, now);
+                if peer.next_timeout <= now {
+                    let _ = peer.rtc.handle_input(Input::Timeout(now));
+                    peer.dirty = true;
                 }
+                if peer.dirty {
+                    peer.dirty = false;
+                    peer.pump(&mut out);
+                }
+                policy.after_drive(peer);
+            });
+            if out.len() >= FLUSH_AT {
+                out.flush(&socket).await;
             }
-            policy.after_drive(peer);
             next = next.min(peer.next_timeout);
         }
         if !out.is_empty() {
@@ -296,13 +344,16 @@ pub async fn run<P: Policy>(
                         Instant::now(),
                         Receive { proto: Protocol::Udp, source, destination: candidate, contents },
                     );
-                    if let Some(i) = peers.route(source, &input) {
-                        let peer = &mut peers.list[i];
-                        let _ = peer.rtc.handle_input(input);
-                        // Polled before its next datagram: a session in RTP mode keeps only
-                        // the last packet it was given until it is polled.
-                        peer.pump(&mut out);
-                        peer.dirty = true;
+                    if let Some(i) = peers.route(source, &input)
+                        && !peers.list[i].faulted
+                    {
+                        for_peer(&mut peers.list[i], |peer| {
+                            let _ = peer.rtc.handle_input(input);
+                            // Polled before its next datagram: a session in RTP mode keeps
+                            // only the last packet it was given until it is polled.
+                            peer.pump(&mut out);
+                            peer.dirty = true;
+                        });
                     }
                     if out.len() >= FLUSH_AT {
                         out.flush(&socket).await;
@@ -311,13 +362,19 @@ pub async fn run<P: Policy>(
             }
             command = commands.recv() => match command {
                 None => return,
-                Some(command) => policy.on_command(&mut peers, command),
+                Some(command) => {
+                    guarded(|| "a command".to_owned(), || policy.on_command(&mut peers, command));
+                }
             },
             Some(m) = recv(&mut media) => {
-                let Some(prepared) = policy.prepare(&peers, m) else { continue };
+                let prepared = guarded(|| "preparing media".to_owned(), || policy.prepare(&peers, m));
+                let Some(prepared) = prepared.flatten() else { continue };
                 let now = Instant::now();
                 for peer in peers.list.iter_mut() {
-                    policy.deliver(peer, &prepared, now, &mut out);
+                    if peer.faulted {
+                        continue;
+                    }
+                    for_peer(peer, |peer| policy.deliver(peer, &prepared, now, &mut out));
                     if out.len() >= FLUSH_AT {
                         out.flush(&socket).await;
                     }
@@ -350,5 +407,92 @@ async fn recv<M>(media: &mut Option<mpsc::Receiver<M>>) -> Option<M> {
     match media {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    struct Quiet;
+    impl Session for Quiet {
+        fn on_event(&mut self, _: &mut Rtc, _: Event) {}
+    }
+
+    /// Delivers numbers; peer 1's session fails on every one.
+    #[derive(Default, Clone)]
+    struct Faulty {
+        delivered: Arc<Mutex<Vec<(u64, u32)>>>,
+        gone: Arc<Mutex<Vec<u64>>>,
+        added: Arc<Mutex<usize>>,
+    }
+
+    impl Policy for Faulty {
+        type State = Quiet;
+        type Command = Peer<Quiet>;
+        type Media = u32;
+        type Prepared = u32;
+
+        fn on_command(&mut self, peers: &mut Peers<Quiet>, peer: Peer<Quiet>) {
+            peers.add(peer);
+            *self.added.lock().unwrap() += 1;
+        }
+
+        fn prepare(&mut self, _: &Peers<Quiet>, media: u32) -> Option<u32> {
+            assert_ne!(media, 13, "unlucky media");
+            Some(media)
+        }
+
+        fn deliver(&mut self, peer: &mut Peer<Quiet>, media: &u32, _: Instant, _: &mut Batch) {
+            assert_ne!(peer.id, 1, "a fault in peer 1's session");
+            self.delivered.lock().unwrap().push((peer.id, *media));
+        }
+
+        fn gone(&mut self, peer: Peer<Quiet>) {
+            self.gone.lock().unwrap().push(peer.id);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_fault_for_one_peer_or_one_frame_costs_only_that() {
+        let policy = Faulty::default();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let candidate = socket.local_addr().unwrap();
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let (media, media_rx) = mpsc::channel(16);
+        let (stop, stop_rx) = watch::channel(false);
+        let driver = tokio::spawn(run(
+            socket,
+            candidate,
+            policy.clone(),
+            commands_rx,
+            Some(media_rx),
+            stop_rx,
+        ));
+        for id in [1, 2] {
+            let rtc = str0m::RtcConfig::new().build(Instant::now());
+            commands.send(Peer::new(id, rtc, Quiet)).unwrap();
+        }
+        // Commands and media are separate channels: both peers are in before the media.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while *policy.added.lock().unwrap() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let before = faults();
+        for m in [7, 13, 8] {
+            media.send(m).await.unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while policy.delivered.lock().unwrap().len() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        stop.send(true).unwrap();
+        driver.await.expect("the driver itself never panics");
+        // Peer 2 got every frame but the one that could not be prepared; peer 1 was let go at
+        // its first fault.
+        assert_eq!(*policy.delivered.lock().unwrap(), [(2, 7), (2, 8)]);
+        assert_eq!(*policy.gone.lock().unwrap(), [1, 2]);
+        assert!(faults() >= before + 2);
     }
 }

@@ -186,6 +186,31 @@ impl NodeMetrics {
         )?;
         single(
             e,
+            "tiercast_webrtc_session_faults",
+            "Faults (panics) caught in WebRTC sessions; each cost only its own session, or one frame.",
+            &ConstCounter::new(rtc::driver::faults()),
+        )?;
+        let (nacked, resent, resent_bytes) = w.retransmissions();
+        single(
+            e,
+            "tiercast_webrtc_nacked_packets",
+            "Packets WHEP viewers asked for again (NACK), each time they asked.",
+            &ConstCounter::new(nacked),
+        )?;
+        single(
+            e,
+            "tiercast_webrtc_resent_packets",
+            "Packets sent again on NACK (at most once per 100 ms each, within each viewer's budget).",
+            &ConstCounter::new(resent),
+        )?;
+        single(
+            e,
+            "tiercast_webrtc_resent_bytes",
+            "Bytes of those packets, sealed.",
+            &ConstCounter::new(resent_bytes),
+        )?;
+        single(
+            e,
             "tiercast_webrtc_fanned_out_viewers",
             "WHEP viewers whose media went out through the shared fan-out (SRTP sealed per viewer, no session per packet).",
             &ConstCounter::new(w.fanned_out()),

@@ -23,6 +23,8 @@
 //! - A publisher whose H.264 configuration has an empty PPS, none, or an SPS in its place is
 //!   refused at the RTMP door (the connection closes, the node logs why) while a WebRTC viewer
 //!   of another stream goes on decoding.
+//! - A WebRTC viewer that claims to lose nine packets in ten and asks for them again (NACK)
+//!   gets retransmissions only within its budget (half its rendition's rate), from `/metrics`.
 //! - A heartbeat is signed whole, once: a forged, altered, old or replayed one is refused, and
 //!   a node without a cluster secret takes none.
 
@@ -843,5 +845,55 @@ fn a_publisher_with_an_empty_pps_is_refused_and_other_viewers_go_on() {
     drop(good);
 
     assert_plays(&viewer.join().expect("the viewer ran"), 320, 180);
+    drop(publisher);
+}
+
+#[test]
+fn a_nack_flood_costs_the_node_at_most_the_viewers_budget() {
+    let _turn = heavy();
+    // One rung at the source's height: passed through, announced at 300 + 128 kb/s, so a
+    // viewer's retransmissions get half of that: 26,750 bytes a second, half a second of it
+    // at once.
+    let node = start_node(
+        "[[streams]]\nname = \"main\"\nkey = \"main-key-0123456789\"\n\
+         [[ladders.default]]\nname = \"180p\"\nheight = 180\nvideo_kbps = 300\n",
+    );
+    let publisher = publish_main(&node, 60);
+    let before = (
+        figure(&node, "tiercast_webrtc_nacked_packets_total"),
+        figure(&node, "tiercast_webrtc_resent_bytes_total"),
+    );
+    // A viewer that says it lost nine packets in ten, and asks for them again, for 12 s.
+    let started = Instant::now();
+    let out = std::process::Command::new(example("relay-tiers", "whep_load"))
+        .args([&format!("http://{}/whep/main", node.http), "1", "12", "1"])
+        .env("WHEP_LIE", "10")
+        .output()
+        .expect("whep_load runs");
+    let elapsed = started.elapsed().as_secs_f64();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(report["connected"], 1, "{report}");
+    let nacked = figure(&node, "tiercast_webrtc_nacked_packets_total") - before.0;
+    let resent = figure(&node, "tiercast_webrtc_resent_bytes_total") - before.1;
+    // It asked for a lot, and got retransmissions, but never more than its budget (sealed
+    // packets carry a few bytes more than the payloads the budget counts).
+    assert!(nacked >= 200, "only {nacked} packets asked for again");
+    assert!(resent > 0, "nothing was sent again");
+    let budget = (26_750.0 * elapsed + 13_375.0) * 1.05;
+    eprintln!(
+        "NACK flood: {nacked} packets asked for again, {resent} bytes sent again in {elapsed:.1} s, budget {budget:.0}"
+    );
+    assert!(
+        (resent as f64) <= budget,
+        "{resent} bytes sent again in {elapsed:.1} s, over the budget of {budget:.0}"
+    );
+    // The node is the same for everyone else.
+    assert_eq!(node.get("/healthz").status, 200);
     drop(publisher);
 }

@@ -39,6 +39,8 @@ pub(super) struct Viewer {
     pub(super) counted: bool,
     /// Retransmissions asked for (NACK), sealed, to go with the next batch.
     pub(super) resend: Vec<Vec<u8>>,
+    /// The node's counters, retransmissions among them.
+    pub(super) sent: Arc<Sent>,
     pub(super) feed: Arc<Stream>,
     /// The rendition it moves to at that rendition's next keyframe.
     pub(super) pending: Option<Arc<Stream>>,
@@ -187,14 +189,22 @@ impl Viewer {
             return;
         }
         let now = Instant::now();
+        let (mut asked, mut resent, mut bytes) = (0, 0, 0);
         for entry in nack.reports.iter() {
             for seq16 in rtc::nack::lost(entry.pid, entry.blp) {
+                asked += 1;
                 if let Some(p) = video.history.resend(seq16, now) {
                     let header = rtp_header(video.pt, p.marker, p.seq, p.time, *nack.ssrc);
-                    self.resend.push(srtp.seal(&header, p.seq, &p.payload));
+                    let sealed = srtp.seal(&header, p.seq, &p.payload);
+                    resent += 1;
+                    bytes += sealed.len() as u64;
+                    self.resend.push(sealed);
                 }
             }
         }
+        self.sent.nacked.fetch_add(asked, Ordering::Relaxed);
+        self.sent.resent.fetch_add(resent, Ordering::Relaxed);
+        self.sent.resent_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
