@@ -71,6 +71,22 @@ pub enum EventKind {
         session: String,
         reason: String,
     },
+    /// The chunk store cannot be written: chunks wait on this node's disk, in order, and go
+    /// up when it can be written again (`recording.resumed`). Once per outage.
+    #[serde(rename = "recording.degraded")]
+    RecordingDegraded {
+        stream: String,
+        session: String,
+        reason: String,
+    },
+    /// The chunks that waited are in the chunk store, in order.
+    #[serde(rename = "recording.resumed")]
+    RecordingResumed {
+        stream: String,
+        session: String,
+        /// Chunks that waited on disk.
+        chunks: u64,
+    },
     #[serde(rename = "viewer.joined")]
     ViewerJoined {
         stream: String,
@@ -107,7 +123,9 @@ impl EventKind {
             EventKind::StreamStarted { .. } | EventKind::StreamEnded { .. } => "tiercast.streams",
             EventKind::ChunkWritten { .. }
             | EventKind::RecordingReady { .. }
-            | EventKind::RecordingFailed { .. } => "tiercast.recordings",
+            | EventKind::RecordingFailed { .. }
+            | EventKind::RecordingDegraded { .. }
+            | EventKind::RecordingResumed { .. } => "tiercast.recordings",
             EventKind::ViewerJoined { .. } | EventKind::ViewerLeft { .. } => "tiercast.analytics",
             EventKind::QualityChanged { .. } => "tiercast.quality",
         }
@@ -121,6 +139,8 @@ impl EventKind {
             | EventKind::ChunkWritten { stream, .. }
             | EventKind::RecordingReady { stream, .. }
             | EventKind::RecordingFailed { stream, .. }
+            | EventKind::RecordingDegraded { stream, .. }
+            | EventKind::RecordingResumed { stream, .. }
             | EventKind::ViewerJoined { stream, .. }
             | EventKind::QualityChanged { stream, .. }
             | EventKind::ViewerLeft { stream, .. } => stream,
@@ -142,10 +162,66 @@ impl<T: EventSink> EventSink for std::sync::Arc<T> {
     }
 }
 
+/// `events.jsonl` is rotated when it reaches this size: it becomes `events.jsonl.1`, the
+/// previous `.1` becomes `.2`, and so on to [`LOG_KEEP`].
+pub const LOG_ROTATE_BYTES: u64 = 64 * 1024 * 1024;
+/// Rotated files kept.
+pub const LOG_KEEP: u32 = 4;
+
+/// The append-only event log, one JSON line per event, rotated by size.
+struct EventLog {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+    size: u64,
+    rotate_at: u64,
+}
+
+impl EventLog {
+    fn open(path: &Path, rotate_at: u64) -> std::io::Result<EventLog> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        Ok(EventLog {
+            path: path.to_owned(),
+            size: file.metadata()?.len(),
+            file,
+            rotate_at,
+        })
+    }
+
+    /// Appends `line` in one write, so a reader (or a crash) never sees half of it.
+    fn append(&mut self, line: &str) -> std::io::Result<()> {
+        if self.size > 0 && self.size + line.len() as u64 + 1 > self.rotate_at {
+            self.rotate()?;
+        }
+        let mut whole = String::with_capacity(line.len() + 1);
+        whole.push_str(line);
+        whole.push('\n');
+        self.file.write_all(whole.as_bytes())?;
+        self.size += whole.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let numbered = |n: u32| {
+            let mut name = self.path.as_os_str().to_owned();
+            name.push(format!(".{n}"));
+            std::path::PathBuf::from(name)
+        };
+        for n in (1..LOG_KEEP).rev() {
+            let _ = std::fs::rename(numbered(n), numbered(n + 1));
+        }
+        std::fs::rename(&self.path, numbered(1))?;
+        *self = EventLog::open(&self.path, self.rotate_at)?;
+        Ok(())
+    }
+}
+
 /// The embedded, in-process event bus.
 pub struct EventBus {
     tx: broadcast::Sender<Event>,
-    log: Mutex<Option<std::fs::File>>,
+    log: Mutex<Option<EventLog>>,
     sequence: AtomicU64,
     boot: u128,
     sinks: Vec<Box<dyn EventSink>>,
@@ -160,17 +236,15 @@ impl std::fmt::Debug for EventBus {
 }
 
 impl EventBus {
-    /// A bus that also appends every event to `jsonl` (when given).
+    /// A bus that also appends every event to `jsonl` (when given), rotated at
+    /// [`LOG_ROTATE_BYTES`].
     pub fn new(jsonl: Option<&Path>) -> std::io::Result<EventBus> {
-        let log = match jsonl {
-            Some(path) => Some(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
-            None => None,
-        };
+        EventBus::rotating_at(jsonl, LOG_ROTATE_BYTES)
+    }
+
+    /// [`EventBus::new`], with the log rotated at `bytes`.
+    pub fn rotating_at(jsonl: Option<&Path>, bytes: u64) -> std::io::Result<EventBus> {
+        let log = jsonl.map(|p| EventLog::open(p, bytes)).transpose()?;
         let boot = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_micros())
@@ -202,9 +276,9 @@ impl EventBus {
             time: now,
             kind,
         };
-        if let Some(file) = self.log.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
+        if let Some(log) = self.log.lock().unwrap_or_else(|p| p.into_inner()).as_mut()
             && let Ok(line) = serde_json::to_string(&event)
-            && let Err(e) = writeln!(file, "{line}")
+            && let Err(e) = log.append(&line)
         {
             tracing::warn!("cannot append to events.jsonl: {e}");
         }
@@ -223,6 +297,51 @@ impl EventBus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_rotates_by_size_and_every_line_is_whole() {
+        let dir = std::env::temp_dir().join(format!("tiercast-rotate-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("events.jsonl");
+        let bus = EventBus::rotating_at(Some(&path), 1000).unwrap();
+        for i in 0..100 {
+            bus.publish(EventKind::StreamEnded {
+                stream: format!("s{i}"),
+                session: "x".into(),
+                duration_secs: 1.0,
+                recorded: false,
+            });
+        }
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        files.sort();
+        let kept: Vec<String> = std::iter::once("events.jsonl".to_owned())
+            .chain((1..=LOG_KEEP).map(|n| format!("events.jsonl.{n}")))
+            .collect();
+        assert_eq!(files, kept);
+        let mut last = None;
+        for name in kept.iter().rev() {
+            let text = std::fs::read_to_string(dir.join(name)).unwrap();
+            assert!(text.len() <= 1000 && text.ends_with('\n'), "{name}: {text}");
+            for line in text.lines() {
+                let event: Event = serde_json::from_str(line).expect("a whole event");
+                let EventKind::StreamEnded { stream, .. } = event.kind else {
+                    panic!()
+                };
+                let i: u32 = stream[1..].parse().unwrap();
+                // Oldest first, across the files.
+                assert!(
+                    last.is_none_or(|l| i == l + 1),
+                    "{name}: {i} after {last:?}"
+                );
+                last = Some(i);
+            }
+        }
+        assert_eq!(last, Some(99), "the newest event is in events.jsonl");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn events_are_versioned_tagged_json_and_land_in_the_log() {

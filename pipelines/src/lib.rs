@@ -15,6 +15,7 @@
 //!   through its own bounded queue.
 
 pub mod config;
+pub mod durable;
 pub mod events;
 pub mod graph;
 pub mod gst_util;

@@ -209,11 +209,18 @@ impl Archiver {
             ..
         } = event.kind
         {
+            // Names from the wire become paths and object keys: only names a node makes.
+            if !is_name(&stream, 64) || !is_name(&session, 128) {
+                warn!(stream = %stream.escape_debug(), session = %session.escape_debug(), "stream.ended with names no node makes, ignored");
+                return;
+            }
             self.archive_logged(&stream, &session).await;
         }
     }
 
     /// Whether the session's recording is ready.
+    ///
+    /// (Names are checked by the caller.)
     async fn archive_logged(&self, stream: &str, session: &str) -> bool {
         match self.archive(stream, session).await {
             Ok(info) => {
@@ -488,4 +495,27 @@ fn discover(path: &Path) -> Result<(f64, Vec<String>), String> {
         tracks.push(format!("audio {} Hz {} ch", a.sample_rate(), a.channels()));
     }
     Ok((duration, tracks))
+}
+
+/// A stream or session name as nodes make them: 1 to `max` of `[A-Za-z0-9_-]`, so never a
+/// path of its own (`..`, `/`) nor an odd object key.
+fn is_name(name: &str, max: usize) -> bool {
+    (1..=max).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_name;
+
+    #[test]
+    fn names_from_the_wire_are_only_what_nodes_make() {
+        assert!(is_name("main", 64) && is_name("main-19ab3f0c2de-0", 128));
+        for bad in ["", "..", "../etc", "a/b", "a b", "a\\b", "x\u{0}", "é"] {
+            assert!(!is_name(bad, 64), "{bad:?}");
+        }
+        assert!(!is_name(&"a".repeat(65), 64));
+    }
 }

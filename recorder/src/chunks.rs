@@ -170,7 +170,7 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-fn chunk_name(sequence: u64) -> String {
+pub(crate) fn chunk_name(sequence: u64) -> String {
     format!("{sequence:010}.ts")
 }
 
@@ -199,9 +199,8 @@ impl LocalChunks {
         let dir = self.dir(stream, session);
         std::fs::create_dir_all(&dir).map_err(RecordError::io(&dir))?;
         let path = dir.join(chunk_name(sequence));
-        let tmp = dir.join(format!(".{sequence:010}.ts.part"));
-        std::fs::write(&tmp, data).map_err(RecordError::io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(RecordError::io(&path))
+        // Whole or absent after a crash: an archiver never joins half a chunk.
+        pipelines::durable::write(&path, data).map_err(RecordError::io(&path))
     }
 
     fn list(&self, stream: &str, session: &str) -> Result<Vec<u64>, RecordError> {

@@ -226,10 +226,10 @@ impl LocalObjectStore {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(RecordError::io(dir))?;
         }
-        std::fs::rename(file, &path).map_err(RecordError::io(&path))?;
+        pipelines::durable::rename(file, &path).map_err(RecordError::io(&path))?;
         let meta = path.with_extension("json");
         let json = serde_json::to_vec_pretty(info).expect("recording info serialises");
-        std::fs::write(&meta, json).map_err(RecordError::io(&meta))
+        pipelines::durable::write(&meta, &json).map_err(RecordError::io(&meta))
     }
 
     pub fn get(&self, id: &str) -> Option<RecordingInfo> {

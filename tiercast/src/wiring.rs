@@ -91,6 +91,8 @@ impl GraphFactory for Broadcast {
         let recorder = match (stream.record, served.first()) {
             (true, Some(top)) => Some(SessionRecorder::start(
                 self.chunks.clone(),
+                // A bucket can be down; this node's disk holds its chunks meanwhile.
+                matches!(self.chunks, ChunkStore::S3 { .. }).then(|| c.node.data_dir.join("spill")),
                 self.bus.clone(),
                 &stream.name,
                 &session.id,

@@ -1,5 +1,7 @@
 //! Recording end to end: ffmpeg publishes over RTMP to a stream with `record = true`; the MP4
-//! the node serves afterwards is what ffprobe says it is, and the events say so in order.
+//! the node serves afterwards is what ffprobe says it is, and the events say so in order. A
+//! bucket that stops answering for a minute in the middle of a three-minute stream costs the
+//! recording nothing: chunks wait on the node's disk and go up in order when it is back.
 
 mod common;
 
@@ -483,4 +485,75 @@ fn https_webhooks_are_verified_against_the_trust_store() {
     }
     let log = node.log();
     assert!(log.contains("webhook failed"), "{log}");
+}
+
+#[test]
+fn a_bucket_down_for_a_minute_mid_stream_loses_nothing() {
+    let scratch = TempDir::new("outage");
+    let s3 = S3Server::start("tiercast-outage", &scratch.0.join("s3.log"));
+    // The source passes through (one rung at its height): this test mostly waits.
+    let node = start_node(&format!(
+        "[[streams]]\nname = \"main\"\nkey = \"k\"\nrecord = true\n\
+         [[ladders.default]]\nname = \"180p\"\nheight = 180\nvideo_kbps = 300\n{}",
+        s3.node_config()
+    ));
+    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 320, 180, 180)
+        .spawn()
+        .unwrap();
+    node.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    // A minute in, the bucket stops answering for a minute.
+    std::thread::sleep(Duration::from_secs(60));
+    s3.freeze();
+    std::thread::sleep(Duration::from_secs(60));
+    s3.thaw();
+    let (status, stderr) = wait_child(publisher, Duration::from_secs(120));
+    assert!(status.is_some_and(|s| s.success()), "{stderr}");
+
+    // One MP4, whole.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let key = loop {
+        let mp4 = s3
+            .keys("recordings/main/")
+            .into_iter()
+            .find(|k| k.ends_with(".mp4"));
+        if let Some(key) = mp4 {
+            break key;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recording:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let file = scratch.0.join("outage.mp4");
+    s3.download(&key, &file);
+    let duration = probe_duration(&file);
+    assert!((duration - 180.0).abs() <= 0.5, "duration {duration}");
+    assert_eq!(probe_stream_types(&file), ["video", "audio"]);
+
+    // The events said what happened: degraded, resumed, and one recording.
+    let events = std::fs::read_to_string(node.data_dir().join("events.jsonl")).unwrap();
+    let count = |kind: &str| {
+        events
+            .lines()
+            .filter(|l| l.contains(&format!("\"type\":\"{kind}\"")))
+            .count()
+    };
+    assert!(count("recording.degraded") >= 1, "{events}");
+    assert!(count("recording.resumed") >= 1, "{events}");
+    assert_eq!(count("recording.ready"), 1, "{events}");
+    assert_eq!(count("recording.failed"), 0, "{events}");
+    // Nothing is left waiting on the node's disk.
+    let spill = node.data_dir().join("spill/main");
+    let left = std::fs::read_dir(&spill)
+        .map(|d| {
+            d.flatten()
+                .flat_map(|s| std::fs::read_dir(s.path()).into_iter().flatten())
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(left, 0, "chunks left in {}", spill.display());
 }

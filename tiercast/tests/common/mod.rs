@@ -666,6 +666,25 @@ impl S3Server {
 }
 
 impl S3Server {
+    /// Freezes the server (SIGSTOP): connections are taken but nothing is answered, as a
+    /// store that is down behind a load balancer.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, which: &str) {
+        let status = Command::new("kill")
+            .args([which, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+
     /// Downloads `key` into `dest` with a signed request (boto3), as an operator would.
     pub fn download(&self, key: &str, dest: &Path) {
         let script = "import boto3, sys\n\
