@@ -34,6 +34,18 @@ pub struct Archiver {
     is_live: Box<dyn Fn(&str, &str) -> bool + Send + Sync>,
     /// Left-behind sessions that failed to archive, and how often.
     failures: Mutex<BTreeMap<String, u32>>,
+    /// Who this archiver is, in the claims it makes.
+    holder: String,
+}
+
+/// This archiver's name in its claims: the machine, the process, and when it started.
+fn holder_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+    let started = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    format!("{}/{}/{started:x}", host.trim(), std::process::id())
 }
 
 /// A left-behind session that fails this often is left to an operator (its chunks stay).
@@ -76,6 +88,7 @@ impl Archiver {
             sole_writer: false,
             is_live: Box::new(|_, _| false),
             failures: Mutex::default(),
+            holder: holder_name(),
         }
     }
 
@@ -183,6 +196,15 @@ impl Archiver {
             {
                 continue;
             }
+            // Live on another node, however long since its last chunk (a long GOP, a pause).
+            match self.chunks.lease(&left.stream, &left.session).await {
+                Ok(Some(until)) if until > now => continue,
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(stream = %left.stream, session = %left.session, "lease unreadable, session left alone: {e}");
+                    continue;
+                }
+            }
             info!(stream = %left.stream, session = %left.session, ?quiet, "archiving a session left behind");
             if self.archive_logged(&left.stream, &left.session).await {
                 self.failures
@@ -218,13 +240,17 @@ impl Archiver {
         }
     }
 
-    /// Whether the session's recording is ready.
+    /// Whether the session's recording is ready, or another archiver makes it.
     ///
     /// (Names are checked by the caller.)
     async fn archive_logged(&self, stream: &str, session: &str) -> bool {
         match self.archive(stream, session).await {
             Ok(info) => {
                 info!(%stream, %session, key = %info.key, duration = info.duration_secs, "recording ready");
+                true
+            }
+            Err(RecordError::Taken(_, by)) => {
+                info!(%stream, %session, %by, "another archiver has this session");
                 true
             }
             Err(e) => {
@@ -240,6 +266,8 @@ impl Archiver {
             self.chunks.remove(stream, session).await?;
             return Ok(done);
         }
+        // Of several archivers told of the same session, one makes its recording.
+        self.chunks.claim(stream, session, &self.holder).await?;
         let now = Instant::now();
         self.jobs.lock().expect("archive jobs").insert(
             session.to_owned(),
@@ -259,7 +287,7 @@ impl Archiver {
         let result = self.make(stream, session).await;
         self.jobs.lock().expect("archive jobs").remove(session);
         match &result {
-            Ok(info) => {
+            Ok((info, last)) => {
                 self.bus.publish(EventKind::RecordingReady {
                     stream: stream.to_owned(),
                     session: session.to_owned(),
@@ -269,7 +297,7 @@ impl Archiver {
                     size: info.size,
                     tracks: info.tracks.clone(),
                 });
-                self.chunks.remove(stream, session).await?;
+                self.chunks.remove_through(stream, session, *last).await?;
             }
             Err(e) => {
                 self.bus.publish(EventKind::RecordingFailed {
@@ -279,7 +307,7 @@ impl Archiver {
                 });
             }
         }
-        result
+        result.map(|(info, _)| info)
     }
 
     /// Updates the session's job, and logs it now and then.
@@ -301,7 +329,8 @@ impl Archiver {
         }
     }
 
-    async fn make(&self, stream: &str, session: &str) -> Result<RecordingInfo, RecordError> {
+    /// The session's recording, and the last chunk in it.
+    async fn make(&self, stream: &str, session: &str) -> Result<(RecordingInfo, u64), RecordError> {
         let chunks = self.chunks.list(stream, session).await?;
         if chunks.is_empty() {
             return Err(RecordError::NoChunks(session.to_owned()));
@@ -367,7 +396,7 @@ impl Archiver {
         });
         let stored = |bytes| self.progress(session, |j| j.bytes_stored = bytes);
         self.store.put(&scratch, &info, &stored).await?;
-        Ok(info)
+        Ok((info, *chunks.last().expect("chunks were there")))
     }
 }
 

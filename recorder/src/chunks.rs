@@ -1,6 +1,11 @@
 //! The chunk store (the seed's DFS): `<stream>/<session>/<sequence>.ts` under a local root or a
 //! bucket prefix. A chunk appears whole or not at all (a local file is written to a temporary
 //! name and renamed; an S3 PUT is atomic), so a crash loses only the chunk in flight.
+//!
+//! Beside a session's chunks: its `lease`, renewed every few seconds by the node recording it
+//! (no archiver takes a session whose lease holds, however long it goes between chunks), and
+//! its `claim`, made once by the archiver that archives it (created only if absent, so of
+//! several archivers exactly one makes the recording).
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -24,6 +29,17 @@ pub struct StoredSession {
     pub session: String,
     /// When its newest chunk was written: a live session writes one every few seconds.
     pub last_write: SystemTime,
+}
+
+/// The object beside a session's chunks that says it is live, and until when.
+const LEASE: &str = "lease";
+/// The object beside a session's chunks that says who archives it.
+const CLAIM: &str = "claim";
+
+fn unix_ms(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
 }
 
 impl ChunkStore {
@@ -143,6 +159,172 @@ impl ChunkStore {
         }
     }
 
+    /// Says the session is live, recorded by a node, until `until`.
+    pub async fn renew_lease(
+        &self,
+        stream: &str,
+        session: &str,
+        until: SystemTime,
+    ) -> Result<(), RecordError> {
+        let body = Bytes::from(unix_ms(until).to_string());
+        match self {
+            ChunkStore::Local(local) => {
+                let path = local.dir(stream, session).join(LEASE);
+                blocking(move || {
+                    let dir = path.parent().expect("a session directory");
+                    std::fs::create_dir_all(dir).map_err(RecordError::io(dir))?;
+                    pipelines::durable::write(&path, &body).map_err(RecordError::io(&path))
+                })
+                .await
+            }
+            ChunkStore::S3 { bucket, prefix } => {
+                let key = format!("{}{LEASE}", Self::session_prefix(prefix, stream, session));
+                bucket.put(&key, body, "text/plain").await
+            }
+        }
+    }
+
+    /// Until when the session's lease holds, if it has one.
+    pub async fn lease(
+        &self,
+        stream: &str,
+        session: &str,
+    ) -> Result<Option<SystemTime>, RecordError> {
+        let body = self.get_beside(stream, session, LEASE).await?;
+        Ok(body.and_then(|b| {
+            let ms: u64 = std::str::from_utf8(&b).ok()?.trim().parse().ok()?;
+            Some(UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        }))
+    }
+
+    /// The session is no longer live: its lease goes.
+    pub async fn end_lease(&self, stream: &str, session: &str) -> Result<(), RecordError> {
+        self.delete_beside(stream, session, &[LEASE]).await
+    }
+
+    /// Takes the session for `holder` to archive, unless another archiver has: whether it is
+    /// `holder`'s (taken now, or before by `holder` itself); `Err(Taken)` names the other.
+    pub async fn claim(
+        &self,
+        stream: &str,
+        session: &str,
+        holder: &str,
+    ) -> Result<(), RecordError> {
+        let body = Bytes::from(holder.to_owned());
+        let made = match self {
+            ChunkStore::Local(local) => {
+                let path = local.dir(stream, session).join(CLAIM);
+                blocking(move || {
+                    use std::io::Write;
+                    let dir = path.parent().expect("a session directory");
+                    std::fs::create_dir_all(dir).map_err(RecordError::io(dir))?;
+                    match std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&path)
+                    {
+                        Ok(mut file) => {
+                            file.write_all(&body).map_err(RecordError::io(&path))?;
+                            file.sync_all().map_err(RecordError::io(&path))?;
+                            Ok(true)
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                        Err(e) => Err(RecordError::io(&path)(e)),
+                    }
+                })
+                .await?
+            }
+            ChunkStore::S3 { bucket, prefix } => {
+                let key = format!("{}{CLAIM}", Self::session_prefix(prefix, stream, session));
+                bucket.put_new(&key, body, "text/plain").await?
+            }
+        };
+        if made {
+            return Ok(());
+        }
+        let by = self.get_beside(stream, session, CLAIM).await?;
+        let by = by
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        if by == holder {
+            Ok(())
+        } else {
+            Err(RecordError::Taken(session.to_owned(), by))
+        }
+    }
+
+    async fn get_beside(
+        &self,
+        stream: &str,
+        session: &str,
+        name: &str,
+    ) -> Result<Option<Bytes>, RecordError> {
+        match self {
+            ChunkStore::Local(local) => {
+                let path = local.dir(stream, session).join(name);
+                match tokio::fs::read(&path).await {
+                    Ok(data) => Ok(Some(Bytes::from(data))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(e) => Err(RecordError::io(&path)(e)),
+                }
+            }
+            ChunkStore::S3 { bucket, prefix } => {
+                let key = format!("{}{name}", Self::session_prefix(prefix, stream, session));
+                bucket.get(&key).await
+            }
+        }
+    }
+
+    async fn delete_beside(
+        &self,
+        stream: &str,
+        session: &str,
+        names: &[&str],
+    ) -> Result<(), RecordError> {
+        match self {
+            ChunkStore::Local(local) => {
+                for name in names {
+                    let path = local.dir(stream, session).join(name);
+                    match tokio::fs::remove_file(&path).await {
+                        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                            return Err(RecordError::io(&path)(e));
+                        }
+                        _ => {}
+                    }
+                }
+                Ok(())
+            }
+            ChunkStore::S3 { bucket, prefix } => {
+                let dir = Self::session_prefix(prefix, stream, session);
+                let keys: Vec<String> = names.iter().map(|n| format!("{dir}{n}")).collect();
+                bucket.delete(&keys).await
+            }
+        }
+    }
+
+    /// Removes what an archived session leaves: its chunks up to `last` (the recording's
+    /// last), its lease and its claim. Chunks after `last` (a node still writing them) stay.
+    pub async fn remove_through(
+        &self,
+        stream: &str,
+        session: &str,
+        last: u64,
+    ) -> Result<(), RecordError> {
+        let chunks = self.list(stream, session).await?;
+        if chunks.last().is_none_or(|&newest| newest <= last) {
+            return self.remove(stream, session).await;
+        }
+        tracing::warn!(%stream, %session, last, "chunks newer than the recording are kept");
+        let names: Vec<String> = chunks
+            .iter()
+            .filter(|&&s| s <= last)
+            .map(|&s| chunk_name(s))
+            .collect();
+        let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
+        all.extend([LEASE, CLAIM]);
+        self.delete_beside(stream, session, &all).await
+    }
+
     pub async fn remove(&self, stream: &str, session: &str) -> Result<(), RecordError> {
         match self {
             ChunkStore::Local(local) => {
@@ -224,6 +406,10 @@ impl LocalChunks {
         for stream in read_dirs(&self.root) {
             for session in read_dirs(&stream) {
                 if let (Some(st), Some(se)) = (name_of(&stream), name_of(&session)) {
+                    // A lease or claim alone is no session to archive.
+                    if self.list(&st, &se).unwrap_or_default().is_empty() {
+                        continue;
+                    }
                     let last_write = std::fs::read_dir(&session)
                         .into_iter()
                         .flatten()
@@ -299,6 +485,39 @@ mod tests {
         assert!(age < std::time::Duration::from_secs(60), "{age:?}");
         store.remove("main", "s1").await.unwrap();
         assert!(store.list("main", "s1").await.unwrap().is_empty());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn one_claim_per_session_leases_expire_and_newer_chunks_stay() {
+        let root = std::env::temp_dir().join(format!("tiercast-claims-{}", std::process::id()));
+        let store = ChunkStore::local(root.clone());
+        // A lease says until when; a session with only a lease is none to archive.
+        let until =
+            UNIX_EPOCH + std::time::Duration::from_millis(unix_ms(SystemTime::now()) + 20_000);
+        store.renew_lease("main", "s1", until).await.unwrap();
+        assert_eq!(store.lease("main", "s1").await.unwrap(), Some(until));
+        assert!(store.sessions().await.unwrap().is_empty());
+        // The first archiver to claim it has it; asking again, it still has it.
+        store.claim("main", "s1", "a").await.unwrap();
+        store.claim("main", "s1", "a").await.unwrap();
+        match store.claim("main", "s1", "b").await {
+            Err(RecordError::Taken(_, by)) => assert_eq!(by, "a"),
+            other => panic!("{other:?}"),
+        }
+        // Chunks after the recording's last stay; the rest, lease and claim go.
+        for seq in 0..4u64 {
+            store
+                .write("main", "s1", seq, Bytes::from_static(b"ts"))
+                .await
+                .unwrap();
+        }
+        store.remove_through("main", "s1", 1).await.unwrap();
+        assert_eq!(store.list("main", "s1").await.unwrap(), [2, 3]);
+        assert_eq!(store.lease("main", "s1").await.unwrap(), None);
+        store.claim("main", "s1", "b").await.unwrap();
+        store.remove_through("main", "s1", 3).await.unwrap();
+        assert!(!root.join("main/s1").exists());
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -28,6 +28,8 @@ pub enum RecordError {
     Remux { session: String, message: String },
     #[error("session {0} has no chunks")]
     NoChunks(String),
+    #[error("session {0} is being archived by {1}")]
+    Taken(String, String),
     #[error("object store: {op} {key}: {message}")]
     Store {
         op: &'static str,

@@ -116,6 +116,37 @@ impl Bucket {
         Ok(())
     }
 
+    /// Puts `data` at `key` unless something is there already (`If-None-Match: *`, which S3,
+    /// MinIO and Ceph honour): whether it was put.
+    pub async fn put_new(
+        &self,
+        key: &str,
+        data: Bytes,
+        content_type: &str,
+    ) -> Result<bool, RecordError> {
+        let put = self
+            .client
+            .put_object()
+            .bucket(&self.name)
+            .key(key)
+            .content_type(content_type)
+            .if_none_match("*")
+            .body(ByteStream::from(data))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(true),
+            // 412 Precondition Failed: it is there; 409: another put of it is under way.
+            Err(e)
+                if e.raw_response()
+                    .is_some_and(|r| matches!(r.status().as_u16(), 409 | 412)) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(Self::err("put", key, e)),
+        }
+    }
+
     /// The object's bytes, or `None` when there is no such key.
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, RecordError> {
         let out = match self

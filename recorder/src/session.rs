@@ -32,8 +32,42 @@ enum Message {
 /// loses the recording loses, so it gets room for a starved scheduler.
 const READ_CAPACITY: usize = 4096;
 
+/// The session's lease in the chunk store is renewed this often, to hold this long: while it
+/// holds, no archiver takes the session (see [`crate::chunks`]).
+const LEASE_EVERY: Duration = Duration::from_secs(5);
+const LEASE_FOR: Duration = Duration::from_secs(20);
+
+/// Keeps the session's lease until `ended`, then gives it up.
+async fn keep_lease(
+    store: ChunkStore,
+    stream: String,
+    session: String,
+    mut ended: oneshot::Receiver<()>,
+) {
+    loop {
+        let until = std::time::SystemTime::now() + LEASE_FOR;
+        let renewed =
+            tokio::time::timeout(ATTEMPT_TIMEOUT, store.renew_lease(&stream, &session, until));
+        match renewed.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => debug!(%stream, %session, "lease not renewed: {e}"),
+            Err(_) => debug!(%stream, %session, "lease not renewed in {ATTEMPT_TIMEOUT:?}"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(LEASE_EVERY) => {}
+            _ = &mut ended => break,
+        }
+    }
+    let ended = tokio::time::timeout(ATTEMPT_TIMEOUT, store.end_lease(&stream, &session));
+    if !matches!(ended.await, Ok(Ok(()))) {
+        debug!(%stream, %session, "lease left to expire");
+    }
+}
+
 pub struct SessionRecorder {
     tx: mpsc::UnboundedSender<Message>,
+    /// Ends the lease, and the task keeping it.
+    lease: (oneshot::Sender<()>, JoinHandle<()>),
     /// Reads the stream and cuts it into chunks, until the stream ends.
     cutter: Option<JoinHandle<()>>,
     _task: JoinHandle<()>,
@@ -302,6 +336,13 @@ impl SessionRecorder {
                 None
             }
         };
+        let (end_lease, ended) = oneshot::channel();
+        let lease = tokio::spawn(keep_lease(
+            store.clone(),
+            stream.to_owned(),
+            session.to_owned(),
+            ended,
+        ));
         let writer = Writer {
             store,
             spill,
@@ -315,6 +356,7 @@ impl SessionRecorder {
         let task = tokio::spawn(writer.run(rx));
         SessionRecorder {
             tx,
+            lease: (end_lease, lease),
             cutter,
             _task: task,
         }
@@ -330,6 +372,10 @@ impl SessionRecorder {
         if self.tx.send(Message::Flush(done)).is_ok() {
             let _ = wait.await;
         }
+        // Recorded to the end: the session is no longer live anywhere.
+        let (end, task) = self.lease;
+        let _ = end.send(());
+        let _ = task.await;
     }
 }
 

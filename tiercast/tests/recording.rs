@@ -246,17 +246,41 @@ fn websocket_subscribers_see_the_events_as_they_happen() {
 
 /// Runs `tiercast archiver` once (no Kafka: it archives the idle sessions it finds, then exits).
 fn archive_once(config: &std::path::Path) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiercast"))
-        .args(["archiver", "--config"])
-        .arg(config)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
+    archive_at_once(&[config]);
+}
+
+/// `tiercast archiver` (one sweep of the chunk store) for each of `configs`, all at once.
+fn archive_at_once(configs: &[&std::path::Path]) {
+    let running: Vec<_> = configs
+        .iter()
+        .map(|config| {
+            std::process::Command::new(env!("CARGO_BIN_EXE_tiercast"))
+                .args(["archiver", "--config"])
+                .arg(config)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for archiver in running {
+        let out = archiver.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+/// The events of type `kind` in the `events.jsonl` under `data_dir`.
+fn count_events(data_dir: &std::path::Path, kind: &str) -> usize {
+    std::fs::read_to_string(data_dir.join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&format!("\"type\":\"{kind}\"")))
+        .count()
 }
 
 #[test]
-fn a_session_whose_node_died_is_archived_from_the_bucket_by_another_archiver() {
+fn a_session_whose_node_died_is_archived_from_the_bucket_by_one_of_two_archivers() {
     let _turn = heavy();
     let scratch = TempDir::new("orphan");
     let s3 = S3Server::start("tiercast-orphans", &scratch.0.join("s3.log"));
@@ -278,30 +302,46 @@ fn a_session_whose_node_died_is_archived_from_the_bucket_by_another_archiver() {
     let _ = wait_child(publisher, Duration::from_secs(20));
     assert!(!s3.keys("chunks/main/").is_empty());
 
-    // An archiver on another machine (its own data_dir), sharing only the bucket.
-    let config = scratch.0.join("archiver.toml");
-    let data = scratch.0.join("archiver-data");
-    std::fs::write(
-        &config,
-        format!(
-            "[node]\ndata_dir = {:?}\n{shared}",
-            data.display().to_string()
-        ),
-    )
-    .unwrap();
-    // While chunks are fresh the session may still be live somewhere: left alone.
-    archive_once(&config);
+    // Two archivers on other machines (each its own data_dir), sharing only the bucket.
+    let archiver = |name: &str| {
+        let config = scratch.0.join(format!("{name}.toml"));
+        let data = scratch.0.join(format!("{name}-data"));
+        std::fs::write(
+            &config,
+            format!(
+                "[node]\ndata_dir = {:?}\n{shared}",
+                data.display().to_string()
+            ),
+        )
+        .unwrap();
+        (config, data)
+    };
+    let (one, one_data) = archiver("archiver-1");
+    let (two, two_data) = archiver("archiver-2");
+    // While its lease holds the session may still be live somewhere: left alone.
+    archive_at_once(&[&one, &two]);
     assert!(
         s3.keys("recordings/").is_empty(),
         "archived a session too soon"
     );
-    // Once no chunk has come for `orphan_after_seconds`, it is archived.
-    let deadline = std::time::Instant::now() + Duration::from_secs(45);
+    // Once its lease has run out and no chunk has come for `orphan_after_seconds`, it is
+    // archived, by one of them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while s3.keys("recordings/").is_empty() {
         assert!(std::time::Instant::now() < deadline, "never archived");
         std::thread::sleep(Duration::from_secs(3));
-        archive_once(&config);
+        archive_at_once(&[&one, &two]);
     }
+    archive_at_once(&[&one, &two]);
+    let ready =
+        count_events(&one_data, "recording.ready") + count_events(&two_data, "recording.ready");
+    assert_eq!(ready, 1, "one recording.ready between the two archivers");
+    let made: Vec<String> = s3.keys("recordings/main/");
+    assert_eq!(
+        made.iter().filter(|k| k.ends_with(".mp4")).count(),
+        1,
+        "{made:?}"
+    );
     assert!(s3.keys("chunks/").is_empty(), "chunks left behind");
     let key = s3
         .keys("recordings/main/")
@@ -485,6 +525,96 @@ fn https_webhooks_are_verified_against_the_trust_store() {
     }
     let log = node.log();
     assert!(log.contains("webhook failed"), "{log}");
+}
+
+#[test]
+fn a_live_stream_with_a_long_gop_is_never_archived_early() {
+    let scratch = TempDir::new("long-gop");
+    let s3 = S3Server::start("tiercast-long-gop", &scratch.0.join("s3.log"));
+    let shared = format!(
+        "[recording]\norphan_after_seconds = 12\n{}",
+        s3.node_config()
+    );
+    let node = start_node(&format!(
+        "[[streams]]\nname = \"main\"\nkey = \"k\"\nrecord = true\n\
+         [[ladders.default]]\nname = \"180p\"\nheight = 180\nvideo_kbps = 300\n{shared}"
+    ));
+    // Keyframes at 0 and 5 s, then none: after its first chunk the session writes nothing
+    // for the 105 s it stays live.
+    let publisher = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"])
+        .args([
+            "-t",
+            "110",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+            "-pix_fmt",
+            "yuv420p",
+        ])
+        .args(["-x264-params", "keyint=9000:min-keyint=9000:scenecut=0"])
+        .args(["-force_key_frames", "expr:eq(n,0)+eq(n,150)"])
+        .args(["-c:a", "aac", "-f", "flv", &node.rtmp_url("k")])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    node.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    // A standalone archiver sweeping the bucket every 5 s while the stream is live.
+    let config = scratch.0.join("archiver.toml");
+    let data = scratch.0.join("archiver-data");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\ndata_dir = {:?}\n{shared}",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let mut swept_with_a_chunk = 0;
+    while started.elapsed() < Duration::from_secs(90) {
+        swept_with_a_chunk +=
+            usize::from(!s3.keys("chunks/main/").iter().all(|k| k.ends_with("lease")));
+        archive_once(&config);
+        assert!(
+            s3.keys("recordings/").is_empty(),
+            "a live session was archived {:?} in",
+            started.elapsed()
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    assert!(
+        swept_with_a_chunk >= 10,
+        "the first chunk was never there to be taken"
+    );
+    let (status, stderr) = wait_child(publisher, Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()), "{stderr}");
+    // Ended, it is archived once, by its node, whole.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while count_events(&node.data_dir(), "recording.ready") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never archived:\n{}",
+            node.log()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert_eq!(count_events(&data, "recording.ready"), 0);
+    let key = s3
+        .keys("recordings/main/")
+        .into_iter()
+        .find(|k| k.ends_with(".mp4"))
+        .unwrap();
+    let file = scratch.0.join("long-gop.mp4");
+    s3.download(&key, &file);
+    let duration = probe_duration(&file);
+    assert!((duration - 110.0).abs() <= 0.5, "duration {duration}");
 }
 
 #[test]
