@@ -326,8 +326,8 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, MediaError> {
         }
         r.ue()?; // max_num_ref_frames
         r.bits(1)?; // gaps_in_frame_num_value_allowed_flag
-        let width_mbs = r.ue()? + 1;
-        let height_map_units = r.ue()? + 1;
+        let width_mbs = r.ue()?.checked_add(1)?;
+        let height_map_units = r.ue()?.checked_add(1)?;
         let frame_mbs_only = r.bits(1)?;
         if frame_mbs_only == 0 {
             r.bits(1)?; // mb_adaptive_frame_field_flag
@@ -355,9 +355,13 @@ pub fn parse_sps(nal: &[u8]) -> Result<SpsInfo, MediaError> {
         } else {
             sub_h
         }) * (2 - frame_mbs_only);
-        let width = (width_mbs.checked_mul(16)?).checked_sub(crop_unit_x * (crop_l + crop_r))?;
-        let height = ((2 - frame_mbs_only) * height_map_units.checked_mul(16)?)
-            .checked_sub(crop_unit_y * (crop_t + crop_b))?;
+        // Every figure comes from the publisher: none may overflow.
+        let crop = |unit: u32, a: u32, b: u32| a.checked_add(b)?.checked_mul(unit);
+        let width = (width_mbs.checked_mul(16)?).checked_sub(crop(crop_unit_x, crop_l, crop_r)?)?;
+        let height = height_map_units
+            .checked_mul(16)?
+            .checked_mul(2 - frame_mbs_only)?
+            .checked_sub(crop(crop_unit_y, crop_t, crop_b)?)?;
         Some((width, height))
     };
     let (width, height) = parse(&mut r).ok_or(truncated)?;
@@ -450,6 +454,15 @@ mod tests {
             d.extend_from_slice(p);
         }
         Bytes::from(d)
+    }
+
+    #[test]
+    fn an_sps_with_absurd_sizes_is_refused_not_overflowed() {
+        // Found by the `media_config` fuzz target: cropping figures that overflow.
+        let sps = [
+            0x27, 0x00, 0x26, 0xff, 0xfd, 0x00, 0x00, 0x00, 0x0e, 0x00, 0x00, 0x00, 0x00, 0x0e,
+        ];
+        assert!(parse_sps(&sps).is_err());
     }
 
     #[test]
