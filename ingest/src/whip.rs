@@ -172,10 +172,24 @@ async fn offer(
     if let Err(refused) = whip.resources.offer(from.ip(), Instant::now()) {
         return too_many(refused);
     }
+    let now = Instant::now();
+    if let Err(wait) = whip.registry.guesses.allowed(from.ip(), now) {
+        let mut refused = refuse(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too many wrong stream keys from this address",
+        );
+        refused.headers_mut().insert(
+            header::RETRY_AFTER,
+            axum::http::HeaderValue::from(wait.as_secs().max(1)),
+        );
+        return refused;
+    }
     if !pipelines::secret::same(key, &entry.config.key) {
+        whip.registry.guesses.wrong(from.ip(), now);
         warn!(%stream, %from, "WHIP publish with a wrong key refused");
         return refuse(StatusCode::FORBIDDEN, "wrong stream key");
     }
+    whip.registry.guesses.right(from.ip());
     let (offer, h264) = match read_offer(&headers, &body) {
         Ok(read) => read,
         Err(refused) => return refused,

@@ -17,6 +17,8 @@ use crate::media::SourceTracks;
 pub struct Registry {
     streams: BTreeMap<String, Arc<StreamEntry>>,
     sessions_started: AtomicU64,
+    /// Wrong keys per address, from every publishing door.
+    pub guesses: crate::secret::Guesses,
 }
 
 #[derive(Debug)]
@@ -154,6 +156,7 @@ impl Registry {
         Registry {
             streams,
             sessions_started: AtomicU64::new(0),
+            guesses: crate::secret::Guesses::default(),
         }
     }
 

@@ -1,5 +1,83 @@
 //! Secrets (stream keys, tokens) compared in constant time: how long a comparison takes says
-//! nothing of how much of a guess was right.
+//! nothing of how much of a guess was right; and an address that keeps guessing wrong is made
+//! to wait ([`Guesses`]).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Wrong keys an address may send within [`GUESS_WINDOW`] before it has to wait.
+pub const FREE_GUESSES: u32 = 5;
+/// How long wrong keys are remembered.
+pub const GUESS_WINDOW: Duration = Duration::from_secs(60);
+/// The longest an address waits after a wrong key.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// Addresses remembered at most; past it the stalest are forgotten.
+const MAX_ADDRESSES: usize = 4096;
+
+/// Wrong stream keys per client address (RTMP and WHIP alike): past [`FREE_GUESSES`] in a
+/// minute, each further wrong key makes the address wait twice as long as the last (1 s, 2 s,
+/// 4 s, ... at most a minute) before any key from it is looked at again. A right key clears it.
+#[derive(Debug, Default)]
+pub struct Guesses {
+    by_address: Mutex<HashMap<IpAddr, Guessing>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Guessing {
+    wrong: u32,
+    first: Instant,
+    until: Option<Instant>,
+}
+
+impl Guesses {
+    /// `Err(wait)`: the address must wait this long before its next key is looked at.
+    pub fn allowed(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&ip).and_then(|g| g.until) {
+            Some(until) if until > now => Err(until - now),
+            _ => Ok(()),
+        }
+    }
+
+    /// A wrong key from `ip`.
+    pub fn wrong(&self, ip: IpAddr, now: Instant) {
+        let mut map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MAX_ADDRESSES && !map.contains_key(&ip) {
+            map.retain(|_, g| {
+                now.duration_since(g.first) < GUESS_WINDOW || g.until.is_some_and(|u| u > now)
+            });
+            if map.len() >= MAX_ADDRESSES {
+                let stalest = map.iter().min_by_key(|(_, g)| g.first).map(|(a, _)| *a);
+                map.remove(&stalest.expect("a full map has entries"));
+            }
+        }
+        let g = map.entry(ip).or_insert(Guessing {
+            wrong: 0,
+            first: now,
+            until: None,
+        });
+        if now.duration_since(g.first) >= GUESS_WINDOW && g.until.is_none_or(|u| u <= now) {
+            *g = Guessing {
+                wrong: 0,
+                first: now,
+                until: None,
+            };
+        }
+        g.wrong += 1;
+        if g.wrong > FREE_GUESSES {
+            let wait = Duration::from_secs(1 << (g.wrong - FREE_GUESSES - 1).min(6)).min(MAX_WAIT);
+            g.until = Some(now + wait);
+        }
+    }
+
+    /// A right key from `ip`: what it guessed before is forgotten.
+    pub fn right(&self, ip: IpAddr) {
+        let mut map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&ip);
+    }
+}
 
 /// Whether `given` is `expected`, in time that depends only on their lengths.
 pub fn same(given: &str, expected: &str) -> bool {
@@ -15,7 +93,34 @@ pub fn same(given: &str, expected: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::same;
+    use super::*;
+
+    #[test]
+    fn an_address_that_keeps_guessing_waits_longer_each_time() {
+        let guesses = Guesses::default();
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let t = Instant::now();
+        for _ in 0..FREE_GUESSES {
+            assert_eq!(guesses.allowed(a, t), Ok(()));
+            guesses.wrong(a, t);
+        }
+        assert_eq!(guesses.allowed(a, t), Ok(()), "five are free");
+        guesses.wrong(a, t);
+        assert_eq!(guesses.allowed(a, t), Err(Duration::from_secs(1)));
+        let later = t + Duration::from_secs(1);
+        assert_eq!(guesses.allowed(a, later), Ok(()));
+        guesses.wrong(a, later);
+        assert_eq!(guesses.allowed(a, later), Err(Duration::from_secs(2)));
+        // Another address is not held up; a right key clears the first.
+        assert_eq!(guesses.allowed(b, later), Ok(()));
+        guesses.right(a);
+        assert_eq!(guesses.allowed(a, later), Ok(()));
+        // However many guesses, the wait stays within a minute.
+        for _ in 0..100 {
+            guesses.wrong(b, later);
+        }
+        assert!(guesses.allowed(b, later).unwrap_err() <= MAX_WAIT);
+    }
 
     #[test]
     fn only_the_same_secret_is_the_same() {

@@ -25,6 +25,9 @@
 //!   of another stream goes on decoding.
 //! - A WebRTC viewer that claims to lose nine packets in ten and asks for them again (NACK)
 //!   gets retransmissions only within its budget (half its rendition's rate), from `/metrics`.
+//! - An address that sends more than five wrong stream keys a minute waits (1 s, 2 s, 4 s, ...)
+//!   before any key from it is looked again, on WHIP (`429` with `Retry-After`) and RTMP alike;
+//!   other addresses are not held up.
 //! - A heartbeat is signed whole, once: a forged, altered, old or replayed one is refused, and
 //!   a node without a cluster secret takes none.
 
@@ -691,6 +694,18 @@ fn crafted_publisher(
     key: &str,
     video: &[Vec<u8>],
 ) -> std::net::TcpStream {
+    let socket = std::net::TcpStream::connect(to).expect("connects");
+    crafted_publish(socket, app, key, video).expect("the publish is taken")
+}
+
+/// [`crafted_publisher`] on a connected `socket`: `Err` with what happened when the node does
+/// not take the publish.
+fn crafted_publish(
+    mut socket: std::net::TcpStream,
+    app: &str,
+    key: &str,
+    video: &[Vec<u8>],
+) -> Result<std::net::TcpStream, String> {
     use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
     use rml_rtmp::sessions::{
         ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult,
@@ -699,30 +714,33 @@ fn crafted_publisher(
     use rml_rtmp::time::RtmpTimestamp;
     use std::io::{Read, Write};
 
-    let mut socket = std::net::TcpStream::connect(to).expect("connects");
     socket
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
     let mut handshake = Handshake::new(PeerType::Client);
     socket
         .write_all(&handshake.generate_outbound_p0_and_p1().unwrap())
-        .unwrap();
+        .map_err(|e| e.to_string())?;
     let mut buf = vec![0u8; 16 * 1024];
     let mut input = loop {
-        let n = socket.read(&mut buf).expect("the handshake goes on");
-        assert!(n > 0, "closed during the handshake");
+        let n = socket.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed during the handshake".into());
+        }
         match handshake
             .process_bytes(&buf[..n])
-            .expect("a good handshake")
+            .map_err(|e| format!("{e:?}"))?
         {
-            HandshakeProcessResult::InProgress { response_bytes } => {
-                socket.write_all(&response_bytes).unwrap()
-            }
+            HandshakeProcessResult::InProgress { response_bytes } => socket
+                .write_all(&response_bytes)
+                .map_err(|e| e.to_string())?,
             HandshakeProcessResult::Completed {
                 response_bytes,
                 remaining_bytes,
             } => {
-                socket.write_all(&response_bytes).unwrap();
+                socket
+                    .write_all(&response_bytes)
+                    .map_err(|e| e.to_string())?;
                 break remaining_bytes;
             }
         }
@@ -730,23 +748,27 @@ fn crafted_publisher(
     let (mut session, _) = ClientSession::new(ClientSessionConfig::new()).unwrap();
     let send = |socket: &mut std::net::TcpStream, result: ClientSessionResult| {
         if let ClientSessionResult::OutboundResponse(packet) = result {
-            socket.write_all(&packet.bytes).unwrap();
+            let _ = socket.write_all(&packet.bytes);
         }
     };
     // Reads until the server says `wanted`, answering what needs an answer.
     let mut until = |socket: &mut std::net::TcpStream,
                      session: &mut ClientSession,
                      input: &mut Vec<u8>,
-                     wanted: fn(&ClientSessionEvent) -> bool| {
+                     wanted: fn(&ClientSessionEvent) -> bool|
+     -> Result<(), String> {
         loop {
-            for result in session.handle_input(input).expect("RTMP the client reads") {
+            let results = session.handle_input(input).map_err(|e| format!("{e:?}"))?;
+            for result in results {
                 match result {
-                    ClientSessionResult::RaisedEvent(e) if wanted(&e) => return,
+                    ClientSessionResult::RaisedEvent(e) if wanted(&e) => return Ok(()),
                     other => send(socket, other),
                 }
             }
-            let n = socket.read(&mut buf).expect("the server answers");
-            assert!(n > 0, "closed before the publish was accepted");
+            let n = socket.read(&mut buf).map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed before the publish was taken".into());
+            }
             *input = buf[..n].to_vec();
         }
     };
@@ -754,7 +776,7 @@ fn crafted_publisher(
     send(&mut socket, connect);
     until(&mut socket, &mut session, &mut input, |e| {
         matches!(e, ClientSessionEvent::ConnectionRequestAccepted)
-    });
+    })?;
     input.clear();
     let publish = session
         .request_publishing(key.to_owned(), PublishRequestType::Live)
@@ -762,7 +784,7 @@ fn crafted_publisher(
     send(&mut socket, publish);
     until(&mut socket, &mut session, &mut input, |e| {
         matches!(e, ClientSessionEvent::PublishRequestAccepted)
-    });
+    })?;
     for (i, message) in video.iter().enumerate() {
         let at = RtmpTimestamp::new(i as u32 * 33);
         let Ok(packet) = session.publish_video_data(bytes::Bytes::from(message.clone()), at, false)
@@ -775,7 +797,7 @@ fn crafted_publisher(
             break;
         }
     }
-    socket
+    Ok(socket)
 }
 
 /// An FLV video message: the H.264 sequence header holding x264's 1280x720 High 3.1 SPS and
@@ -896,4 +918,58 @@ fn a_nack_flood_costs_the_node_at_most_the_viewers_budget() {
     // The node is the same for everyone else.
     assert_eq!(node.get("/healthz").status, 200);
     drop(publisher);
+}
+
+#[test]
+fn an_address_that_keeps_guessing_keys_is_made_to_wait() {
+    let node = start_node("[[streams]]\nname = \"main\"\nkey = \"main-key-0123456789\"\n");
+    let offer = offer_without_candidates(true);
+    let whip = |key: &str| {
+        http_send(
+            node.http,
+            "POST",
+            "/whip/main",
+            &[
+                ("Content-Type", "application/sdp"),
+                ("Authorization", &format!("Bearer {key}")),
+            ],
+            offer.as_bytes(),
+        )
+    };
+    // Five wrong keys are told they are wrong; each one past them makes the address wait,
+    // twice as long as the last: 1 s, 2 s, 4 s.
+    for _ in 0..5 {
+        assert_eq!(whip("main-key-guess-0000").status, 403);
+    }
+    for wait in [1, 2, 4] {
+        assert_eq!(whip("main-key-guess-0000").status, 403);
+        let waiting = whip("main-key-guess-0000");
+        assert_eq!(waiting.status, 429, "{}", waiting.text());
+        let after: u64 = waiting.header("retry-after").unwrap().parse().unwrap();
+        assert!(
+            (1..=wait).contains(&after),
+            "Retry-After {after} for a {wait} s wait"
+        );
+        if wait < 4 {
+            std::thread::sleep(Duration::from_millis(wait * 1000 + 200));
+        }
+    }
+    // While it waits, even the right key from it is not looked at, on any door.
+    assert_eq!(whip("main-key-0123456789").status, 429);
+    let here = std::net::TcpStream::connect(node.rtmp).unwrap();
+    let refused = crafted_publish(here, "live", "main-key-0123456789", &[]);
+    assert!(
+        refused.is_err(),
+        "RTMP took the right key from a guessing address"
+    );
+    assert!(
+        node.log().contains("too many wrong stream keys"),
+        "{}",
+        node.log()
+    );
+    // Another address is not held up by it.
+    let elsewhere = sockets_from(6, 1, 1, node.rtmp).pop().unwrap();
+    elsewhere.set_nonblocking(false).unwrap();
+    crafted_publish(elsewhere, "live", "main-key-0123456789", &[])
+        .expect("a publisher at another address is taken");
 }

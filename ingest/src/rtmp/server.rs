@@ -285,13 +285,24 @@ impl ConnTask {
                 app,
                 key,
             } => {
+                let ip = self.peer.ip();
+                let now = std::time::Instant::now();
                 let claimed = if publishing.is_some() {
                     Err("this connection already publishes".to_owned())
+                } else if let Err(wait) = self.registry.guesses.allowed(ip, now) {
+                    Err(format!(
+                        "too many wrong stream keys from this address; try again in {} s",
+                        wait.as_secs().max(1)
+                    ))
                 } else {
                     self.registry
                         .claim(&key, self.peer, "rtmp")
+                        .inspect(|_| self.registry.guesses.right(ip))
                         .map_err(|e| match e {
-                            ClaimError::UnknownKey => format!("unknown stream key on app {app:?}"),
+                            ClaimError::UnknownKey => {
+                                self.registry.guesses.wrong(ip, now);
+                                format!("unknown stream key on app {app:?}")
+                            }
                             other => other.to_string(),
                         })
                 };
