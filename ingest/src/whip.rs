@@ -189,7 +189,6 @@ async fn offer(
         warn!(%stream, %from, "WHIP publish with a wrong key refused");
         return refuse(StatusCode::FORBIDDEN, "wrong stream key");
     }
-    whip.registry.guesses.right(from.ip());
     let (offer, h264) = match read_offer(&headers, &body) {
         Ok(read) => read,
         Err(refused) => return refused,

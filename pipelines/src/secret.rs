@@ -16,9 +16,11 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// Addresses remembered at most; past it the stalest are forgotten.
 const MAX_ADDRESSES: usize = 4096;
 
-/// Wrong stream keys per client address (RTMP and WHIP alike): past [`FREE_GUESSES`] in a
-/// minute, each further wrong key makes the address wait twice as long as the last (1 s, 2 s,
-/// 4 s, ... at most a minute) before any key from it is looked at again. A right key clears it.
+/// Wrong stream keys per client address (RTMP and WHIP alike; IPv6 by its /64): past
+/// [`FREE_GUESSES`] in a minute, each further wrong key makes the address wait twice as long as
+/// the last (1 s, 2 s, 4 s, ... at most a minute) before any key from it is looked at again. A
+/// right key does not clear it: a publisher with a key of its own could otherwise guess others'
+/// without end.
 #[derive(Debug, Default)]
 pub struct Guesses {
     by_address: Mutex<HashMap<IpAddr, Guessing>>,
@@ -34,6 +36,7 @@ struct Guessing {
 impl Guesses {
     /// `Err(wait)`: the address must wait this long before its next key is looked at.
     pub fn allowed(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let ip = by_prefix(ip);
         let map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&ip).and_then(|g| g.until) {
             Some(until) if until > now => Err(until - now),
@@ -43,6 +46,7 @@ impl Guesses {
 
     /// A wrong key from `ip`.
     pub fn wrong(&self, ip: IpAddr, now: Instant) {
+        let ip = by_prefix(ip);
         let mut map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
         if map.len() >= MAX_ADDRESSES && !map.contains_key(&ip) {
             map.retain(|_, g| {
@@ -71,11 +75,18 @@ impl Guesses {
             g.until = Some(now + wait);
         }
     }
+}
 
-    /// A right key from `ip`: what it guessed before is forgotten.
-    pub fn right(&self, ip: IpAddr) {
-        let mut map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
-        map.remove(&ip);
+/// The address a client is counted under: IPv4 as it is, IPv6 by its /64 (one host has a
+/// whole /64 to pick addresses from).
+pub fn by_prefix(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => {
+            let mut s = v6.segments();
+            s[4..].fill(0);
+            IpAddr::from(s)
+        }
+        v4 => v4,
     }
 }
 
@@ -111,10 +122,16 @@ mod tests {
         assert_eq!(guesses.allowed(a, later), Ok(()));
         guesses.wrong(a, later);
         assert_eq!(guesses.allowed(a, later), Err(Duration::from_secs(2)));
-        // Another address is not held up; a right key clears the first.
+        // Another address is not held up; another host of the same IPv6 /64 is.
         assert_eq!(guesses.allowed(b, later), Ok(()));
-        guesses.right(a);
-        assert_eq!(guesses.allowed(a, later), Ok(()));
+        let (v6, v6_next): (IpAddr, IpAddr) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::2".parse().unwrap(),
+        );
+        for _ in 0..=FREE_GUESSES {
+            guesses.wrong(v6, later);
+        }
+        assert!(guesses.allowed(v6_next, later).is_err());
         // However many guesses, the wait stays within a minute.
         for _ in 0..100 {
             guesses.wrong(b, later);

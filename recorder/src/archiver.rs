@@ -196,9 +196,11 @@ impl Archiver {
             {
                 continue;
             }
-            // Live on another node, however long since its last chunk (a long GOP, a pause).
+            // Live on another node, however long since its last chunk (a long GOP, a pause); or
+            // it was until lately (its lease may have lapsed while the store was down, or its
+            // node's clock runs behind ours).
             match self.chunks.lease(&left.stream, &left.session).await {
-                Ok(Some(until)) if until > now => continue,
+                Ok(Some(until)) if until + idle > now => continue,
                 Ok(_) => {}
                 Err(e) => {
                     warn!(stream = %left.stream, session = %left.session, "lease unreadable, session left alone: {e}");

@@ -430,9 +430,13 @@ mod tests {
             EventKind::RecordingDegraded { .. }
         ));
         // They wait on disk, whole.
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let waiting = spill.join("main/s1");
-        assert_eq!(std::fs::read_dir(&waiting).unwrap().count(), 3);
+        let count = || std::fs::read_dir(&waiting).map_or(0, |d| d.count());
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while count() < 3 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(count(), 3);
         // The store is back: they go up oldest first, then the outage is over.
         std::fs::remove_file(chunks.join("main")).unwrap();
         for expected in 0..3 {

@@ -36,9 +36,18 @@ pub const STALLED: Duration = Duration::from_secs(60);
 /// How long requests in flight are let finish after the stop signal.
 const DRAIN: Duration = Duration::from_secs(10);
 
-const OVER_CAPACITY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\n\
-content-type: application/json\r\ncontent-length: 81\r\nconnection: close\r\n\r\n\
-{\"error\":{\"code\":\"service_unavailable\",\"message\":\"too many connections, retry\"}}";
+const OVER_CAPACITY_BODY: &str =
+    r#"{"error":{"code":"service_unavailable","message":"too many connections, retry"}}"#;
+
+/// What a connection past the caps is told, whole, before it is closed.
+fn over_capacity() -> Vec<u8> {
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{OVER_CAPACITY_BODY}",
+        OVER_CAPACITY_BODY.len()
+    )
+    .into_bytes()
+}
 
 /// The caps on connections.
 #[derive(Debug, Clone, Copy)]
@@ -61,6 +70,7 @@ pub async fn serve(
         .max_buf_size(64 * 1024);
     let http = Arc::new(http);
     let counts = Arc::new(Counts::default());
+    let over_capacity = over_capacity();
     let mut connections = JoinSet::new();
     loop {
         let (socket, peer) = tokio::select! {
@@ -76,9 +86,13 @@ pub async fn serve(
             _ = stopped(&mut stop) => break,
             Some(_) = connections.join_next() => continue,
         };
-        let Some(held) = counts.take(peer.ip(), caps) else {
+        let Some(held) = counts.take(pipelines::secret::by_prefix(peer.ip()), caps) else {
             debug!(%peer, "http connection over the caps");
-            let _ = socket.try_write(OVER_CAPACITY);
+            let _ = socket.try_write(&over_capacity);
+            // Said and done: no reset that could make the client lose the answer.
+            let _ = socket
+                .into_std()
+                .map(|s| s.shutdown(std::net::Shutdown::Write));
             continue;
         };
         let _ = socket.set_nodelay(true);
@@ -283,6 +297,16 @@ mod tests {
         assert!(counts.take(b, caps).is_none(), "the node is full");
         drop(first);
         assert!(counts.take(a, caps).is_some(), "a place came back");
+    }
+
+    #[test]
+    fn the_answer_past_the_caps_is_whole() {
+        let answer = String::from_utf8(over_capacity()).unwrap();
+        let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains(&format!("content-length: {}", body.len())),
+            "{answer}"
+        );
     }
 
     #[tokio::test]

@@ -43,6 +43,42 @@ pub(crate) struct Api {
     openapi: Arc<OnceLock<String>>,
     /// Mints viewer tokens (`None` without a cluster secret).
     tokens: Option<Arc<Tokens>>,
+    /// `[http] admin_token`.
+    admin_token: Arc<str>,
+}
+
+/// `?token=` on a recording's URL: a viewer token of its stream.
+#[derive(Debug, Default, serde::Deserialize)]
+struct RecordingQuery {
+    token: Option<String>,
+}
+
+impl Api {
+    /// Whether a caller may see `stream`'s recordings: anyone's, but a token stream's only the
+    /// operator's or a holder of a current viewer token for it.
+    fn may_see(
+        &self,
+        stream: &str,
+        who: Operator,
+        token: Option<&str>,
+        from: Option<SocketAddr>,
+    ) -> bool {
+        let access = self
+            .registry
+            .get(stream)
+            .map_or(pipelines::config::Access::Public, |e| e.config.access);
+        let client = from.map_or(std::net::IpAddr::from([0, 0, 0, 0]), |f| f.ip());
+        who.0
+            || relay_tiers::access::admit(
+                self.tokens.as_deref(),
+                access,
+                stream,
+                None,
+                token,
+                client,
+            )
+            .is_ok()
+    }
 }
 
 /// This binary's `/api/v1/` routes, each mounted with its description.
@@ -117,8 +153,9 @@ pub fn router(s: Services) -> Router {
         bus: s.bus,
         openapi: Arc::default(),
         tokens: s.tokens.clone(),
+        admin_token: Arc::from(s.config.http.admin_token.as_str()),
     };
-    let admin_token: Arc<str> = Arc::from(s.config.http.admin_token.as_str());
+    let admin_token = api.admin_token.clone();
     let (described, doc) = api_routes()
         .with_state(api.clone())
         .merge(relay_tiers::cluster::router().with_state(s.cluster.clone()))
@@ -308,7 +345,11 @@ async fn recordings_list(State(api): State<Api>, Extension(who): Extension<Opera
         Err(e) => return store_unavailable(e),
     };
     let mut list = Vec::with_capacity(infos.len());
-    for info in infos {
+    // A token stream's recordings are not listed to anyone but the operator.
+    for info in infos
+        .into_iter()
+        .filter(|i| api.may_see(&i.stream, who, None, None))
+    {
         list.push(described(&api, info, who).await);
     }
     Json(RecordingList { recordings: list }).into_response()
@@ -316,7 +357,10 @@ async fn recordings_list(State(api): State<Api>, Extension(who): Extension<Opera
 
 #[utoipa::path(get, path = "/api/v1/recordings/{id}",
     summary = "One recording's description (duration, size, tracks, download URL).",
-    params(("id" = String, Path, description = "The recording's id (its session's).")),
+    params(
+        ("id" = String, Path, description = "The recording's id (its session's)."),
+        ("token" = Option<String>, Query, description = "A viewer token, for a stream with access = \"token\"."),
+    ),
     responses(
         (status = 200, body = Recording),
         (status = 404, description = "No recording of that id.", body = ErrorBody),
@@ -325,10 +369,17 @@ async fn recordings_list(State(api): State<Api>, Extension(who): Extension<Opera
 async fn recording(
     State(api): State<Api>,
     Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RecordingQuery>,
     Extension(who): Extension<Operator>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<SocketAddr>>>,
 ) -> Response {
     match api.recordings.get(&id).await {
-        Ok(Some(info)) => Json(described(&api, info, who).await).into_response(),
+        Ok(Some(info))
+            if api.may_see(&info.stream, who, q.token.as_deref(), peer.map(|p| p.0.0)) =>
+        {
+            Json(described(&api, info, who).await).into_response()
+        }
+        Ok(Some(_)) => refuse(StatusCode::NOT_FOUND, &format!("no recording {id:?}")),
         Ok(None) => refuse(StatusCode::NOT_FOUND, &format!("no recording {id:?}")),
         Err(e) => store_unavailable(e),
     }
@@ -349,7 +400,13 @@ async fn archives(State(api): State<Api>) -> Json<ArchiveList> {
 }
 
 /// The MP4 itself, streamed from the local object store (or a redirect to the bucket).
-async fn recording_file(State(api): State<Api>, Path(file): Path<String>) -> Response {
+async fn recording_file(
+    State(api): State<Api>,
+    Path(file): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<RecordingQuery>,
+    peer: Option<axum::Extension<axum::extract::ConnectInfo<SocketAddr>>>,
+    headers: axum::http::HeaderMap,
+) -> Response {
     let not_found = || refuse(StatusCode::NOT_FOUND, "no such recording");
     let Some(id) = file.strip_suffix(".mp4") else {
         return not_found();
@@ -357,6 +414,11 @@ async fn recording_file(State(api): State<Api>, Path(file): Path<String>) -> Res
     let Ok(Some(info)) = api.recordings.get(id).await else {
         return not_found();
     };
+    let from = peer.map(|p| p.0.0);
+    let who = Operator(is_operator(&api.admin_token, &headers, from));
+    if !api.may_see(&info.stream, who, q.token.as_deref(), from) {
+        return not_found();
+    }
     let path = match api.recordings.download(&info).await {
         Ok(Download::File(path)) => path,
         Ok(Download::Url(url)) => {

@@ -297,7 +297,6 @@ impl ConnTask {
                 } else {
                     self.registry
                         .claim(&key, self.peer, "rtmp")
-                        .inspect(|_| self.registry.guesses.right(ip))
                         .map_err(|e| match e {
                             ClaimError::UnknownKey => {
                                 self.registry.guesses.wrong(ip, now);

@@ -315,13 +315,14 @@ async fn media_file(
     ) {
         return refused.into_response();
     }
+    // Segment names carry the session id: a URL never changes content. A token stream's are
+    // for their viewer only: no shared cache keeps them for others.
+    let cache = match hls.access {
+        pipelines::config::Access::Public => "public, max-age=3600, immutable",
+        pipelines::config::Access::Token => "private, max-age=3600, immutable",
+    };
     match segmenter.segment(&file) {
-        // Segment names carry the session id: a URL never changes content.
-        Some(data) => (
-            headers(Some(SEGMENT_TYPE), Some("public, max-age=3600, immutable")),
-            data,
-        )
-            .into_response(),
+        Some(data) => (headers(Some(SEGMENT_TYPE), Some(cache)), data).into_response(),
         None => not_found("no such segment"),
     }
 }
