@@ -198,8 +198,13 @@ impl Archiver {
             }
             // Live on another node, however long since its last chunk (a long GOP, a pause); or
             // it was until lately (its lease may have lapsed while the store was down, or its
-            // node's clock runs behind ours).
-            match self.chunks.lease(&left.stream, &left.session).await {
+            // node's clock runs behind ours). The only writer of its store knows what is live in
+            // it, and a lease it finds is its previous run's.
+            let lease = match self.sole_writer {
+                true => Ok(None),
+                false => self.chunks.lease(&left.stream, &left.session).await,
+            };
+            match lease {
                 Ok(Some(until)) if until + idle > now => continue,
                 Ok(_) => {}
                 Err(e) => {

@@ -676,6 +676,21 @@ fn a_bucket_down_for_a_minute_mid_stream_loses_nothing() {
     assert!(count("recording.resumed") >= 1, "{events}");
     assert_eq!(count("recording.ready"), 1, "{events}");
     assert_eq!(count("recording.failed"), 0, "{events}");
+    // Every chunk went up, none missing in the middle (the MP4's duration alone would not
+    // show a gap: its timestamps would span it).
+    let mut written: Vec<u64> = events
+        .lines()
+        .filter(|l| l.contains("\"type\":\"recording.chunk_written\""))
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["sequence"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    written.sort_unstable();
+    let expected: Vec<u64> = (0..written.len() as u64).collect();
+    assert_eq!(written, expected, "chunks written, in sequence");
+    assert!(written.len() >= 80, "{} chunks for 180 s", written.len());
     // Nothing is left waiting on the node's disk.
     let spill = node.data_dir().join("spill/main");
     let left = std::fs::read_dir(&spill)
