@@ -85,20 +85,6 @@ fn now() -> u64 {
         .unwrap_or_default()
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if text.len() % 2 != 0 || !text.is_ascii() {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).ok())
-        .collect()
-}
-
 impl Tokens {
     /// `None` without a secret: then no stream can be watched by token.
     pub fn new(cluster_secret: &str) -> Option<Tokens> {
@@ -124,12 +110,12 @@ impl Tokens {
     pub fn mint(&self, grant: &Grant) -> String {
         let address = grant
             .address
-            .map(|a| hex(a.to_string().as_bytes()))
+            .map(|a| hex::encode(a.to_string()))
             .unwrap_or_default();
         let rendition = grant
             .rendition
             .as_deref()
-            .map(|r| hex(r.as_bytes()))
+            .map(hex::encode)
             .unwrap_or_default();
         let signature = self
             .mac(&grant.stream, grant.expires, &address, &rendition)
@@ -138,7 +124,7 @@ impl Tokens {
         format!(
             "{}.{address}.{rendition}.{}",
             grant.expires,
-            hex(&signature)
+            hex::encode(signature)
         )
     }
 
@@ -158,7 +144,7 @@ impl Tokens {
             return Err(Refused::Forged);
         };
         let expires: u64 = expires.parse().map_err(|_| Refused::Forged)?;
-        let signature = unhex(signature).ok_or(Refused::Forged)?;
+        let signature = hex::decode(signature).map_err(|_| Refused::Forged)?;
         // Constant time.
         self.mac(stream, expires, address, rendition)
             .verify_slice(&signature)
@@ -168,7 +154,11 @@ impl Tokens {
         }
         let text = |hexed: &str| {
             (!hexed.is_empty())
-                .then(|| unhex(hexed).and_then(|b| String::from_utf8(b).ok()))
+                .then(|| {
+                    hex::decode(hexed)
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())
+                })
                 .map(|t| t.ok_or(Refused::Forged))
                 .transpose()
         };

@@ -212,6 +212,25 @@ impl Watched {
     }
 }
 
+impl Watched {
+    /// A write's outcome: bytes out count as movement; a write that waits may have stalled.
+    fn wrote(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(r) => {
+                if matches!(r, Ok(n) if n > 0) {
+                    self.moved = Instant::now();
+                }
+                Poll::Ready(r)
+            }
+            Poll::Pending => self.stalled(cx).map(Err),
+        }
+    }
+}
+
 impl AsyncRead for Watched {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -237,15 +256,8 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.socket).poll_write(cx, data) {
-            Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    self.moved = Instant::now();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.stalled(cx).map(Err),
-        }
+        let written = Pin::new(&mut self.socket).poll_write(cx, data);
+        self.wrote(cx, written)
     }
 
     fn poll_write_vectored(
@@ -253,15 +265,8 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         data: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match Pin::new(&mut self.socket).poll_write_vectored(cx, data) {
-            Poll::Ready(r) => {
-                if matches!(r, Ok(n) if n > 0) {
-                    self.moved = Instant::now();
-                }
-                Poll::Ready(r)
-            }
-            Poll::Pending => self.stalled(cx).map(Err),
-        }
+        let written = Pin::new(&mut self.socket).poll_write_vectored(cx, data);
+        self.wrote(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
