@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
@@ -26,6 +27,7 @@ use tokio::sync::watch;
 use tracing::{debug, info};
 
 use crate::relay::auth;
+use crate::relay::tls::{ClusterLink, ClusterTls};
 
 pub const HEARTBEAT_PATH: &str = "/api/v1/cluster/heartbeat";
 /// Heartbeats are sent this often...
@@ -54,6 +56,26 @@ fn now_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or_default()
+}
+
+/// Whether `address` is a plain `host:port` a URL can be made of: a DNS name or an IP address
+/// (IPv6 in brackets) and a port, nothing that could carry a user, a path or a script into the
+/// `http://` URLs viewers are sent to.
+pub fn is_member_address(address: &str) -> bool {
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return false;
+    };
+    if !port.parse::<u16>().is_ok_and(|p| p > 0) || host.is_empty() || host.len() > 253 {
+        return false;
+    }
+    if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        return v6.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    host.split('.').all(|label| {
+        (1..=63).contains(&label.len())
+            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !label.starts_with('-')
+    })
 }
 
 impl Member {
@@ -145,7 +167,11 @@ pub struct Cluster {
     pub rules: RoutingRules,
     /// Viewer requests served since the last heartbeat.
     pub requests: AtomicU64,
-    client: Client<HttpConnector, Full<Bytes>>,
+    /// Over the cluster's TLS; `None` on a node without a cluster secret.
+    client: Option<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>,
+    /// Addresses that sent this node a genuine heartbeat lately, and when (ms): the tier
+    /// below, whose relay connections are not held to the per-address cap.
+    member_ips: Mutex<HashMap<IpAddr, u64>>,
     /// Heartbeats heard lately, so none is taken twice.
     replays: auth::Replays,
 }
@@ -158,9 +184,18 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Cluster {
-    pub fn new(me: Member, secret: &str, upstreams: Vec<String>, rules: RoutingRules) -> Cluster {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_millis(500)));
+    pub fn new(
+        me: Member,
+        secret: &str,
+        upstreams: Vec<String>,
+        rules: RoutingRules,
+        tls: Option<&ClusterTls>,
+    ) -> Cluster {
+        let client = tls.map(|tls| {
+            let mut connector = HttpConnector::new();
+            connector.set_connect_timeout(Some(Duration::from_millis(500)));
+            Client::builder(TokioExecutor::new()).build(tls.connector(connector))
+        });
         Cluster {
             me: Mutex::new(me),
             members: Mutex::new(HashMap::new()),
@@ -168,9 +203,31 @@ impl Cluster {
             upstreams,
             rules,
             requests: AtomicU64::new(0),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client,
+            member_ips: Mutex::new(HashMap::new()),
             replays: auth::Replays::default(),
         }
+    }
+
+    /// Whether `ip` sent this node a genuine heartbeat within the last minute.
+    pub fn is_member_ip(&self, ip: IpAddr) -> bool {
+        let now = now_ms();
+        lock(&self.member_ips)
+            .get(&ip)
+            .is_some_and(|seen| now.saturating_sub(*seen) < 60_000)
+    }
+
+    /// `ip` sent a genuine heartbeat. At most [`MAX_MEMBERS`] addresses are kept.
+    fn heard_from(&self, ip: IpAddr) {
+        let now = now_ms();
+        let mut ips = lock(&self.member_ips);
+        if ips.len() >= MAX_MEMBERS && !ips.contains_key(&ip) {
+            ips.retain(|_, seen| now.saturating_sub(*seen) < 60_000);
+            if ips.len() >= MAX_MEMBERS {
+                return;
+            }
+        }
+        ips.insert(ip, now);
     }
 
     pub fn me(&self) -> Member {
@@ -196,16 +253,20 @@ impl Cluster {
         all
     }
 
-    /// Takes in what a heartbeat says, keeping the newest word on each member.
-    /// Takes what a heartbeat said. A member's clock is not trusted past ours: a time ahead
-    /// of now is taken as now (it cannot stay "healthy" forever), and no more than
-    /// [`MAX_MEMBERS`] are kept.
+    /// Takes what a heartbeat said, keeping the newest word on each member. A member's clock
+    /// is not trusted past ours: a time ahead of now is taken as now (it cannot stay "healthy"
+    /// forever); a member whose address is not a plain `host:port` is not taken (viewers are
+    /// sent there); no more than [`MAX_MEMBERS`] are kept.
     pub fn merge(&self, heard: Vec<Member>) {
         let me = lock(&self.me).name.clone();
         let now = now_ms();
         let mut members = lock(&self.members);
         for mut m in heard {
             if m.name == me {
+                continue;
+            }
+            if !is_member_address(&m.address) {
+                debug!(member = %m.name, address = %m.address, "member not taken: its address is not host:port");
                 continue;
             }
             m.seen_ms = m.seen_ms.min(now);
@@ -257,7 +318,8 @@ impl Cluster {
     }
 
     async fn beat(&self, upstream: &str, body: Bytes) -> Result<Vec<Member>, String> {
-        let request = hyper::Request::post(format!("http://{upstream}{HEARTBEAT_PATH}"))
+        let client = self.client.as_ref().ok_or("no cluster secret to reach it with")?;
+        let request = hyper::Request::post(format!("https://{upstream}{HEARTBEAT_PATH}"))
             .header(
                 hyper::header::AUTHORIZATION,
                 auth::signed(&self.secret, HEARTBEAT_PATH, &body),
@@ -265,7 +327,7 @@ impl Cluster {
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| e.to_string())?;
-        let response = tokio::time::timeout(HEARTBEAT_EVERY, self.client.request(request))
+        let response = tokio::time::timeout(HEARTBEAT_EVERY, client.request(request))
             .await
             .map_err(|_| "timed out".to_owned())?
             .map_err(|e| e.to_string())?;
@@ -334,11 +396,14 @@ impl Cluster {
         (status = 200, body = Vec<Member>),
         (status = 400, description = "Not a list of members.", body = pipelines::http_error::ErrorBody),
         (status = 401, description = "No valid cluster token.", body = pipelines::http_error::ErrorBody),
+        (status = 426, description = "Not over the cluster's TLS.", body = pipelines::http_error::ErrorBody),
     )
 )]
 async fn heartbeat(
     axum::extract::State(cluster): axum::extract::State<Arc<Cluster>>,
     headers: axum::http::HeaderMap,
+    link: Option<axum::Extension<ClusterLink>>,
+    peer: Option<Peer>,
     body: Bytes,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
@@ -351,8 +416,17 @@ async fn heartbeat(
             "a heartbeat is signed whole, once, with the cluster secret",
         );
     }
+    if link.is_none() {
+        return refuse(
+            axum::http::StatusCode::UPGRADE_REQUIRED,
+            "heartbeats are taken over the cluster's TLS only",
+        );
+    }
     match serde_json::from_slice::<Vec<Member>>(&body) {
         Ok(heard) => {
+            if let Some(peer) = peer {
+                cluster.heard_from(peer.0.0.ip());
+            }
             cluster.merge(heard);
             axum::Json(cluster.members()).into_response()
         }
@@ -444,6 +518,12 @@ async fn route(
     headers: axum::http::HeaderMap,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
+    if !pipelines::config::is_path_safe(&q.stream) {
+        return refuse(
+            axum::http::StatusCode::BAD_REQUEST,
+            "a stream name is 1 to 64 letters, digits, '-' or '_'",
+        );
+    }
     let region = viewer_region(
         &cluster.rules,
         q.region.as_deref(),
@@ -558,6 +638,7 @@ mod tests {
             "secret-secret-secret",
             Vec::new(),
             RoutingRules::default(),
+            None,
         );
         let now = now_ms();
         c.merge(vec![member("e", Role::Edge, "eu", 1.0, now)]);
@@ -574,6 +655,7 @@ mod tests {
             "secret-secret-secret",
             Vec::new(),
             RoutingRules::default(),
+            None,
         );
         let hour_ahead = now_ms() + 3_600_000;
         c.merge(vec![member("liar", Role::Edge, "eu", 0.0, hour_ahead)]);
@@ -586,5 +668,38 @@ mod tests {
         c.merge(flood);
         // The map holds at most MAX_MEMBERS; this node is listed beside them.
         assert!(c.members().len() <= MAX_MEMBERS + 1);
+    }
+
+    #[test]
+    fn only_plain_host_port_addresses_are_members() {
+        for good in ["edge-1:8080", "10.0.0.7:80", "[2001:db8::1]:8080", "a.b.example:443"] {
+            assert!(is_member_address(good), "{good}");
+        }
+        for bad in [
+            "evil.example/x:80",
+            "user@evil.example:80",
+            "evil.example:80/",
+            "javascript:alert(1)",
+            "edge:0",
+            ":8080",
+            "edge:99999",
+            "[nonsense]:80",
+            "ed ge:80",
+            "edge?x=1:80",
+            "-edge:80",
+        ] {
+            assert!(!is_member_address(bad), "{bad}");
+        }
+        let c = Cluster::new(
+            member("me", Role::Distribution, "core", 0.0, 0),
+            "secret-secret-secret",
+            Vec::new(),
+            RoutingRules::default(),
+            None,
+        );
+        let mut liar = member("liar", Role::Edge, "eu", 0.0, now_ms());
+        liar.address = "evil.example/phish?:80".into();
+        c.merge(vec![liar]);
+        assert!(c.members().iter().all(|m| m.name != "liar"));
     }
 }

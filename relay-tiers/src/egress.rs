@@ -30,8 +30,6 @@ pub struct Egress {
     /// On nodes with a tier below.
     pub taps: Option<Arc<TapStore>>,
     pub feeds: Arc<FeedStore>,
-    /// The cluster secret the relay seals with.
-    pub secret: String,
     pub segment_target: Duration,
     pub playlist_length: usize,
     /// AAC made into Opus for WebRTC viewers.
@@ -100,7 +98,6 @@ impl Egress {
                     served.info.clone(),
                     s.video().as_ref(),
                     s.audio.as_ref(),
-                    &self.secret,
                 ));
                 if let Some(reader) = s.reader(ReaderKind::Relay, DEFAULT_CAPACITY) {
                     tokio::spawn(tap.clone().follow(reader));

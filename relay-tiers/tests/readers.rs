@@ -73,7 +73,6 @@ async fn a_stuck_reader_costs_only_itself() {
         hls: Arc::new(HlsStore::default()),
         taps: Some(Arc::new(TapStore::default())),
         feeds: Default::default(),
-        secret: "readers-test-secret-0123".into(),
         segment_target: Duration::from_secs(2),
         playlist_length: 100,
         transcoders: Arc::new(NoTranscodes),

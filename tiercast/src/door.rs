@@ -4,8 +4,13 @@
 //! time is let go then, and an idle keep-alive connection too); a connection on which nothing
 //! moves either way for [`STALLED`] is closed (a client that stops reading a segment, a
 //! WebSocket gone quiet); the node holds at most `[http] max_connections`, and one address at
-//! most `[http] max_connections_per_address`. Past either cap a connection is answered `503`
+//! most `[http] max_connections_per_address` (nodes of the tier below, known by their
+//! heartbeats, are held only to the first). Past either cap a connection is answered `503`
 //! with `Retry-After` and closed at once, before anything is read from it.
+//!
+//! A connection whose first byte is a TLS handshake is the cluster's: it is served through the
+//! cluster's TLS ([`relay_tiers::relay::tls`]) and its requests are marked [`ClusterLink`], the
+//! only ones the relay and the heartbeat take.
 
 use std::collections::HashMap;
 use std::io;
@@ -18,6 +23,8 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
+use relay_tiers::cluster::Cluster;
+use relay_tiers::relay::tls::{ClusterLink, HANDSHAKE, TlsAcceptor};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -56,14 +63,47 @@ pub struct Caps {
     pub per_address: usize,
 }
 
+/// How a listener takes connections.
+pub struct Door {
+    pub caps: Caps,
+    /// Connections that open with a TLS handshake are the cluster's; without it, none are.
+    pub tls: Option<TlsAcceptor>,
+    /// Who the tier below is: its addresses are held only to the cap in all.
+    pub members: Option<Arc<Cluster>>,
+    /// The operator's own listener (`[http] admin_listen`): its requests are marked
+    /// [`AdminDoor`].
+    pub admin: bool,
+}
+
+/// Set on every request that came in through `[http] admin_listen`.
+#[derive(Debug, Clone, Copy)]
+pub struct AdminDoor;
+
+/// What a connection's requests are marked with.
+#[derive(Debug, Clone, Copy, Default)]
+struct Marks {
+    link: Option<ClusterLink>,
+    admin: Option<AdminDoor>,
+}
+
 /// Serves `router` on `listener` until `stop`, then lets requests in flight finish (at most
 /// [`DRAIN`]).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
-    caps: Caps,
+    door: Door,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Door {
+        caps,
+        tls,
+        members,
+        admin,
+    } = door;
+    let marks = Marks {
+        link: None,
+        admin: admin.then_some(AdminDoor),
+    };
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ)
@@ -86,7 +126,8 @@ pub async fn serve(
             _ = stopped(&mut stop) => break,
             Some(_) = connections.join_next() => continue,
         };
-        let Some(held) = counts.take(pipelines::secret::by_prefix(peer.ip()), caps) else {
+        let member = members.as_ref().is_some_and(|c| c.is_member_ip(peer.ip()));
+        let Some(held) = counts.take(pipelines::secret::by_prefix(peer.ip()), caps, member) else {
             debug!(%peer, "http connection over the caps");
             let _ = socket.try_write(&over_capacity);
             // Said and done: no reset that could make the client lose the answer.
@@ -98,22 +139,30 @@ pub async fn serve(
         let _ = socket.set_nodelay(true);
         let router = router.clone();
         let http = http.clone();
-        let mut stop = stop.clone();
+        let stop = stop.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             let _held = held;
-            let service =
-                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
-                    request.extensions_mut().insert(ConnectInfo(peer));
-                    router.clone().call(request)
-                });
-            let io = TokioIo::new(Watched::new(socket, STALLED));
-            let connection = http.serve_connection(io, service).with_upgrades();
-            tokio::pin!(connection);
-            tokio::select! {
-                _ = connection.as_mut() => return,
-                _ = stopped(&mut stop) => connection.as_mut().graceful_shutdown(),
+            let Some(first) = first_byte(&socket).await else {
+                return;
+            };
+            let watched = Watched::new(socket, STALLED);
+            match tls {
+                Some(acceptor) if first == HANDSHAKE => {
+                    match tokio::time::timeout(HEADER_READ, acceptor.accept(watched)).await {
+                        Ok(Ok(tls)) => {
+                            let marks = Marks {
+                                link: Some(ClusterLink),
+                                ..marks
+                            };
+                            connection(&http, router, peer, marks, tls, stop).await
+                        }
+                        Ok(Err(e)) => debug!(%peer, "cluster TLS refused: {e}"),
+                        Err(_) => debug!(%peer, "cluster TLS handshake too slow"),
+                    }
+                }
+                _ => connection(&http, router, peer, marks, watched, stop).await,
             }
-            let _ = connection.await;
         });
     }
     drop(listener);
@@ -128,6 +177,48 @@ pub async fn serve(
     }
 }
 
+/// The first byte a client sends, once it has (without taking it); `None` if it sends none
+/// within [`HEADER_READ`].
+async fn first_byte(socket: &TcpStream) -> Option<u8> {
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(HEADER_READ, socket.peek(&mut byte)).await {
+        Ok(Ok(1)) => Some(byte[0]),
+        _ => None,
+    }
+}
+
+/// Serves the requests of one connection until it closes or `stop` (then gracefully).
+async fn connection<I>(
+    http: &hyper::server::conn::http1::Builder,
+    router: Router,
+    peer: std::net::SocketAddr,
+    marks: Marks,
+    io: I,
+    mut stop: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        if let Some(link) = marks.link {
+            request.extensions_mut().insert(link);
+        }
+        if let Some(admin) = marks.admin {
+            request.extensions_mut().insert(admin);
+        }
+        router.clone().call(request)
+    });
+    let connection = http
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(connection);
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = stopped(&mut stop) => connection.as_mut().graceful_shutdown(),
+    }
+    let _ = connection.await;
+}
+
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
@@ -137,12 +228,13 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 struct Counts(Mutex<(usize, HashMap<IpAddr, usize>)>);
 
 impl Counts {
-    /// A place for one more connection from `ip`, if the caps allow it.
-    fn take(self: &Arc<Self>, ip: IpAddr, caps: Caps) -> Option<Held> {
+    /// A place for one more connection from `ip`, if the caps allow it; a `member` of the
+    /// cluster is held only to the cap in all.
+    fn take(self: &Arc<Self>, ip: IpAddr, caps: Caps, member: bool) -> Option<Held> {
         let mut counts = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let (total, by_address) = &mut *counts;
         let mine = by_address.get(&ip).copied().unwrap_or(0);
-        if *total >= caps.total || mine >= caps.per_address {
+        if *total >= caps.total || (mine >= caps.per_address && !member) {
             return None;
         }
         *total += 1;
@@ -295,13 +387,16 @@ mod tests {
         };
         let a: IpAddr = "192.0.2.1".parse().unwrap();
         let b: IpAddr = "192.0.2.2".parse().unwrap();
-        let first = counts.take(a, caps).expect("room");
-        let _second = counts.take(a, caps).expect("room");
-        assert!(counts.take(a, caps).is_none(), "a third from one address");
-        let _third = counts.take(b, caps).expect("another address has room");
-        assert!(counts.take(b, caps).is_none(), "the node is full");
+        let first = counts.take(a, caps, false).expect("room");
+        let _second = counts.take(a, caps, false).expect("room");
+        assert!(counts.take(a, caps, false).is_none(), "a third from one address");
+        let member = counts.take(a, caps, true).expect("a member is held to the cap in all only");
+        drop(member);
+        let _third = counts.take(b, caps, false).expect("another address has room");
+        assert!(counts.take(b, caps, false).is_none(), "the node is full");
+        assert!(counts.take(b, caps, true).is_none(), "full for members too");
         drop(first);
-        assert!(counts.take(a, caps).is_some(), "a place came back");
+        assert!(counts.take(a, caps, false).is_some(), "a place came back");
     }
 
     #[test]

@@ -43,8 +43,8 @@ pub(crate) struct Api {
     openapi: Arc<OnceLock<String>>,
     /// Mints viewer tokens (`None` without a cluster secret).
     tokens: Option<Arc<Tokens>>,
-    /// `[http] admin_token`.
-    admin_token: Arc<str>,
+    /// `[http] admin_token` and `admin_listen`.
+    operators: Operators,
 }
 
 /// `?token=` on a recording's URL: a viewer token of its stream.
@@ -153,14 +153,17 @@ pub fn router(s: Services) -> Router {
         bus: s.bus,
         openapi: Arc::default(),
         tokens: s.tokens.clone(),
-        admin_token: Arc::from(s.config.http.admin_token.as_str()),
+        operators: Operators {
+            token: Arc::from(s.config.http.admin_token.as_str()),
+            own_door: s.config.http.admin_listen.is_some(),
+        },
     };
-    let admin_token = api.admin_token.clone();
+    let operators = api.operators.clone();
     let (described, doc) = api_routes()
         .with_state(api.clone())
         .merge(relay_tiers::cluster::router().with_state(s.cluster.clone()))
         .layer(axum::middleware::from_fn_with_state(
-            admin_token,
+            operators,
             operator_guard,
         ))
         .split_for_parts();
@@ -269,11 +272,27 @@ fn operator_only(path: &str) -> bool {
         || path == "/api/v1/tokens"
 }
 
-/// The `[http] admin_token` as a Bearer token, or, on a node without one, a caller on this
-/// machine.
-fn is_operator(token: &str, headers: &axum::http::HeaderMap, peer: Option<SocketAddr>) -> bool {
+/// Who the operator is, as `[http]` says.
+#[derive(Debug, Clone)]
+struct Operators {
+    /// `admin_token`; empty: none.
+    token: Arc<str>,
+    /// `admin_listen` is set: the operator has a door of their own.
+    own_door: bool,
+}
+
+/// Whether a request comes from the operator: through `[http] admin_listen` (with the
+/// `admin_token` too, when one is set), or with the `admin_token` as a Bearer token, or, on a
+/// node with neither, from this machine.
+fn is_operator(
+    operators: &Operators,
+    headers: &axum::http::HeaderMap,
+    peer: Option<SocketAddr>,
+    admin_door: bool,
+) -> bool {
+    let token = &*operators.token;
     if token.is_empty() {
-        return peer.is_some_and(|p| p.ip().is_loopback());
+        return admin_door || (!operators.own_door && peer.is_some_and(|p| p.ip().is_loopback()));
     }
     headers
         .get(header::AUTHORIZATION)
@@ -285,7 +304,7 @@ fn is_operator(token: &str, headers: &axum::http::HeaderMap, peer: Option<Socket
 /// Refuses the operator API to anyone else (`401`), and tells every `/api/v1/` handler who
 /// is asking ([`Operator`]).
 async fn operator_guard(
-    State(token): State<Arc<str>>,
+    State(operators): State<Operators>,
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -293,7 +312,11 @@ async fn operator_guard(
         .extensions()
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map(|c| c.0);
-    let operator = is_operator(&token, request.headers(), peer);
+    let admin_door = request
+        .extensions()
+        .get::<crate::door::AdminDoor>()
+        .is_some();
+    let operator = is_operator(&operators, request.headers(), peer, admin_door);
     if operator_only(request.uri().path()) && !operator {
         let mut refused = refuse(
             StatusCode::UNAUTHORIZED,
@@ -405,6 +428,7 @@ async fn recording_file(
     Path(file): Path<String>,
     axum::extract::Query(q): axum::extract::Query<RecordingQuery>,
     peer: Option<axum::Extension<axum::extract::ConnectInfo<SocketAddr>>>,
+    admin_door: Option<Extension<crate::door::AdminDoor>>,
     headers: axum::http::HeaderMap,
 ) -> Response {
     let not_found = || refuse(StatusCode::NOT_FOUND, "no such recording");
@@ -415,7 +439,12 @@ async fn recording_file(
         return not_found();
     };
     let from = peer.map(|p| p.0.0);
-    let who = Operator(is_operator(&api.admin_token, &headers, from));
+    let who = Operator(is_operator(
+        &api.operators,
+        &headers,
+        from,
+        admin_door.is_some(),
+    ));
     if !api.may_see(&info.stream, who, q.token.as_deref(), from) {
         return not_found();
     }

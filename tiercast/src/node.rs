@@ -29,6 +29,7 @@ use relay_tiers::feeds::FeedStore;
 use relay_tiers::hls::store::HlsStore;
 use relay_tiers::relay::pull::{PullSettings, Puller};
 use relay_tiers::relay::tap::TapStore;
+use relay_tiers::relay::tls::ClusterTls;
 use relay_tiers::whep::{Whep, WhepLimits};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -101,6 +102,8 @@ struct Core {
     egress: Egress,
     /// Viewer tokens, under the cluster secret.
     tokens: Option<Arc<Tokens>>,
+    /// TLS between the tiers, on nodes with a cluster secret.
+    tls: Option<ClusterTls>,
 }
 
 /// The publishers' doors, on nodes that ingest.
@@ -124,8 +127,17 @@ pub async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()>
         .await
         .with_context(|| format!("http.listen {}", config.http.listen))?;
     let http_addr = http_listener.local_addr()?;
+    let admin_listener = match config.http.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("http.admin_listen {addr}"))?,
+        ),
+        None => None,
+    };
+    let admin_addr = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     let whep = core.whep(&mut services).await?;
-    let cluster = Arc::new(cluster_view(&config, http_addr));
+    let cluster = Arc::new(cluster_view(&config, http_addr, core.tls.as_ref()));
     if plan.heartbeats {
         let stop = services.signal(Stage::Serve);
         services.spawn(Stage::Serve, "heartbeats", cluster.clone().run(stop));
@@ -136,6 +148,7 @@ pub async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()>
         services.spawn(Stage::Serve, "relay-links", links);
     }
     let rtmp_addr = ingest.as_ref().map(|i| i.rtmp.local_addr()).transpose()?;
+    let door_cluster = cluster.clone();
     let router = http::router(http::Services {
         config: config.clone(),
         registry: core.registry.clone(),
@@ -151,7 +164,8 @@ pub async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()>
         whip: ingest.as_ref().map(|i| i.whip.clone()),
         tokens: core.tokens.clone(),
     });
-    announce(&config, rtmp_addr, http_addr);
+    let admin_router = router.clone();
+    announce(&config, rtmp_addr, http_addr, admin_addr);
     if let Some(ingest) = ingest {
         let stop = services.signal(Stage::Ingest);
         services.spawn(Stage::Ingest, "rtmp", ingest.rtmp.run(stop));
@@ -160,8 +174,29 @@ pub async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()>
     services.spawn(
         Stage::Serve,
         "http",
-        crate::door::serve(http_listener, router, door_caps(&config), stop),
+        crate::door::serve(
+            http_listener,
+            router,
+            crate::door::Door {
+                caps: door_caps(&config),
+                tls: core.tls.as_ref().map(ClusterTls::acceptor),
+                members: Some(door_cluster),
+                admin: false,
+            },
+            stop,
+        ),
     );
+    if let Some(listener) = admin_listener {
+        let stop = services.signal(Stage::Serve);
+        let door = crate::door::Door {
+            caps: door_caps(&config),
+            tls: None,
+            members: None,
+            admin: true,
+        };
+        let admin = crate::door::serve(listener, admin_router, door, stop);
+        services.spawn(Stage::Serve, "admin-http", admin);
+    }
     let demo = rtmp_addr
         .filter(|_| demo_source)
         .and_then(|a| demo_source_into(&config, a));
@@ -194,12 +229,12 @@ impl Core {
             hls: hls.clone(),
             taps: taps.clone(),
             feeds: feeds.clone(),
-            secret: config.cluster.secret.clone(),
             segment_target: Duration::from_secs(u64::from(config.hls.segment_seconds)),
             playlist_length: config.hls.playlist_length as usize,
             transcoders: Arc::new(transcode::GstTranscoders),
         };
         let tokens = Tokens::new(&config.cluster.secret).map(Arc::new);
+        let tls = cluster_tls(&config.cluster)?;
         Ok(Core {
             registry: Arc::new(Registry::new(&config.streams)),
             config,
@@ -213,6 +248,7 @@ impl Core {
             feeds,
             egress,
             tokens,
+            tls,
         })
     }
 
@@ -226,6 +262,10 @@ impl Core {
             renditions: c.renditions.clone(),
             segment_target: self.egress.segment_target,
             playlist_length: self.egress.playlist_length,
+            tls: self
+                .tls
+                .clone()
+                .expect("a node that pulls has a cluster secret (checked by validate)"),
         };
         // A pulled stream is tapped again for a tier below this one.
         let egress = Egress {
@@ -352,9 +392,15 @@ fn announce(
     config: &Config,
     rtmp_addr: Option<std::net::SocketAddr>,
     http_addr: std::net::SocketAddr,
+    admin_addr: Option<std::net::SocketAddr>,
 ) {
     let rtmp_shown = rtmp_addr.map_or("none".to_owned(), |a| a.to_string());
-    println!("tiercast listening rtmp={rtmp_shown} http={http_addr}");
+    match admin_addr {
+        Some(admin) => {
+            println!("tiercast listening rtmp={rtmp_shown} http={http_addr} admin={admin}")
+        }
+        None => println!("tiercast listening rtmp={rtmp_shown} http={http_addr}"),
+    }
     let role: Role = config.node.role;
     info!(rtmp_addr = %rtmp_shown, %http_addr, ?role, region = %config.node.region, data_dir = %config.node.data_dir.display(), "tiercast node up");
     let Some(rtmp_addr) = rtmp_addr else {
@@ -416,7 +462,11 @@ async fn show_links(puller: Puller, cluster: Arc<Cluster>, mut stop: watch::Rece
 }
 
 /// This node as the cluster sees it, and how it routes viewers.
-fn cluster_view(config: &Config, http_addr: std::net::SocketAddr) -> Cluster {
+fn cluster_view(
+    config: &Config,
+    http_addr: std::net::SocketAddr,
+    tls: Option<&ClusterTls>,
+) -> Cluster {
     let node = &config.node;
     let address = if node.advertise.is_empty() {
         http_addr.to_string()
@@ -450,7 +500,19 @@ fn cluster_view(config: &Config, http_addr: std::net::SocketAddr) -> Cluster {
         &config.cluster.secret,
         config.cluster.upstreams.clone(),
         rules,
+        tls,
     )
+}
+
+/// The cluster's TLS: from `[cluster]`'s files, else made from its secret; none without one.
+fn cluster_tls(cluster: &pipelines::config::ClusterConfig) -> anyhow::Result<Option<ClusterTls>> {
+    if let Some((cert, key, ca)) = cluster.tls_files() {
+        return Ok(Some(ClusterTls::from_files(cert, key, ca)?));
+    }
+    if cluster.secret.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(ClusterTls::from_secret(&cluster.secret)?))
 }
 
 #[cfg(test)]

@@ -233,6 +233,21 @@ fn the_operator_api_needs_the_admin_token() {
     assert_eq!(r.status, 403, "{}", r.text());
 }
 
+#[test]
+fn the_operator_api_on_its_own_door_is_closed_on_the_public_one() {
+    let node = start_node_http("admin_listen = \"127.0.0.1:0\"", "");
+    let admin = node.admin.expect("the node says where its admin door is");
+    for path in ["/api/v1/streams", "/api/v1/cluster"] {
+        // Even from this machine: the operator has a door of their own.
+        let public = node.get(path);
+        assert_eq!(public.status, 401, "{path}: {}", public.text());
+        let own = http_get(admin, path);
+        assert_eq!(own.status, 200, "{path}: {}", own.text());
+    }
+    // The public door still serves viewers.
+    assert_eq!(node.get("/healthz").status, 200);
+}
+
 /// A heartbeat's `Authorization`, as a node signs it (`relay-tiers/src/relay/auth.rs`).
 fn heartbeat_token(secret: &str, time: u64, nonce: &str, body: &[u8]) -> String {
     use hmac::{Hmac, Mac};
@@ -273,7 +288,7 @@ fn forged_altered_old_and_replayed_heartbeats_are_refused() {
             ("Content-Type", "application/json"),
             ("Authorization", token),
         ];
-        http_send(
+        https_send(
             node.http,
             "POST",
             "/api/v1/cluster/heartbeat",
@@ -282,6 +297,14 @@ fn forged_altered_old_and_replayed_heartbeats_are_refused() {
         )
         .status
     };
+    // A genuine heartbeat in the clear is not taken: the cluster talks over TLS.
+    let clear = heartbeat_token(SECRET, now, "a0", body);
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("Authorization", clear.as_str()),
+    ];
+    let r = http_send(node.http, "POST", "/api/v1/cluster/heartbeat", &headers, body);
+    assert_eq!(r.status, 426, "{}", r.text());
     let genuine = heartbeat_token(SECRET, now, "a1", body);
     assert_eq!(beat(&genuine, body), 200);
     // The same request again, word for word.

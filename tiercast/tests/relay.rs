@@ -136,8 +136,16 @@ fn five_nodes_carry_every_rendition_to_both_regions_and_survive_a_distribution_n
         r.status == 200
     });
     assert_eq!(metric(&origin, "tiercast_relay_subscribers"), 0.0);
-    // Without the cluster's token, nothing.
+    // Without the cluster's token, nothing; with it, but in the clear, nothing either; over
+    // the cluster's TLS, the stream's description.
     assert_eq!(origin.get("/relay/v1/main/360p").status, 401);
+    let token = cluster_token(SECRET, "/relay/v1/main");
+    let auth = [("Authorization", token.as_str())];
+    let clear = http_send(origin.http, "GET", "/relay/v1/main", &auth, b"");
+    assert_eq!(clear.status, 426, "{}", clear.text());
+    let tls = https_send(origin.http, "GET", "/relay/v1/main", &auth, b"");
+    assert_eq!(tls.status, 200, "{}", tls.text());
+    assert!(tls.text().contains("\"360p\""), "{}", tls.text());
     let stranger = relay_node_with_secret(
         "edge",
         "stranger",

@@ -2,6 +2,7 @@
 //! is sent to).
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +26,13 @@ pub struct ClusterConfig {
     /// The renditions a distribution node carries (the seed: one format per second-tier
     /// server); empty: all.
     pub renditions: Vec<String>,
+    /// Requests between nodes go over TLS on the HTTP port. Without these three, every node
+    /// makes the same certificate from the secret and trusts only it; with them (PEM files),
+    /// this node serves `tls_cert` (a chain) with `tls_key` and trusts nodes whose
+    /// certificate the CA in `tls_ca` signed for the host name it reaches them by.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -34,6 +42,9 @@ impl Default for ClusterConfig {
             upstreams: Vec::new(),
             linger_seconds: DEFAULT_LINGER_SECONDS,
             renditions: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
         }
     }
 }
@@ -67,7 +78,36 @@ impl ClusterConfig {
         if !(1..=3600).contains(&self.linger_seconds) {
             return Err(("linger_seconds".into(), "must be from 1 to 3600".into()));
         }
+        let files = [
+            ("tls_cert", &self.tls_cert),
+            ("tls_key", &self.tls_key),
+            ("tls_ca", &self.tls_ca),
+        ];
+        let given = files.iter().filter(|(_, f)| f.is_some()).count();
+        for (key, file) in files {
+            match file {
+                None if given > 0 => {
+                    return Err((
+                        key.into(),
+                        "tls_cert, tls_key and tls_ca go together (or none: certificates from the secret)".into(),
+                    ));
+                }
+                Some(path) if !path.is_file() => {
+                    return Err((key.into(), format!("{}: no such file", path.display())));
+                }
+                _ => {}
+            }
+        }
         Ok(())
+    }
+
+    /// The certificate files, when all three are given.
+    pub fn tls_files(&self) -> Option<(&PathBuf, &PathBuf, &PathBuf)> {
+        Some((
+            self.tls_cert.as_ref()?,
+            self.tls_key.as_ref()?,
+            self.tls_ca.as_ref()?,
+        ))
     }
 }
 

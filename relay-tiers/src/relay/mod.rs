@@ -8,14 +8,14 @@
 //! for the wire once for every downstream connection and keeps the current GOP so a new one
 //! starts at once. [`pull::Puller`] is the downstream side: it pulls a stream when someone
 //! first wants it, fails over between upstreams, and lets go a linger after the last viewer.
-//! Requests are authenticated with a token derived from the cluster secret ([`auth`]), and
-//! everything on the wire after a salt is sealed with a key derived from it ([`seal`]).
+//! Requests are authenticated with a token derived from the cluster secret ([`auth`]) and
+//! travel over TLS whose certificate is made from it, or given in files ([`tls`]).
 
 pub mod auth;
 pub mod pull;
 pub mod routes;
-pub mod seal;
 pub mod tap;
+pub mod tls;
 pub mod wire;
 
 /// Something on this node wants a stream (a viewer, or a node of the tier below): pull it from

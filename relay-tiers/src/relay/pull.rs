@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_rustls::HttpsConnector;
 use hyper_util::rt::TokioExecutor;
 use pipelines::media::{Bytes, VideoTrack};
 use pipelines::stream::Stream;
@@ -22,6 +23,7 @@ use tracing::{info, warn};
 use super::Demand;
 use super::auth;
 use super::routes::StreamInfo;
+use super::tls::ClusterTls;
 use super::wire::{Decoder, Header, Message};
 use crate::egress::{Egress, Served, Serving};
 
@@ -42,6 +44,8 @@ pub struct PullSettings {
     pub renditions: Vec<String>,
     pub segment_target: Duration,
     pub playlist_length: usize,
+    /// How the upstreams are reached.
+    pub tls: ClusterTls,
 }
 
 #[derive(Clone)]
@@ -52,7 +56,7 @@ struct Inner {
     /// Where pulled sessions are served (its taps are always set: a pulled stream may be
     /// pulled again by the tier below).
     egress: Egress,
-    client: Client<HttpConnector, Empty<Bytes>>,
+    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
     pulls: Mutex<HashMap<String, Arc<Pull>>>,
 }
 
@@ -127,6 +131,7 @@ impl Puller {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         connector.set_nodelay(true);
+        let connector = settings.tls.connector(connector);
         Puller(Arc::new(Inner {
             settings,
             egress,
@@ -204,7 +209,7 @@ impl Puller {
         upstream: &str,
         path: &str,
     ) -> Result<hyper::Response<hyper::body::Incoming>, String> {
-        let request = hyper::Request::get(format!("http://{upstream}{path}"))
+        let request = hyper::Request::get(format!("https://{upstream}{path}"))
             .header(
                 hyper::header::AUTHORIZATION,
                 auth::token(&self.0.settings.secret, path),
@@ -268,7 +273,7 @@ impl Puller {
                 Ok(r) => r.into_body(),
                 Err(e) => return Ended::Upstream(e),
             };
-            let mut decoder = Decoder::sealed(&self.0.settings.secret);
+            let mut decoder = Decoder::default();
             let header = match read_message(&mut body, &mut decoder).await {
                 Ok(Message::Header(h)) if h.session == info.session => h,
                 Ok(_) => return Ended::Upstream(format!("{path}: no header")),

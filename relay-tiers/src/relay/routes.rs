@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 use super::Demand;
 use super::auth;
 use super::tap::{SessionTaps, TapStore};
+use super::tls::ClusterLink;
 use super::wire::RenditionInfo;
 
 #[derive(Clone)]
@@ -58,13 +59,33 @@ fn refuse(status: StatusCode, why: &str) -> Response {
     (status, json, body).into_response()
 }
 
-impl RelayState {
-    fn authorized(&self, path: &str, headers: &HeaderMap) -> bool {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok());
-        auth::verify(&self.secret, path, given)
+/// Whether a relay request may be served: a current cluster token for its path (`401`), over
+/// the cluster's TLS (`426`: media and stream descriptions never cross in the clear).
+fn admitted(
+    secret: &str,
+    path: &str,
+    headers: &HeaderMap,
+    link: Option<ClusterLink>,
+) -> Result<(), Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !auth::verify(secret, path, given) {
+        return Err(refuse(StatusCode::UNAUTHORIZED, "a cluster token is needed"));
     }
+    if link.is_none() {
+        return Err(refuse(
+            StatusCode::UPGRADE_REQUIRED,
+            "the relay is served over the cluster's TLS only",
+        ));
+    }
+    Ok(())
+}
+
+/// The [`ClusterLink`] mark of a request that came over the cluster's TLS.
+pub type Link = Option<axum::Extension<ClusterLink>>;
+
+impl RelayState {
 
     /// The stream's taps: here already, or once the upstream has delivered them.
     async fn taps(&self, stream: &str) -> Option<Arc<SessionTaps>> {
@@ -88,9 +109,11 @@ async fn stream_info(
     State(state): State<RelayState>,
     Path(stream): Path<String>,
     headers: HeaderMap,
+    link: Link,
 ) -> Response {
-    if !state.authorized(&format!("/relay/v1/{stream}"), &headers) {
-        return refuse(StatusCode::UNAUTHORIZED, "a cluster token is needed");
+    let path = format!("/relay/v1/{stream}");
+    if let Err(refused) = admitted(&state.secret, &path, &headers, link.map(|l| l.0)) {
+        return refused;
     }
     let Some(taps) = state.taps(&stream).await else {
         return refuse(StatusCode::NOT_FOUND, "stream is not live here");
@@ -107,9 +130,11 @@ async fn rendition(
     State(state): State<RelayState>,
     Path((stream, rendition)): Path<(String, String)>,
     headers: HeaderMap,
+    link: Link,
 ) -> Response {
-    if !state.authorized(&format!("/relay/v1/{stream}/{rendition}"), &headers) {
-        return refuse(StatusCode::UNAUTHORIZED, "a cluster token is needed");
+    let path = format!("/relay/v1/{stream}/{rendition}");
+    if let Err(refused) = admitted(&state.secret, &path, &headers, link.map(|l| l.0)) {
+        return refused;
     }
     let Some(taps) = state.taps(&stream).await else {
         return refuse(StatusCode::NOT_FOUND, "stream is not live here");

@@ -9,7 +9,6 @@ use pipelines::media::{AudioTrack, Bytes, Frame, TrackKind, VideoTrack};
 use pipelines::stream::{Reader, Update};
 use tokio::sync::broadcast;
 
-use super::seal::Sealer;
 use super::wire::{self, Header, RenditionInfo};
 use crate::sessions::{OfSession, SessionMap};
 
@@ -23,10 +22,9 @@ const GOP_LIMIT: usize = 4096;
 pub struct Tap {
     inner: Mutex<TapInner>,
     tx: broadcast::Sender<Sent>,
-    sealer: Sealer,
 }
 
-/// A sealed message on its way down, and whether it ends the session.
+/// A message on its way down, and whether it ends the session.
 #[derive(Debug, Clone)]
 pub struct Sent {
     pub bytes: Bytes,
@@ -56,13 +54,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Tap {
-    /// A tap whose messages are sealed with the cluster `secret`.
     pub fn new(
         session: &str,
         rendition: RenditionInfo,
         video: Option<&VideoTrack>,
         audio: Option<&AudioTrack>,
-        secret: &str,
     ) -> Tap {
         let (tx, _) = broadcast::channel(LAG_LIMIT);
         Tap {
@@ -78,7 +74,6 @@ impl Tap {
                 ended: false,
             }),
             tx,
-            sealer: Sealer::new(secret),
         }
     }
 
@@ -105,14 +100,12 @@ impl Tap {
             Some(audio) => format!("{},{audio}", video.codecs()),
             None => video.codecs(),
         };
-        let bytes = self
-            .sealer
-            .seal(&wire::encode_video_config(&video.codec_data));
+        let bytes = wire::encode_video_config(&video.codec_data);
         let _ = self.tx.send(Sent { bytes, end: false });
     }
 
     pub fn push(&self, frame: &Frame) {
-        let message = self.sealer.seal(&wire::encode_frame(frame));
+        let message = wire::encode_frame(frame);
         let mut inner = lock(&self.inner);
         if inner.ended {
             return;
@@ -134,7 +127,7 @@ impl Tap {
         let mut inner = lock(&self.inner);
         inner.ended = true;
         inner.gop.clear();
-        let bytes = self.sealer.seal(&wire::encode_end());
+        let bytes = wire::encode_end();
         let _ = self.tx.send(Sent { bytes, end: true });
     }
 
@@ -142,15 +135,14 @@ impl Tap {
         let inner = lock(&self.inner);
         // Under the lock: nothing is pushed between the preface and the first live message.
         let live = self.tx.subscribe();
-        let mut preface = Vec::with_capacity(inner.gop.len() + 3);
-        preface.push(self.sealer.hello());
-        preface.push(self.sealer.seal(&wire::encode_header(&inner.header)));
+        let mut preface = Vec::with_capacity(inner.gop.len() + 2);
+        preface.push(wire::encode_header(&inner.header));
         // The cached GOP only if it starts at a keyframe a decoder can use.
         if inner.header.video.is_some() {
             preface.extend(inner.gop.iter().cloned());
         }
         if inner.ended {
-            preface.push(self.sealer.seal(&wire::encode_end()));
+            preface.push(wire::encode_end());
         }
         Subscription {
             preface,
@@ -239,10 +231,8 @@ mod tests {
         }
     }
 
-    const SECRET: &str = "tap-test-secret-0123";
-
     fn decode(all: &[Bytes]) -> Vec<Message> {
-        let mut d = Decoder::sealed(SECRET);
+        let mut d = Decoder::default();
         for b in all {
             d.feed(b);
         }
@@ -259,7 +249,7 @@ mod tests {
             codecs: String::new(),
             frame_rate: None,
         };
-        let tap = Tap::new("s", info, None, None, SECRET);
+        let tap = Tap::new("s", info, None, None);
         tap.set_video(&VideoTrack {
             codec_data: Bytes::from_static(&[1, 0x64, 0, 0x1f]),
             width: 640,
@@ -289,7 +279,7 @@ mod tests {
         tap.end();
         let (a, b) = (sub.live.try_recv().unwrap(), sub.live.try_recv().unwrap());
         assert!(!a.end && b.end);
-        let live = decode(&[sub.preface[0].clone(), a.bytes, b.bytes]);
+        let live = decode(&[a.bytes, b.bytes]);
         assert!(matches!(&live[0], Message::Frame(f) if f.pts == Duration::from_millis(100)));
         assert!(matches!(live[1], Message::End));
     }

@@ -10,11 +10,9 @@
 //! | 2 video, 3 audio | `[flags: u8 (bit 0: keyframe)][pts ns: u64][dts ns: u64][access unit]` |
 //! | 4 video configuration | a new `avcC` (an encoder that announced it late) |
 //! | 5 end | the session ended at the origin |
-//! | 6 hello | the sender's salt, in the clear: the first message of a connection |
-//! | 7 sealed | `[counter: u64][ChaCha20-Poly1305 of one of the messages above]` ([`super::seal`]) |
 //!
-//! Between nodes everything after `hello` is sealed; a decoder made with the cluster secret
-//! refuses anything else.
+//! Types 6 and 7 (a salt and sealed messages) were the relay's own encryption before it moved
+//! to TLS ([`super::tls`]); they are refused.
 
 use std::time::Duration;
 
@@ -29,8 +27,6 @@ const VIDEO: u8 = 2;
 const AUDIO: u8 = 3;
 const VIDEO_CONFIG: u8 = 4;
 const END: u8 = 5;
-pub(crate) const HELLO: u8 = 6;
-pub(crate) const SEALED: u8 = 7;
 
 /// What a rendition is, as the master playlist needs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -73,10 +69,6 @@ pub enum WireError {
     TooLarge(usize),
     #[error("malformed {0} message")]
     Malformed(&'static str),
-    #[error("a message not sealed with the cluster secret")]
-    NotSealedForUs,
-    #[error("an unsealed message where sealed ones are expected")]
-    Unsealed,
 }
 
 impl Header {
@@ -138,9 +130,6 @@ pub fn encode_end() -> Bytes {
 #[derive(Default)]
 pub struct Decoder {
     buf: Vec<u8>,
-    /// Set: only sealed messages (after a hello) are accepted.
-    secret: Option<String>,
-    opener: Option<super::seal::Opener>,
 }
 
 impl std::fmt::Debug for Decoder {
@@ -161,7 +150,7 @@ fn split_message(buf: &mut Vec<u8>) -> Result<Option<(u8, Vec<u8>)>, WireError> 
     if len > MAX_MESSAGE {
         return Err(WireError::TooLarge(len));
     }
-    if !(HEADER..=SEALED).contains(&kind) {
+    if !(HEADER..=END).contains(&kind) {
         return Err(WireError::UnknownType(kind));
     }
     if buf.len() < 5 + len {
@@ -198,43 +187,20 @@ fn parse(kind: u8, payload: &[u8]) -> Result<Message, WireError> {
         }
         VIDEO_CONFIG => Message::VideoConfig(Bytes::copy_from_slice(payload)),
         END => Message::End,
-        _ => return Err(WireError::Malformed("nested")),
+        _ => return Err(WireError::UnknownType(kind)),
     })
 }
 
 impl Decoder {
-    /// A decoder that accepts only messages sealed with `secret`.
-    pub fn sealed(secret: &str) -> Decoder {
-        Decoder {
-            secret: Some(secret.to_owned()),
-            ..Decoder::default()
-        }
-    }
-
     pub fn feed(&mut self, data: &[u8]) {
         self.buf.extend_from_slice(data);
     }
 
     /// The next whole message, if one has arrived.
     pub fn next(&mut self) -> Result<Option<Message>, WireError> {
-        loop {
-            let Some((kind, payload)) = split_message(&mut self.buf)? else {
-                return Ok(None);
-            };
-            let Some(secret) = &self.secret else {
-                return parse(kind, &payload).map(Some);
-            };
-            match kind {
-                HELLO => self.opener = Some(super::seal::Opener::new(secret, &payload)?),
-                SEALED => {
-                    let opener = self.opener.as_ref().ok_or(WireError::Unsealed)?;
-                    let mut inner = opener.open(&payload)?;
-                    let (kind, payload) =
-                        split_message(&mut inner)?.ok_or(WireError::Malformed("sealed"))?;
-                    return parse(kind, &payload).map(Some);
-                }
-                _ => return Err(WireError::Unsealed),
-            }
+        match split_message(&mut self.buf)? {
+            Some((kind, payload)) => parse(kind, &payload).map(Some),
+            None => Ok(None),
         }
     }
 }
@@ -299,49 +265,14 @@ mod tests {
     }
 
     #[test]
-    fn sealed_messages_open_only_with_the_secret() {
-        let sealer = crate::relay::seal::Sealer::new("cluster-secret-one");
-        let frame = Frame {
-            kind: TrackKind::Audio,
-            pts: Duration::from_millis(21),
-            dts: Duration::from_millis(21),
-            keyframe: false,
-            data: Bytes::from_static(b"aac frame"),
-        };
-        let mut wire = sealer.hello().to_vec();
-        wire.extend_from_slice(&sealer.seal(&encode_header(&header())));
-        wire.extend_from_slice(&sealer.seal(&encode_frame(&frame)));
-        // Nothing of the payload travels in the clear.
-        assert!(!wire.windows(9).any(|w| w == b"aac frame"));
-
-        let mut ours = Decoder::sealed("cluster-secret-one");
-        ours.feed(&wire);
-        assert!(matches!(ours.next().unwrap(), Some(Message::Header(_))));
-        assert!(matches!(ours.next().unwrap(), Some(Message::Frame(f)) if f.data == frame.data));
-
-        let mut theirs = Decoder::sealed("another-secret-two");
-        theirs.feed(&wire);
-        assert_eq!(theirs.next().unwrap_err(), WireError::NotSealedForUs);
-
-        let mut tampered = wire.clone();
-        let last = tampered.len() - 1;
-        tampered[last] ^= 1;
-        let mut d = Decoder::sealed("cluster-secret-one");
-        d.feed(&tampered);
-        assert!(d.next().unwrap().is_some());
-        assert_eq!(d.next().unwrap_err(), WireError::NotSealedForUs);
-
-        // A plain message where sealed ones are expected.
-        let mut d = Decoder::sealed("cluster-secret-one");
-        d.feed(&encode_end());
-        assert_eq!(d.next().unwrap_err(), WireError::Unsealed);
-    }
-
-    #[test]
     fn garbage_is_an_error_not_a_panic() {
         let mut d = Decoder::default();
         d.feed(&[9, 0, 0, 0, 0]);
         assert_eq!(d.next().unwrap_err(), WireError::UnknownType(9));
+        // What the relay's own sealing sent before TLS.
+        let mut d = Decoder::default();
+        d.feed(&[7, 0, 0, 0, 0]);
+        assert_eq!(d.next().unwrap_err(), WireError::UnknownType(7));
         let mut d = Decoder::default();
         d.feed(&[2, 0xff, 0xff, 0xff, 0xff]);
         assert!(matches!(d.next(), Err(WireError::TooLarge(_))));

@@ -42,6 +42,8 @@ pub struct Node {
     pub child: Child,
     pub rtmp: SocketAddr,
     pub http: SocketAddr,
+    /// `[http] admin_listen`'s address, when the node has one.
+    pub admin: Option<SocketAddr>,
     pub dir: TempDir,
     pub log: PathBuf,
 }
@@ -93,10 +95,11 @@ fn start_node_full(
     )
     .unwrap();
     let log = dir.0.join("tiercast.log");
-    let (child, rtmp, http) = spawn(&config, args, env, &log);
+    let (child, [rtmp, http, admin]) = spawn(&config, args, env, &log);
     Node {
-        rtmp,
-        http,
+        rtmp: rtmp.expect("rtmp= is always said"),
+        http: http.expect("http= is always said"),
+        admin,
         child,
         dir,
         log,
@@ -110,7 +113,7 @@ fn spawn(
     args: &[&str],
     env: &[(&str, &Path)],
     log: &Path,
-) -> (Child, SocketAddr, SocketAddr) {
+) -> (Child, [Option<SocketAddr>; 3]) {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -144,14 +147,18 @@ fn spawn(
             )
         });
     // A relay node (distribution, edge) has no RTMP door: `rtmp=none`, kept as 0.0.0.0:0.
-    let field = |name: &str| -> SocketAddr {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{name}=")))
-            .unwrap_or_else(|| panic!("no {name}= in {line:?}"))
-            .parse()
-            .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)))
+    let field = |name: &str| -> Option<SocketAddr> {
+        let value = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{name}=")))?;
+        Some(
+            value
+                .parse()
+                .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))),
+        )
     };
-    (child, field("rtmp"), field("http"))
+    assert!(line.contains("http="), "no http= in {line:?}");
+    (child, [field("rtmp"), field("http"), field("admin")])
 }
 
 impl Node {
@@ -183,8 +190,12 @@ impl Node {
     pub fn crash_and_restart(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let (child, rtmp, http) = spawn(&self.dir.0.join("node.toml"), &[], &[], &self.log);
-        (self.child, self.rtmp, self.http) = (child, rtmp, http);
+        let (child, [rtmp, http, admin]) =
+            spawn(&self.dir.0.join("node.toml"), &[], &[], &self.log);
+        self.child = child;
+        self.rtmp = rtmp.expect("rtmp= is always said");
+        self.http = http.expect("http= is always said");
+        self.admin = admin;
     }
 
     pub fn data_dir(&self) -> PathBuf {
@@ -260,6 +271,60 @@ impl Response {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+}
+
+/// A request over TLS to the node's HTTP port, as another node of the cluster makes it (the
+/// relay, heartbeats), by curl; the node's certificate is not checked (a stranger's client
+/// would not know it either). Status 0 when the node does not answer within 10 s.
+pub fn https_send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let dir = TempDir::new("https");
+    let body_file = dir.0.join("body");
+    std::fs::write(&body_file, body).unwrap();
+    let mut curl = Command::new("curl");
+    curl.args(["-sk", "--max-time", "10", "-X", method, "-o", "-"])
+        .args(["-w", "\n%{http_code}"])
+        .arg("--data-binary")
+        .arg(format!("@{}", body_file.display()));
+    for (name, value) in headers {
+        curl.arg("-H").arg(format!("{name}: {value}"));
+    }
+    let out = curl
+        .arg(format!("https://{addr}{path}"))
+        .output()
+        .expect("curl runs");
+    let mut text = out.stdout;
+    let split = text.iter().rposition(|b| *b == b'\n').unwrap_or(0);
+    let status = String::from_utf8_lossy(&text[split..]).trim().parse().unwrap_or(0);
+    text.truncate(split);
+    Response {
+        status,
+        headers: Vec::new(),
+        body: text,
+    }
+}
+
+/// The `Authorization` of a request between tiers for `path` (`relay-tiers/src/relay/auth.rs`).
+pub fn cluster_token(secret: &str, path: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let time = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("any key");
+    mac.update(format!("{time}\n{path}").as_bytes());
+    let digest: String = mac
+        .finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("Bearer {time}.{digest}")
 }
 
 /// A plain HTTP/1.1 POST with `Connection: close`; status 0 when the node does not answer.
