@@ -20,6 +20,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
+use pipelines::admission::Action;
 use pipelines::graph::{GraphFactory, MediaSink};
 use pipelines::media::{AudioTrack, Bytes, Frame, SourceTracks, TrackKind, VideoTrack};
 use pipelines::registry::{ClaimError, PublishClaim, Registry};
@@ -188,6 +189,13 @@ async fn offer(
         whip.registry.guesses.wrong(from.ip(), now);
         warn!(%stream, %from, "WHIP publish with a wrong key refused");
         return refuse(StatusCode::FORBIDDEN, "wrong stream key");
+    }
+    let admitted = whip
+        .registry
+        .admit(Action::Publish, &stream, "whip", from.ip(), None, None)
+        .await;
+    if let Err(refusal) = admitted {
+        return refuse(StatusCode::FORBIDDEN, refusal);
     }
     let (offer, h264) = match read_offer(&headers, &body) {
         Ok(read) => read,

@@ -1,5 +1,6 @@
 //! The core every tiercast crate builds on.
 //!
+//! - [`admission`]: the operator's webhooks that admit or refuse publishes and plays.
 //! - [`config`]: the node's TOML model, its defaults and its validation.
 //! - [`media`]: the internal stream model every protocol converts to (tracks, frames, codec
 //!   configuration), with the small parsers it needs (H.264 SPS, AAC AudioSpecificConfig).
@@ -14,6 +15,7 @@
 //! - [`stream`]: the stream core: a live track set written once, read by many readers, each
 //!   through its own bounded queue.
 
+pub mod admission;
 pub mod config;
 pub mod durable;
 pub mod events;

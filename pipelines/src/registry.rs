@@ -19,6 +19,8 @@ pub struct Registry {
     sessions_started: AtomicU64,
     /// Wrong keys per address, from every publishing door.
     pub guesses: crate::secret::Guesses,
+    /// The operator's webhooks that admit publishes and plays (`[admission]`), when named.
+    pub admission: Option<Arc<crate::admission::Admission>>,
 }
 
 #[derive(Debug)]
@@ -157,7 +159,45 @@ impl Registry {
             streams,
             sessions_started: AtomicU64::new(0),
             guesses: crate::secret::Guesses::default(),
+            admission: None,
         }
+    }
+
+    /// This registry, asking `admission` before publishes and plays.
+    pub fn with_admission(mut self, admission: Option<crate::admission::Admission>) -> Registry {
+        self.admission = admission.map(Arc::new);
+        self
+    }
+
+    /// Whether the webhook admits `action` on `stream` from `client` through `protocol`
+    /// (at once when there is no webhook); the refusal says why.
+    pub async fn admit(
+        &self,
+        action: crate::admission::Action,
+        stream: &str,
+        protocol: &'static str,
+        client: std::net::IpAddr,
+        rendition: Option<&str>,
+        token: Option<&str>,
+    ) -> Result<(), crate::admission::Refusal> {
+        let Some(admission) = &self.admission else {
+            return Ok(());
+        };
+        let mut ask = admission.ask(action, stream, protocol, client);
+        ask.rendition = rendition.map(str::to_owned);
+        ask.token = token.map(str::to_owned);
+        admission.admit(ask).await
+    }
+
+    /// The stream `key` publishes to. Every key is compared, each in constant time.
+    pub fn by_key(&self, key: &str) -> Option<&Arc<StreamEntry>> {
+        let mut found = None;
+        for e in self.streams.values() {
+            if crate::secret::same(key, &e.config.key) {
+                found = Some(e);
+            }
+        }
+        found
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<StreamEntry>> {
@@ -175,15 +215,9 @@ impl Registry {
         publisher: SocketAddr,
         protocol: &'static str,
     ) -> Result<PublishClaim, ClaimError> {
-        // Every key is compared, each in constant time: how long a wrong key takes says
-        // nothing of which stream, or how much of a key, it was close to.
-        let mut found = None;
-        for e in self.streams.values() {
-            if crate::secret::same(key, &e.config.key) {
-                found = Some(e);
-            }
-        }
-        let entry = found.ok_or(ClaimError::UnknownKey)?;
+        // How long a wrong key takes says nothing of which stream, or how much of a key, it
+        // was close to.
+        let entry = self.by_key(key).ok_or(ClaimError::UnknownKey)?;
         let mut state = lock(&entry.state);
         if let Some(s) = &state.session
             && matches!(s.phase(), Phase::Starting | Phase::Live)

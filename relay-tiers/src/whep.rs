@@ -19,6 +19,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
+use pipelines::Registry;
+use pipelines::admission::Action;
 use pipelines::events::{EventBus, EventKind};
 use pipelines::stream::Stream;
 use rtc::driver::{self, Peer};
@@ -64,6 +66,8 @@ pub struct Whep {
     sent: Arc<Sent>,
     /// Checks viewer tokens of `access = "token"` streams.
     tokens: Option<Arc<Tokens>>,
+    /// The operator's webhooks (`[admission] play_url`).
+    registry: Arc<Registry>,
 }
 
 /// What the viewers' socket has sent.
@@ -95,6 +99,7 @@ impl Whep {
         limits: WhepLimits,
         feeds: Arc<FeedStore>,
         tokens: Option<Arc<Tokens>>,
+        registry: Arc<Registry>,
         bus: Arc<EventBus>,
         stop: watch::Receiver<bool>,
     ) -> std::io::Result<(Arc<Whep>, impl Future<Output = ()> + Send + use<>)> {
@@ -121,6 +126,7 @@ impl Whep {
             bus,
             sent: Arc::default(),
             tokens,
+            registry,
         });
         info!(udp = %local, candidate = %candidate, "WHEP ready");
         // One forwarder per rendition in use, all into this channel.
@@ -241,6 +247,13 @@ async fn offer(
         Ok(grant) => q.rendition.or(grant.and_then(|g| g.rendition)),
         Err(refused) => return refused.into_response(),
     };
+    let admitted = whep
+        .registry
+        .admit(Action::Play, &stream, "whep", from, rendition.as_deref(), token)
+        .await;
+    if let Err(refusal) = admitted {
+        return refuse(StatusCode::FORBIDDEN, refusal);
+    }
     let feed = match &rendition {
         Some(name) => match feeds.renditions.iter().find(|r| &r.info.name == name) {
             Some(f) => f.clone(),

@@ -236,7 +236,9 @@ impl Core {
         let tokens = Tokens::new(&config.cluster.secret).map(Arc::new);
         let tls = cluster_tls(&config.cluster)?;
         Ok(Core {
-            registry: Arc::new(Registry::new(&config.streams)),
+            registry: Arc::new(Registry::new(&config.streams).with_admission(
+                pipelines::admission::Admission::new(&config.admission, &node_name(&config)),
+            )),
             config,
             plan,
             bus,
@@ -366,6 +368,7 @@ impl Core {
             limits,
             self.feeds.clone(),
             self.tokens.clone(),
+            self.registry.clone(),
             self.bus.clone(),
             services.signal(Stage::Serve),
         )
@@ -502,6 +505,16 @@ fn cluster_view(
         rules,
         tls,
     )
+}
+
+/// The node's name for the admission webhooks: `[node] name`, else the machine's host name.
+fn node_name(config: &Config) -> String {
+    if !config.node.name.is_empty() {
+        return config.node.name.clone();
+    }
+    std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// The cluster's TLS: from `[cluster]`'s files, else made from its secret; none without one.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use pipelines::admission::Action;
 use pipelines::graph::{GraphFactory, MediaSink};
 use pipelines::media::{AudioTrack, Frame, SourceTracks, TrackKind, VideoTrack};
 use pipelines::registry::{ClaimError, PublishClaim, Registry};
@@ -198,6 +199,20 @@ enum End {
 }
 
 impl ConnTask {
+    /// Whether the operator's webhook lets the stream `key` publishes to go live from this
+    /// peer (an unknown key is refused by the claim after).
+    async fn admitted(&self, key: &str) -> Result<(), String> {
+        let Some(entry) = self.registry.by_key(key) else {
+            return Ok(());
+        };
+        let stream = entry.config.name.clone();
+        let ip = self.peer.ip();
+        self.registry
+            .admit(Action::Publish, &stream, "rtmp", ip, None, None)
+            .await
+            .map_err(|refusal| refusal.to_string())
+    }
+
     async fn serve(mut self, mut socket: TcpStream) {
         let mut conn = Connection::new(&self.settings.app);
         let mut publishing: Option<Publishing> = None;
@@ -294,6 +309,8 @@ impl ConnTask {
                         "too many wrong stream keys from this address; try again in {} s",
                         wait.as_secs().max(1)
                     ))
+                } else if let Err(refused) = self.admitted(&key).await {
+                    Err(refused)
                 } else {
                     self.registry
                         .claim(&key, self.peer, "rtmp")

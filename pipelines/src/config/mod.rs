@@ -6,6 +6,7 @@
 //! own `validate()`; a library crate reads no environment (the binary passes the cluster
 //! secret from `TIERCAST_CLUSTER_SECRET` to [`Config::parse_with`]).
 
+mod admission;
 mod cluster;
 mod events;
 mod hls;
@@ -22,6 +23,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+pub use admission::*;
 pub use cluster::*;
 pub use events::*;
 pub use hls::*;
@@ -50,6 +52,7 @@ pub struct Config {
     pub cluster: ClusterConfig,
     pub routing: RoutingConfig,
     pub webrtc: WebrtcConfig,
+    pub admission: AdmissionConfig,
     pub streams: Vec<StreamConfig>,
     /// Named ladders. `default` exists unless the file defines its own.
     pub ladders: BTreeMap<String, Vec<RungConfig>>,
@@ -70,6 +73,7 @@ impl Default for Config {
             cluster: ClusterConfig::default(),
             routing: RoutingConfig::default(),
             webrtc: WebrtcConfig::default(),
+            admission: AdmissionConfig::default(),
             streams: vec![StreamConfig {
                 name: DEFAULT_STREAM.to_owned(),
                 key: DEFAULT_STREAM_KEY.to_owned(),
@@ -195,6 +199,7 @@ impl Config {
         within("http", self.http.validate())?;
         within("recording", self.recording.validate())?;
         within("notify", self.notify.validate())?;
+        within("admission", self.admission.validate())?;
         validate_streams(&self.streams, &self.ladders)?;
         if let Some(i) = self.streams.iter().position(|s| s.access == Access::Token)
             && self.cluster.secret.is_empty()

@@ -14,6 +14,7 @@ use super::MEDIA_PLAYLIST;
 use super::playlist::{Variant, multivariant};
 use super::store::{HlsStore, SessionHls};
 use crate::access::{Tokens, admit, carry};
+use pipelines::admission::Action;
 use crate::cluster::{Cluster, Peer, viewer_region};
 use crate::relay::Demand;
 
@@ -172,6 +173,13 @@ async fn master(
     }
     let client = client_of(peer.as_ref());
     let token = crate::access::token_of(q.token.as_deref(), &request);
+    // Made-up names are not worth the webhook's time on a node that knows its streams.
+    if state.demand.is_none() && state.registry.get(&stream).is_none() {
+        return not_found("no such stream");
+    }
+    if let Err(refused) = admitted(&state, &stream, None, token, client).await {
+        return refused;
+    }
     if let Some(demand) = &state.demand {
         return relayed_master(&state, demand.as_ref(), &stream, token, client).await;
     }
@@ -217,6 +225,26 @@ async fn master(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Whether the operator's webhook lets `client` play `stream` (`403` if not).
+async fn admitted(
+    state: &HlsState,
+    stream: &str,
+    rendition: Option<&str>,
+    token: Option<&str>,
+    client: std::net::IpAddr,
+) -> Result<(), Response> {
+    state
+        .registry
+        .admit(Action::Play, stream, "hls", client, rendition, token)
+        .await
+        .map_err(|refusal| {
+            let status = StatusCode::FORBIDDEN;
+            let body = pipelines::http_error::body(status.as_u16(), &refusal.to_string());
+            let json = [(header::CONTENT_TYPE, pipelines::http_error::CONTENT_TYPE)];
+            (status, json, body).into_response()
+        })
 }
 
 /// The multivariant playlist of a stream relayed from upstream (pulled now if it is not here).
@@ -287,11 +315,16 @@ async fn media_file(
     let Some(hls) = state.store.get(&stream) else {
         return not_found("stream is not live");
     };
+    let client = client_of(peer.as_ref());
+    let token = crate::access::token_of(q.token.as_deref(), &request);
+    if file == MEDIA_PLAYLIST
+        && let Err(refused) = admitted(&state, &stream, Some(&rendition), token, client).await
+    {
+        return refused;
+    }
     let Some(segmenter) = hls.rendition(&rendition) else {
         return not_found("no such rendition");
     };
-    let client = client_of(peer.as_ref());
-    let token = crate::access::token_of(q.token.as_deref(), &request);
     if file == MEDIA_PLAYLIST {
         let playlist = segmenter.playlist();
         drop(segmenter);
