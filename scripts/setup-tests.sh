@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-apt_install ffmpeg chromium curl python3 python3-pip
+apt_install ffmpeg chromium curl python3 python3-pip socat openssl
 
 # The tests run a real Kafka-protocol broker on loopback: tansu, built once (a few minutes).
 if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then

@@ -535,7 +535,7 @@ fn discover(path: &Path) -> Result<(f64, Vec<String>), String> {
 
 /// A stream or session name as nodes make them: 1 to `max` of `[A-Za-z0-9_-]`, so never a
 /// path of its own (`..`, `/`) nor an odd object key.
-fn is_name(name: &str, max: usize) -> bool {
+pub(crate) fn is_name(name: &str, max: usize) -> bool {
     (1..=max).contains(&name.len())
         && name
             .bytes()

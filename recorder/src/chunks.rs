@@ -356,7 +356,7 @@ pub(crate) fn chunk_name(sequence: u64) -> String {
     format!("{sequence:010}.ts")
 }
 
-fn parse_chunk_name(name: &str) -> Option<u64> {
+pub(crate) fn parse_chunk_name(name: &str) -> Option<u64> {
     name.strip_suffix(".ts")?.parse().ok()
 }
 

@@ -6,6 +6,7 @@
 //! - [`archiver`]: when a session ends, its chunks are remuxed (never re-encoded) into one MP4
 //!   with the index at the front, put in the object store, announced as `recording.ready`, and
 //!   the chunks removed.
+//! - [`spill`]: chunks an earlier run left waiting on the node's disk, put up at the next start.
 //! - [`store`]: the object store (`<data_dir>/recordings/` by default) and its listing.
 //! - [`s3`]: an S3-compatible bucket, for both stores when `[recording.s3]` is configured.
 
@@ -14,6 +15,7 @@ pub mod chunks;
 pub mod notifier;
 pub mod s3;
 pub mod session;
+pub mod spill;
 pub mod store;
 
 #[derive(Debug, thiserror::Error)]

@@ -59,6 +59,8 @@ pub struct KafkaSink {
     producer: ThreadedProducer<Context>,
     counters: Arc<KafkaCounters>,
     brokers: String,
+    /// The brokers and how to reach them, for the admin client.
+    config: KafkaConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,11 +70,40 @@ pub struct KafkaError {
     pub message: String,
 }
 
+/// A client of `config`'s brokers, with its TLS and SASL settings (the SASL password from
+/// `TIERCAST_KAFKA_PASSWORD` when it is set).
+fn client(config: &KafkaConfig) -> ClientConfig {
+    let mut client = ClientConfig::new();
+    client
+        .set("bootstrap.servers", &config.brokers)
+        .set("security.protocol", config.security_protocol.as_str());
+    if config.security_protocol.sasl() {
+        let password = std::env::var(pipelines::config::KAFKA_PASSWORD_ENV)
+            .ok()
+            .filter(|p| !p.is_empty())
+            .or_else(|| config.sasl_password.clone())
+            .unwrap_or_default();
+        client
+            .set("sasl.mechanism", config.sasl_mechanism.as_deref().unwrap_or("PLAIN"))
+            .set("sasl.username", config.sasl_username.as_deref().unwrap_or_default())
+            .set("sasl.password", password);
+    }
+    let path = |p: &std::path::PathBuf| p.display().to_string();
+    if let Some(ca) = &config.ssl_ca {
+        client.set("ssl.ca.location", path(ca));
+    }
+    if let (Some(cert), Some(key)) = (&config.ssl_cert, &config.ssl_key) {
+        client
+            .set("ssl.certificate.location", path(cert))
+            .set("ssl.key.location", path(key));
+    }
+    client
+}
+
 impl KafkaSink {
     pub fn new(config: &KafkaConfig) -> Result<KafkaSink, KafkaError> {
         let counters = Arc::new(KafkaCounters::default());
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", &config.brokers)
+        let producer = client(config)
             // Keep retrying while the brokers are away: events may not be lost.
             .set("message.timeout.ms", "0")
             .set(
@@ -90,15 +121,14 @@ impl KafkaSink {
             producer,
             counters,
             brokers: config.brokers.clone(),
+            config: config.clone(),
         })
     }
 
     /// Creates tiercast's topics if the brokers lack them, retrying until the brokers answer
     /// (they may be down when the node starts). Events wait in the queue meanwhile.
     pub async fn ensure_topics(&self) {
-        let admin: AdminClient<DefaultClientContext> = match ClientConfig::new()
-            .set("bootstrap.servers", &self.brokers)
-            .create()
+        let admin: AdminClient<DefaultClientContext> = match client(&self.config).create()
         {
             Ok(a) => a,
             Err(e) => {
@@ -180,8 +210,7 @@ pub fn consume(
         brokers: config.brokers.clone(),
         message: e.to_string(),
     };
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.brokers)
+    let consumer: BaseConsumer = client(config)
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "true")

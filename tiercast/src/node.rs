@@ -5,11 +5,13 @@
 //! |----------------------|---------|-----|--------|--------------|------|
 //! | `rtmp`, `whip`       | Ingest  | ✓   | ✓      |              |      |
 //! | `archiver`, `notifier` | Archive | ✓ ¹ | ✓ ¹  |              |      |
+//! | `spill`              | Archive | ³   | ³      |              |      |
 //! | `whep`, `http`       | Serve   | ✓   | ✓      | ✓            | ✓    |
 //! | `relay-links`        | Serve   |     |        | ✓            | ✓    |
 //! | `heartbeats`         | Serve   | ²   | ²      | ²            | ²    |
 //!
-//! ¹ with `recording.embedded_archiver`; ² with `cluster.upstreams`. Renditions leave for the
+//! ¹ with `recording.embedded_archiver`; ² with `cluster.upstreams`; ³ with chunks in a bucket
+//! (`[recording.s3]`): what the last run left waiting on the disk goes up. Renditions leave for the
 //! tier below through taps wherever `cluster.secret` is set. [`Plan`] is this table in code.
 
 use std::sync::Arc;
@@ -119,6 +121,12 @@ pub async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()>
     let mut services = Services::new();
     let puller = plan.pull.then(|| core.puller());
     let archiver = plan.archive.then(|| core.archiver(&mut services));
+    if plan.ingest && matches!(core.chunks, ChunkStore::S3 { .. }) {
+        let stop = services.signal(Stage::Archive);
+        let spill = config.node.data_dir.join("spill");
+        let resume = recorder::spill::resume(core.chunks.clone(), spill, core.bus.clone(), stop);
+        services.spawn(Stage::Archive, "spill", resume);
+    }
     let ingest = match plan.ingest {
         true => Some(core.ingest(&mut services).await?),
         false => None,

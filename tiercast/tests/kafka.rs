@@ -1,6 +1,7 @@
 //! Events on a real Kafka-protocol broker (tansu, started here on loopback): what a consumer of
 //! `tiercast.streams` and `tiercast.recordings` sees, with the broker up and with it down
-//! while a stream is live.
+//! while a stream is live, and through TLS (socat terminating it in front of the broker, as a
+//! TLS proxy would) with SASL (tansu's own authentication).
 
 mod common;
 
@@ -45,16 +46,33 @@ fn tansu() -> String {
 }
 
 fn start_broker(port: u16, log: &std::path::Path) -> Broker {
+    start_broker_as(port, port, false, log)
+}
+
+/// A broker on `port` that tells clients to come to `advertised` (a TLS proxy in front of
+/// it), asking clients to authenticate (SASL) when `authentication`.
+fn start_broker_as(
+    port: u16,
+    advertised: u16,
+    authentication: bool,
+    log: &std::path::Path,
+) -> Broker {
     let url = format!("tcp://127.0.0.1:{port}");
-    let child = Command::new(tansu())
+    let advertised = format!("tcp://127.0.0.1:{advertised}");
+    let mut command = Command::new(tansu());
+    command
         .args([
             "broker",
             "--listener-url",
             &url,
             "--advertised-listener-url",
-            &url,
+            &advertised,
         ])
-        .args(["--storage-engine", "memory://tansu/"])
+        .args(["--storage-engine", "memory://tansu/"]);
+    if authentication {
+        command.arg("--authentication");
+    }
+    let child = command
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
         .spawn()
@@ -75,8 +93,20 @@ fn consume(
     limit: Duration,
     done: impl Fn(&[serde_json::Value]) -> bool,
 ) -> Vec<serde_json::Value> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", format!("127.0.0.1:{port}"))
+    let mut client = ClientConfig::new();
+    client.set("bootstrap.servers", format!("127.0.0.1:{port}"));
+    consume_with(client, port, topics, limit, done)
+}
+
+/// [`consume`] with a client of its own (TLS, SASL).
+fn consume_with(
+    mut client: ClientConfig,
+    port: u16,
+    topics: &[&str],
+    limit: Duration,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let consumer: BaseConsumer = client
         .set("group.id", format!("test-{}-{port}", std::process::id()))
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.commit", "false")
@@ -326,4 +356,93 @@ fn the_recording_lands_in_the_bucket_and_is_announced_on_kafka() {
     let redirect = node.get(&format!("/recordings/{id}.mp4"));
     assert_eq!(redirect.status, 302);
     assert!(redirect.header("location").unwrap().contains(&key));
+}
+
+/// A CA and a certificate it signed for 127.0.0.1, made with openssl in `dir`: the CA's path,
+/// and the server's certificate and key in one PEM file (as socat takes them).
+fn certificates(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let script = r#"set -e
+openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=tiercast-test-ca 2>/dev/null
+openssl req -newkey rsa:2048 -nodes -keyout server.key -out server.csr -subj /CN=127.0.0.1 2>/dev/null
+printf 'subjectAltName=IP:127.0.0.1\n' > san.ext
+openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.crt -days 2 -extfile san.ext 2>/dev/null
+cat server.crt server.key > server.pem"#;
+    let made = Command::new("bash")
+        .args(["-c", script])
+        .current_dir(dir)
+        .status()
+        .expect("openssl runs");
+    assert!(made.success());
+    (dir.join("ca.pem"), dir.join("server.pem"))
+}
+
+/// TLS on `port` in front of the broker on `broker`: socat, as a TLS-terminating proxy.
+fn tls_proxy(port: u16, broker: u16, pem: &std::path::Path) -> Broker {
+    let child = Command::new("socat")
+        .arg(format!(
+            "OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={},verify=0",
+            pem.display()
+        ))
+        .arg(format!("TCP:127.0.0.1:{broker}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("socat runs (scripts/setup-tests.sh installs it)");
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "socat did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Broker { child }
+}
+
+#[test]
+fn events_reach_a_broker_over_tls_with_sasl() {
+    let scratch = TempDir::new("kafka-tls");
+    let (plain, tls) = (free_port(), free_port());
+    let (ca, pem) = certificates(&scratch.0);
+    let _broker = start_broker_as(plain, tls, true, &scratch.0.join("tansu.log"));
+    let _proxy = tls_proxy(tls, plain, &pem);
+    let node = start_node(&format!(
+        "[events.kafka]\nbrokers = \"127.0.0.1:{tls}\"\nsecurity_protocol = \"sasl_ssl\"\n\
+         sasl_mechanism = \"PLAIN\"\nsasl_username = \"tiercast\"\n\
+         sasl_password = \"kafka-password-0123456789\"\nssl_ca = {:?}\n\
+         [[streams]]\nname = \"main\"\nkey = \"k\"\n\
+         [[ladders.default]]\nname = \"180p\"\nheight = 180\nvideo_kbps = 300\n",
+        ca.display().to_string()
+    ));
+    publish_to_the_end(&node.rtmp_url("k"), 320, 180, 4);
+    let secure = || {
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", format!("127.0.0.1:{tls}"))
+            .set("security.protocol", "sasl_ssl")
+            .set("sasl.mechanism", "PLAIN")
+            .set("sasl.username", "test-consumer")
+            .set("sasl.password", "another-password-0123")
+            .set("ssl.ca.location", ca.display().to_string());
+        client
+    };
+    let events = consume_with(
+        secure(),
+        tls,
+        &["tiercast.streams"],
+        Duration::from_secs(60),
+        |seen| types(seen).contains(&"stream.ended"),
+    );
+    assert_eq!(types(&events), ["stream.started", "stream.ended"]);
+    // In the clear, the broker's port answers a client that does not authenticate with nothing.
+    let stranger: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", format!("127.0.0.1:{plain}"))
+        .set("group.id", "stranger")
+        .create()
+        .unwrap();
+    let topics = stranger.fetch_metadata(Some("tiercast.streams"), Duration::from_secs(3));
+    assert!(topics.is_err(), "an unauthenticated client read {:?}", topics.map(|m| m.topics().len()));
+    // And a client that does not know the CA does not take the proxy for the broker.
+    let mut wrong_ca = secure();
+    wrong_ca.set("ssl.ca.location", pem.display().to_string());
+    let fooled: BaseConsumer = wrong_ca.set("group.id", "fooled").create().unwrap();
+    assert!(fooled.fetch_metadata(None, Duration::from_secs(3)).is_err());
 }

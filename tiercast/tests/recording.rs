@@ -1,7 +1,8 @@
 //! Recording end to end: ffmpeg publishes over RTMP to a stream with `record = true`; the MP4
 //! the node serves afterwards is what ffprobe says it is, and the events say so in order. A
 //! bucket that stops answering for a minute in the middle of a three-minute stream costs the
-//! recording nothing: chunks wait on the node's disk and go up in order when it is back.
+//! recording nothing: chunks wait on the node's disk and go up in order when it is back, even
+//! when the node is killed before it is back (they go up when it starts again).
 
 mod common;
 
@@ -701,4 +702,71 @@ fn a_bucket_down_for_a_minute_mid_stream_loses_nothing() {
         })
         .unwrap_or(0);
     assert_eq!(left, 0, "chunks left in {}", spill.display());
+}
+
+#[test]
+fn chunks_a_node_killed_in_an_outage_left_on_its_disk_go_up_when_it_starts_again() {
+    let scratch = TempDir::new("outage-crash");
+    let s3 = S3Server::start("tiercast-outage-crash", &scratch.0.join("s3.log"));
+    let mut node = start_node(&format!(
+        "[recording]\norphan_after_seconds = 12\n\
+         [[streams]]\nname = \"main\"\nkey = \"k\"\nrecord = true\n\
+         [[ladders.default]]\nname = \"180p\"\nheight = 180\nvideo_kbps = 300\n{}",
+        s3.node_config()
+    ));
+    let publisher = ffmpeg_publish(&node.rtmp_url("k"), 320, 180, 120)
+        .spawn()
+        .unwrap();
+    node.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+        r.status == 200
+    });
+    std::thread::sleep(Duration::from_secs(10));
+    // The bucket stops answering; chunks wait on the node's disk; the node dies meanwhile.
+    s3.freeze();
+    let spill = node.data_dir().join("spill/main");
+    let waiting = |spill: &std::path::Path| -> usize {
+        std::fs::read_dir(spill)
+            .map(|d| {
+                d.flatten()
+                    .flat_map(|s| std::fs::read_dir(s.path()).into_iter().flatten().flatten())
+                    .filter(|c| c.file_name().to_string_lossy().ends_with(".ts"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while waiting(&spill) < 5 {
+        assert!(std::time::Instant::now() < deadline, "no chunks wait on the disk:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let _ = node.child.kill();
+    let _ = node.child.wait();
+    drop(common::webrtc::KillOnDrop(publisher));
+    let left = waiting(&spill);
+    // The bucket comes back, then the node.
+    s3.thaw();
+    node.crash_and_restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let key = loop {
+        let mp4 = s3
+            .keys("recordings/main/")
+            .into_iter()
+            .find(|k| k.ends_with(".mp4"));
+        if let Some(key) = mp4 {
+            break key;
+        }
+        assert!(std::time::Instant::now() < deadline, "no recording:\n{}", node.log());
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let file = scratch.0.join("crash.mp4");
+    s3.download(&key, &file);
+    let duration = probe_duration(&file);
+    // Ten seconds before the outage, and every chunk that waited (2 s each).
+    let expected = 10.0 + 2.0 * left as f64;
+    assert!(duration >= expected - 2.5, "{duration} s, expected about {expected} ({left} chunks waited)");
+    assert_eq!(probe_stream_types(&file), ["video", "audio"]);
+    assert_eq!(waiting(&spill), 0, "chunks left in {}", spill.display());
+    let events = std::fs::read_to_string(node.data_dir().join("events.jsonl")).unwrap();
+    assert!(events.contains(&format!("\"type\":\"recording.resumed\"")), "{events}");
+    assert_eq!(events.matches("\"type\":\"recording.ready\"").count(), 1, "{events}");
 }
