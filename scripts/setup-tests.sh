@@ -8,10 +8,13 @@ source scripts/setup.sh
 
 apt_install ffmpeg chromium curl python3 python3-pip socat openssl
 
-# The tests run a real Kafka-protocol broker on loopback: tansu, built once (a few minutes).
-if ! command -v tansu >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/tansu" ]; then
+# The tests run a real Kafka-protocol broker on loopback: tansu, built once (a few minutes),
+# with its SQLite store (libsql), the one that keeps SASL/SCRAM users.
+TANSU_FEATURES="dynostore,libsql"
+if [ ! -x "$HOME/.cargo/bin/tansu" ] || [ "$(cat "$HOME/.cargo/.tansu-features" 2>/dev/null)" != "$TANSU_FEATURES" ]; then
   echo "setup: installing tansu (Kafka-protocol broker for the tests)"
-  cargo install tansu --locked --features dynostore
+  cargo install tansu --locked --force --features "$TANSU_FEATURES"
+  echo "$TANSU_FEATURES" > "$HOME/.cargo/.tansu-features"
 fi
 
 # ... and a real S3-API server: moto's, from PyPI (5.2.5 or newer: older ones answer

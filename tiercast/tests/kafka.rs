@@ -1,7 +1,7 @@
 //! Events on a real Kafka-protocol broker (tansu, started here on loopback): what a consumer of
 //! `tiercast.streams` and `tiercast.recordings` sees, with the broker up and with it down
 //! while a stream is live, and through TLS (socat terminating it in front of the broker, as a
-//! TLS proxy would) with SASL (tansu's own authentication).
+//! TLS proxy would) with SASL/SCRAM (tansu's own authentication, its users in SQLite).
 
 mod common;
 
@@ -46,15 +46,16 @@ fn tansu() -> String {
 }
 
 fn start_broker(port: u16, log: &std::path::Path) -> Broker {
-    start_broker_as(port, port, false, log)
+    start_broker_as(port, port, None, log)
 }
 
 /// A broker on `port` that tells clients to come to `advertised` (a TLS proxy in front of
-/// it), asking clients to authenticate (SASL) when `authentication`.
+/// it). With `authenticated` (its SQLite store), clients must authenticate (SASL) as users
+/// kept there.
 fn start_broker_as(
     port: u16,
     advertised: u16,
-    authentication: bool,
+    authenticated: Option<&std::path::Path>,
     log: &std::path::Path,
 ) -> Broker {
     let url = format!("tcp://127.0.0.1:{port}");
@@ -67,11 +68,15 @@ fn start_broker_as(
             &url,
             "--advertised-listener-url",
             &advertised,
-        ])
-        .args(["--storage-engine", "memory://tansu/"]);
-    if authentication {
-        command.arg("--authentication");
-    }
+        ]);
+    match authenticated {
+        // tansu takes the store's path relative to where it runs.
+        Some(db) => command
+            .args(["--storage-engine", &sqlite(db)])
+            .current_dir(db.parent().expect("a file in a directory"))
+            .arg("--authentication"),
+        None => command.args(["--storage-engine", "memory://tansu/"]),
+    };
     let child = command
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).unwrap())
@@ -376,6 +381,51 @@ cat server.crt server.key > server.pem"#;
     (dir.join("ca.pem"), dir.join("server.pem"))
 }
 
+/// tansu's URL of the SQLite store `db`, relative to `db`'s directory.
+fn sqlite(db: &std::path::Path) -> String {
+    let name = db.file_name().expect("a file").to_string_lossy();
+    format!("sqlite://{name}")
+}
+
+/// A broker on `port` (advertising `advertised`) that asks every client to authenticate as
+/// one of `users` (SCRAM-SHA-256), made while it first ran without authentication on the same
+/// SQLite store, as an operator would set it up.
+fn broker_with_users(
+    port: u16,
+    advertised: u16,
+    db: &std::path::Path,
+    users: &[(&str, &str)],
+    scratch: &std::path::Path,
+) -> Broker {
+    let mut open = Command::new(tansu());
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = open
+        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args(["--storage-engine", &sqlite(db)])
+        .current_dir(db.parent().expect("a file in a directory"))
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(scratch.join("tansu-users.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let open = Broker { child };
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(Instant::now() < deadline, "tansu did not listen on {port}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for (user, password) in users {
+        let made = Command::new(tansu())
+            .args(["user", "create", "--broker", &url, "--mechanism", "scram256"])
+            .args([user, password])
+            .status()
+            .unwrap();
+        assert!(made.success(), "tansu user create {user}");
+    }
+    drop(open);
+    start_broker_as(port, advertised, Some(db), &scratch.join("tansu.log"))
+}
+
 /// TLS on `port` in front of the broker on `broker`: socat, as a TLS-terminating proxy.
 fn tls_proxy(port: u16, broker: u16, pem: &std::path::Path) -> Broker {
     let child = Command::new("socat")
@@ -402,11 +452,21 @@ fn events_reach_a_broker_over_tls_with_sasl() {
     let scratch = TempDir::new("kafka-tls");
     let (plain, tls) = (free_port(), free_port());
     let (ca, pem) = certificates(&scratch.0);
-    let _broker = start_broker_as(plain, tls, true, &scratch.0.join("tansu.log"));
+    let db = scratch.0.join("tansu.db");
+    let _broker = broker_with_users(
+        plain,
+        tls,
+        &db,
+        &[
+            ("tiercast", "kafka-password-0123456789"),
+            ("test-consumer", "another-password-0123"),
+        ],
+        &scratch.0,
+    );
     let _proxy = tls_proxy(tls, plain, &pem);
     let node = start_node(&format!(
         "[events.kafka]\nbrokers = \"127.0.0.1:{tls}\"\nsecurity_protocol = \"sasl_ssl\"\n\
-         sasl_mechanism = \"PLAIN\"\nsasl_username = \"tiercast\"\n\
+         sasl_mechanism = \"SCRAM-SHA-256\"\nsasl_username = \"tiercast\"\n\
          sasl_password = \"kafka-password-0123456789\"\nssl_ca = {:?}\n\
          [[streams]]\nname = \"main\"\nkey = \"k\"\n\
          [[ladders.default]]\nname = \"180p\"\nheight = 180\nvideo_kbps = 300\n",
@@ -418,7 +478,7 @@ fn events_reach_a_broker_over_tls_with_sasl() {
         client
             .set("bootstrap.servers", format!("127.0.0.1:{tls}"))
             .set("security.protocol", "sasl_ssl")
-            .set("sasl.mechanism", "PLAIN")
+            .set("sasl.mechanism", "SCRAM-SHA-256")
             .set("sasl.username", "test-consumer")
             .set("sasl.password", "another-password-0123")
             .set("ssl.ca.location", ca.display().to_string());
@@ -440,6 +500,11 @@ fn events_reach_a_broker_over_tls_with_sasl() {
         .unwrap();
     let topics = stranger.fetch_metadata(Some("tiercast.streams"), Duration::from_secs(3));
     assert!(topics.is_err(), "an unauthenticated client read {:?}", topics.map(|m| m.topics().len()));
+    // A wrong password is refused.
+    let mut wrong_password = secure();
+    wrong_password.set("sasl.password", "not-the-password-0123");
+    let guesser: BaseConsumer = wrong_password.set("group.id", "guesser").create().unwrap();
+    assert!(guesser.fetch_metadata(None, Duration::from_secs(3)).is_err());
     // And a client that does not know the CA does not take the proxy for the broker.
     let mut wrong_ca = secure();
     wrong_ca.set("ssl.ca.location", pem.display().to_string());
