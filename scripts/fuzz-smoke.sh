@@ -2,7 +2,7 @@
 # Builds every fuzz target with cargo-fuzz and runs each for a few seconds: rtc/'s (every
 # parser of bytes a WebRTC peer controls: SDP offers, RTP payloads, NACK lists) and the
 # workspace's in fuzz/ (RTMP connections, codec configs, WHEP offers, the relay wire, viewer
-# tokens, cluster heartbeats), each from its corpus when it has one. A target that no longer
+# tokens, cluster heartbeats, the TS muxer's inputs), each from its corpus when it has one. A target that no longer
 # builds, or a crash, fails the run. Longer runs: fuzz/README.md.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
