@@ -174,7 +174,11 @@ async fn offer(
         return too_many(refused);
     }
     let now = Instant::now();
-    if let Err(wait) = whip.registry.guesses.allowed(from.ip(), now) {
+    let judged = whip
+        .registry
+        .guesses
+        .judge(from.ip(), now, || pipelines::secret::same(key, &entry.config.key));
+    if let Err(wait) = judged {
         let mut refused = refuse(
             StatusCode::TOO_MANY_REQUESTS,
             "too many wrong stream keys from this address",
@@ -185,8 +189,7 @@ async fn offer(
         );
         return refused;
     }
-    if !pipelines::secret::same(key, &entry.config.key) {
-        whip.registry.guesses.wrong(from.ip(), now);
+    if judged == Ok(false) {
         warn!(%stream, %from, "WHIP publish with a wrong key refused");
         return refuse(StatusCode::FORBIDDEN, "wrong stream key");
     }

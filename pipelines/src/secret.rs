@@ -44,10 +44,37 @@ impl Guesses {
         }
     }
 
+    /// Judges a key from `ip` in one step (so parallel attempts cannot all pass the check
+    /// before the first is counted): `Err(wait)` if the address must wait, else whether
+    /// `right` says the key is right, a wrong one counted.
+    pub fn judge(
+        &self,
+        ip: IpAddr,
+        now: Instant,
+        right: impl FnOnce() -> bool,
+    ) -> Result<bool, Duration> {
+        let prefix = by_prefix(ip);
+        let mut map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = map.get(&prefix).and_then(|g| g.until)
+            && until > now
+        {
+            return Err(until - now);
+        }
+        let right = right();
+        if !right {
+            Self::count_wrong(&mut map, prefix, now);
+        }
+        Ok(right)
+    }
+
     /// A wrong key from `ip`.
     pub fn wrong(&self, ip: IpAddr, now: Instant) {
         let ip = by_prefix(ip);
         let mut map = self.by_address.lock().unwrap_or_else(|p| p.into_inner());
+        Self::count_wrong(&mut map, ip, now);
+    }
+
+    fn count_wrong(map: &mut HashMap<IpAddr, Guessing>, ip: IpAddr, now: Instant) {
         if map.len() >= MAX_ADDRESSES && !map.contains_key(&ip) {
             map.retain(|_, g| {
                 now.duration_since(g.first) < GUESS_WINDOW || g.until.is_some_and(|u| u > now)
@@ -137,6 +164,14 @@ mod tests {
             guesses.wrong(b, later);
         }
         assert!(guesses.allowed(b, later).unwrap_err() <= MAX_WAIT);
+        // In one step: a waiting address's key is not even looked at.
+        let c: IpAddr = "192.0.2.3".parse().unwrap();
+        for _ in 0..FREE_GUESSES {
+            assert_eq!(guesses.judge(c, later, || false), Ok(false));
+        }
+        assert_eq!(guesses.judge(c, later, || true), Ok(true));
+        assert_eq!(guesses.judge(c, later, || false), Ok(false));
+        assert!(guesses.judge(c, later, || panic!("looked at")).is_err());
     }
 
     #[test]

@@ -283,7 +283,8 @@ struct Operators {
 
 /// Whether a request comes from the operator: through `[http] admin_listen` (with the
 /// `admin_token` too, when one is set), or with the `admin_token` as a Bearer token, or, on a
-/// node with neither, from this machine.
+/// node with neither, from this machine (and not through a proxy on it, which says so with
+/// `Forwarded` or `X-Forwarded-For`).
 fn is_operator(
     operators: &Operators,
     headers: &axum::http::HeaderMap,
@@ -292,7 +293,12 @@ fn is_operator(
 ) -> bool {
     let token = &*operators.token;
     if token.is_empty() {
-        return admin_door || (!operators.own_door && peer.is_some_and(|p| p.ip().is_loopback()));
+        // A request a proxy on this machine passes on is not this machine's own.
+        let proxied = ["forwarded", "x-forwarded-for", "x-real-ip"]
+            .iter()
+            .any(|h| headers.contains_key(*h));
+        let local = peer.is_some_and(|p| p.ip().is_loopback()) && !proxied;
+        return admin_door || (!operators.own_door && local);
     }
     headers
         .get(header::AUTHORIZATION)

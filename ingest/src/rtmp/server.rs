@@ -9,7 +9,7 @@ use std::time::Duration;
 use pipelines::admission::Action;
 use pipelines::graph::{GraphFactory, MediaSink};
 use pipelines::media::{AudioTrack, Frame, SourceTracks, TrackKind, VideoTrack};
-use pipelines::registry::{ClaimError, PublishClaim, Registry};
+use pipelines::registry::{PublishClaim, Registry};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -302,25 +302,27 @@ impl ConnTask {
             } => {
                 let ip = self.peer.ip();
                 let now = std::time::Instant::now();
+                let judged = self
+                    .registry
+                    .guesses
+                    .judge(ip, now, || self.registry.by_key(&key).is_some());
                 let claimed = if publishing.is_some() {
                     Err("this connection already publishes".to_owned())
-                } else if let Err(wait) = self.registry.guesses.allowed(ip, now) {
-                    Err(format!(
-                        "too many wrong stream keys from this address; try again in {} s",
-                        wait.as_secs().max(1)
-                    ))
-                } else if let Err(refused) = self.admitted(&key).await {
-                    Err(refused)
                 } else {
-                    self.registry
-                        .claim(&key, self.peer, "rtmp")
-                        .map_err(|e| match e {
-                            ClaimError::UnknownKey => {
-                                self.registry.guesses.wrong(ip, now);
-                                format!("unknown stream key on app {app:?}")
-                            }
-                            other => other.to_string(),
-                        })
+                    match judged {
+                        Err(wait) => Err(format!(
+                            "too many wrong stream keys from this address; try again in {} s",
+                            wait.as_secs().max(1)
+                        )),
+                        Ok(false) => Err(format!("unknown stream key on app {app:?}")),
+                        Ok(true) => match self.admitted(&key).await {
+                            Err(refused) => Err(refused),
+                            Ok(()) => self
+                                .registry
+                                .claim(&key, self.peer, "rtmp")
+                                .map_err(|e| e.to_string()),
+                        },
+                    }
                 };
                 match claimed {
                     Ok(claim) => {

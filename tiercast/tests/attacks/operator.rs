@@ -60,6 +60,22 @@ fn the_operator_api_on_its_own_door_is_closed_on_the_public_one() {
     assert_eq!(node.get("/healthz").status, 200);
 }
 
+#[test]
+fn a_proxy_on_the_node_s_machine_does_not_make_its_callers_the_operator() {
+    let node = start_node("");
+    assert_eq!(node.get("/api/v1/streams").status, 200, "this machine's own caller");
+    for header in ["X-Forwarded-For", "Forwarded", "X-Real-IP"] {
+        let proxied = http_send(
+            node.http,
+            "GET",
+            "/api/v1/streams",
+            &[(header, "203.0.113.9")],
+            b"",
+        );
+        assert_eq!(proxied.status, 401, "{header}: {}", proxied.text());
+    }
+}
+
 /// A heartbeat's `Authorization`, as a node signs it (`relay-tiers/src/relay/auth.rs`).
 fn heartbeat_token(secret: &str, time: u64, nonce: &str, body: &[u8]) -> String {
     use hmac::{Hmac, Mac};
