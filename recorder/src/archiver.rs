@@ -17,7 +17,7 @@ use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{info, warn};
 
 use crate::RecordError;
-use crate::chunks::ChunkStore;
+use crate::chunks::{ChunkStore, Claim};
 use crate::store::{ObjectStore, RecordingInfo};
 
 pub struct Archiver {
@@ -74,6 +74,10 @@ pub struct ArchiveJob {
 const REMUX_TIMEOUT: Duration = Duration::from_secs(600);
 /// Long jobs log their progress this often.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// An archiver's claim on a session holds this long, and is renewed this often while it
+/// works; one not renewed in time (its archiver died) is taken over by another.
+const CLAIM_HOLD: Duration = Duration::from_secs(120);
+const CLAIM_RENEW: Duration = Duration::from_secs(30);
 /// Chunks read ahead of the remuxer.
 const READ_AHEAD: usize = 4;
 
@@ -273,8 +277,13 @@ impl Archiver {
             self.chunks.remove(stream, session).await?;
             return Ok(done);
         }
-        // Of several archivers told of the same session, one makes its recording.
-        self.chunks.claim(stream, session, &self.holder).await?;
+        // Of several archivers told of the same session, one makes its recording; it says so
+        // every so often while it works, and another takes the session over if it stops.
+        let claim = self
+            .chunks
+            .claim(stream, session, &self.holder, CLAIM_HOLD)
+            .await?;
+        let (renewed, superseded) = self.keep_claim(stream, session, claim);
         let now = Instant::now();
         self.jobs.lock().expect("archive jobs").insert(
             session.to_owned(),
@@ -291,8 +300,16 @@ impl Archiver {
                 logged: now,
             },
         );
-        let result = self.make(stream, session).await;
+        let mut result = self.make(stream, session).await;
+        renewed.abort();
         self.jobs.lock().expect("archive jobs").remove(session);
+        let taken_over = superseded.load(std::sync::atomic::Ordering::Relaxed)
+            || !self.chunks.still_holds(stream, session, claim).await.unwrap_or(true);
+        if taken_over {
+            warn!(%stream, %session, "another archiver took this session over; its recording is theirs");
+            result = Err(RecordError::Taken(session.to_owned(), "another archiver".into()));
+            return result.map(|(info, _)| info);
+        }
         match &result {
             Ok((info, last)) => {
                 self.bus.publish(EventKind::RecordingReady {
@@ -315,6 +332,37 @@ impl Archiver {
             }
         }
         result.map(|(info, _)| info)
+    }
+
+    /// Renews `claim` every [`CLAIM_RENEW`] until the task is aborted; the flag is set if
+    /// another archiver took the session over meanwhile.
+    fn keep_claim(
+        &self,
+        stream: &str,
+        session: &str,
+        claim: Claim,
+    ) -> (tokio::task::JoinHandle<()>, Arc<std::sync::atomic::AtomicBool>) {
+        let superseded = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = superseded.clone();
+        let (chunks, holder) = (self.chunks.clone(), self.holder.clone());
+        let (stream, session) = (stream.to_owned(), session.to_owned());
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(CLAIM_RENEW).await;
+                match chunks
+                    .renew_claim(&stream, &session, &holder, claim, CLAIM_HOLD)
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                        return;
+                    }
+                    Err(e) => warn!(%stream, %session, "claim not renewed: {e}"),
+                }
+            }
+        });
+        (task, superseded)
     }
 
     /// Updates the session's job, and logs it now and then.

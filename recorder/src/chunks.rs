@@ -4,8 +4,11 @@
 //!
 //! Beside a session's chunks: its `lease`, renewed every few seconds by the node recording it
 //! (no archiver takes a session whose lease holds, however long it goes between chunks), and
-//! its `claim`, made once by the archiver that archives it (created only if absent, so of
-//! several archivers exactly one makes the recording).
+//! its claim, made by the archiver that archives it and renewed while it works: `claim`, then
+//! `claim.1`, `claim.2`, ... Each is created only if absent, so of several archivers exactly
+//! one holds each; the newest is the session's holder. A claim whose holder stopped renewing
+//! it (it died mid-archive) may be taken over with the next one, so no session is left
+//! unarchived for want of an archiver.
 
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -33,8 +36,31 @@ pub struct StoredSession {
 
 /// The object beside a session's chunks that says it is live, and until when.
 const LEASE: &str = "lease";
-/// The object beside a session's chunks that says who archives it.
+/// The object beside a session's chunks that says who archives it (the first of its
+/// generations: `claim`, `claim.1`, ...).
 const CLAIM: &str = "claim";
+/// Claims a session has at most: an archiver that finds this many gives up on it.
+const MAX_CLAIMS: u32 = 16;
+
+fn claim_name(generation: u32) -> String {
+    match generation {
+        0 => CLAIM.to_owned(),
+        n => format!("{CLAIM}.{n}"),
+    }
+}
+
+/// A session held by an archiver: which generation of claim is its.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub generation: u32,
+}
+
+/// `<holder>\n<until, ms since the Unix epoch>`; a claim of an earlier version says only who.
+fn parse_claim(body: &[u8]) -> (String, u64) {
+    let text = String::from_utf8_lossy(body);
+    let (holder, until) = text.split_once('\n').unwrap_or((&text, "0"));
+    (holder.to_owned(), until.trim().parse().unwrap_or(0))
+}
 
 fn unix_ms(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
@@ -167,21 +193,7 @@ impl ChunkStore {
         until: SystemTime,
     ) -> Result<(), RecordError> {
         let body = Bytes::from(unix_ms(until).to_string());
-        match self {
-            ChunkStore::Local(local) => {
-                let path = local.dir(stream, session).join(LEASE);
-                blocking(move || {
-                    let dir = path.parent().expect("a session directory");
-                    std::fs::create_dir_all(dir).map_err(RecordError::io(dir))?;
-                    pipelines::durable::write(&path, &body).map_err(RecordError::io(&path))
-                })
-                .await
-            }
-            ChunkStore::S3 { bucket, prefix } => {
-                let key = format!("{}{LEASE}", Self::session_prefix(prefix, stream, session));
-                bucket.put(&key, body, "text/plain").await
-            }
-        }
+        self.put_beside(stream, session, LEASE, body).await
     }
 
     /// Until when the session's lease holds, if it has one.
@@ -202,18 +214,91 @@ impl ChunkStore {
         self.delete_beside(stream, session, &[LEASE]).await
     }
 
-    /// Takes the session for `holder` to archive, unless another archiver has: whether it is
-    /// `holder`'s (taken now, or before by `holder` itself); `Err(Taken)` names the other.
+    /// Takes the session for `holder` to archive, for `hold` (renewed with
+    /// [`ChunkStore::renew_claim`] while it works), unless another archiver holds it: the
+    /// claim that is `holder`'s (taken now, or before by `holder` itself); `Err(Taken)` names
+    /// the other. A claim past its time is taken over with the next generation.
     pub async fn claim(
         &self,
         stream: &str,
         session: &str,
         holder: &str,
-    ) -> Result<(), RecordError> {
-        let body = Bytes::from(holder.to_owned());
-        let made = match self {
+        hold: std::time::Duration,
+    ) -> Result<Claim, RecordError> {
+        let body = Bytes::from(format!("{holder}\n{}", unix_ms(SystemTime::now() + hold)));
+        let mut generation = 0;
+        while generation < MAX_CLAIMS {
+            let name = claim_name(generation);
+            if self.put_new_beside(stream, session, &name, body.clone()).await? {
+                return Ok(Claim { generation });
+            }
+            // Another claim is there: the newest is the one that counts.
+            let next = self.get_beside(stream, session, &claim_name(generation + 1)).await?;
+            if next.is_some() {
+                generation += 1;
+                continue;
+            }
+            let Some(found) = self.get_beside(stream, session, &name).await? else {
+                continue; // removed meanwhile: try again
+            };
+            let (by, until) = parse_claim(&found);
+            if by == holder {
+                return Ok(Claim { generation });
+            }
+            if until > unix_ms(SystemTime::now()) {
+                return Err(RecordError::Taken(session.to_owned(), by));
+            }
+            tracing::warn!(%stream, %session, %by, "a claim its archiver stopped renewing is taken over");
+            generation += 1;
+        }
+        Err(RecordError::Taken(
+            session.to_owned(),
+            format!("{MAX_CLAIMS} archivers before"),
+        ))
+    }
+
+    /// Says `holder` still works on the session, for `hold` more; whether its claim is still
+    /// the newest (else another archiver took it over, and `holder` must stop).
+    pub async fn renew_claim(
+        &self,
+        stream: &str,
+        session: &str,
+        holder: &str,
+        claim: Claim,
+        hold: std::time::Duration,
+    ) -> Result<bool, RecordError> {
+        if !self.still_holds(stream, session, claim).await? {
+            return Ok(false);
+        }
+        let body = Bytes::from(format!("{holder}\n{}", unix_ms(SystemTime::now() + hold)));
+        self.put_beside(stream, session, &claim_name(claim.generation), body)
+            .await?;
+        Ok(true)
+    }
+
+    /// Whether `claim` is still the session's newest.
+    pub async fn still_holds(
+        &self,
+        stream: &str,
+        session: &str,
+        claim: Claim,
+    ) -> Result<bool, RecordError> {
+        let next = claim_name(claim.generation + 1);
+        Ok(self.get_beside(stream, session, &next).await?.is_none())
+    }
+
+    /// Puts `body` beside the session's chunks as `name` unless something is there already;
+    /// whether it did.
+    async fn put_new_beside(
+        &self,
+        stream: &str,
+        session: &str,
+        name: &str,
+        body: Bytes,
+    ) -> Result<bool, RecordError> {
+        match self {
             ChunkStore::Local(local) => {
-                let path = local.dir(stream, session).join(CLAIM);
+                let path = local.dir(stream, session).join(name);
                 blocking(move || {
                     use std::io::Write;
                     let dir = path.parent().expect("a session directory");
@@ -232,24 +317,37 @@ impl ChunkStore {
                         Err(e) => Err(RecordError::io(&path)(e)),
                     }
                 })
-                .await?
+                .await
             }
             ChunkStore::S3 { bucket, prefix } => {
-                let key = format!("{}{CLAIM}", Self::session_prefix(prefix, stream, session));
-                bucket.put_new(&key, body, "text/plain").await?
+                let key = format!("{}{name}", Self::session_prefix(prefix, stream, session));
+                bucket.put_new(&key, body, "text/plain").await
             }
-        };
-        if made {
-            return Ok(());
         }
-        let by = self.get_beside(stream, session, CLAIM).await?;
-        let by = by
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default();
-        if by == holder {
-            Ok(())
-        } else {
-            Err(RecordError::Taken(session.to_owned(), by))
+    }
+
+    /// Puts `body` beside the session's chunks as `name`, over what is there.
+    async fn put_beside(
+        &self,
+        stream: &str,
+        session: &str,
+        name: &str,
+        body: Bytes,
+    ) -> Result<(), RecordError> {
+        match self {
+            ChunkStore::Local(local) => {
+                let path = local.dir(stream, session).join(name);
+                blocking(move || {
+                    let dir = path.parent().expect("a session directory");
+                    std::fs::create_dir_all(dir).map_err(RecordError::io(dir))?;
+                    pipelines::durable::write(&path, &body).map_err(RecordError::io(&path))
+                })
+                .await
+            }
+            ChunkStore::S3 { bucket, prefix } => {
+                let key = format!("{}{name}", Self::session_prefix(prefix, stream, session));
+                bucket.put(&key, body, "text/plain").await
+            }
         }
     }
 
@@ -320,8 +418,10 @@ impl ChunkStore {
             .filter(|&&s| s <= last)
             .map(|&s| chunk_name(s))
             .collect();
+        let claims: Vec<String> = (0..MAX_CLAIMS).map(claim_name).collect();
         let mut all: Vec<&str> = names.iter().map(String::as_str).collect();
-        all.extend([LEASE, CLAIM]);
+        all.push(LEASE);
+        all.extend(claims.iter().map(String::as_str));
         self.delete_beside(stream, session, &all).await
     }
 
@@ -499,9 +599,10 @@ mod tests {
         assert_eq!(store.lease("main", "s1").await.unwrap(), Some(until));
         assert!(store.sessions().await.unwrap().is_empty());
         // The first archiver to claim it has it; asking again, it still has it.
-        store.claim("main", "s1", "a").await.unwrap();
-        store.claim("main", "s1", "a").await.unwrap();
-        match store.claim("main", "s1", "b").await {
+        let hold = std::time::Duration::from_secs(60);
+        let a = store.claim("main", "s1", "a", hold).await.unwrap();
+        assert_eq!(store.claim("main", "s1", "a", hold).await.unwrap(), a);
+        match store.claim("main", "s1", "b", hold).await {
             Err(RecordError::Taken(_, by)) => assert_eq!(by, "a"),
             other => panic!("{other:?}"),
         }
@@ -515,8 +616,40 @@ mod tests {
         store.remove_through("main", "s1", 1).await.unwrap();
         assert_eq!(store.list("main", "s1").await.unwrap(), [2, 3]);
         assert_eq!(store.lease("main", "s1").await.unwrap(), None);
-        store.claim("main", "s1", "b").await.unwrap();
+        store.claim("main", "s1", "b", hold).await.unwrap();
         store.remove_through("main", "s1", 3).await.unwrap();
+        assert!(!root.join("main/s1").exists());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_claim_its_archiver_stopped_renewing_is_taken_over_once() {
+        let root = std::env::temp_dir().join(format!("tiercast-takeover-{}", std::process::id()));
+        let store = ChunkStore::local(root.clone());
+        let short = std::time::Duration::from_millis(200);
+        let long = std::time::Duration::from_secs(60);
+        let a = store.claim("main", "s1", "a", short).await.unwrap();
+        // Renewed, it holds past its first time.
+        assert!(store.renew_claim("main", "s1", "a", a, short).await.unwrap());
+        assert!(matches!(
+            store.claim("main", "s1", "b", long).await,
+            Err(RecordError::Taken(..))
+        ));
+        // Not renewed: once its time is past, one of two others takes it over.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let b = store.claim("main", "s1", "b", long).await.unwrap();
+        assert_eq!(b.generation, a.generation + 1);
+        match store.claim("main", "s1", "c", long).await {
+            Err(RecordError::Taken(_, by)) => assert_eq!(by, "b"),
+            other => panic!("{other:?}"),
+        }
+        // The one taken over learns it, and cannot renew its way back.
+        assert!(!store.still_holds("main", "s1", a).await.unwrap());
+        assert!(!store.renew_claim("main", "s1", "a", a, long).await.unwrap());
+        assert!(store.still_holds("main", "s1", b).await.unwrap());
+        // Archived: every claim goes with the chunks.
+        store.write("main", "s1", 0, Bytes::from_static(b"ts")).await.unwrap();
+        store.remove_through("main", "s1", 0).await.unwrap();
         assert!(!root.join("main/s1").exists());
         std::fs::remove_dir_all(&root).unwrap();
     }
