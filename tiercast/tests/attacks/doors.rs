@@ -58,6 +58,8 @@ fn newest_segment_number(node: &Node) -> u64 {
 #[test]
 fn five_hundred_slow_clients_on_http_and_rtmp_cost_only_themselves() {
     use std::io::Write;
+    // A thousand sockets and a live publish: not beside the other heavy tests on two cores.
+    let _turn = heavy();
     let node = start_node("[[streams]]\nname = \"main\"\nkey = \"main-key-0123456789\"\n");
     let publisher = publish_main(&node, 90);
     let sequence_before = newest_segment_number(&node);
