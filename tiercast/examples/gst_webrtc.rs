@@ -6,7 +6,8 @@
 //! gst_webrtc publish <whip url> <stream key> <seconds>
 //!     a live 640x360 test picture and a tone, H.264 + Opus, for <seconds>
 //! gst_webrtc play <whep url> <seconds>
-//!     plays for <seconds>, then prints what it decoded as one JSON line:
+//!     plays for <seconds> from its first picture (which it waits 30 s for), then prints what it
+//!     decoded as one JSON line:
 //!     {"video_frames":N,"width":W,"height":H,"audio_buffers":M}
 //! gst_webrtc serve <flv file> <port> <seconds>
 //!     the bench's baseline: GStreamer's own WHEP server (`whepserversink`, one `webrtcbin`
@@ -137,7 +138,10 @@ fn play(url: &str, seconds: Duration) -> Result<(), String> {
             eprintln!("gst_webrtc: linking {}: {e:?}", pad.name());
         }
     });
-    run(&pipeline, seconds)?;
+    // The player's clock starts with its first picture: connecting (ICE, DTLS, the first
+    // keyframe) takes what a loaded machine needs, up to CONNECT.
+    let first = frames.clone();
+    run_from(&pipeline, seconds, move || first.load(Ordering::Relaxed) > 0)?;
     println!(
         "{{\"video_frames\":{},\"width\":{},\"height\":{},\"audio_buffers\":{}}}",
         frames.load(Ordering::Relaxed),
@@ -156,19 +160,43 @@ fn launch(description: &str) -> Result<gst::Pipeline, String> {
         .map_err(|_| "not a pipeline".to_owned())
 }
 
+/// How long a player waits for its first picture.
+const CONNECT: Duration = Duration::from_secs(30);
+
 /// Plays `pipeline` for `seconds`, or until it fails.
 fn run(pipeline: &gst::Pipeline, seconds: Duration) -> Result<(), String> {
+    run_from(pipeline, seconds, || true)
+}
+
+/// Plays `pipeline` for `seconds` counted from when `started` first says so (within
+/// [`CONNECT`]), or until it fails.
+fn run_from(
+    pipeline: &gst::Pipeline,
+    seconds: Duration,
+    started: impl Fn() -> bool,
+) -> Result<(), String> {
     pipeline
         .set_state(gst::State::Playing)
         .map_err(|e| format!("cannot play: {e}"))?;
     let bus = pipeline.bus().expect("a pipeline has a bus");
-    let until = Instant::now() + seconds;
+    let mut until = None;
+    let connect_by = Instant::now() + CONNECT;
     let result = loop {
-        let left = until.saturating_duration_since(Instant::now());
+        if until.is_none() && started() {
+            until = Some(Instant::now() + seconds);
+        }
+        let deadline = until.unwrap_or(connect_by);
+        let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
             break Ok(());
         }
-        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(left.as_nanos() as u64)) else {
+        // Short waits until it starts, so the start is seen when it happens.
+        let wait = if until.is_some() {
+            left
+        } else {
+            left.min(Duration::from_millis(100))
+        };
+        let Some(msg) = bus.timed_pop(gst::ClockTime::from_nseconds(wait.as_nanos() as u64)) else {
             continue;
         };
         match msg.view() {
