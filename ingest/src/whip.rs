@@ -174,10 +174,9 @@ async fn offer(
         return too_many(refused);
     }
     let now = Instant::now();
-    let judged = whip
-        .registry
-        .guesses
-        .judge(from.ip(), now, || pipelines::secret::same(key, &entry.config.key));
+    let judged = whip.registry.guesses.judge(from.ip(), now, || {
+        pipelines::secret::same(key, &entry.config.key)
+    });
     if let Err(wait) = judged {
         let mut refused = refuse(
             StatusCode::TOO_MANY_REQUESTS,

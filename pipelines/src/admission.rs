@@ -117,13 +117,7 @@ impl Admission {
     }
 
     /// The ask for `action` on `stream`, from `client` through `protocol`.
-    pub fn ask(
-        &self,
-        action: Action,
-        stream: &str,
-        protocol: &'static str,
-        client: IpAddr,
-    ) -> Ask {
+    pub fn ask(&self, action: Action, stream: &str, protocol: &'static str, client: IpAddr) -> Ask {
         Ask {
             action,
             stream: stream.to_owned(),
@@ -153,8 +147,12 @@ impl Admission {
         }
         let answer = self.post(url, &ask).await;
         match &answer {
-            Ok(()) => info!(stream = %ask.stream, client = %ask.client, action = ?ask.action, "admitted by the webhook"),
-            Err(why) => warn!(stream = %ask.stream, client = %ask.client, action = ?ask.action, "{why}"),
+            Ok(()) => {
+                info!(stream = %ask.stream, client = %ask.client, action = ?ask.action, "admitted by the webhook")
+            }
+            Err(why) => {
+                warn!(stream = %ask.stream, client = %ask.client, action = ?ask.action, "{why}")
+            }
         }
         if !self.cache_for.is_zero() {
             let mut cache = self.lock();
@@ -215,7 +213,9 @@ mod tests {
                     held.push(socket);
                     continue;
                 }
-                let reply = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let reply = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
                 socket.write_all(reply.as_bytes()).await.unwrap();
             }
             tokio::time::sleep(Duration::from_secs(60)).await;
@@ -243,7 +243,12 @@ mod tests {
         assert_eq!(a.admit(ask.clone()).await, Ok(()));
         let body = asked.recv().await.unwrap();
         assert!(body.starts_with("POST /hook"), "{body}");
-        assert!(body.contains(r#""action":"publish","stream":"main","protocol":"rtmp","client":"192.0.2.7""#), "{body}");
+        assert!(
+            body.contains(
+                r#""action":"publish","stream":"main","protocol":"rtmp","client":"192.0.2.7""#
+            ),
+            "{body}"
+        );
         // The same ask again: from the cache, the webhook is not asked.
         assert_eq!(a.admit(ask).await, Ok(()));
         // Another stream: asked, and refused.
@@ -265,6 +270,9 @@ mod tests {
         assert_eq!(a.admit(play).await, Err(Refusal::TimedOut));
         let gone = admission("", "http://127.0.0.1:9/hook", 0);
         let play = gone.ask(Action::Play, "main", "whep", client);
-        assert!(matches!(gone.admit(play).await, Err(Refusal::Unreachable(_))));
+        assert!(matches!(
+            gone.admit(play).await,
+            Err(Refusal::Unreachable(_))
+        ));
     }
 }

@@ -114,6 +114,29 @@ pub enum EventKind {
         protocol: String,
         watched_secs: f64,
     },
+    /// A call was answered (1-to-1), or a room got its first participant (group).
+    #[serde(rename = "call.started")]
+    CallStarted {
+        /// The call's id (1-to-1) or the room's name (group).
+        call: String,
+        /// `1-to-1` or `room`.
+        kind: String,
+        participants: Vec<String>,
+    },
+    #[serde(rename = "call.ended")]
+    CallEnded {
+        call: String,
+        kind: String,
+        duration_secs: f64,
+        /// Everyone who took part.
+        participants: Vec<String>,
+        /// `hung_up`, `left` (a side's last socket went) or `empty` (a room's last participant).
+        reason: String,
+    },
+    #[serde(rename = "participant.joined")]
+    ParticipantJoined { room: String, user: String },
+    #[serde(rename = "participant.left")]
+    ParticipantLeft { room: String, user: String },
 }
 
 impl EventKind {
@@ -128,10 +151,14 @@ impl EventKind {
             | EventKind::RecordingResumed { .. } => "tiercast.recordings",
             EventKind::ViewerJoined { .. } | EventKind::ViewerLeft { .. } => "tiercast.analytics",
             EventKind::QualityChanged { .. } => "tiercast.quality",
+            EventKind::CallStarted { .. }
+            | EventKind::CallEnded { .. }
+            | EventKind::ParticipantJoined { .. }
+            | EventKind::ParticipantLeft { .. } => "tiercast.calls",
         }
     }
 
-    /// The stream the event is about: the partition key.
+    /// The stream the event is about (for calls, the call or room): the partition key.
     pub fn stream(&self) -> &str {
         match self {
             EventKind::StreamStarted { stream, .. }
@@ -144,6 +171,10 @@ impl EventKind {
             | EventKind::ViewerJoined { stream, .. }
             | EventKind::QualityChanged { stream, .. }
             | EventKind::ViewerLeft { stream, .. } => stream,
+            EventKind::CallStarted { call, .. } | EventKind::CallEnded { call, .. } => call,
+            EventKind::ParticipantJoined { room, .. } | EventKind::ParticipantLeft { room, .. } => {
+                room
+            }
         }
     }
 }

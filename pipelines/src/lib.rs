@@ -9,6 +9,7 @@
 //! - [`gst_util`]: GStreamer set-up: init, element builder, a pipeline handle that owns the bus.
 //! - [`graph`]: the contract between an ingest protocol and the media graph it feeds.
 //! - [`http_error`]: the one JSON shape of every HTTP error.
+//! - [`origin`]: which browser pages may open a node's WebSockets.
 //! - [`ts`] and [`segment`]: our MPEG-TS muxer, and a stream cut into segments with it (HLS
 //!   lists them, the recorder writes them as chunks).
 //! - [`transcoders`]: what ingest and egress ask of `transcode` without depending on it.
@@ -23,6 +24,7 @@ pub mod graph;
 pub mod gst_util;
 pub mod http_error;
 pub mod media;
+pub mod origin;
 pub mod registry;
 pub mod secret;
 pub mod segment;

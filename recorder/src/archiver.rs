@@ -304,10 +304,17 @@ impl Archiver {
         renewed.abort();
         self.jobs.lock().expect("archive jobs").remove(session);
         let taken_over = superseded.load(std::sync::atomic::Ordering::Relaxed)
-            || !self.chunks.still_holds(stream, session, claim).await.unwrap_or(true);
+            || !self
+                .chunks
+                .still_holds(stream, session, claim)
+                .await
+                .unwrap_or(true);
         if taken_over {
             warn!(%stream, %session, "another archiver took this session over; its recording is theirs");
-            result = Err(RecordError::Taken(session.to_owned(), "another archiver".into()));
+            result = Err(RecordError::Taken(
+                session.to_owned(),
+                "another archiver".into(),
+            ));
             return result.map(|(info, _)| info);
         }
         match &result {
@@ -341,7 +348,10 @@ impl Archiver {
         stream: &str,
         session: &str,
         claim: Claim,
-    ) -> (tokio::task::JoinHandle<()>, Arc<std::sync::atomic::AtomicBool>) {
+    ) -> (
+        tokio::task::JoinHandle<()>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ) {
         let superseded = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = superseded.clone();
         let (chunks, holder) = (self.chunks.clone(), self.holder.clone());

@@ -229,11 +229,16 @@ impl ChunkStore {
         let mut generation = 0;
         while generation < MAX_CLAIMS {
             let name = claim_name(generation);
-            if self.put_new_beside(stream, session, &name, body.clone()).await? {
+            if self
+                .put_new_beside(stream, session, &name, body.clone())
+                .await?
+            {
                 return Ok(Claim { generation });
             }
             // Another claim is there: the newest is the one that counts.
-            let next = self.get_beside(stream, session, &claim_name(generation + 1)).await?;
+            let next = self
+                .get_beside(stream, session, &claim_name(generation + 1))
+                .await?;
             if next.is_some() {
                 generation += 1;
                 continue;
@@ -630,7 +635,12 @@ mod tests {
         let long = std::time::Duration::from_secs(60);
         let a = store.claim("main", "s1", "a", short).await.unwrap();
         // Renewed, it holds past its first time.
-        assert!(store.renew_claim("main", "s1", "a", a, short).await.unwrap());
+        assert!(
+            store
+                .renew_claim("main", "s1", "a", a, short)
+                .await
+                .unwrap()
+        );
         assert!(matches!(
             store.claim("main", "s1", "b", long).await,
             Err(RecordError::Taken(..))
@@ -648,7 +658,10 @@ mod tests {
         assert!(!store.renew_claim("main", "s1", "a", a, long).await.unwrap());
         assert!(store.still_holds("main", "s1", b).await.unwrap());
         // Archived: every claim goes with the chunks.
-        store.write("main", "s1", 0, Bytes::from_static(b"ts")).await.unwrap();
+        store
+            .write("main", "s1", 0, Bytes::from_static(b"ts"))
+            .await
+            .unwrap();
         store.remove_through("main", "s1", 0).await.unwrap();
         assert!(!root.join("main/s1").exists());
         std::fs::remove_dir_all(&root).unwrap();

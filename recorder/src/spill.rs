@@ -132,7 +132,9 @@ async fn put_up(store: &ChunkStore, left: Leftover) -> Option<u64> {
             match tokio::time::timeout(ATTEMPT, write).await {
                 Ok(Ok(())) => break,
                 Ok(Err(e)) => warn!(%stream, %session, "chunk {sequence} still waits: {e}"),
-                Err(_) => warn!(%stream, %session, "chunk {sequence} still waits: no answer in {ATTEMPT:?}"),
+                Err(_) => {
+                    warn!(%stream, %session, "chunk {sequence} still waits: no answer in {ATTEMPT:?}")
+                }
             }
             tokio::time::sleep(retry).await;
             retry = (retry * 2).min(RETRY_MOST);
@@ -143,7 +145,11 @@ async fn put_up(store: &ChunkStore, left: Leftover) -> Option<u64> {
     }
     // The session's directory, then its stream's, if nothing else is in them (a session
     // recording now spills beside them).
-    let session_dir = left.chunks.first().and_then(|(_, p)| p.parent()).map(Path::to_path_buf);
+    let session_dir = left
+        .chunks
+        .first()
+        .and_then(|(_, p)| p.parent())
+        .map(Path::to_path_buf);
     if let Some(dir) = session_dir {
         let _ = tokio::fs::remove_dir(&dir).await;
         if let Some(stream_dir) = dir.parent() {
@@ -165,7 +171,12 @@ mod tests {
         let _ = std::fs::remove_dir_all(&root);
         let session = root.join("main/main-19ab-0");
         std::fs::create_dir_all(&session).unwrap();
-        for name in ["0000000011.ts", "0000000002.ts", "0000000010.ts", ".0000000012.ts.tmp"] {
+        for name in [
+            "0000000011.ts",
+            "0000000002.ts",
+            "0000000010.ts",
+            ".0000000012.ts.tmp",
+        ] {
             std::fs::write(session.join(name), b"ts").unwrap();
         }
         std::fs::create_dir_all(root.join("main/..odd")).unwrap();
@@ -174,7 +185,10 @@ mod tests {
         assert_eq!(found.len(), 1, "{found:?}");
         let sequences: Vec<u64> = found[0].chunks.iter().map(|(s, _)| *s).collect();
         assert_eq!(sequences, [2, 10, 11]);
-        assert!(!session.join(".0000000012.ts.tmp").exists(), "a cut write is removed");
+        assert!(
+            !session.join(".0000000012.ts.tmp").exists(),
+            "a cut write is removed"
+        );
         assert!(!root.join("other").exists(), "empty sessions go");
         let _ = std::fs::remove_dir_all(&root);
     }
@@ -198,7 +212,10 @@ mod tests {
         assert_eq!(store.lease("main", "main-19ab-0").await.unwrap(), None);
         assert!(!spill.exists(), "the spill directory is gone");
         let event = events.try_recv().unwrap();
-        assert!(matches!(event.kind, EventKind::RecordingResumed { chunks: 3, .. }), "{event:?}");
+        assert!(
+            matches!(event.kind, EventKind::RecordingResumed { chunks: 3, .. }),
+            "{event:?}"
+        );
         let _ = std::fs::remove_dir_all(&root);
     }
 }

@@ -110,8 +110,7 @@ fn run(method: Method, k: usize, total: usize, tls: &ClusterTls) -> (f64, f64) {
                 }
                 Method::Tls => {
                     let name = ServerName::try_from("127.0.0.1").expect("a name");
-                    let connection =
-                        rustls::ClientConnection::new(client, name).expect("a client");
+                    let connection = rustls::ClientConnection::new(client, name).expect("a client");
                     let mut tls = rustls::StreamOwned::new(connection, socket);
                     let mut buf = vec![0u8; 64 * 1024];
                     while let Ok(n) = tls.read(&mut buf) {
@@ -195,7 +194,9 @@ fn main() {
     println!(
         "{mib} MiB to each of k connections, {MESSAGE}-byte messages; CPU ms per MiB delivered (sender | receivers), and the sender's share of a core at 10 Mb/s to k nodes"
     );
-    println!("| k | plain | sealed once | TLS each | TLS / sealed (sender) | sender at 10 Mb/s × k: sealed, TLS |");
+    println!(
+        "| k | plain | sealed once | TLS each | TLS / sealed (sender) | sender at 10 Mb/s × k: sealed, TLS |"
+    );
     println!("|---|---|---|---|---|---|");
     for k in ks {
         let delivered = (mib * k) as f64;

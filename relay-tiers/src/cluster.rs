@@ -15,8 +15,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use ipnet::IpNet;
@@ -73,7 +73,9 @@ pub fn is_member_address(address: &str) -> bool {
     }
     host.split('.').all(|label| {
         (1..=63).contains(&label.len())
-            && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
             && !label.starts_with('-')
     })
 }
@@ -318,7 +320,10 @@ impl Cluster {
     }
 
     async fn beat(&self, upstream: &str, body: Bytes) -> Result<Vec<Member>, String> {
-        let client = self.client.as_ref().ok_or("no cluster secret to reach it with")?;
+        let client = self
+            .client
+            .as_ref()
+            .ok_or("no cluster secret to reach it with")?;
         let request = hyper::Request::post(format!("https://{upstream}{HEARTBEAT_PATH}"))
             .header(
                 hyper::header::AUTHORIZATION,
@@ -672,7 +677,12 @@ mod tests {
 
     #[test]
     fn only_plain_host_port_addresses_are_members() {
-        for good in ["edge-1:8080", "10.0.0.7:80", "[2001:db8::1]:8080", "a.b.example:443"] {
+        for good in [
+            "edge-1:8080",
+            "10.0.0.7:80",
+            "[2001:db8::1]:8080",
+            "a.b.example:443",
+        ] {
             assert!(is_member_address(good), "{good}");
         }
         for bad in [

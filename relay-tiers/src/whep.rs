@@ -249,7 +249,14 @@ async fn offer(
     };
     let admitted = whep
         .registry
-        .admit(Action::Play, &stream, "whep", from, rendition.as_deref(), token)
+        .admit(
+            Action::Play,
+            &stream,
+            "whep",
+            from,
+            rendition.as_deref(),
+            token,
+        )
         .await;
     if let Err(refusal) = admitted {
         return refuse(StatusCode::FORBIDDEN, refusal);

@@ -141,7 +141,9 @@ fn play(url: &str, seconds: Duration) -> Result<(), String> {
     // The player's clock starts with its first picture: connecting (ICE, DTLS, the first
     // keyframe) takes what a loaded machine needs, up to CONNECT.
     let first = frames.clone();
-    run_from(&pipeline, seconds, move || first.load(Ordering::Relaxed) > 0)?;
+    run_from(&pipeline, seconds, move || {
+        first.load(Ordering::Relaxed) > 0
+    })?;
     println!(
         "{{\"video_frames\":{},\"width\":{},\"height\":{},\"audio_buffers\":{}}}",
         frames.load(Ordering::Relaxed),

@@ -23,9 +23,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use relay_tiers::cluster::Cluster;
 use relay_tiers::relay::tls::{ClusterLink, HANDSHAKE, TlsAcceptor};
-use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -389,10 +389,17 @@ mod tests {
         let b: IpAddr = "192.0.2.2".parse().unwrap();
         let first = counts.take(a, caps, false).expect("room");
         let _second = counts.take(a, caps, false).expect("room");
-        assert!(counts.take(a, caps, false).is_none(), "a third from one address");
-        let member = counts.take(a, caps, true).expect("a member is held to the cap in all only");
+        assert!(
+            counts.take(a, caps, false).is_none(),
+            "a third from one address"
+        );
+        let member = counts
+            .take(a, caps, true)
+            .expect("a member is held to the cap in all only");
         drop(member);
-        let _third = counts.take(b, caps, false).expect("another address has room");
+        let _third = counts
+            .take(b, caps, false)
+            .expect("another address has room");
         assert!(counts.take(b, caps, false).is_none(), "the node is full");
         assert!(counts.take(b, caps, true).is_none(), "full for members too");
         drop(first);

@@ -121,6 +121,8 @@ pub struct Services {
     pub whip: Option<Arc<ingest::whip::Whip>>,
     /// Viewer tokens, under the cluster secret.
     pub tokens: Option<Arc<Tokens>>,
+    /// Calls' signaling, with `[calls] secret`.
+    pub calls: Option<Arc<calls::ws::Calls>>,
 }
 
 pub fn router(s: Services) -> Router {
@@ -149,6 +151,7 @@ pub fn router(s: Services) -> Router {
             whep: s.whep.clone(),
             taps: s.taps.clone(),
             kafka: s.kafka.clone(),
+            calls: s.calls.clone(),
         },
         bus: s.bus,
         openapi: Arc::default(),
@@ -184,6 +187,9 @@ pub fn router(s: Services) -> Router {
         .merge(relay_tiers::whep::router(s.whep));
     if let Some(whip) = s.whip {
         router = router.merge(ingest::whip::router(whip));
+    }
+    if let Some(calls) = s.calls {
+        router = router.merge(calls::ws::router(calls));
     }
     if let Some(taps) = s.taps {
         router = router.merge(relay_tiers::relay::routes::router(RelayState {
@@ -500,11 +506,8 @@ async fn events(
     headers: axum::http::HeaderMap,
     ws: axum::extract::ws::WebSocketUpgrade,
 ) -> Response {
-    if !same_origin(&headers) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "a page of another site may not open this WebSocket",
-        );
+    if !pipelines::origin::same_origin(&headers) {
+        return refuse(StatusCode::FORBIDDEN, pipelines::origin::CROSS_SITE);
     }
     let wanted: Option<Vec<String>> = filter
         .types
@@ -610,21 +613,6 @@ async fn mint_token(State(api): State<Api>, body: axum::body::Bytes) -> Response
         token,
     })
     .into_response()
-}
-
-/// A browser's WebSocket from a page of this node (its `Origin` names the `Host` asked), or
-/// a client that is not a browser (no `Origin`).
-fn same_origin(headers: &axum::http::HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN) else {
-        return true;
-    };
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    let origin_host = origin
-        .to_str()
-        .ok()
-        .and_then(|o| o.split_once("://"))
-        .map(|(_, rest)| rest.trim_end_matches('/'));
-    matches!((origin_host, host), (Some(o), Some(h)) if o.eq_ignore_ascii_case(h))
 }
 
 /// An error in the one shape every route uses ([`pipelines::http_error`]).

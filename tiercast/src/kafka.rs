@@ -27,6 +27,7 @@ pub const TOPICS: &[&str] = &[
     "tiercast.recordings",
     "tiercast.quality",
     "tiercast.analytics",
+    "tiercast.calls",
 ];
 
 #[derive(Debug, Default)]
@@ -84,8 +85,14 @@ fn client(config: &KafkaConfig) -> ClientConfig {
             .or_else(|| config.sasl_password.clone())
             .unwrap_or_default();
         client
-            .set("sasl.mechanism", config.sasl_mechanism.as_deref().unwrap_or("PLAIN"))
-            .set("sasl.username", config.sasl_username.as_deref().unwrap_or_default())
+            .set(
+                "sasl.mechanism",
+                config.sasl_mechanism.as_deref().unwrap_or("PLAIN"),
+            )
+            .set(
+                "sasl.username",
+                config.sasl_username.as_deref().unwrap_or_default(),
+            )
             .set("sasl.password", password);
     }
     let path = |p: &std::path::PathBuf| p.display().to_string();
@@ -128,8 +135,7 @@ impl KafkaSink {
     /// Creates tiercast's topics if the brokers lack them, retrying until the brokers answer
     /// (they may be down when the node starts). Events wait in the queue meanwhile.
     pub async fn ensure_topics(&self) {
-        let admin: AdminClient<DefaultClientContext> = match client(&self.config).create()
-        {
+        let admin: AdminClient<DefaultClientContext> = match client(&self.config).create() {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!("kafka admin client: {e}");

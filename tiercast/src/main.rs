@@ -4,7 +4,7 @@
 //!   all-in-one node).
 //! - `tiercast check --config FILE`: validate a config and say what it would run.
 //! - `tiercast token --config FILE --stream S --ttl 1h`: mint a viewer token for a stream with
-//!   `access = "token"`.
+//!   `access = "token"`; `tiercast token --config FILE --user alice`: a user token for calls.
 
 mod demo;
 mod door;
@@ -70,12 +70,20 @@ enum Command {
         config: PathBuf,
     },
     /// Mint a viewer token (for streams with `access = "token"`), signed with the cluster
-    /// secret: every node of the cluster takes it.
+    /// secret: every node of the cluster takes it; or, with --user, a user token for calls,
+    /// signed with the calls secret.
     Token {
         #[arg(long)]
         config: PathBuf,
+        /// The stream a viewer token is for.
+        #[arg(long, required_unless_present = "user", conflicts_with = "user")]
+        stream: Option<String>,
+        /// The user a calls token is for (`[[calls.users]]` id, or one the directory knows).
         #[arg(long)]
-        stream: String,
+        user: Option<String>,
+        /// The name others see (a user token; default: the directory's).
+        #[arg(long, requires = "user")]
+        name: Option<String>,
         /// How long it holds: 90s, 30m, 1h, 1d.
         #[arg(long, default_value = "1h")]
         ttl: String,
@@ -96,11 +104,17 @@ fn load(path: Option<&PathBuf>) -> anyhow::Result<Config> {
                 .with_context(|| format!("cannot read {}", path.display()))?;
             // Secrets may stay out of the file (a Kubernetes Secret, a systemd credential).
             let secret = std::env::var(pipelines::config::CLUSTER_SECRET_ENV).ok();
-            Ok(Config::parse_with(
-                &text,
-                &path.display().to_string(),
-                secret,
-            )?)
+            let mut config = Config::parse_with(&text, &path.display().to_string(), secret)?;
+            if let Ok(calls) = std::env::var(pipelines::config::CALLS_SECRET_ENV) {
+                config.calls.secret = calls;
+                config.calls.validate().map_err(|(key, why)| {
+                    anyhow::anyhow!(
+                        "{}: calls.{key}: {why}",
+                        pipelines::config::CALLS_SECRET_ENV
+                    )
+                })?;
+            }
+            Ok(config)
         }
     }
 }
@@ -119,10 +133,16 @@ fn main() -> std::process::ExitCode {
         Command::Token {
             config,
             stream,
+            user,
+            name,
             ttl,
             address,
             rendition,
-        } => load(Some(&config)).and_then(|c| token(&c, &stream, &ttl, address, rendition)),
+        } => load(Some(&config)).and_then(|c| match (stream, user) {
+            (Some(stream), _) => token(&c, &stream, &ttl, address, rendition),
+            (None, Some(user)) => user_token(&c, &user, name.as_deref(), &ttl),
+            (None, None) => anyhow::bail!("--stream or --user"),
+        }),
         Command::Archiver { config, all } => load(Some(&config)).and_then(|c| archiver(c, all)),
         Command::Run {
             config,
@@ -211,6 +231,37 @@ fn token(
     eprintln!("expires {} (Unix time); watch with", grant.expires);
     eprintln!("  /hls/{stream}/master.m3u8?token={token}");
     eprintln!("  /whep/{stream}?token={token}");
+    Ok(())
+}
+
+/// Prints a user token for calls: `GET /ws?token=` and the call page take it.
+fn user_token(config: &Config, user: &str, name: Option<&str>, ttl: &str) -> anyhow::Result<()> {
+    if !config.calls.enabled() {
+        anyhow::bail!("user tokens are signed with [calls] secret, and this config has none");
+    }
+    if !pipelines::config::is_path_safe(user) {
+        anyhow::bail!("{user:?}: 1 to 64 letters, digits, '-' or '_'");
+    }
+    let ttl = relay_tiers::access::parse_ttl(ttl).map_err(anyhow::Error::msg)?;
+    let known = config.calls.users.iter().find(|u| u.id == user);
+    if known.is_none() && !config.calls.users.is_empty() {
+        warn!(
+            user,
+            "not in [[calls.users]]: this node will refuse the token"
+        );
+    }
+    let name = name
+        .map(str::to_owned)
+        .or_else(|| known.map(|u| u.name.clone()))
+        .unwrap_or_default();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let token = calls::token::mint(&config.calls.secret, user, &name, now, now + ttl);
+    println!("{token}");
+    eprintln!("expires {} (Unix time); sign in with", now + ttl);
+    eprintln!("  /call?token={token}");
     Ok(())
 }
 

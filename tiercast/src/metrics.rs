@@ -30,6 +30,7 @@ pub struct NodeMetrics {
     pub whep: Arc<Whep>,
     pub taps: Option<Arc<TapStore>>,
     pub kafka: Option<Arc<KafkaSink>>,
+    pub calls: Option<Arc<calls::ws::Calls>>,
 }
 
 impl std::fmt::Debug for NodeMetrics {
@@ -159,6 +160,7 @@ impl Collector for NodeMetrics {
         }
         self.encode_webrtc(e)?;
         self.encode_media_core(e)?;
+        self.encode_calls(e)?;
         self.encode_kafka(e)
     }
 }
@@ -246,6 +248,29 @@ impl NodeMetrics {
         )?;
         let labels = [("to", "opus")];
         gauge(usize::try_from(running).unwrap_or(usize::MAX)).encode(family.encode_family(&labels)?)
+    }
+
+    fn encode_calls(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {
+        let Some(calls) = &self.calls else {
+            return Ok(());
+        };
+        let (online, rooms, participants) = calls.figures();
+        for (name, help, value) in [
+            (
+                "tiercast_calls_users_online",
+                "Users with a signaling socket open.",
+                online,
+            ),
+            ("tiercast_calls_rooms", "Rooms with someone in them.", rooms),
+            (
+                "tiercast_calls_participants",
+                "Participants in rooms (1-to-1 calls included).",
+                participants,
+            ),
+        ] {
+            single(e, name, help, &gauge(value))?;
+        }
+        Ok(())
     }
 
     fn encode_kafka(&self, e: &mut DescriptorEncoder) -> std::fmt::Result {

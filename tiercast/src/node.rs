@@ -7,11 +7,13 @@
 //! | `archiver`, `notifier` | Archive | ✓ ¹ | ✓ ¹  |              |      |
 //! | `spill`              | Archive | ³   | ³      |              |      |
 //! | `whep`, `http`       | Serve   | ✓   | ✓      | ✓            | ✓    |
+//! | `calls`              | Serve   | ⁴   | ⁴      | ⁴            | ⁴    |
 //! | `relay-links`        | Serve   |     |        | ✓            | ✓    |
 //! | `heartbeats`         | Serve   | ²   | ²      | ²            | ²    |
 //!
 //! ¹ with `recording.embedded_archiver`; ² with `cluster.upstreams`; ³ with chunks in a bucket
-//! (`[recording.s3]`): what the last run left waiting on the disk goes up. Renditions leave for the
+//! (`[recording.s3]`): what the last run left waiting on the disk goes up; ⁴ with `[calls] secret`
+//! (signaling on `GET /ws`). Renditions leave for the
 //! tier below through taps wherever `cluster.secret` is set. [`Plan`] is this table in code.
 
 use std::sync::Arc;
@@ -54,6 +56,8 @@ pub struct Plan {
     pub taps: bool,
     /// This node tells the tier above it is alive.
     pub heartbeats: bool,
+    /// People call each other here (signaling, rooms).
+    pub calls: bool,
 }
 
 impl Plan {
@@ -66,6 +70,7 @@ impl Plan {
             archive: ingest && config.recording.embedded_archiver,
             taps: !config.cluster.secret.is_empty(),
             heartbeats: !config.cluster.upstreams.is_empty(),
+            calls: config.calls.enabled(),
         }
     }
 
@@ -79,6 +84,9 @@ impl Plan {
             names.push("archiver");
         }
         names.extend(["whep", "http"]);
+        if self.calls {
+            names.push("calls");
+        }
         if self.pull {
             names.push("relay-links");
         }
@@ -143,7 +151,10 @@ pub async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()>
         ),
         None => None,
     };
-    let admin_addr = admin_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let admin_addr = admin_listener
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()?;
     let whep = core.whep(&mut services).await?;
     let cluster = Arc::new(cluster_view(&config, http_addr, core.tls.as_ref()));
     if plan.heartbeats {
@@ -155,6 +166,12 @@ pub async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()>
         let links = show_links(puller, cluster.clone(), stop);
         services.spawn(Stage::Serve, "relay-links", links);
     }
+    let calls = plan.calls.then(|| {
+        let calls = calls_from(&config, core.bus.clone());
+        let stop = services.signal(Stage::Serve);
+        services.spawn(Stage::Serve, "calls", calls.clone().run(stop));
+        calls
+    });
     let rtmp_addr = ingest.as_ref().map(|i| i.rtmp.local_addr()).transpose()?;
     let door_cluster = cluster.clone();
     let router = http::router(http::Services {
@@ -171,6 +188,7 @@ pub async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()>
         whep,
         whip: ingest.as_ref().map(|i| i.whip.clone()),
         tokens: core.tokens.clone(),
+        calls,
     });
     let admin_router = router.clone();
     announce(&config, rtmp_addr, http_addr, admin_addr);
@@ -516,6 +534,28 @@ fn cluster_view(
 }
 
 /// The node's name for the admission webhooks: `[node] name`, else the machine's host name.
+/// Calls' signaling from `[calls]`: the directory in `[[calls.users]]` and the rooms with rules.
+fn calls_from(config: &Config, bus: Arc<EventBus>) -> Arc<calls::ws::Calls> {
+    let c = &config.calls;
+    let directory: Arc<dyn calls::directory::Directory> =
+        Arc::new(calls::directory::Embedded::new(&c.users));
+    let rooms = c
+        .rooms
+        .iter()
+        .map(|r| {
+            let rules = calls::switchboard::RoomRules {
+                pin: r.pin.clone(),
+                max: r.max_participants,
+            };
+            (r.name.clone(), rules)
+        })
+        .collect();
+    let ring = Duration::from_secs(u64::from(c.ring_seconds));
+    let board =
+        calls::switchboard::Switchboard::new(directory.clone(), rooms, ring, c.max_room_size);
+    calls::ws::Calls::new(board, directory, &c.secret, bus)
+}
+
 fn node_name(config: &Config) -> String {
     if !config.node.name.is_empty() {
         return config.node.name.clone();

@@ -61,14 +61,13 @@ fn start_broker_as(
     let url = format!("tcp://127.0.0.1:{port}");
     let advertised = format!("tcp://127.0.0.1:{advertised}");
     let mut command = Command::new(tansu());
-    command
-        .args([
-            "broker",
-            "--listener-url",
-            &url,
-            "--advertised-listener-url",
-            &advertised,
-        ]);
+    command.args([
+        "broker",
+        "--listener-url",
+        &url,
+        "--advertised-listener-url",
+        &advertised,
+    ]);
     match authenticated {
         // tansu takes the store's path relative to where it runs.
         Some(db) => command
@@ -400,7 +399,13 @@ fn broker_with_users(
     let mut open = Command::new(tansu());
     let url = format!("tcp://127.0.0.1:{port}");
     let child = open
-        .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+        ])
         .args(["--storage-engine", &sqlite(db)])
         .current_dir(db.parent().expect("a file in a directory"))
         .stdout(Stdio::null())
@@ -416,7 +421,14 @@ fn broker_with_users(
     }
     for (user, password) in users {
         let made = Command::new(tansu())
-            .args(["user", "create", "--broker", &url, "--mechanism", "scram256"])
+            .args([
+                "user",
+                "create",
+                "--broker",
+                &url,
+                "--mechanism",
+                "scram256",
+            ])
             .args([user, password])
             .status()
             .unwrap();
@@ -499,12 +511,20 @@ fn events_reach_a_broker_over_tls_with_sasl() {
         .create()
         .unwrap();
     let topics = stranger.fetch_metadata(Some("tiercast.streams"), Duration::from_secs(3));
-    assert!(topics.is_err(), "an unauthenticated client read {:?}", topics.map(|m| m.topics().len()));
+    assert!(
+        topics.is_err(),
+        "an unauthenticated client read {:?}",
+        topics.map(|m| m.topics().len())
+    );
     // A wrong password is refused.
     let mut wrong_password = secure();
     wrong_password.set("sasl.password", "not-the-password-0123");
     let guesser: BaseConsumer = wrong_password.set("group.id", "guesser").create().unwrap();
-    assert!(guesser.fetch_metadata(None, Duration::from_secs(3)).is_err());
+    assert!(
+        guesser
+            .fetch_metadata(None, Duration::from_secs(3))
+            .is_err()
+    );
     // And a client that does not know the CA does not take the proxy for the broker.
     let mut wrong_ca = secure();
     wrong_ca.set("ssl.ca.location", pem.display().to_string());

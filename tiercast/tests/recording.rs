@@ -736,7 +736,11 @@ fn chunks_a_node_killed_in_an_outage_left_on_its_disk_go_up_when_it_starts_again
     };
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while waiting(&spill) < 5 {
-        assert!(std::time::Instant::now() < deadline, "no chunks wait on the disk:\n{}", node.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no chunks wait on the disk:\n{}",
+            node.log()
+        );
         std::thread::sleep(Duration::from_millis(500));
     }
     let _ = node.child.kill();
@@ -755,7 +759,11 @@ fn chunks_a_node_killed_in_an_outage_left_on_its_disk_go_up_when_it_starts_again
         if let Some(key) = mp4 {
             break key;
         }
-        assert!(std::time::Instant::now() < deadline, "no recording:\n{}", node.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no recording:\n{}",
+            node.log()
+        );
         std::thread::sleep(Duration::from_secs(2));
     };
     let file = scratch.0.join("crash.mp4");
@@ -763,10 +771,20 @@ fn chunks_a_node_killed_in_an_outage_left_on_its_disk_go_up_when_it_starts_again
     let duration = probe_duration(&file);
     // Ten seconds before the outage, and every chunk that waited (2 s each).
     let expected = 10.0 + 2.0 * left as f64;
-    assert!(duration >= expected - 2.5, "{duration} s, expected about {expected} ({left} chunks waited)");
+    assert!(
+        duration >= expected - 2.5,
+        "{duration} s, expected about {expected} ({left} chunks waited)"
+    );
     assert_eq!(probe_stream_types(&file), ["video", "audio"]);
     assert_eq!(waiting(&spill), 0, "chunks left in {}", spill.display());
     let events = std::fs::read_to_string(node.data_dir().join("events.jsonl")).unwrap();
-    assert!(events.contains(&format!("\"type\":\"recording.resumed\"")), "{events}");
-    assert_eq!(events.matches("\"type\":\"recording.ready\"").count(), 1, "{events}");
+    assert!(
+        events.contains(&format!("\"type\":\"recording.resumed\"")),
+        "{events}"
+    );
+    assert_eq!(
+        events.matches("\"type\":\"recording.ready\"").count(),
+        1,
+        "{events}"
+    );
 }

@@ -36,7 +36,10 @@ impl Default for AdmissionConfig {
 impl AdmissionConfig {
     /// Keys are relative to `[admission]`.
     pub fn validate(&self) -> Result<(), Invalid> {
-        for (key, url) in [("publish_url", &self.publish_url), ("play_url", &self.play_url)] {
+        for (key, url) in [
+            ("publish_url", &self.publish_url),
+            ("play_url", &self.play_url),
+        ] {
             let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
             if !url.is_empty() && (!scheme_ok || url.parse::<hyper::Uri>().is_err()) {
                 return Err((key.into(), format!("{url:?}: an http:// or https:// URL")));

@@ -119,7 +119,10 @@ impl KafkaConfig {
                 other => {
                     return Err((
                         "kafka.sasl_mechanism".into(),
-                        format!("{other:?}: one of {MECHANISMS:?} with {}", protocol.as_str()),
+                        format!(
+                            "{other:?}: one of {MECHANISMS:?} with {}",
+                            protocol.as_str()
+                        ),
                     ));
                 }
             }
@@ -132,7 +135,8 @@ impl KafkaConfig {
         } else if self.sasl_mechanism.is_some() || self.sasl_username.is_some() {
             return Err((
                 "kafka.sasl_mechanism".into(),
-                "SASL settings need security_protocol = \"sasl_ssl\" (or \"sasl_plaintext\")".into(),
+                "SASL settings need security_protocol = \"sasl_ssl\" (or \"sasl_plaintext\")"
+                    .into(),
             ));
         }
         let files = [

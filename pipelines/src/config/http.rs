@@ -52,7 +52,10 @@ impl HttpConfig {
                 "at least 16 characters (e.g. `openssl rand -hex 16`)".into(),
             ));
         }
-        if self.admin_listen.is_some_and(|a| a == self.listen && a.port() != 0) {
+        if self
+            .admin_listen
+            .is_some_and(|a| a == self.listen && a.port() != 0)
+        {
             return Err((
                 "admin_listen".into(),
                 "must differ from listen (the operator's own door)".into(),

@@ -7,6 +7,7 @@
 //! secret from `TIERCAST_CLUSTER_SECRET` to [`Config::parse_with`]).
 
 mod admission;
+mod calls;
 mod cluster;
 mod events;
 mod hls;
@@ -24,6 +25,7 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 pub use admission::*;
+pub use calls::*;
 pub use cluster::*;
 pub use events::*;
 pub use hls::*;
@@ -53,6 +55,7 @@ pub struct Config {
     pub routing: RoutingConfig,
     pub webrtc: WebrtcConfig,
     pub admission: AdmissionConfig,
+    pub calls: CallsConfig,
     pub streams: Vec<StreamConfig>,
     /// Named ladders. `default` exists unless the file defines its own.
     pub ladders: BTreeMap<String, Vec<RungConfig>>,
@@ -74,6 +77,7 @@ impl Default for Config {
             routing: RoutingConfig::default(),
             webrtc: WebrtcConfig::default(),
             admission: AdmissionConfig::default(),
+            calls: CallsConfig::default(),
             streams: vec![StreamConfig {
                 name: DEFAULT_STREAM.to_owned(),
                 key: DEFAULT_STREAM_KEY.to_owned(),
@@ -157,6 +161,7 @@ impl Config {
         secrets.push(("cluster.secret".into(), &self.cluster.secret));
         secrets.push(("http.admin_token".into(), &self.http.admin_token));
         secrets.push(("notify.secret".into(), &self.notify.secret));
+        secrets.push(("calls.secret".into(), &self.calls.secret));
         secrets
             .into_iter()
             .filter(|(_, value)| !value.is_empty())
@@ -200,6 +205,7 @@ impl Config {
         within("recording", self.recording.validate())?;
         within("notify", self.notify.validate())?;
         within("admission", self.admission.validate())?;
+        within("calls", self.calls.validate())?;
         validate_streams(&self.streams, &self.ladders)?;
         if let Some(i) = self.streams.iter().position(|s| s.access == Access::Token)
             && self.cluster.secret.is_empty()
@@ -464,6 +470,22 @@ audio_kbps = 128
                 "[recording.s3]\nbucket = \"rec\"\nchunks_prefix = \"recordings/\"\n",
                 "recording.s3.chunks_prefix",
                 Some(3),
+            ),
+            ("[calls]\nsecret = \"short\"\n", "calls.secret", Some(2)),
+            (
+                "[calls]\nsecret = \"0123456789abcdef\"\n[[calls.users]]\nid = \"a\"\ncontacts = [\"b\"]\n",
+                "calls.users[0].contacts",
+                Some(5),
+            ),
+            (
+                "[calls]\nsecret = \"0123456789abcdef\"\n[[calls.users]]\nid = \"a b\"\n",
+                "calls.users[0].id",
+                Some(4),
+            ),
+            (
+                "[calls]\nsecret = \"0123456789abcdef\"\n[[calls.rooms]]\nname = \"call-x\"\n",
+                "calls.rooms[0].name",
+                Some(4),
             ),
         ];
         for (text, key, line) in cases {

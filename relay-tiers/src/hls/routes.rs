@@ -14,9 +14,9 @@ use super::MEDIA_PLAYLIST;
 use super::playlist::{Variant, multivariant};
 use super::store::{HlsStore, SessionHls};
 use crate::access::{Tokens, admit, carry};
-use pipelines::admission::Action;
 use crate::cluster::{Cluster, Peer, viewer_region};
 use crate::relay::Demand;
+use pipelines::admission::Action;
 
 #[derive(Clone)]
 pub struct HlsState {

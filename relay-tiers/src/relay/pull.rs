@@ -11,9 +11,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_rustls::HttpsConnector;
 use hyper_util::rt::TokioExecutor;
 use pipelines::media::{Bytes, VideoTrack};
 use pipelines::stream::Stream;

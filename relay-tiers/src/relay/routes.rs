@@ -71,7 +71,10 @@ fn admitted(
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     if !auth::verify(secret, path, given) {
-        return Err(refuse(StatusCode::UNAUTHORIZED, "a cluster token is needed"));
+        return Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "a cluster token is needed",
+        ));
     }
     if link.is_none() {
         return Err(refuse(
@@ -86,7 +89,6 @@ fn admitted(
 pub type Link = Option<axum::Extension<ClusterLink>>;
 
 impl RelayState {
-
     /// The stream's taps: here already, or once the upstream has delivered them.
     async fn taps(&self, stream: &str) -> Option<Arc<SessionTaps>> {
         if let Some(demand) = &self.demand {

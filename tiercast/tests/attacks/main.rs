@@ -69,7 +69,11 @@ pub(crate) fn publish_main(node: &Node, seconds: u32) -> KillOnDrop {
 }
 
 /// Whether the node has closed `socket` (a read gives end of file or an error) within `limit`.
-pub(crate) fn closed_within(socket: &mut std::net::TcpStream, limit: Duration, trickle: bool) -> bool {
+pub(crate) fn closed_within(
+    socket: &mut std::net::TcpStream,
+    limit: Duration,
+    trickle: bool,
+) -> bool {
     use std::io::{Read, Write};
     let _ = socket.set_read_timeout(Some(Duration::from_millis(500)));
     let deadline = Instant::now() + limit;

@@ -63,7 +63,11 @@ fn the_operator_api_on_its_own_door_is_closed_on_the_public_one() {
 #[test]
 fn a_proxy_on_the_node_s_machine_does_not_make_its_callers_the_operator() {
     let node = start_node("");
-    assert_eq!(node.get("/api/v1/streams").status, 200, "this machine's own caller");
+    assert_eq!(
+        node.get("/api/v1/streams").status,
+        200,
+        "this machine's own caller"
+    );
     for header in ["X-Forwarded-For", "Forwarded", "X-Real-IP"] {
         let proxied = http_send(
             node.http,
@@ -131,7 +135,13 @@ fn forged_altered_old_and_replayed_heartbeats_are_refused() {
         ("Content-Type", "application/json"),
         ("Authorization", clear.as_str()),
     ];
-    let r = http_send(node.http, "POST", "/api/v1/cluster/heartbeat", &headers, body);
+    let r = http_send(
+        node.http,
+        "POST",
+        "/api/v1/cluster/heartbeat",
+        &headers,
+        body,
+    );
     assert_eq!(r.status, 426, "{}", r.text());
     let genuine = heartbeat_token(SECRET, now, "a1", body);
     assert_eq!(beat(&genuine, body), 200);

@@ -212,7 +212,11 @@ impl Webhook {
                         Some("publish") => ask["stream"] == "main",
                         _ => ask["token"] == "let-me-in",
                     };
-                    let status = if admit { "204 No Content" } else { "403 Forbidden" };
+                    let status = if admit {
+                        "204 No Content"
+                    } else {
+                        "403 Forbidden"
+                    };
                     let mut socket = socket;
                     let _ = write!(
                         socket,
@@ -250,7 +254,10 @@ fn the_admission_webhooks_decide_who_publishes_and_who_plays() {
     // A publisher with the right key, refused by the webhook (RTMP, then WHIP); one the
     // webhook never answers about, refused at the timeout: the node fails closed.
     for (key, why) in [
-        ("blocked-key-0123456789", "refused by the admission webhook (403)"),
+        (
+            "blocked-key-0123456789",
+            "refused by the admission webhook (403)",
+        ),
         ("slow-key-0123456789", "did not answer in time"),
     ] {
         let ffmpeg = ffmpeg_publish(&node.rtmp_url(key), 320, 180, 20)
@@ -310,8 +317,14 @@ fn the_admission_webhooks_decide_who_publishes_and_who_plays() {
     let admitted = node.get(&format!("{media}?token=let-me-in"));
     assert_eq!(admitted.status, 200, "{media}: {}", admitted.text());
     let hls_asks = hook.heard("play", "main", "hls");
-    let with_token = hls_asks.iter().filter(|a| a["token"] == "let-me-in").count();
-    assert_eq!(with_token, 2, "master once, media playlist once: {hls_asks:?}");
+    let with_token = hls_asks
+        .iter()
+        .filter(|a| a["token"] == "let-me-in")
+        .count();
+    assert_eq!(
+        with_token, 2,
+        "master once, media playlist once: {hls_asks:?}"
+    );
     let offer = offer_without_candidates(false);
     let whep = http_post(node.http, "/whep/main", "application/sdp", offer.as_bytes());
     assert_eq!(whep.status, 403, "{}", whep.text());

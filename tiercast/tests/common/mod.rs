@@ -300,7 +300,10 @@ pub fn https_send(
         .expect("curl runs");
     let mut text = out.stdout;
     let split = text.iter().rposition(|b| *b == b'\n').unwrap_or(0);
-    let status = String::from_utf8_lossy(&text[split..]).trim().parse().unwrap_or(0);
+    let status = String::from_utf8_lossy(&text[split..])
+        .trim()
+        .parse()
+        .unwrap_or(0);
     text.truncate(split);
     Response {
         status,

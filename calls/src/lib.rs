@@ -1,0 +1,14 @@
+//! Calls: the seed's 1-to-1 and group calls.
+//!
+//! - [`token`]: user tokens (HS256 JWTs under `[calls] secret`), minted by
+//!   `tiercast token --user` or any identity provider holding the secret.
+//! - [`directory`]: who the users are and who may call whom (the seed's User Service).
+//! - [`protocol`]: the signaling messages (`docs/signaling.md`).
+//! - [`switchboard`]: signaling as a sans-IO state machine: presence, ringing, rooms.
+//! - [`ws`]: the WebSocket `GET /ws` around it.
+
+pub mod directory;
+pub mod protocol;
+pub mod switchboard;
+pub mod token;
+pub mod ws;

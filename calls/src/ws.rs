@@ -1,0 +1,276 @@
+//! The signaling WebSocket, `GET /ws?token=<user token>`: the IO around the [`Switchboard`].
+//! Each socket is one task that reads the client's messages into the switchboard and writes
+//! what the switchboard has for it from a bounded queue (a client that does not read is let
+//! go, not waited for); one more task wakes the switchboard when a call has rung too long.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use pipelines::events::{EventBus, EventKind};
+use tokio::sync::{Notify, mpsc, watch};
+use tracing::{debug, info, warn};
+
+use crate::directory::Directory;
+use crate::protocol::{self, ServerMessage};
+use crate::switchboard::{CallEvent, Out, SocketId, Switchboard};
+
+/// Messages a socket may have waiting to be written; past this, it is let go.
+const QUEUE: usize = 256;
+/// Sockets the node holds at once.
+const MAX_SOCKETS: usize = 10_000;
+/// A quiet socket is pinged this often, so that neither side takes it for a dead one.
+const PING_EVERY: Duration = Duration::from_secs(20);
+
+enum Outgoing {
+    Message(ServerMessage),
+    Close,
+}
+
+/// Calls on this node: the switchboard and the sockets it talks to.
+pub struct Calls {
+    board: Mutex<Switchboard>,
+    sockets: Mutex<HashMap<SocketId, mpsc::Sender<Outgoing>>>,
+    directory: Arc<dyn Directory>,
+    secret: String,
+    bus: Arc<EventBus>,
+    next: AtomicU64,
+    /// The switchboard's deadline may have moved.
+    wake: Notify,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl Calls {
+    pub fn new(
+        board: Switchboard,
+        directory: Arc<dyn Directory>,
+        secret: &str,
+        bus: Arc<EventBus>,
+    ) -> Arc<Calls> {
+        Arc::new(Calls {
+            board: Mutex::new(board),
+            sockets: Mutex::new(HashMap::new()),
+            directory,
+            secret: secret.to_owned(),
+            bus,
+            next: AtomicU64::new(1),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Users online, rooms and participants, for `/metrics`.
+    pub fn figures(&self) -> (usize, usize, usize) {
+        let board = lock(&self.board);
+        let (rooms, participants) = board.rooms();
+        (board.online(), rooms, participants)
+    }
+
+    /// Does what the switchboard said.
+    fn apply(&self, outs: Vec<Out>) {
+        let mut sockets = lock(&self.sockets);
+        for out in outs {
+            match out {
+                Out::Send(socket, message) => {
+                    let full = sockets
+                        .get(&socket)
+                        .is_some_and(|tx| tx.try_send(Outgoing::Message(message)).is_err());
+                    if full {
+                        // It does not read what it is sent: let it go (its task sees the
+                        // queue closed and ends the socket).
+                        warn!(socket, "signaling socket not reading; closed");
+                        sockets.remove(&socket);
+                    }
+                }
+                Out::Close(socket) => {
+                    if let Some(tx) = sockets.remove(&socket) {
+                        let _ = tx.try_send(Outgoing::Close);
+                    }
+                }
+                Out::Event(event) => {
+                    self.bus.publish(event_kind(event));
+                }
+            }
+        }
+        self.wake.notify_one();
+    }
+
+    /// Wakes the switchboard at its deadlines (calls ringing too long) until `stop`.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let deadline = lock(&self.board).deadline();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {
+                    let outs = lock(&self.board).tick(Instant::now(), unix_ms());
+                    self.apply(outs);
+                }
+                _ = self.wake.notified() => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    async fn serve(self: Arc<Self>, mut socket: WebSocket, user: protocol::Person) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel(QUEUE);
+        lock(&self.sockets).insert(id, tx);
+        info!(socket = id, user = %user.id, "signaling socket open");
+        let outs = lock(&self.board).connect(id, user.clone());
+        self.apply(outs);
+        let mut ping = tokio::time::interval(PING_EVERY);
+        loop {
+            tokio::select! {
+                outgoing = rx.recv() => match outgoing {
+                    Some(Outgoing::Message(m)) => {
+                        let Ok(text) = serde_json::to_string(&m) else { continue };
+                        if socket.send(Message::Text(text.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Outgoing::Close) | None => break,
+                },
+                incoming = socket.recv() => match incoming {
+                    Some(Ok(Message::Text(text))) => {
+                        match protocol::parse(&text) {
+                            Ok(message) => {
+                                let outs = lock(&self.board).message(id, message, Instant::now(), unix_ms());
+                                self.apply(outs);
+                            }
+                            Err(error) => {
+                                debug!(socket = id, user = %user.id, "bad signaling message: {error:?}");
+                                let too_large = matches!(&error, ServerMessage::Error { code, .. } if code == "too_large");
+                                let text = serde_json::to_string(&error).unwrap_or_default();
+                                if socket.send(Message::Text(text.into())).await.is_err() || too_large {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        let error = ServerMessage::error("bad_message", "messages are JSON text");
+                        let text = serde_json::to_string(&error).unwrap_or_default();
+                        if socket.send(Message::Text(text.into())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                },
+                _ = ping.tick() => {
+                    if socket.send(Message::Ping(Default::default())).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        lock(&self.sockets).remove(&id);
+        let outs = lock(&self.board).disconnect(id, Instant::now(), unix_ms());
+        self.apply(outs);
+        info!(socket = id, user = %user.id, "signaling socket closed");
+    }
+}
+
+fn event_kind(event: CallEvent) -> EventKind {
+    match event {
+        CallEvent::Started {
+            call,
+            kind,
+            participants,
+        } => EventKind::CallStarted {
+            call,
+            kind: kind.to_owned(),
+            participants,
+        },
+        CallEvent::Ended {
+            call,
+            kind,
+            duration,
+            participants,
+            reason,
+        } => EventKind::CallEnded {
+            call,
+            kind: kind.to_owned(),
+            duration_secs: duration.as_secs_f64(),
+            participants,
+            reason,
+        },
+        CallEvent::Joined { room, user } => EventKind::ParticipantJoined { room, user },
+        CallEvent::Left { room, user } => EventKind::ParticipantLeft { room, user },
+    }
+}
+
+pub fn router(calls: Arc<Calls>) -> Router {
+    Router::new().route("/ws", get(open)).with_state(calls)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct OpenQuery {
+    token: Option<String>,
+}
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    let body = pipelines::http_error::body(status.as_u16(), why);
+    let json = [(header::CONTENT_TYPE, pipelines::http_error::CONTENT_TYPE)];
+    (status, json, body).into_response()
+}
+
+/// `GET /ws?token=...` (or `Authorization: Bearer`): the user's signaling socket.
+async fn open(
+    State(calls): State<Arc<Calls>>,
+    Query(q): Query<OpenQuery>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    if !pipelines::origin::same_origin(&headers) {
+        return refuse(StatusCode::FORBIDDEN, pipelines::origin::CROSS_SITE);
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = q.token.as_deref().or(bearer) else {
+        return refuse(StatusCode::UNAUTHORIZED, "a user token is needed (?token=)");
+    };
+    let now = unix_ms() / 1000;
+    let claims = match crate::token::verify(&calls.secret, token, now) {
+        Ok(claims) => claims,
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, &format!("user token: {e}")),
+    };
+    let Some(mut user) = calls.directory.user(&claims.sub) else {
+        return refuse(StatusCode::FORBIDDEN, "not a user of this node");
+    };
+    if !claims.name.is_empty() {
+        user.name = claims.name;
+    }
+    if lock(&calls.sockets).len() >= MAX_SOCKETS {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many signaling sockets",
+        );
+    }
+    upgrade
+        .max_message_size(2 * protocol::MAX_MESSAGE)
+        .on_upgrade(move |socket| calls.serve(socket, user))
+}

@@ -1,0 +1,389 @@
+//! Calls' signaling against the real binary: users hold tokens minted by
+//! `tiercast token --user`, and each of their devices is a WebSocket client (tungstenite) on
+//! `GET /ws`. What each device is told is what a call page would show.
+
+mod common;
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{Value, json};
+
+const SECRET: &str = "calls-secret-0123456789abcdef";
+
+/// alice may call bob and carol (each lists her back); dave lists nobody.
+fn calls_config(ring_seconds: u32) -> String {
+    format!(
+        "[calls]\nsecret = \"{SECRET}\"\nring_seconds = {ring_seconds}\n\
+         [[calls.users]]\nid = \"alice\"\nname = \"Alice\"\ncontacts = [\"bob\", \"carol\", \"dave\"]\n\
+         [[calls.users]]\nid = \"bob\"\nname = \"Bob\"\ncontacts = [\"alice\"]\n\
+         [[calls.users]]\nid = \"carol\"\nname = \"Carol\"\ncontacts = [\"alice\"]\n\
+         [[calls.users]]\nid = \"dave\"\nname = \"Dave\"\n\
+         [[calls.rooms]]\nname = \"standup\"\npin = \"4321\"\nmax_participants = 3\n"
+    )
+}
+
+/// A user token, as an operator mints one.
+fn token(node: &Node, user: &str, ttl: &str) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiercast"))
+        .args(["token", "--config"])
+        .arg(node.dir.0.join("node.toml"))
+        .args(["--user", user, "--ttl", ttl])
+        .output()
+        .expect("tiercast token runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// One device of a user: a signaling WebSocket.
+struct Device {
+    socket: tungstenite::WebSocket<TcpStream>,
+}
+
+/// Opens `/ws` with `query` and `headers`; the HTTP status when the node refuses.
+fn open(node: &Node, query: &str, headers: &[(&str, &str)]) -> Result<Device, u16> {
+    use tungstenite::client::IntoClientRequest;
+    let url = format!("ws://{}/ws{query}", node.http);
+    let mut request = url.into_client_request().unwrap();
+    for (name, value) in headers {
+        request.headers_mut().insert(
+            tungstenite::http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+            value.parse().unwrap(),
+        );
+    }
+    let stream = TcpStream::connect(node.http).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    match tungstenite::client::client(request, stream) {
+        Ok((socket, _)) => Ok(Device { socket }),
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(response))) => {
+            Err(response.status().as_u16())
+        }
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+impl Device {
+    fn of(node: &Node, user: &str) -> Device {
+        let token = token(node, user, "1h");
+        let mut device = open(node, &format!("?token={token}"), &[]).expect("the socket opens");
+        let welcome = device.expect("welcome");
+        assert_eq!(welcome["user"]["id"], user);
+        device
+    }
+
+    fn send(&mut self, message: Value) {
+        self.send_text(&message.to_string());
+    }
+
+    fn send_text(&mut self, text: &str) {
+        self.socket
+            .send(tungstenite::Message::Text(text.into()))
+            .expect("sent");
+    }
+
+    /// The next frame before `deadline` (`Err` once the socket has ended), if one comes.
+    fn frame_before(&mut self, deadline: Instant) -> Option<Result<tungstenite::Message, ()>> {
+        while Instant::now() < deadline {
+            match self.socket.read() {
+                Ok(frame) => return Some(Ok(frame)),
+                Err(tungstenite::Error::Io(e))
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return Some(Err(())),
+            }
+        }
+        None
+    }
+
+    /// The next message, if one comes within `limit`.
+    fn next_within(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match self.frame_before(deadline)? {
+                Ok(tungstenite::Message::Text(text)) => {
+                    return Some(serde_json::from_str(&text).unwrap());
+                }
+                Ok(_) => {}
+                Err(()) => return None,
+            }
+        }
+    }
+
+    /// The next message, which must be of `kind`, within 10 s.
+    fn expect(&mut self, kind: &str) -> Value {
+        let message = self
+            .next_within(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no {kind} within 10 s"));
+        assert_eq!(message["type"], kind, "{message}");
+        message
+    }
+
+    /// Whether the node has closed the socket (within 5 s).
+    fn closed(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.frame_before(deadline) {
+                Some(Ok(tungstenite::Message::Close(_))) | Some(Err(())) => return true,
+                Some(Ok(_)) => {}
+                None => return false,
+            }
+        }
+    }
+}
+
+/// The events of `kind` in the node's `events.jsonl`.
+fn events(node: &Node, kind: &str) -> Vec<Value> {
+    std::fs::read_to_string(node.data_dir().join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == kind)
+        .collect()
+}
+
+#[test]
+fn a_call_rings_on_every_device_is_answered_on_one_and_hung_up() {
+    let node = start_node(&calls_config(30));
+    let mut alice = Device::of(&node, "alice");
+    let mut bob_phone = Device::of(&node, "bob");
+    // Alice sees bob come online.
+    assert_eq!(
+        alice.expect("presence"),
+        json!({"type":"presence","user":"bob","online":true})
+    );
+    let mut bob_laptop = Device::of(&node, "bob");
+
+    alice.send(json!({"type":"call","to":"bob"}));
+    let ringing = alice.expect("ringing");
+    let call = ringing["call"].as_str().unwrap().to_owned();
+    assert_eq!(call.len(), 32, "{ringing}");
+    for bob in [&mut bob_phone, &mut bob_laptop] {
+        let ring = bob.expect("ring");
+        assert_eq!(ring["from"], json!({"id":"alice","name":"Alice"}));
+    }
+    bob_laptop.send(json!({"type":"accept","call":call}));
+    let accepted = alice.expect("accepted");
+    assert_eq!(bob_laptop.expect("accepted"), accepted);
+    assert_eq!(
+        bob_phone.expect("answered_elsewhere")["call"],
+        call.as_str()
+    );
+    // Their room is theirs: both join, and see each other.
+    let room = accepted["room"].as_str().unwrap().to_owned();
+    alice.send(json!({"type":"join","room":room}));
+    alice.expect("joined");
+    bob_laptop.send(json!({"type":"join","room":room}));
+    let joined = bob_laptop.expect("joined");
+    assert_eq!(joined["participants"][0]["id"], "alice");
+    assert_eq!(
+        alice.expect("participant_joined")["participant"]["id"],
+        "bob"
+    );
+
+    std::thread::sleep(Duration::from_secs(1));
+    alice.send(json!({"type":"hangup","call":call}));
+    let hung_up = bob_laptop.expect("hung_up");
+    assert_eq!(hung_up, json!({"type":"hung_up","call":call,"by":"alice"}));
+    let started = events(&node, "call.started");
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(started[0]["call"], call.as_str());
+    assert_eq!(started[0]["participants"], json!(["alice", "bob"]));
+    let ended = events(&node, "call.ended");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert!(
+        ended[0]["duration_secs"].as_f64().unwrap() >= 1.0,
+        "{ended:?}"
+    );
+    assert_eq!(events(&node, "participant.joined").len(), 2);
+}
+
+#[test]
+fn offline_strangers_rejections_and_calls_nobody_answers() {
+    let node = start_node(&calls_config(5));
+    let mut alice = Device::of(&node, "alice");
+    // Carol is offline: alice is told at once; carol hears of it when she comes.
+    alice.send(json!({"type":"call","to":"carol"}));
+    assert_eq!(
+        alice.expect("offline"),
+        json!({"type":"offline","to":"carol"})
+    );
+    let token = token(&node, "carol", "1h");
+    let mut carol = open(&node, &format!("?token={token}"), &[]).unwrap();
+    carol.expect("welcome");
+    assert_eq!(carol.expect("missed_call")["from"]["id"], "alice");
+    assert_eq!(
+        alice.expect("presence"),
+        json!({"type":"presence","user":"carol","online":true})
+    );
+    // Dave does not list alice: refused.
+    let mut dave = Device::of(&node, "dave");
+    alice.send(json!({"type":"call","to":"dave"}));
+    assert_eq!(alice.expect("error")["code"], "not_a_contact");
+    assert!(
+        dave.next_within(Duration::from_millis(500)).is_none(),
+        "dave never rang"
+    );
+    // Bob rejects.
+    let mut bob = Device::of(&node, "bob");
+    alice.expect("presence");
+    alice.send(json!({"type":"call","to":"bob"}));
+    let call = alice.expect("ringing")["call"].clone();
+    bob.expect("ring");
+    bob.send(json!({"type":"reject","call":call}));
+    assert_eq!(alice.expect("rejected")["call"], call);
+    // Bob does not answer: after ring_seconds (5) both are told.
+    alice.send(json!({"type":"call","to":"bob"}));
+    let call = alice.expect("ringing")["call"].clone();
+    bob.expect("ring");
+    let asked = Instant::now();
+    assert_eq!(alice.expect("no_answer")["call"], call);
+    assert!(
+        asked.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(bob.expect("no_answer")["call"], call);
+    // The caller gives up: the callee stops ringing.
+    alice.send(json!({"type":"call","to":"bob"}));
+    let call = alice.expect("ringing")["call"].clone();
+    bob.expect("ring");
+    alice.send(json!({"type":"cancel","call":call}));
+    assert_eq!(bob.expect("cancelled")["call"], call);
+    assert!(
+        events(&node, "call.started").is_empty(),
+        "no call was answered"
+    );
+}
+
+#[test]
+fn rooms_keep_their_pin_size_and_mute_states_and_lose_a_dead_browser() {
+    let node = start_node(&calls_config(30));
+    let mut alice = Device::of(&node, "alice");
+    let mut bob = Device::of(&node, "bob");
+    alice.expect("presence");
+    let mut carol = Device::of(&node, "carol");
+    let mut dave = Device::of(&node, "dave");
+    alice.expect("presence");
+    alice.send(json!({"type":"join","room":"standup","pin":"0000"}));
+    assert_eq!(alice.expect("error")["code"], "wrong_pin");
+    for d in [&mut alice, &mut bob, &mut carol] {
+        d.send(json!({"type":"join","room":"standup","pin":"4321"}));
+        d.expect("joined");
+    }
+    dave.send(json!({"type":"join","room":"standup","pin":"4321"}));
+    assert_eq!(dave.expect("error")["code"], "room_full");
+    // Bob mutes his microphone; the others see it.
+    bob.send(json!({"type":"tracks","room":"standup","tracks":[
+        {"source":"camera","muted":false},{"source":"microphone","muted":true}]}));
+    for d in [&mut alice, &mut carol] {
+        let tracks = loop {
+            let m = d
+                .next_within(Duration::from_secs(10))
+                .expect("bob's tracks");
+            if m["type"] == "participant_tracks" {
+                break m;
+            }
+        };
+        assert_eq!(tracks["user"], "bob");
+        assert_eq!(
+            tracks["tracks"][1],
+            json!({"source":"microphone","muted":true})
+        );
+    }
+    // Carol's browser dies (the socket goes without a word): she is gone from the others.
+    drop(carol);
+    for d in [&mut alice, &mut bob] {
+        let left = loop {
+            let m = d
+                .next_within(Duration::from_secs(5))
+                .expect("carol left within 5 s");
+            if m["type"] == "participant_left" {
+                break m;
+            }
+        };
+        assert_eq!(left["user"], "carol");
+    }
+    alice.send(json!({"type":"leave","room":"standup"}));
+    bob.send(json!({"type":"leave","room":"standup"}));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while events(&node, "call.ended").is_empty() {
+        assert!(Instant::now() < deadline, "the room never ended");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ended = &events(&node, "call.ended")[0];
+    assert_eq!(ended["kind"], "room");
+    assert_eq!(ended["participants"], json!(["alice", "bob", "carol"]));
+}
+
+#[test]
+fn bad_tokens_and_bad_messages_cost_only_their_socket() {
+    let node = start_node(&calls_config(30));
+    assert_eq!(open(&node, "", &[]).err(), Some(401), "no token");
+    let forged = {
+        let real = token(&node, "alice", "1h");
+        let mut parts: Vec<&str> = real.split('.').collect();
+        parts[2] = "AAAA";
+        parts.join(".")
+    };
+    assert_eq!(
+        open(&node, &format!("?token={forged}"), &[]).err(),
+        Some(401)
+    );
+    let short = token(&node, "alice", "1s");
+    std::thread::sleep(Duration::from_millis(2100));
+    assert_eq!(
+        open(&node, &format!("?token={short}"), &[]).err(),
+        Some(401),
+        "expired"
+    );
+    let stranger = token(&node, "mallory", "1h");
+    assert_eq!(
+        open(&node, &format!("?token={stranger}"), &[]).err(),
+        Some(403),
+        "not a user"
+    );
+    let good = token(&node, "alice", "1h");
+    let other_site = [("Origin", "http://evil.example")];
+    assert_eq!(
+        open(&node, &format!("?token={good}"), &other_site).err(),
+        Some(403)
+    );
+
+    let mut alice = Device::of(&node, "alice");
+    let mut bob = Device::of(&node, "bob");
+    alice.expect("presence");
+    for junk in ["not json", "{}", r#"{"type":"fly"}"#, r#"{"type":"call"}"#] {
+        alice.send_text(junk);
+        assert_eq!(alice.expect("error")["code"], "bad_message", "{junk}");
+    }
+    alice.send(json!({"type":"ping"}));
+    alice.expect("pong");
+    // Bob cannot touch alice's calls.
+    bob.send(json!({"type":"hangup","call":"0".repeat(32)}));
+    assert_eq!(bob.expect("error")["code"], "no_such_call");
+    // An oversized message: told, and that socket only is closed.
+    alice.send_text(&format!(
+        r#"{{"type":"call","to":"{}"}}"#,
+        "x".repeat(70 * 1024)
+    ));
+    assert_eq!(alice.expect("error")["code"], "too_large");
+    assert!(alice.closed(), "the oversized sender's socket is closed");
+    bob.send(json!({"type":"ping"}));
+    loop {
+        let m = bob
+            .next_within(Duration::from_secs(5))
+            .expect("bob still answered");
+        if m["type"] == "pong" {
+            break;
+        }
+    }
+}
