@@ -1,6 +1,8 @@
 //! The signaling protocol, version 1: JSON text messages over the WebSocket `GET /ws`, each an
 //! object with a `type`. `docs/signaling.md` describes every message with an example.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 pub const VERSION: u32 = 1;
@@ -49,7 +51,45 @@ pub enum ClientMessage {
         room: String,
         tracks: Vec<TrackInfo>,
     },
+    /// The media connection for `room`: the participant's first offer, or a new one when it
+    /// adds or removes a track. `sources` names what each of its sending `mid`s carries
+    /// (`camera`, `microphone`, `screen`).
+    Offer {
+        room: String,
+        sdp: String,
+        #[serde(default)]
+        sources: BTreeMap<String, String>,
+    },
+    /// The answer to the server's offer.
+    Answer {
+        room: String,
+        sdp: String,
+    },
+    /// A trickled ICE candidate (`candidate:...`); the server's own are in its SDP.
+    Candidate {
+        room: String,
+        candidate: String,
+    },
+    /// The size the participant renders a received video track at (its `mid`), so that it
+    /// gets no more than that.
+    Wanted {
+        room: String,
+        mid: String,
+        width: u32,
+        height: u32,
+    },
     Ping,
+}
+
+/// A track the server sends a participant, in its offer: whose, and what it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct SentTrack {
+    /// The subscriber's `mid` for it.
+    pub mid: String,
+    /// The user who publishes it.
+    pub user: String,
+    /// `camera`, `microphone` or `screen`.
+    pub source: String,
 }
 
 /// A track a participant publishes, as the others see it.
@@ -167,6 +207,23 @@ pub enum ServerMessage {
     Kicked {
         room: String,
         reason: String,
+    },
+    /// The answer to a participant's offer.
+    Answer {
+        room: String,
+        sdp: String,
+    },
+    /// The server's offer: other participants' tracks added or gone. `tracks` names every
+    /// track it sends, by the participant's `mid`.
+    Offer {
+        room: String,
+        sdp: String,
+        tracks: Vec<SentTrack>,
+    },
+    /// Who speaks now (the loudest over the last moment), or nobody.
+    Speaker {
+        room: String,
+        user: Option<String>,
     },
     Pong,
     Error {

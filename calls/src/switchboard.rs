@@ -36,6 +36,18 @@ pub enum Out {
     Send(SocketId, ServerMessage),
     Close(SocketId),
     Event(CallEvent),
+    /// For the call server: a member's media message (offer, answer, candidate, wanted size)
+    /// about a room it is in.
+    Media {
+        socket: SocketId,
+        user: String,
+        message: ClientMessage,
+    },
+    /// For the call server: `socket` is out of `room` (left, hung up, kicked, gone).
+    Left {
+        socket: SocketId,
+        room: String,
+    },
 }
 
 /// What happened, for the event bus (`tiercast.calls`).
@@ -571,6 +583,23 @@ impl Switchboard {
                 }
                 self.leave_room(&mut out, socket, &me.id, &room, now);
             }
+            ClientMessage::Offer { ref room, .. }
+            | ClientMessage::Answer { ref room, .. }
+            | ClientMessage::Candidate { ref room, .. }
+            | ClientMessage::Wanted { ref room, .. } => {
+                let member = self
+                    .rooms
+                    .get(room)
+                    .is_some_and(|r| r.members.contains_key(&socket));
+                if !member {
+                    return error("not_in_room", "join the room first");
+                }
+                out.push(Out::Media {
+                    socket,
+                    user: me.id.clone(),
+                    message,
+                });
+            }
             ClientMessage::Tracks { room, tracks } => {
                 if tracks.len() > MAX_TRACKS
                     || tracks
@@ -739,6 +768,10 @@ impl Switchboard {
         if r.members.remove(&socket).is_none() {
             return;
         }
+        out.push(Out::Left {
+            socket,
+            room: room.to_owned(),
+        });
         let left = ServerMessage::ParticipantLeft {
             room: room.to_owned(),
             user: user.to_owned(),

@@ -19,7 +19,8 @@ use tokio::sync::{Notify, mpsc, watch};
 use tracing::{debug, info, warn};
 
 use crate::directory::Directory;
-use crate::protocol::{self, ServerMessage};
+use crate::protocol::{self, ClientMessage, ServerMessage};
+use crate::sfu::{self, Sfu};
 use crate::switchboard::{CallEvent, Out, SocketId, Switchboard};
 
 /// Messages a socket may have waiting to be written; past this, it is let go.
@@ -44,6 +45,9 @@ pub struct Calls {
     next: AtomicU64,
     /// The switchboard's deadline may have moved.
     wake: Notify,
+    /// The call server, and what it has for participants' sockets (taken by [`Calls::run`]).
+    sfu: Sfu,
+    from_sfu: Mutex<Option<mpsc::Receiver<(SocketId, ServerMessage)>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -63,6 +67,7 @@ impl Calls {
         directory: Arc<dyn Directory>,
         secret: &str,
         bus: Arc<EventBus>,
+        sfu: (Sfu, mpsc::Receiver<(SocketId, ServerMessage)>),
     ) -> Arc<Calls> {
         Arc::new(Calls {
             board: Mutex::new(board),
@@ -72,7 +77,14 @@ impl Calls {
             bus,
             next: AtomicU64::new(1),
             wake: Notify::new(),
+            sfu: sfu.0,
+            from_sfu: Mutex::new(Some(sfu.1)),
         })
+    }
+
+    /// The call server's counters.
+    pub fn sfu_figures(&self) -> Arc<sfu::Figures> {
+        self.sfu.figures.clone()
     }
 
     /// Users online, rooms and participants, for `/metrics`.
@@ -106,13 +118,86 @@ impl Calls {
                 Out::Event(event) => {
                     self.bus.publish(event_kind(event));
                 }
+                Out::Media {
+                    socket,
+                    user,
+                    message,
+                } => {
+                    let tx = sockets.get(&socket).cloned();
+                    self.media(socket, user, message, tx);
+                }
+                Out::Left { socket, room } => {
+                    if !self.sfu.send(sfu::Command::Leave { socket, room }) {
+                        warn!(
+                            socket,
+                            "the call server is busy; its connection goes at ICE timeout"
+                        );
+                    }
+                }
             }
         }
         self.wake.notify_one();
     }
 
+    /// A participant's media message, to the call server; the answer to an offer goes back
+    /// to its socket when the call server has made it.
+    fn media(
+        &self,
+        socket: SocketId,
+        user: String,
+        message: ClientMessage,
+        tx: Option<mpsc::Sender<Outgoing>>,
+    ) {
+        let command = match message {
+            ClientMessage::Offer { room, sdp, sources } => {
+                let (reply, answer) = tokio::sync::oneshot::channel();
+                let back = room.clone();
+                tokio::spawn(async move {
+                    let message = match answer.await {
+                        Ok(Ok(sdp)) => ServerMessage::Answer { room: back, sdp },
+                        Ok(Err(why)) => ServerMessage::error("bad_offer", why),
+                        Err(_) => ServerMessage::error("no_media", "the call server is busy"),
+                    };
+                    if let Some(tx) = tx {
+                        let _ = tx.try_send(Outgoing::Message(message));
+                    }
+                });
+                sfu::Command::Offer {
+                    socket,
+                    room,
+                    user,
+                    sdp,
+                    sources,
+                    reply,
+                }
+            }
+            ClientMessage::Answer { room, sdp } => sfu::Command::Answer { socket, room, sdp },
+            ClientMessage::Candidate { room, candidate } => sfu::Command::Candidate {
+                socket,
+                room,
+                candidate,
+            },
+            ClientMessage::Wanted {
+                room,
+                mid,
+                width,
+                height,
+            } => sfu::Command::Wanted {
+                socket,
+                room,
+                mid,
+                size: (width, height),
+            },
+            _ => return,
+        };
+        if !self.sfu.send(command) {
+            debug!(socket, "the call server is busy; a media message dropped");
+        }
+    }
+
     /// Wakes the switchboard at its deadlines (calls ringing too long) until `stop`.
     pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut from_sfu = lock(&self.from_sfu).take();
         loop {
             let deadline = lock(&self.board).deadline();
             let sleep = async {
@@ -127,6 +212,9 @@ impl Calls {
                     self.apply(outs);
                 }
                 _ = self.wake.notified() => {}
+                Some((socket, message)) = recv(&mut from_sfu) => {
+                    self.apply(vec![Out::Send(socket, message)]);
+                }
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
@@ -192,6 +280,16 @@ impl Calls {
     }
 }
 
+/// The next message from the call server, or never once there is none.
+async fn recv(
+    rx: &mut Option<mpsc::Receiver<(SocketId, ServerMessage)>>,
+) -> Option<(SocketId, ServerMessage)> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn event_kind(event: CallEvent) -> EventKind {
     match event {
         CallEvent::Started {
@@ -221,8 +319,27 @@ fn event_kind(event: CallEvent) -> EventKind {
     }
 }
 
+/// The call page: contacts and ringing at `/call`, a room at `/call/<room>`.
+const CALL_PAGE: &str = include_str!("../../web/call.html");
+
 pub fn router(calls: Arc<Calls>) -> Router {
-    Router::new().route("/ws", get(open)).with_state(calls)
+    Router::new()
+        .route("/ws", get(open))
+        .route("/call", get(call_page))
+        .route("/call/{room}", get(room_page))
+        .with_state(calls)
+}
+
+async fn call_page() -> Response {
+    let headers = [(header::CACHE_CONTROL, "no-cache")];
+    (headers, axum::response::Html(CALL_PAGE)).into_response()
+}
+
+async fn room_page(axum::extract::Path(room): axum::extract::Path<String>) -> Response {
+    if !pipelines::config::is_path_safe(&room) {
+        return refuse(StatusCode::NOT_FOUND, "no such room");
+    }
+    call_page().await
 }
 
 #[derive(Debug, serde::Deserialize)]

@@ -251,6 +251,13 @@ pub trait Policy: Send + 'static {
         out: &mut Batch,
     );
 
+    /// At the start of each turn, with every peer: what one peer received goes to others (the
+    /// call server forwards media between its participants). Peers given something to send
+    /// are marked dirty, and are driven in the same turn.
+    fn exchange(&mut self, peers: &mut Peers<Self::State>, now: Instant) {
+        let _ = (peers, now);
+    }
+
     /// Each turn, for every peer before it is driven (a keyframe to ask for, ...).
     fn before_drive(&mut self, peer: &mut Peer<Self::State>, now: Instant) {
         let _ = (peer, now);
@@ -294,6 +301,10 @@ pub async fn run<P: Policy>(
     loop {
         let now = Instant::now();
         let mut next = now + IDLE_TURN;
+        guarded(
+            || "exchanging media".to_owned(),
+            || policy.exchange(&mut peers, now),
+        );
         for peer in peers.list.iter_mut() {
             if peer.faulted {
                 continue;

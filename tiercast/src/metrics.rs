@@ -270,6 +270,43 @@ impl NodeMetrics {
         ] {
             single(e, name, help, &gauge(value))?;
         }
+        let f = calls.sfu_figures();
+        let forwarded = f.forwarded_tracks.load(Ordering::Relaxed);
+        single(
+            e,
+            "tiercast_calls_forwarded_tracks",
+            "Tracks the call server sends to subscribers now.",
+            &ConstGauge::new(i64::try_from(forwarded).unwrap_or(i64::MAX)),
+        )?;
+        for (name, help, value) in [
+            (
+                "tiercast_calls_frames_forwarded",
+                "Frames the call server forwarded to subscribers.",
+                &f.frames_forwarded,
+            ),
+            (
+                "tiercast_calls_layer_switches",
+                "Simulcast layer switches of subscribers.",
+                &f.layer_switches,
+            ),
+            (
+                "tiercast_calls_keyframe_requests",
+                "Keyframe requests (PLI) the call server sent to publishers.",
+                &f.keyframe_requests,
+            ),
+            (
+                "tiercast_calls_nacks",
+                "NACKs subscribers sent the call server.",
+                &f.nacks,
+            ),
+        ] {
+            single(
+                e,
+                name,
+                help,
+                &ConstCounter::new(value.load(Ordering::Relaxed)),
+            )?;
+        }
         Ok(())
     }
 

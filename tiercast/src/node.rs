@@ -7,13 +7,13 @@
 //! | `archiver`, `notifier` | Archive | ✓ ¹ | ✓ ¹  |              |      |
 //! | `spill`              | Archive | ³   | ³      |              |      |
 //! | `whep`, `http`       | Serve   | ✓   | ✓      | ✓            | ✓    |
-//! | `calls`              | Serve   | ⁴   | ⁴      | ⁴            | ⁴    |
+//! | `call-server`, `calls` | Serve | ⁴   | ⁴      | ⁴            | ⁴    |
 //! | `relay-links`        | Serve   |     |        | ✓            | ✓    |
 //! | `heartbeats`         | Serve   | ²   | ²      | ²            | ²    |
 //!
 //! ¹ with `recording.embedded_archiver`; ² with `cluster.upstreams`; ³ with chunks in a bucket
 //! (`[recording.s3]`): what the last run left waiting on the disk goes up; ⁴ with `[calls] secret`
-//! (signaling on `GET /ws`). Renditions leave for the
+//! (signaling on `GET /ws`, the call server on `[calls] listen`). Renditions leave for the
 //! tier below through taps wherever `cluster.secret` is set. [`Plan`] is this table in code.
 
 use std::sync::Arc;
@@ -85,7 +85,7 @@ impl Plan {
         }
         names.extend(["whep", "http"]);
         if self.calls {
-            names.push("calls");
+            names.extend(["call-server", "calls"]);
         }
         if self.pull {
             names.push("relay-links");
@@ -166,12 +166,10 @@ pub async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()>
         let links = show_links(puller, cluster.clone(), stop);
         services.spawn(Stage::Serve, "relay-links", links);
     }
-    let calls = plan.calls.then(|| {
-        let calls = calls_from(&config, core.bus.clone());
-        let stop = services.signal(Stage::Serve);
-        services.spawn(Stage::Serve, "calls", calls.clone().run(stop));
-        calls
-    });
+    let calls = match plan.calls {
+        true => Some(calls_from(&config, core.bus.clone(), &mut services).await?),
+        false => None,
+    };
     let rtmp_addr = ingest.as_ref().map(|i| i.rtmp.local_addr()).transpose()?;
     let door_cluster = cluster.clone();
     let router = http::router(http::Services {
@@ -534,9 +532,23 @@ fn cluster_view(
 }
 
 /// The node's name for the admission webhooks: `[node] name`, else the machine's host name.
-/// Calls' signaling from `[calls]`: the directory in `[[calls.users]]` and the rooms with rules.
-fn calls_from(config: &Config, bus: Arc<EventBus>) -> Arc<calls::ws::Calls> {
+/// Calls from `[calls]`: signaling with the directory in `[[calls.users]]` and the rooms with
+/// rules, and the call server on `[calls] listen`.
+async fn calls_from(
+    config: &Config,
+    bus: Arc<EventBus>,
+    services: &mut Services,
+) -> anyhow::Result<Arc<calls::ws::Calls>> {
     let c = &config.calls;
+    let settings = calls::sfu::SfuSettings {
+        listen: c.listen,
+        advertise: config.webrtc.advertise.parse().ok(),
+    };
+    let stop = services.signal(Stage::Serve);
+    let (sfu, from_sfu, driver) = calls::sfu::Sfu::start(settings, bus.clone(), stop)
+        .await
+        .with_context(|| format!("calls.listen {}", c.listen))?;
+    services.spawn(Stage::Serve, "call-server", driver);
     let directory: Arc<dyn calls::directory::Directory> =
         Arc::new(calls::directory::Embedded::new(&c.users));
     let rooms = c
@@ -553,7 +565,10 @@ fn calls_from(config: &Config, bus: Arc<EventBus>) -> Arc<calls::ws::Calls> {
     let ring = Duration::from_secs(u64::from(c.ring_seconds));
     let board =
         calls::switchboard::Switchboard::new(directory.clone(), rooms, ring, c.max_room_size);
-    calls::ws::Calls::new(board, directory, &c.secret, bus)
+    let calls = calls::ws::Calls::new(board, directory, &c.secret, bus, (sfu, from_sfu));
+    let stop = services.signal(Stage::Serve);
+    services.spawn(Stage::Serve, "calls", calls.clone().run(stop));
+    Ok(calls)
 }
 
 fn node_name(config: &Config) -> String {

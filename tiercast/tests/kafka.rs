@@ -1,7 +1,8 @@
 //! Events on a real Kafka-protocol broker (tansu, started here on loopback): what a consumer of
 //! `tiercast.streams` and `tiercast.recordings` sees, with the broker up and with it down
 //! while a stream is live, and through TLS (socat terminating it in front of the broker, as a
-//! TLS proxy would) with SASL/SCRAM (tansu's own authentication, its users in SQLite).
+//! TLS proxy would) with SASL/SCRAM (tansu's own authentication, its users in SQLite); and a
+//! call's start and end on `tiercast.calls`.
 
 mod common;
 
@@ -9,6 +10,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::calls::{Device, calls_config};
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -188,6 +190,55 @@ fn stream_and_recording_events_arrive_on_their_topics() {
     assert!(
         metrics.contains("tiercast_kafka_events_dropped_total 0"),
         "{metrics}"
+    );
+}
+
+#[test]
+fn an_answered_call_starts_and_ends_on_the_calls_topic() {
+    let scratch = TempDir::new("kafka-calls");
+    let port = free_port();
+    let _broker = start_broker(port, &scratch.0.join("tansu.log"));
+    let config = format!(
+        "[events.kafka]\nbrokers = \"127.0.0.1:{port}\"\n{}",
+        calls_config(30)
+    );
+    let node = start_node(&config);
+    let mut alice = Device::of(&node, "alice");
+    let mut bob = Device::of(&node, "bob");
+    alice.expect("presence");
+    alice.send(serde_json::json!({"type":"call","to":"bob"}));
+    let call = alice.expect("ringing")["call"].clone();
+    let ring = bob.expect("ring");
+    bob.send(serde_json::json!({"type":"accept","call":ring["call"]}));
+    let room = alice.expect("accepted")["room"].clone();
+    bob.expect("accepted");
+    for d in [&mut alice, &mut bob] {
+        d.send(serde_json::json!({"type":"join","room":room}));
+        d.expect("joined");
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    alice.send(serde_json::json!({"type":"hangup","call":call}));
+
+    let events = consume(port, &["tiercast.calls"], Duration::from_secs(60), |seen| {
+        types(seen).contains(&"call.ended")
+    });
+    let calls: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["type"] == "call.started" || e["type"] == "call.ended")
+        .collect();
+    assert_eq!(calls.len(), 2, "{events:#?}");
+    let (started, ended) = (calls[0], calls[1]);
+    assert_eq!(started["type"], "call.started");
+    assert_eq!(started["kind"], "1-to-1");
+    assert_eq!(started["call"], call);
+    assert_eq!(ended["call"], call);
+    assert_eq!(ended["_key"], call, "keyed by the call");
+    assert_eq!(ended["participants"], serde_json::json!(["alice", "bob"]));
+    assert!(ended["duration_secs"].as_f64().unwrap() >= 1.0, "{ended}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["_topic"] == "tiercast.calls" && e["v"] == 1)
     );
 }
 

@@ -7,6 +7,8 @@ use super::{Invalid, is_path_safe};
 
 pub const DEFAULT_RING_SECONDS: u32 = 30;
 pub const DEFAULT_MAX_ROOM_SIZE: usize = 25;
+/// The call server's UDP port: participants' media.
+pub const DEFAULT_CALLS_LISTEN: &str = "0.0.0.0:8191";
 /// The environment variable the binary reads the calls secret from, over the file's.
 pub const CALLS_SECRET_ENV: &str = "TIERCAST_CALLS_SECRET";
 
@@ -23,6 +25,9 @@ pub struct CallsConfig {
     pub ring_seconds: u32,
     /// Participants a room holds at most (a room may ask for fewer).
     pub max_room_size: usize,
+    /// The call server's UDP socket (participants' media; the address they are told is
+    /// `[webrtc] advertise`'s rule).
+    pub listen: std::net::SocketAddr,
 }
 
 impl Default for CallsConfig {
@@ -33,6 +38,7 @@ impl Default for CallsConfig {
             rooms: Vec::new(),
             ring_seconds: DEFAULT_RING_SECONDS,
             max_room_size: DEFAULT_MAX_ROOM_SIZE,
+            listen: DEFAULT_CALLS_LISTEN.parse().expect("a literal address"),
         }
     }
 }

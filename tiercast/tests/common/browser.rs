@@ -71,6 +71,26 @@ impl Browser {
     }
 
     fn page(&self) -> Page {
+        self.target(|t| t["type"] == "page")
+    }
+
+    /// Another tab of the same browser showing `url` (cheaper than another browser: one
+    /// GPU process, one network service).
+    pub fn tab(&self, url: &str) -> Page {
+        let version = http_get(self.devtools, "/json/version");
+        let version: serde_json::Value = serde_json::from_slice(&version.body).unwrap();
+        let ws = version["webSocketDebuggerUrl"]
+            .as_str()
+            .expect("the browser's DevTools");
+        let addr = ws.trim_start_matches("ws://").split('/').next().unwrap();
+        let (ws, _) = tungstenite::client(ws, TcpStream::connect(addr).unwrap()).unwrap();
+        let mut browser = Page { ws, next_id: 1 };
+        let reply = browser.command("Target.createTarget", serde_json::json!({ "url": url }));
+        let id = reply["targetId"].as_str().expect("a new target").to_owned();
+        self.target(|t| t["id"] == id.as_str())
+    }
+
+    fn target(&self, which: impl Fn(&serde_json::Value) -> bool) -> Page {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let list = http_get(self.devtools, "/json/list");
@@ -79,7 +99,7 @@ impl Browser {
                 .as_array()
                 .into_iter()
                 .flatten()
-                .find(|t| t["type"] == "page")
+                .find(|t| which(t))
                 .and_then(|t| t["webSocketDebuggerUrl"].as_str())
             {
                 let addr = ws.trim_start_matches("ws://").split('/').next().unwrap();
@@ -96,13 +116,15 @@ impl Browser {
 impl Page {
     /// The value of `expression` in the page (JSON), or `Null` when it throws.
     pub fn eval(&mut self, expression: &str) -> serde_json::Value {
+        let params = serde_json::json!({ "expression": expression, "returnByValue": true, "awaitPromise": true });
+        self.command("Runtime.evaluate", params)["result"]["value"].clone()
+    }
+
+    /// A DevTools command's result.
+    pub fn command(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
         let id = self.next_id;
         self.next_id += 1;
-        let request = serde_json::json!({
-            "id": id,
-            "method": "Runtime.evaluate",
-            "params": { "expression": expression, "returnByValue": true, "awaitPromise": true },
-        });
+        let request = serde_json::json!({ "id": id, "method": method, "params": params });
         self.ws
             .send(tungstenite::Message::text(request.to_string()))
             .unwrap();
@@ -113,7 +135,7 @@ impl Page {
             };
             let reply: serde_json::Value = serde_json::from_str(text).unwrap_or_default();
             if reply["id"] == id {
-                return reply["result"]["result"]["value"].clone();
+                return reply["result"].clone();
             }
         }
     }

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod calls;
 pub mod webrtc;
 
 use std::io::{BufRead, BufReader, Read, Write};

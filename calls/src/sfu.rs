@@ -1,0 +1,913 @@
+//! The call server (SFU): one WebRTC connection per participant and room (BUNDLE, rtcp-mux),
+//! on `rtc/`'s IO driver. What a participant publishes (microphone, camera, screen) comes in
+//! once and goes to every other participant of the room without being decoded: each frame is
+//! packetized for each subscriber on its own stream (its own SSRC and sequence numbers), with
+//! timestamps on one timeline per subscriber whatever simulcast layer they come from
+//! ([`crate::layers`]).
+//!
+//! Signaling carries the SDP ([`crate::ws`]): a participant offers what it sends and gets an
+//! answer; the server offers it the other participants' tracks as they come and go, and it
+//! answers. Per subscriber and video track the server picks the simulcast layer from the tile
+//! size it renders at (`wanted`) and its bandwidth estimate (TWCC, else REMB), switching at
+//! keyframes (asking the publisher for one); keyframe requests from subscribers go to the
+//! publisher, rate-limited; lost packets are sent again on NACK (str0m's send buffer, RTX where
+//! negotiated). Audio levels (RFC 6464) name the active speaker.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use pipelines::events::{EventBus, EventKind};
+use rtc::driver::{self, Peer, Peers, Policy, Session};
+use rtc::udp::Batch;
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::config::DtlsCert;
+use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, Mid};
+use str0m::media::{MediaTime, Rid};
+use str0m::{Candidate, Event, IceConnectionState, Rtc, RtcConfig};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{debug, info, warn};
+
+use crate::layers::{self, Forwarder, Layer, Reason};
+use crate::protocol::{SentTrack, ServerMessage};
+use crate::switchboard::SocketId;
+
+/// Participants (connections) the call server holds at once.
+pub const MAX_PARTICIPANTS: usize = 5_000;
+/// Frames a participant may have waiting to be forwarded within one turn.
+const INBOX: usize = 512;
+/// Messages for participants' sockets waiting to be sent.
+const TO_CLIENTS: usize = 4096;
+/// Signaling's commands waiting for the call server; past this, new ones are refused.
+const COMMANDS: usize = 4096;
+/// A publisher is asked for a keyframe of one track at most this often.
+const KEYFRAME_EVERY: Duration = Duration::from_millis(500);
+/// Layers are chosen again, and the speaker looked for, this often.
+const LOOK_EVERY: Duration = Duration::from_millis(250);
+/// A layer not heard from this long is gone.
+const LAYER_GONE: Duration = Duration::from_secs(2);
+/// Louder than this (dBov, RFC 6464's -level) counts as speaking.
+const SPEAKING_DBOV: f32 = -50.0;
+/// What a subscriber's bandwidth is taken to be until it has an estimate.
+const START_ESTIMATE_KBPS: u64 = 1_500;
+
+/// The call server's figures, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Figures {
+    /// Tracks sent to subscribers now.
+    pub forwarded_tracks: AtomicU64,
+    /// Frames forwarded to subscribers.
+    pub frames_forwarded: AtomicU64,
+    /// Simulcast layer switches.
+    pub layer_switches: AtomicU64,
+    /// Keyframe requests (PLI) sent to publishers.
+    pub keyframe_requests: AtomicU64,
+    /// NACKs subscribers sent (each answered from the send buffer).
+    pub nacks: AtomicU64,
+}
+
+/// What the call server is told by signaling.
+#[derive(Debug)]
+pub enum Command {
+    /// A participant's offer for `room` (its first, or a renegotiation); the answer, or why not.
+    Offer {
+        socket: SocketId,
+        room: String,
+        user: String,
+        sdp: String,
+        sources: BTreeMap<String, String>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// The answer to the server's last offer.
+    Answer {
+        socket: SocketId,
+        room: String,
+        sdp: String,
+    },
+    Candidate {
+        socket: SocketId,
+        room: String,
+        candidate: String,
+    },
+    /// The tile a subscriber renders its track `mid` at.
+    Wanted {
+        socket: SocketId,
+        room: String,
+        mid: String,
+        size: (u32, u32),
+    },
+    /// The participant is out of the room: its connection closes.
+    Leave { socket: SocketId, room: String },
+}
+
+/// Where to reach the call server.
+pub struct SfuSettings {
+    pub listen: SocketAddr,
+    pub advertise: Option<IpAddr>,
+}
+
+/// The call server's handle, for signaling.
+pub struct Sfu {
+    commands: mpsc::UnboundedSender<Command>,
+    /// Commands sent and not yet taken by the driver (the driver's channel has no bound of
+    /// its own).
+    queued: Arc<AtomicUsize>,
+    pub figures: Arc<Figures>,
+}
+
+impl Sfu {
+    /// Binds the call server's UDP socket. Messages for participants' sockets (the server's
+    /// offers, the active speaker) come out of the receiver; the future is the IO driver.
+    #[allow(clippy::type_complexity)]
+    pub async fn start(
+        settings: SfuSettings,
+        bus: Arc<EventBus>,
+        stop: watch::Receiver<bool>,
+    ) -> std::io::Result<(
+        Sfu,
+        mpsc::Receiver<(SocketId, ServerMessage)>,
+        impl Future<Output = ()> + Send + use<>,
+    )> {
+        let socket = UdpSocket::bind(settings.listen).await?;
+        let local = socket.local_addr()?;
+        let ip = rtc::net::candidate_ip(local.ip(), settings.advertise);
+        let candidate = SocketAddr::new(ip, local.port());
+        let (commands, rx) = mpsc::unbounded_channel();
+        let (to_clients, from_server) = mpsc::channel(TO_CLIENTS);
+        let figures = Arc::new(Figures::default());
+        let queued = Arc::new(AtomicUsize::new(0));
+        info!(udp = %local, %candidate, "call server ready");
+        let policy = CallServer {
+            candidate,
+            cert: rtc::dtls::certificate(),
+            next: 1,
+            by_key: HashMap::new(),
+            to_clients,
+            figures: figures.clone(),
+            bus,
+            speakers: HashMap::new(),
+            looked: Instant::now(),
+            queued: queued.clone(),
+        };
+        let driver = driver::run(socket, candidate, policy, rx, None, stop);
+        let sfu = Sfu {
+            commands,
+            queued,
+            figures,
+        };
+        Ok((sfu, from_server, driver))
+    }
+
+    /// Hands signaling's command to the call server; false when it has too many waiting (or
+    /// is stopping), and the command is dropped.
+    pub fn send(&self, command: Command) -> bool {
+        if self.queued.fetch_add(1, Ordering::Relaxed) >= COMMANDS {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        self.commands.send(command).is_ok()
+    }
+}
+
+/// A track a participant publishes.
+#[derive(Debug)]
+struct TrackIn {
+    mid: Mid,
+    kind: MediaKind,
+    source: String,
+    /// Its layers as measured (one without simulcast).
+    layers: Vec<Measured>,
+    /// Other participants have been given it.
+    announced: bool,
+    asked: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Measured {
+    layer: Layer,
+    bytes: u64,
+    since: Instant,
+    seen: Instant,
+}
+
+impl TrackIn {
+    fn heard(&mut self, data: &MediaData, now: Instant) {
+        let rid = data.rid.map(|r| r.to_string());
+        let i = match self.layers.iter().position(|m| m.layer.rid == rid) {
+            Some(i) => i,
+            None => {
+                self.layers.push(Measured {
+                    layer: Layer {
+                        rid,
+                        ..Layer::default()
+                    },
+                    bytes: 0,
+                    since: now,
+                    seen: now,
+                });
+                self.layers.len() - 1
+            }
+        };
+        let m = &mut self.layers[i];
+        m.seen = now;
+        m.bytes += data.data.len() as u64;
+        let window = now.saturating_duration_since(m.since);
+        if window >= Duration::from_secs(1) {
+            m.layer.bps = (m.bytes as f64 * 8.0 / window.as_secs_f64()) as u64;
+            m.bytes = 0;
+            m.since = now;
+        }
+        if data.is_keyframe() {
+            let size = layers::vp8_keyframe_size(&data.data)
+                .or_else(|| layers::h264_keyframe_size(&data.data));
+            if let Some((w, h)) = size {
+                (m.layer.width, m.layer.height) = (w, h);
+            }
+        }
+    }
+
+    fn live_layers(&self, now: Instant) -> Vec<Layer> {
+        self.layers
+            .iter()
+            .filter(|m| now.saturating_duration_since(m.seen) < LAYER_GONE)
+            .map(|m| m.layer.clone())
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutState {
+    ToOpen,
+    Negotiating(Mid),
+    Open(Mid),
+    ToStop(Mid),
+    Stopping(Mid),
+}
+
+impl OutState {
+    fn mid(self) -> Option<Mid> {
+        match self {
+            OutState::ToOpen => None,
+            OutState::Negotiating(m)
+            | OutState::Open(m)
+            | OutState::ToStop(m)
+            | OutState::Stopping(m) => Some(m),
+        }
+    }
+}
+
+/// Another participant's track, sent to this one.
+#[derive(Debug)]
+struct TrackOut {
+    from: u64,
+    from_user: String,
+    mid_in: Mid,
+    kind: MediaKind,
+    source: String,
+    state: OutState,
+    forwarder: Forwarder,
+    /// The tile it is rendered at, as the subscriber said.
+    tile: (u32, u32),
+    /// What the layer choice last saw, to tell why it moved.
+    chosen_with: ((u32, u32), u64),
+}
+
+/// One participant's connection in one room.
+pub struct Participant {
+    socket: SocketId,
+    room: String,
+    user: String,
+    sources: BTreeMap<String, String>,
+    ins: Vec<TrackIn>,
+    outs: Vec<TrackOut>,
+    pending: Option<SdpPendingOffer>,
+    inbox: VecDeque<MediaData>,
+    /// Keyframe requests from this subscriber, by its out mid.
+    asks: Vec<KeyframeRequest>,
+    estimate_bps: Option<u64>,
+    /// Its microphone's level, smoothed (dBov).
+    level: f32,
+    nacks: u64,
+}
+
+impl Participant {
+    fn new(socket: SocketId, room: &str, user: &str, sources: BTreeMap<String, String>) -> Self {
+        Participant {
+            socket,
+            room: room.to_owned(),
+            user: user.to_owned(),
+            sources,
+            ins: Vec::new(),
+            outs: Vec::new(),
+            pending: None,
+            inbox: VecDeque::new(),
+            asks: Vec::new(),
+            estimate_bps: None,
+            level: -127.0,
+            nacks: 0,
+        }
+    }
+}
+
+impl Session for Participant {
+    fn on_event(&mut self, rtc: &mut Rtc, event: Event) {
+        match event {
+            Event::MediaAdded(m) if m.direction.is_receiving() => {
+                let source = self.sources.get(&m.mid.to_string()).cloned();
+                let source = source.unwrap_or_else(|| match m.kind {
+                    MediaKind::Audio => "microphone".into(),
+                    MediaKind::Video => "camera".into(),
+                });
+                debug!(user = %self.user, room = %self.room, mid = %m.mid, %source, "publishes");
+                self.ins.push(TrackIn {
+                    mid: m.mid,
+                    kind: m.kind,
+                    source,
+                    layers: Vec::new(),
+                    announced: false,
+                    asked: None,
+                });
+            }
+            Event::MediaData(data) => {
+                if self.inbox.len() >= INBOX {
+                    self.inbox.pop_front();
+                }
+                self.inbox.push_back(data);
+            }
+            Event::KeyframeRequest(req) => self.asks.push(req),
+            Event::EgressBitrateEstimate(
+                BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
+            ) => {
+                self.estimate_bps = Some(estimate.as_u64());
+            }
+            Event::MediaEgressStats(stats) => {
+                self.nacks = self.nacks.max(stats.nacks);
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => rtc.disconnect(),
+            _ => {}
+        }
+    }
+}
+
+/// The driver's policy: the participants of every room on this node.
+struct CallServer {
+    candidate: SocketAddr,
+    cert: Option<DtlsCert>,
+    next: u64,
+    by_key: HashMap<(SocketId, String), u64>,
+    to_clients: mpsc::Sender<(SocketId, ServerMessage)>,
+    figures: Arc<Figures>,
+    bus: Arc<EventBus>,
+    /// Who speaks in each room.
+    speakers: HashMap<String, Option<String>>,
+    looked: Instant,
+    /// Shared with [`Sfu::send`]: taken commands are counted off.
+    queued: Arc<AtomicUsize>,
+}
+
+impl CallServer {
+    fn tell(&self, socket: SocketId, message: ServerMessage) {
+        if self.to_clients.try_send((socket, message)).is_err() {
+            warn!(
+                socket,
+                "signaling is not keeping up; a call server message dropped"
+            );
+        }
+    }
+
+    fn rtc(&self) -> Rtc {
+        let mut config = RtcConfig::new()
+            .set_ice_lite(true)
+            .set_crypto_provider(rtc::dtls::crypto_provider())
+            .clear_codecs()
+            .enable_vp8(true)
+            .enable_h264(true)
+            .enable_opus(true, false)
+            .enable_bwe(Some(Bitrate::kbps(START_ESTIMATE_KBPS)))
+            .set_stats_interval(Some(Duration::from_secs(1)));
+        if let Some(cert) = &self.cert {
+            config = config.set_dtls_cert(cert.clone());
+        }
+        config.build(Instant::now())
+    }
+
+    fn offer(
+        &mut self,
+        peers: &mut Peers<Participant>,
+        key: (SocketId, String),
+        user: &str,
+        sdp: &str,
+        sources: BTreeMap<String, String>,
+    ) -> Result<String, String> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("not an SDP offer: {e}"))?;
+        if let Some(peer) = self.by_key.get(&key).and_then(|id| peers.get_mut(*id)) {
+            // A renegotiation from the participant (a track added or removed). Whatever the
+            // server had offered is offered again after it.
+            peer.state.sources.extend(sources);
+            peer.state.pending = None;
+            for out in &mut peer.state.outs {
+                match out.state {
+                    OutState::Negotiating(_) => out.state = OutState::ToOpen,
+                    OutState::Stopping(m) => out.state = OutState::ToStop(m),
+                    _ => {}
+                }
+            }
+            let answer = peer
+                .rtc
+                .sdp_api()
+                .accept_offer(offer)
+                .map_err(|e| format!("offer not accepted: {e}"))?;
+            peer.dirty = true;
+            return Ok(answer.to_sdp_string());
+        }
+        if peers.len() >= MAX_PARTICIPANTS {
+            return Err("the call server is full".into());
+        }
+        let mut rtc = self.rtc();
+        let host = Candidate::host(self.candidate, "udp").map_err(|e| e.to_string())?;
+        rtc.add_local_candidate(host);
+        let (socket, room) = key.clone();
+        let mut state = Participant::new(socket, &room, user, sources);
+        // Everything the room publishes already is offered to it once it has answered.
+        for other in peers.iter().filter(|p| p.state.room == room) {
+            for track in other.state.ins.iter().filter(|t| t.announced) {
+                state
+                    .outs
+                    .push(track_out(other.id, &other.state.user, track));
+            }
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| format!("offer not accepted: {e}"))?;
+        let id = self.next;
+        self.next += 1;
+        self.by_key.insert(key, id);
+        peers.add(Peer::new(id, rtc, state));
+        info!(user, %room, peer = id, "joined the call server");
+        Ok(answer.to_sdp_string())
+    }
+
+    fn peer<'a>(
+        &self,
+        peers: &'a mut Peers<Participant>,
+        socket: SocketId,
+        room: &str,
+    ) -> Option<&'a mut Peer<Participant>> {
+        let id = self.by_key.get(&(socket, room.to_owned()))?;
+        peers.get_mut(*id)
+    }
+
+    /// The server's offer to `peer`, when tracks are to be added or stopped and no offer of
+    /// its own is waiting for an answer.
+    fn negotiate(&self, peer: &mut Peer<Participant>) {
+        let state = &mut peer.state;
+        if state.pending.is_some() {
+            return;
+        }
+        let mut change = peer.rtc.sdp_api();
+        for out in &mut state.outs {
+            match out.state {
+                OutState::ToOpen => {
+                    let track = format!("{}-{}", out.from_user, out.source);
+                    let mid = change.add_media(
+                        out.kind,
+                        Direction::SendOnly,
+                        Some(out.from_user.clone()),
+                        Some(track),
+                        None,
+                    );
+                    out.state = OutState::Negotiating(mid);
+                }
+                OutState::ToStop(mid) => {
+                    change.stop_media(mid);
+                    out.state = OutState::Stopping(mid);
+                }
+                _ => {}
+            }
+        }
+        if !change.has_changes() {
+            return;
+        }
+        let Some((offer, pending)) = change.apply() else {
+            return;
+        };
+        state.pending = Some(pending);
+        let tracks = state
+            .outs
+            .iter()
+            .filter(|o| matches!(o.state, OutState::Negotiating(_) | OutState::Open(_)))
+            .filter_map(|o| {
+                Some(SentTrack {
+                    mid: o.state.mid()?.to_string(),
+                    user: o.from_user.clone(),
+                    source: o.source.clone(),
+                })
+            })
+            .collect();
+        let message = ServerMessage::Offer {
+            room: state.room.clone(),
+            sdp: offer.to_sdp_string(),
+            tracks,
+        };
+        self.tell(state.socket, message);
+        peer.dirty = true;
+    }
+
+    fn answer(&self, peer: &mut Peer<Participant>, sdp: &str) {
+        let Some(pending) = peer.state.pending.take() else {
+            return;
+        };
+        let answer = match SdpAnswer::from_sdp_string(sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                debug!(peer = peer.id, "not an SDP answer: {e}");
+                return;
+            }
+        };
+        if let Err(e) = peer.rtc.sdp_api().accept_answer(pending, answer) {
+            debug!(peer = peer.id, "answer not accepted: {e}");
+            return;
+        }
+        for out in &mut peer.state.outs {
+            if let OutState::Negotiating(m) = out.state {
+                out.state = OutState::Open(m);
+            }
+        }
+        peer.state
+            .outs
+            .retain(|o| !matches!(o.state, OutState::Stopping(_)));
+        peer.dirty = true;
+    }
+
+    /// New tracks go to every other participant of their room; tracks whose publisher went
+    /// are stopped.
+    fn announce(&self, peers: &mut Peers<Participant>) {
+        let mut new = Vec::new();
+        for p in peers.iter_mut() {
+            for t in p.state.ins.iter_mut().filter(|t| !t.announced) {
+                t.announced = true;
+                new.push((p.id, p.state.room.clone(), p.state.user.clone(), t.mid));
+            }
+        }
+        let live: HashMap<u64, ()> = peers.iter().map(|p| (p.id, ())).collect();
+        let mut adds: Vec<(u64, TrackOut)> = Vec::new();
+        for (from, room, user, mid) in &new {
+            let Some(publisher) = peers.iter().find(|p| p.id == *from) else {
+                continue;
+            };
+            let Some(track) = publisher.state.ins.iter().find(|t| t.mid == *mid) else {
+                continue;
+            };
+            for q in peers
+                .iter()
+                .filter(|q| q.id != *from && q.state.room == *room)
+            {
+                adds.push((q.id, track_out(*from, user, track)));
+            }
+        }
+        for (to, out) in adds {
+            if let Some(q) = peers.get_mut(to) {
+                q.state.outs.push(out);
+            }
+        }
+        for q in peers.iter_mut() {
+            // Never offered: nothing to stop. Offered: stopped once no answer is awaited.
+            let outs = &mut q.state.outs;
+            outs.retain(|o| live.contains_key(&o.from) || o.state != OutState::ToOpen);
+            for out in outs.iter_mut().filter(|o| !live.contains_key(&o.from)) {
+                if let OutState::Open(m) = out.state {
+                    out.state = OutState::ToStop(m);
+                }
+            }
+        }
+    }
+
+    /// Every frame that came in goes to the room's other participants.
+    fn forward(&self, peers: &mut Peers<Participant>, now: Instant) {
+        let mut frames: Vec<(u64, String, MediaData)> = Vec::new();
+        let mut asks: Vec<(u64, Mid, Option<Rid>)> = Vec::new();
+        for p in peers.iter_mut() {
+            let state = &mut p.state;
+            while let Some(data) = state.inbox.pop_front() {
+                if let Some(track) = state.ins.iter_mut().find(|t| t.mid == data.mid) {
+                    track.heard(&data, now);
+                    if track.kind == MediaKind::Audio
+                        && let Some(level) = data.ext_vals.audio_level
+                    {
+                        state.level = 0.8 * state.level + 0.2 * f32::from(level);
+                    }
+                    if track.kind == MediaKind::Video && !data.contiguous {
+                        asks.push((p.id, data.mid, data.rid));
+                    }
+                }
+                frames.push((p.id, state.room.clone(), data));
+            }
+        }
+        for (from, room, data) in &frames {
+            for q in peers.iter_mut() {
+                if q.id == *from || q.state.room != *room {
+                    continue;
+                }
+                let mut sent = false;
+                for out in q.state.outs.iter_mut() {
+                    let OutState::Open(mid) = out.state else {
+                        continue;
+                    };
+                    if out.from != *from || out.mid_in != data.mid {
+                        continue;
+                    }
+                    let time = match out.kind {
+                        MediaKind::Audio => data.time,
+                        MediaKind::Video => {
+                            let rid = data.rid.map(|r| r.to_string());
+                            let why = out.forwarder.moving().map_or(Reason::Size, |(_, w)| w);
+                            let Some(f) = out.forwarder.forward(
+                                rid.as_deref(),
+                                data.time.numer(),
+                                data.is_keyframe(),
+                                data.network_time,
+                            ) else {
+                                continue;
+                            };
+                            if f.switched {
+                                self.switched(
+                                    &q.state.room,
+                                    &q.state.user,
+                                    out,
+                                    rid.as_deref(),
+                                    why,
+                                );
+                            }
+                            MediaTime::new(f.rtp_time, data.time.frequency())
+                        }
+                    };
+                    let Some(writer) = q.rtc.writer(mid) else {
+                        continue;
+                    };
+                    let Some(pt) = writer.match_params(data.params) else {
+                        continue;
+                    };
+                    if let Err(e) = writer.write(pt, data.network_time, time, data.data.clone()) {
+                        debug!(peer = q.id, "cannot send: {e}");
+                        continue;
+                    }
+                    sent = true;
+                    self.figures
+                        .frames_forwarded
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                q.dirty |= sent;
+            }
+        }
+        // Keyframes: for subscribers moving to a layer, for subscribers that asked.
+        for q in peers.iter_mut() {
+            for out in q.state.outs.iter_mut() {
+                if let Some(rid) = out.forwarder.ask_keyframe(now) {
+                    asks.push((out.from, out.mid_in, rid.as_deref().map(Rid::from)));
+                }
+            }
+            for req in std::mem::take(&mut q.state.asks) {
+                let Some(out) = q.state.outs.iter().find(|o| o.state.mid() == Some(req.mid)) else {
+                    continue;
+                };
+                let rid = out.forwarder.current().flatten().map(Rid::from);
+                asks.push((out.from, out.mid_in, rid));
+            }
+        }
+        for (from, mid, rid) in asks {
+            let Some(p) = peers.get_mut(from) else {
+                continue;
+            };
+            let Some(track) = p.state.ins.iter_mut().find(|t| t.mid == mid) else {
+                continue;
+            };
+            if track
+                .asked
+                .is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_EVERY)
+            {
+                continue;
+            }
+            track.asked = Some(now);
+            if let Some(mut writer) = p.rtc.writer(mid)
+                && writer
+                    .request_keyframe(rid, KeyframeRequestKind::Pli)
+                    .is_ok()
+            {
+                self.figures
+                    .keyframe_requests
+                    .fetch_add(1, Ordering::Relaxed);
+                p.dirty = true;
+            }
+        }
+    }
+
+    fn switched(&self, room: &str, user: &str, out: &TrackOut, rid: Option<&str>, reason: Reason) {
+        self.figures.layer_switches.fetch_add(1, Ordering::Relaxed);
+        debug!(user, from = %out.from_user, ?rid, "layer switch");
+        self.bus.publish(EventKind::QualityChanged {
+            stream: room.to_owned(),
+            session: out.from_user.clone(),
+            viewer: user.to_owned(),
+            rendition: rid.unwrap_or("single").to_owned(),
+            reason: reason.as_str().to_owned(),
+        });
+    }
+
+    /// Chooses each subscriber's layers again, and the rooms' speakers.
+    fn look(&mut self, peers: &mut Peers<Participant>, now: Instant) {
+        let mut published: HashMap<(u64, Mid), Vec<Layer>> = HashMap::new();
+        for p in peers.iter() {
+            for t in p.state.ins.iter().filter(|t| t.kind == MediaKind::Video) {
+                published.insert((p.id, t.mid), t.live_layers(now));
+            }
+        }
+        let mut forwarded = 0;
+        for q in peers.iter_mut() {
+            let videos = q
+                .state
+                .outs
+                .iter()
+                .filter(|o| o.kind == MediaKind::Video && matches!(o.state, OutState::Open(_)))
+                .count()
+                .max(1) as u64;
+            let budget = q.state.estimate_bps.unwrap_or(START_ESTIMATE_KBPS * 1000) / videos;
+            for out in q.state.outs.iter_mut() {
+                if matches!(out.state, OutState::Open(_)) {
+                    forwarded += 1;
+                }
+                if out.kind != MediaKind::Video {
+                    continue;
+                }
+                let Some(layers) = published.get(&(out.from, out.mid_in)) else {
+                    continue;
+                };
+                let Some(i) = layers::choose(layers, out.tile, Some(budget)) else {
+                    continue;
+                };
+                let reason = match out.forwarder.current() {
+                    None => Reason::Size,
+                    Some(current) if !layers.iter().any(|l| l.rid.as_deref() == current) => {
+                        Reason::Gone
+                    }
+                    _ if out.chosen_with.0 != out.tile => Reason::Size,
+                    _ => Reason::Bandwidth,
+                };
+                out.chosen_with = (out.tile, budget);
+                out.forwarder.want(layers[i].rid.clone(), reason);
+            }
+        }
+        self.figures
+            .forwarded_tracks
+            .store(forwarded, Ordering::Relaxed);
+        let nacks: u64 = peers.iter().map(|p| p.state.nacks).sum();
+        self.figures.nacks.fetch_max(nacks, Ordering::Relaxed);
+        // The loudest participant of each room, if anyone speaks.
+        let mut loudest: HashMap<&str, (f32, &str)> = HashMap::new();
+        let mut members: HashMap<&str, Vec<SocketId>> = HashMap::new();
+        for p in peers.iter() {
+            members
+                .entry(p.state.room.as_str())
+                .or_default()
+                .push(p.state.socket);
+            if p.state.level > SPEAKING_DBOV {
+                let entry = loudest
+                    .entry(p.state.room.as_str())
+                    .or_insert((f32::MIN, ""));
+                if p.state.level > entry.0 {
+                    *entry = (p.state.level, p.state.user.as_str());
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        for (room, sockets) in &members {
+            let now_speaking = loudest.get(room).map(|(_, u)| (*u).to_owned());
+            if self.speakers.get(*room) != Some(&now_speaking) {
+                changes.push((room.to_string(), now_speaking, sockets.clone()));
+            }
+        }
+        self.speakers
+            .retain(|room, _| members.contains_key(room.as_str()));
+        for (room, user, sockets) in changes {
+            self.speakers.insert(room.clone(), user.clone());
+            for socket in sockets {
+                let message = ServerMessage::Speaker {
+                    room: room.clone(),
+                    user: user.clone(),
+                };
+                self.tell(socket, message);
+            }
+        }
+    }
+}
+
+fn track_out(from: u64, user: &str, track: &TrackIn) -> TrackOut {
+    let clock = match track.kind {
+        MediaKind::Audio => 48_000,
+        MediaKind::Video => 90_000,
+    };
+    TrackOut {
+        from,
+        from_user: user.to_owned(),
+        mid_in: track.mid,
+        kind: track.kind,
+        source: track.source.clone(),
+        state: OutState::ToOpen,
+        forwarder: Forwarder::new(clock),
+        tile: (0, 0),
+        chosen_with: ((0, 0), 0),
+    }
+}
+
+impl Policy for CallServer {
+    type State = Participant;
+    type Command = Command;
+    type Media = ();
+    type Prepared = ();
+
+    fn on_command(&mut self, peers: &mut Peers<Participant>, command: Command) {
+        self.queued.fetch_sub(1, Ordering::Relaxed);
+        match command {
+            Command::Offer {
+                socket,
+                room,
+                user,
+                sdp,
+                sources,
+                reply,
+            } => {
+                let answer = self.offer(peers, (socket, room), &user, &sdp, sources);
+                let _ = reply.send(answer);
+            }
+            Command::Answer { socket, room, sdp } => {
+                if let Some(peer) = self.peer(peers, socket, &room) {
+                    self.answer(peer, &sdp);
+                }
+            }
+            Command::Candidate {
+                socket,
+                room,
+                candidate,
+            } => {
+                let text = candidate.strip_prefix("a=").unwrap_or(&candidate);
+                if let (Some(peer), Ok(c)) = (
+                    self.peer(peers, socket, &room),
+                    Candidate::from_sdp_string(text),
+                ) {
+                    peer.rtc.add_remote_candidate(c);
+                    peer.dirty = true;
+                }
+            }
+            Command::Wanted {
+                socket,
+                room,
+                mid,
+                size,
+            } => {
+                if let Some(peer) = self.peer(peers, socket, &room) {
+                    let mid = Mid::from(mid.as_str());
+                    for out in &mut peer.state.outs {
+                        if out.state.mid() == Some(mid) {
+                            out.tile = size;
+                        }
+                    }
+                }
+            }
+            Command::Leave { socket, room } => {
+                if let Some(peer) = self.peer(peers, socket, &room) {
+                    peer.rtc.disconnect();
+                }
+            }
+        }
+    }
+
+    fn exchange(&mut self, peers: &mut Peers<Participant>, now: Instant) {
+        self.announce(peers);
+        for peer in peers.iter_mut() {
+            self.negotiate(peer);
+        }
+        self.forward(peers, now);
+        if now.saturating_duration_since(self.looked) >= LOOK_EVERY {
+            self.looked = now;
+            self.look(peers, now);
+        }
+    }
+
+    fn prepare(&mut self, _: &Peers<Participant>, _: ()) -> Option<()> {
+        None
+    }
+
+    fn deliver(&mut self, _: &mut Peer<Participant>, _: &(), _: Instant, _: &mut Batch) {}
+
+    fn gone(&mut self, peer: Peer<Participant>) {
+        let key = (peer.state.socket, peer.state.room.clone());
+        if self.by_key.get(&key) == Some(&peer.id) {
+            self.by_key.remove(&key);
+        }
+        info!(user = %peer.state.user, room = %peer.state.room, peer = peer.id, "left the call server");
+    }
+}

@@ -1,0 +1,278 @@
+//! Calls as people make them: the call page (`/call`, `/call/<room>`) in headless Chromium
+//! with a fake camera and microphone, media through the call server. Each person is a tab of
+//! one browser; what a test reads is what the page shows and what `getStats` says it decoded.
+
+mod common;
+
+use std::time::Duration;
+
+use common::browser::{Browser, Page};
+use common::calls::{calls_config, token};
+use common::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// `user`'s call page at `path` (`/call` or `/call/<room>`), signed in with a fresh token.
+fn page_of(browser: &Browser, node: &Node, user: &str, path: &str, query: &str) -> Page {
+    let token = token(node, user, "1h");
+    browser.tab(&format!("http://{}{path}?token={token}{query}", node.http))
+}
+
+fn status(page: &mut Page) -> String {
+    page.eval("window.tiercast && window.tiercast.status")
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+fn wait_status(page: &mut Page, what: &str, wanted: impl Fn(&str) -> bool) -> String {
+    let value = page.wait_for("window.tiercast && window.tiercast.status", WAIT, |v| {
+        v.as_str().is_some_and(&wanted)
+    });
+    let shown = value.as_str().unwrap_or_default().to_owned();
+    assert!(wanted(&shown), "{what}: {shown}");
+    shown
+}
+
+/// What the page decodes now, by its receiving mid.
+fn stats(page: &mut Page) -> Value {
+    page.eval("window.tiercast.stats()")
+}
+
+/// Waits until the page decodes `videos` video tracks (at least 30 frames each, of a size) and
+/// hears `audios` audio tracks; returns the stats.
+fn wait_decoding(page: &mut Page, videos: usize, audios: usize) -> Value {
+    page.wait_for("window.tiercast.stats()", Duration::from_secs(45), |s| {
+        let Some(tracks) = s.as_object() else {
+            return false;
+        };
+        let decoding = tracks
+            .values()
+            .filter(|t| t["kind"] == "video" && t["framesDecoded"].as_u64().unwrap_or(0) >= 30)
+            .count();
+        let hearing = tracks
+            .values()
+            .filter(|t| t["kind"] == "audio" && t["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0)
+            .count();
+        decoding >= videos && hearing >= audios
+    })
+}
+
+/// The frames decoded of every video track, summed.
+fn frames(stats: &Value) -> u64 {
+    stats
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.values())
+        .filter(|t| t["kind"] == "video")
+        .map(|t| t["framesDecoded"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn events(node: &Node, kind: &str) -> Vec<Value> {
+    std::fs::read_to_string(node.data_dir().join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == kind)
+        .collect()
+}
+
+/// The events of `kind` that `which` picks, once there is one (or `WAIT` has passed).
+fn wait_events(node: &Node, kind: &str, which: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let found: Vec<Value> = events(node, kind).into_iter().filter(&which).collect();
+        if !found.is_empty() || std::time::Instant::now() >= deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn alice_calls_bob_who_answers_and_each_sees_and_hears_the_other() {
+    let _turn = heavy();
+    let node = start_node(&calls_config(6));
+    let (browser, _blank) = Browser::open("about:blank");
+    let mut alice = page_of(&browser, &node, "alice", "/call", "");
+    let mut bob = page_of(&browser, &node, "bob", "/call", "");
+    wait_status(&mut alice, "alice signs in", |s| s == "ready");
+    wait_status(&mut bob, "bob signs in", |s| s == "ready");
+    // Bob is online in alice's contacts.
+    alice.wait_for(
+        "document.querySelector('#contacts li[data-user=bob]').dataset.online",
+        WAIT,
+        |v| v == "true",
+    );
+
+    // Carol is offline: alice is told at once. Dave is not her contact: refused.
+    alice.eval("window.tiercast.call_user('carol')");
+    wait_status(&mut alice, "calling carol", |s| s == "carol is offline");
+    alice.eval("window.tiercast.call_user('dave')");
+    wait_status(&mut alice, "calling dave", |s| s == "error: not_a_contact");
+
+    // Bob rejects: it ends on both pages.
+    alice.eval("window.tiercast.call_user('bob')");
+    wait_status(&mut bob, "bob's page rings", |s| {
+        s == "incoming call from alice"
+    });
+    bob.eval("window.tiercast.reject()");
+    wait_status(&mut alice, "rejected", |s| s == "rejected");
+    // Bob does not answer: after ring_seconds both pages say so.
+    alice.eval("window.tiercast.call_user('bob')");
+    wait_status(&mut bob, "rings again", |s| s == "incoming call from alice");
+    wait_status(&mut alice, "nobody answers", |s| s == "no answer");
+    wait_status(&mut bob, "the ring stops", |s| s == "no answer");
+
+    // Bob answers: each decodes the other's camera at its size, and hears the other.
+    alice.eval("window.tiercast.call_user('bob')");
+    wait_status(&mut bob, "rings", |s| s == "incoming call from alice");
+    bob.eval("window.tiercast.accept()");
+    let seen_by_alice = wait_decoding(&mut alice, 1, 1);
+    let seen_by_bob = wait_decoding(&mut bob, 1, 1);
+    for (who, seen, from) in [
+        ("alice", &seen_by_alice, "bob"),
+        ("bob", &seen_by_bob, "alice"),
+    ] {
+        let video = seen
+            .as_object()
+            .unwrap()
+            .values()
+            .find(|t| t["kind"] == "video")
+            .unwrap();
+        assert_eq!(
+            (video["frameWidth"].as_u64(), video["frameHeight"].as_u64()),
+            (Some(320), Some(180)),
+            "{who} sees {from}'s 320x180 camera: {seen}"
+        );
+        assert_eq!(video["who"]["user"], from, "{seen}");
+        assert_eq!(video["who"]["source"], "camera", "{seen}");
+    }
+    // It keeps coming.
+    let before = frames(&seen_by_alice);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        frames(&stats(&mut alice)) > before,
+        "alice's picture of bob moves"
+    );
+    let metrics = node.get("/metrics").text();
+    assert!(
+        metrics.contains("tiercast_calls_forwarded_tracks 4"),
+        "two tracks each way: {}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("tiercast_calls"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // Alice hangs up: bob's page says so; the call's start and end are events.
+    alice.eval("window.tiercast.leave()");
+    wait_status(&mut bob, "hung up", |s| s == "call ended");
+    wait_events(&node, "call.ended", |_| true);
+    let started = events(&node, "call.started");
+    let ended = events(&node, "call.ended");
+    assert_eq!(started.len(), 1, "{started:?}");
+    assert_eq!(ended.len(), 1, "{ended:?}");
+    assert_eq!(started[0]["call"], ended[0]["call"]);
+    assert_eq!(
+        ended[0]["participants"],
+        serde_json::json!(["alice", "bob"])
+    );
+    assert!(
+        ended[0]["duration_secs"].as_f64().unwrap() > 1.0,
+        "{ended:?}"
+    );
+    assert_eq!(status(&mut alice), "left");
+}
+
+/// The users whose `source` video a page decodes (at least 30 frames of it).
+fn seen(stats: &Value, source: &str) -> Vec<String> {
+    let mut users: Vec<String> = stats
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.values())
+        .filter(|t| t["kind"] == "video" && t["who"]["source"] == source)
+        .filter(|t| t["framesDecoded"].as_u64().unwrap_or(0) >= 30)
+        .filter_map(|t| t["who"]["user"].as_str().map(str::to_owned))
+        .collect();
+    users.sort();
+    users
+}
+
+#[test]
+fn four_in_a_room_see_and_hear_each_other_and_one_shares_a_screen() {
+    let _turn = heavy();
+    let node = start_node(&calls_config(30));
+    let (browser, _blank) = Browser::open("about:blank");
+    // Dave's is a browser of its own: it is killed.
+    let (daves_browser, _daves_blank) = Browser::open("about:blank");
+    let users = ["alice", "bob", "carol", "dave"];
+    let mut pages: Vec<Page> = users
+        .iter()
+        .map(|&user| {
+            let which = if user == "dave" {
+                &daves_browser
+            } else {
+                &browser
+            };
+            page_of(which, &node, user, "/call/team", "")
+        })
+        .collect();
+    for (user, page) in users.iter().zip(pages.iter_mut()) {
+        wait_status(page, &format!("{user} joins"), |s| s == "in room team");
+    }
+    // Each decodes the other three's cameras and hears their microphones.
+    for (user, page) in users.iter().zip(pages.iter_mut()) {
+        let stats = wait_decoding(page, 3, 3);
+        let others: Vec<String> = users
+            .iter()
+            .filter(|u| *u != user)
+            .map(|u| u.to_string())
+            .collect();
+        assert_eq!(seen(&stats, "camera"), others, "{user} sees: {stats}");
+    }
+
+    // Alice mutes her microphone: the others show her muted.
+    pages[0].eval("window.tiercast.mute()");
+    for page in &mut pages[1..] {
+        page.wait_for(
+            "(document.querySelector('.tile[data-user=alice][data-source=camera]') || {dataset: {}}).dataset.muted",
+            WAIT,
+            |v| v == "true",
+        );
+    }
+
+    // Alice shares her screen (the fake capture): the others get a second video of hers, a
+    // screen.
+    let shared = pages[0].command(
+        "Runtime.evaluate",
+        serde_json::json!({ "expression": "window.tiercast.share()", "userGesture": true }),
+    );
+    assert!(shared.get("exceptionDetails").is_none(), "{shared}");
+    for page in &mut pages[1..] {
+        let stats = page.wait_for("window.tiercast.stats()", Duration::from_secs(45), |s| {
+            seen(s, "screen") == ["alice"]
+        });
+        assert_eq!(seen(&stats, "camera").len(), 3, "cameras go on: {stats}");
+        let tile = page
+            .eval("document.querySelectorAll('.tile[data-user=alice][data-source=screen]').length");
+        assert_eq!(tile, 1, "a screen tile");
+    }
+
+    // Dave's browser dies: within 5 s he is gone from the others' pages.
+    drop(daves_browser);
+    for page in &mut pages[..3] {
+        page.wait_for(
+            "document.querySelectorAll('.tile[data-user=dave]').length + (window.tiercast.participants.dave ? 1 : 0)",
+            Duration::from_secs(5),
+            |v| v == 0,
+        );
+    }
+    let left = wait_events(&node, "participant.left", |e| {
+        e["user"] == "dave" && e["room"] == "team"
+    });
+    assert!(!left.is_empty(), "dave left: {left:?}");
+}
