@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::{Value, json};
 
-use common::calls::{Device, SECRET, calls_config, open, token};
+use common::calls::{Device, calls_config, open, token};
 
 /// The events of `kind` in the node's `events.jsonl`.
 fn events(node: &Node, kind: &str) -> Vec<Value> {
@@ -68,6 +68,11 @@ fn a_call_rings_on_every_device_is_answered_on_one_and_hung_up() {
     assert_eq!(started.len(), 1, "{started:?}");
     assert_eq!(started[0]["call"], call.as_str());
     assert_eq!(started[0]["participants"], json!(["alice", "bob"]));
+    // The event is written as the node goes on: wait for it a while.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events(&node, "call.ended").is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let ended = events(&node, "call.ended");
     assert_eq!(ended.len(), 1, "{ended:?}");
     assert!(

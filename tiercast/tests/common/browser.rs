@@ -40,6 +40,9 @@ impl Browser {
                 "--autoplay-policy=no-user-gesture-required",
                 "--remote-debugging-port=0",
                 "--remote-allow-origins=*",
+                // Three simulcast layers also from a 640x360 camera (by default Chromium sends
+                // two below 960x540), so tests need not encode 720p.
+                "--force-fieldtrials=WebRTC-LegacySimulcastLayerLimit/Disabled/",
             ])
             .arg(format!("--user-data-dir={}", profile.0.display()))
             .arg(url)
