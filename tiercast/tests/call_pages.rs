@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::browser::{Browser, Page};
-use common::calls::{calls_config, token};
+use common::calls::{calls_config, events, token};
 use common::*;
 use serde_json::Value;
 
@@ -68,15 +68,6 @@ fn frames(stats: &Value) -> u64 {
         .filter(|t| t["kind"] == "video")
         .map(|t| t["framesDecoded"].as_u64().unwrap_or(0))
         .sum()
-}
-
-fn events(node: &Node, kind: &str) -> Vec<Value> {
-    std::fs::read_to_string(node.data_dir().join("events.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["type"] == kind)
-        .collect()
 }
 
 /// The events of `kind` that `which` picks, once there is one (or `WAIT` has passed).

@@ -7,19 +7,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 
-use common::calls::{Device, calls_config, open, token};
-
-/// The events of `kind` in the node's `events.jsonl`.
-fn events(node: &Node, kind: &str) -> Vec<Value> {
-    std::fs::read_to_string(node.data_dir().join("events.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|e| e["type"] == kind)
-        .collect()
-}
+use common::calls::{Device, calls_config, events, open, token};
 
 #[test]
 fn a_call_rings_on_every_device_is_answered_on_one_and_hung_up() {

@@ -23,6 +23,16 @@ pub fn calls_config(ring_seconds: u32) -> String {
     )
 }
 
+/// The events of `kind` in the node's `events.jsonl`.
+pub fn events(node: &Node, kind: &str) -> Vec<Value> {
+    std::fs::read_to_string(node.data_dir().join("events.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|e| e["type"] == kind)
+        .collect()
+}
+
 /// A user token, as an operator mints one.
 pub fn token(node: &Node, user: &str, ttl: &str) -> String {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tiercast"))
