@@ -283,7 +283,6 @@ fn camera_size(stats: &Value, user: &str) -> Option<(u64, u64)> {
 }
 
 #[test]
-#[ignore = "written, not yet seen to pass: issue 13's simulcast item"]
 fn a_subscriber_gets_the_simulcast_layer_its_tile_is_drawn_at() {
     let _turn = heavy();
     let node = start_node(&calls_config(30));

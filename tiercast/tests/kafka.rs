@@ -194,7 +194,6 @@ fn stream_and_recording_events_arrive_on_their_topics() {
 }
 
 #[test]
-#[ignore = "written, not yet seen to pass"]
 fn an_answered_call_starts_and_ends_on_the_calls_topic() {
     let scratch = TempDir::new("kafka-calls");
     let port = free_port();
