@@ -7,7 +7,7 @@
 //! - [`switchboard`]: signaling as a sans-IO state machine: presence, ringing, rooms.
 //! - [`sfu`]: the call server: one WebRTC connection per participant and room, media
 //!   forwarded between them without decoding; [`layers`]: its choices per subscriber.
-//! - [`ws`]: the WebSocket `GET /ws` around it.
+//! - [`ws`]: the WebSocket `GET /ws` around it; [`whip`]: WHIP clients publishing into rooms.
 
 pub mod directory;
 pub mod layers;
@@ -15,4 +15,5 @@ pub mod protocol;
 pub mod sfu;
 pub mod switchboard;
 pub mod token;
+pub mod whip;
 pub mod ws;

@@ -80,6 +80,8 @@ pub enum Command {
         user: String,
         sdp: String,
         sources: BTreeMap<String, String>,
+        /// A publisher that takes nothing (a WHIP client): it is offered no tracks.
+        publish_only: bool,
         reply: oneshot::Sender<Result<String, String>>,
     },
     /// The answer to the server's last offer.
@@ -102,6 +104,15 @@ pub enum Command {
     },
     /// The participant is out of the room: its connection closes.
     Leave { socket: SocketId, room: String },
+}
+
+/// What the call server has for signaling.
+#[derive(Debug)]
+pub enum ToSignaling {
+    /// For a participant's socket (the server's offer, the active speaker).
+    Message(SocketId, ServerMessage),
+    /// A participant's connection is gone (left, or timed out).
+    Gone { socket: SocketId, room: String },
 }
 
 /// Where to reach the call server.
@@ -129,7 +140,7 @@ impl Sfu {
         stop: watch::Receiver<bool>,
     ) -> std::io::Result<(
         Sfu,
-        mpsc::Receiver<(SocketId, ServerMessage)>,
+        mpsc::Receiver<ToSignaling>,
         impl Future<Output = ()> + Send + use<>,
     )> {
         let socket = UdpSocket::bind(settings.listen).await?;
@@ -292,6 +303,8 @@ pub struct Participant {
     /// Its microphone's level, smoothed (dBov).
     level: f32,
     nacks: u64,
+    /// Takes no tracks (a WHIP client).
+    publish_only: bool,
 }
 
 impl Participant {
@@ -309,6 +322,7 @@ impl Participant {
             estimate_bps: None,
             level: -127.0,
             nacks: 0,
+            publish_only: false,
         }
     }
 }
@@ -359,7 +373,7 @@ struct CallServer {
     cert: Option<DtlsCert>,
     next: u64,
     by_key: HashMap<(SocketId, String), u64>,
-    to_clients: mpsc::Sender<(SocketId, ServerMessage)>,
+    to_clients: mpsc::Sender<ToSignaling>,
     figures: Arc<Figures>,
     bus: Arc<EventBus>,
     /// Who speaks in each room.
@@ -371,7 +385,11 @@ struct CallServer {
 
 impl CallServer {
     fn tell(&self, socket: SocketId, message: ServerMessage) {
-        if self.to_clients.try_send((socket, message)).is_err() {
+        if self
+            .to_clients
+            .try_send(ToSignaling::Message(socket, message))
+            .is_err()
+        {
             warn!(
                 socket,
                 "signaling is not keeping up; a call server message dropped"
@@ -402,6 +420,7 @@ impl CallServer {
         user: &str,
         sdp: &str,
         sources: BTreeMap<String, String>,
+        publish_only: bool,
     ) -> Result<String, String> {
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("not an SDP offer: {e}"))?;
         if let Some(peer) = self.by_key.get(&key).and_then(|id| peers.get_mut(*id)) {
@@ -432,8 +451,12 @@ impl CallServer {
         rtc.add_local_candidate(host);
         let (socket, room) = key.clone();
         let mut state = Participant::new(socket, &room, user, sources);
+        state.publish_only = publish_only;
         // Everything the room publishes already is offered to it once it has answered.
-        for other in peers.iter().filter(|p| p.state.room == room) {
+        for other in peers
+            .iter()
+            .filter(|p| p.state.room == room && !publish_only)
+        {
             for track in other.state.ins.iter().filter(|t| t.announced) {
                 state
                     .outs
@@ -565,7 +588,7 @@ impl CallServer {
             };
             for q in peers
                 .iter()
-                .filter(|q| q.id != *from && q.state.room == *room)
+                .filter(|q| q.id != *from && q.state.room == *room && !q.state.publish_only)
             {
                 adds.push((q.id, track_out(*from, user, track)));
             }
@@ -838,9 +861,10 @@ impl Policy for CallServer {
                 user,
                 sdp,
                 sources,
+                publish_only,
                 reply,
             } => {
-                let answer = self.offer(peers, (socket, room), &user, &sdp, sources);
+                let answer = self.offer(peers, (socket, room), &user, &sdp, sources, publish_only);
                 let _ = reply.send(answer);
             }
             Command::Answer { socket, room, sdp } => {
@@ -907,6 +931,17 @@ impl Policy for CallServer {
         let key = (peer.state.socket, peer.state.room.clone());
         if self.by_key.get(&key) == Some(&peer.id) {
             self.by_key.remove(&key);
+            let (socket, room) = key;
+            if self
+                .to_clients
+                .try_send(ToSignaling::Gone { socket, room })
+                .is_err()
+            {
+                warn!(
+                    socket,
+                    "signaling is not keeping up; a leaving connection not told"
+                );
+            }
         }
         info!(user = %peer.state.user, room = %peer.state.room, peer = peer.id, "left the call server");
     }

@@ -86,6 +86,9 @@ pub struct RoomRules {
 struct Socket {
     user: Person,
     rooms: BTreeSet<String>,
+    /// One of the user's devices (a signaling socket): it makes them online and rings. A
+    /// WHIP publisher in a room is not.
+    device: bool,
 }
 
 #[derive(Debug)]
@@ -131,7 +134,7 @@ pub struct Switchboard {
 }
 
 /// A new unguessable id: 128 random bits, hex.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut bytes = [0u8; 16];
     getrandom::fill(&mut bytes).expect("the OS has randomness");
     hex::encode(bytes)
@@ -220,6 +223,7 @@ impl Switchboard {
             Socket {
                 user: user.clone(),
                 rooms: BTreeSet::new(),
+                device: true,
             },
         );
         let contacts = self.directory.contacts(&user.id);
@@ -266,6 +270,18 @@ impl Switchboard {
         out
     }
 
+    /// `socket` is `user`'s publisher without signaling of its own (a WHIP client): it may
+    /// join rooms and say its tracks, and is neither presence nor rung.
+    pub fn connect_publisher(&mut self, socket: SocketId, user: Person) {
+        let rooms = BTreeSet::new();
+        let socket_of = Socket {
+            user,
+            rooms,
+            device: false,
+        };
+        self.sockets.insert(socket, socket_of);
+    }
+
     /// `socket` is gone (closed, or its peer vanished).
     pub fn disconnect(&mut self, socket: SocketId, now: Instant, unix_ms: u64) -> Vec<Out> {
         let mut out = Vec::new();
@@ -274,6 +290,9 @@ impl Switchboard {
         };
         for room in gone.rooms.clone() {
             self.leave_room(&mut out, socket, &gone.user.id, &room, now);
+        }
+        if !gone.device {
+            return out;
         }
         let user = gone.user.id.clone();
         let last = match self.by_user.get_mut(&user) {

@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::directory::Directory;
 use crate::protocol::{self, ClientMessage, ServerMessage};
-use crate::sfu::{self, Sfu};
+use crate::sfu::{self, Sfu, ToSignaling};
 use crate::switchboard::{CallEvent, Out, SocketId, Switchboard};
 
 /// Messages a socket may have waiting to be written; past this, it is let go.
@@ -37,24 +37,26 @@ enum Outgoing {
 
 /// Calls on this node: the switchboard and the sockets it talks to.
 pub struct Calls {
-    board: Mutex<Switchboard>,
+    pub(crate) board: Mutex<Switchboard>,
     sockets: Mutex<HashMap<SocketId, mpsc::Sender<Outgoing>>>,
-    directory: Arc<dyn Directory>,
-    secret: String,
+    pub(crate) directory: Arc<dyn Directory>,
+    pub(crate) secret: String,
     bus: Arc<EventBus>,
-    next: AtomicU64,
+    pub(crate) next: AtomicU64,
+    /// WHIP publishers in rooms, by their resource id.
+    pub(crate) whips: Mutex<HashMap<String, crate::whip::Publisher>>,
     /// The switchboard's deadline may have moved.
     wake: Notify,
     /// The call server, and what it has for participants' sockets (taken by [`Calls::run`]).
-    sfu: Sfu,
-    from_sfu: Mutex<Option<mpsc::Receiver<(SocketId, ServerMessage)>>>,
+    pub(crate) sfu: Sfu,
+    from_sfu: Mutex<Option<mpsc::Receiver<ToSignaling>>>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -67,7 +69,7 @@ impl Calls {
         directory: Arc<dyn Directory>,
         secret: &str,
         bus: Arc<EventBus>,
-        sfu: (Sfu, mpsc::Receiver<(SocketId, ServerMessage)>),
+        sfu: (Sfu, mpsc::Receiver<ToSignaling>),
     ) -> Arc<Calls> {
         Arc::new(Calls {
             board: Mutex::new(board),
@@ -76,6 +78,7 @@ impl Calls {
             secret: secret.to_owned(),
             bus,
             next: AtomicU64::new(1),
+            whips: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             sfu: sfu.0,
             from_sfu: Mutex::new(Some(sfu.1)),
@@ -95,7 +98,7 @@ impl Calls {
     }
 
     /// Does what the switchboard said.
-    fn apply(&self, outs: Vec<Out>) {
+    pub(crate) fn apply(&self, outs: Vec<Out>) {
         let mut sockets = lock(&self.sockets);
         for out in outs {
             match out {
@@ -168,6 +171,7 @@ impl Calls {
                     user,
                     sdp,
                     sources,
+                    publish_only: false,
                     reply,
                 }
             }
@@ -212,9 +216,12 @@ impl Calls {
                     self.apply(outs);
                 }
                 _ = self.wake.notified() => {}
-                Some((socket, message)) = recv(&mut from_sfu) => {
-                    self.apply(vec![Out::Send(socket, message)]);
-                }
+                Some(told) = recv(&mut from_sfu) => match told {
+                    ToSignaling::Message(socket, message) => {
+                        self.apply(vec![Out::Send(socket, message)]);
+                    }
+                    ToSignaling::Gone { socket, .. } => crate::whip::gone(&self, socket),
+                },
                 _ = stop.wait_for(|s| *s) => return,
             }
         }
@@ -281,9 +288,7 @@ impl Calls {
 }
 
 /// The next message from the call server, or never once there is none.
-async fn recv(
-    rx: &mut Option<mpsc::Receiver<(SocketId, ServerMessage)>>,
-) -> Option<(SocketId, ServerMessage)> {
+async fn recv(rx: &mut Option<mpsc::Receiver<ToSignaling>>) -> Option<ToSignaling> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -327,6 +332,14 @@ pub fn router(calls: Arc<Calls>) -> Router {
         .route("/ws", get(open))
         .route("/call", get(call_page))
         .route("/call/{room}", get(room_page))
+        .route(
+            "/whip/room/{room}",
+            axum::routing::post(crate::whip::publish),
+        )
+        .route(
+            "/whip/room/{room}/{id}",
+            axum::routing::delete(crate::whip::stop),
+        )
         .with_state(calls)
 }
 
@@ -347,7 +360,7 @@ struct OpenQuery {
     token: Option<String>,
 }
 
-fn refuse(status: StatusCode, why: &str) -> Response {
+pub(crate) fn refuse(status: StatusCode, why: &str) -> Response {
     let body = pipelines::http_error::body(status.as_u16(), why);
     let json = [(header::CONTENT_TYPE, pipelines::http_error::CONTENT_TYPE)];
     (status, json, body).into_response()

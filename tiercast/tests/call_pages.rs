@@ -329,3 +329,76 @@ fn a_subscriber_gets_the_simulcast_layer_its_tile_is_drawn_at() {
         .and_then(|v| v.parse::<u64>().ok());
     assert!(switches.is_some_and(|n| n >= 2), "{metrics}");
 }
+
+#[test]
+fn a_gstreamer_whip_client_publishes_into_a_room() {
+    let _turn = heavy();
+    let node = start_node(&calls_config(30));
+    let url = format!("http://{}/whip/room/studio", node.http);
+    let offer = common::webrtc::offer_without_candidates(true);
+    // No token, or a stream key where a user token goes: refused, and nobody joins.
+    let sdp = [("Content-Type", "application/sdp")];
+    let refused = http_send(
+        node.http,
+        "POST",
+        "/whip/room/studio",
+        &sdp,
+        offer.as_bytes(),
+    );
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    let wrong = [
+        ("Content-Type", "application/sdp"),
+        ("Authorization", "Bearer k"),
+    ];
+    let refused = http_send(
+        node.http,
+        "POST",
+        "/whip/room/studio",
+        &wrong,
+        offer.as_bytes(),
+    );
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    assert!(events(&node, "participant.joined").is_empty());
+
+    let (browser, _blank) = Browser::open("about:blank");
+    let mut bob = page_of(&browser, &node, "bob", "/call/studio", "");
+    wait_status(&mut bob, "bob joins", |s| s == "in room studio");
+    // Alice publishes with GStreamer's WHIP client, her user token as its auth token.
+    let token = token(&node, "alice", "1h");
+    // (It ends by itself after 25 s.)
+    let publisher = std::process::Command::new(common::webrtc::helper())
+        .args(["publish", &url, &token, "25"])
+        .env("GST_DEBUG", "1")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the helper runs");
+    let seen = bob.wait_for("window.tiercast.stats()", Duration::from_secs(60), |s| {
+        camera_size(s, "alice") == Some((640, 360))
+            && s.as_object().is_some_and(|o| {
+                o.values().any(|t| {
+                    t["who"]["user"] == "alice"
+                        && t["kind"] == "audio"
+                        && t["totalAudioEnergy"].as_f64().unwrap_or(0.0) > 0.0
+                })
+            })
+    });
+    assert_eq!(camera_size(&seen, "alice"), Some((640, 360)), "{seen}");
+    let joined = wait_events(&node, "participant.joined", |e| {
+        e["room"] == "studio" && e["user"] == "alice"
+    });
+    assert_eq!(joined.len(), 1, "{joined:?}");
+
+    // Her client stops: she is out of the room, and her tile goes from bob's page.
+    let (status, stderr) = wait_child(publisher, Duration::from_secs(60));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the WHIP client ran to its end: {stderr}"
+    );
+    let left = wait_events(&node, "participant.left", |e| {
+        e["room"] == "studio" && e["user"] == "alice"
+    });
+    assert_eq!(left.len(), 1, "{left:?}");
+    bob.wait_for("window.tiercast.stats()", WAIT, |s| {
+        camera_size(s, "alice").is_none()
+    });
+}

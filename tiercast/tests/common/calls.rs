@@ -11,10 +11,12 @@ use super::Node;
 pub const SECRET: &str = "calls-secret-0123456789abcdef";
 
 /// alice may call bob and carol (each lists her back); dave lists nobody. `standup` has a PIN
-/// and holds three; other rooms are made when first joined. The call server on a free port.
+/// and holds three; other rooms are made when first joined. The call server on a free port of
+/// every address, as deployed (its answers name the default route's address, which libnice
+/// pairs with; it gathers no loopback candidates).
 pub fn calls_config(ring_seconds: u32) -> String {
     format!(
-        "[calls]\nsecret = \"{SECRET}\"\nring_seconds = {ring_seconds}\nlisten = \"127.0.0.1:0\"\n\
+        "[calls]\nsecret = \"{SECRET}\"\nring_seconds = {ring_seconds}\nlisten = \"0.0.0.0:0\"\n\
          [[calls.users]]\nid = \"alice\"\nname = \"Alice\"\ncontacts = [\"bob\", \"carol\", \"dave\"]\n\
          [[calls.users]]\nid = \"bob\"\nname = \"Bob\"\ncontacts = [\"alice\"]\n\
          [[calls.users]]\nid = \"carol\"\nname = \"Carol\"\ncontacts = [\"alice\"]\n\

@@ -1,0 +1,304 @@
+//! WHIP into rooms: `POST /whip/room/<room>` with a user token as the Bearer token (and
+//! `?pin=` where the room has one) makes any WHIP client (OBS, GStreamer's `whipclientsink`,
+//! a browser) a participant that publishes and takes nothing. It joins the room as its user
+//! does from the call page (the others see it join, with its camera and microphone), its
+//! connection is the call server's like any participant's, and `DELETE` on the resource it is
+//! given (or its connection timing out) takes it out.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tracing::{info, warn};
+
+use crate::protocol::{ClientMessage, ServerMessage};
+use crate::sfu;
+use crate::switchboard::{self, Out, SocketId};
+use crate::ws::{Calls, lock, refuse, unix_ms};
+
+/// WHIP publishers the node holds in rooms at once.
+pub const MAX_PUBLISHERS: usize = 1_000;
+/// The largest offer taken.
+const MAX_OFFER: usize = 64 * 1024;
+/// How long the call server may take to answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// A WHIP client in a room.
+#[derive(Debug)]
+pub struct Publisher {
+    socket: SocketId,
+    room: String,
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct PublishQuery {
+    pin: Option<String>,
+}
+
+/// `POST /whip/room/<room>`: the offer in, the answer out, `Location` the resource.
+pub(crate) async fn publish(
+    State(calls): State<Arc<Calls>>,
+    Path(room): Path<String>,
+    Query(q): Query<PublishQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "send a user token as the Bearer token",
+        );
+    };
+    let claims = match crate::token::verify(&calls.secret, token, unix_ms() / 1000) {
+        Ok(claims) => claims,
+        Err(e) => return refuse(StatusCode::UNAUTHORIZED, &format!("user token: {e}")),
+    };
+    let Some(mut user) = calls.directory.user(&claims.sub) else {
+        return refuse(StatusCode::FORBIDDEN, "not a user of this node");
+    };
+    if !claims.name.is_empty() {
+        user.name = claims.name;
+    }
+    let sdp = match read_offer(&headers, &body) {
+        Ok(sdp) => sdp,
+        Err(refused) => return refused,
+    };
+    let sources = sources(&sdp);
+    if sources.is_empty() {
+        return refuse(StatusCode::BAD_REQUEST, "the offer sends no media");
+    }
+    if lock(&calls.whips).len() >= MAX_PUBLISHERS {
+        return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many WHIP publishers");
+    }
+
+    // Into the room, as its user; the others are told and see its tracks.
+    let socket = calls.next.fetch_add(1, Ordering::Relaxed);
+    let joined = {
+        let mut board = lock(&calls.board);
+        board.connect_publisher(socket, user.clone());
+        let now = Instant::now();
+        let join = ClientMessage::Join {
+            room: room.clone(),
+            pin: q.pin,
+        };
+        let outs = board.message(socket, join, now, unix_ms());
+        match refusal(&outs, socket) {
+            Some(refused) => {
+                board.disconnect(socket, now, unix_ms());
+                Err(refused)
+            }
+            None => {
+                let tracks = sources
+                    .values()
+                    .map(|s| switchboard::track(s, false))
+                    .collect();
+                let say = ClientMessage::Tracks {
+                    room: room.clone(),
+                    tracks,
+                };
+                let mut outs = outs;
+                outs.extend(board.message(socket, say, now, unix_ms()));
+                Ok(outs)
+            }
+        }
+    };
+    match joined {
+        Ok(outs) => calls.apply(outs),
+        Err(refused) => return refused,
+    }
+
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let offer = sfu::Command::Offer {
+        socket,
+        room: room.clone(),
+        user: user.id.clone(),
+        sdp,
+        sources,
+        publish_only: true,
+        reply,
+    };
+    let answer = if calls.sfu.send(offer) {
+        match tokio::time::timeout(ANSWER_WITHIN, answer).await {
+            Ok(Ok(Ok(sdp))) => Ok(sdp),
+            Ok(Ok(Err(why))) => Err(refuse(
+                StatusCode::BAD_REQUEST,
+                &format!("offer not accepted: {why}"),
+            )),
+            _ => Err(refuse(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the call server is busy",
+            )),
+        }
+    } else {
+        Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the call server is busy",
+        ))
+    };
+    let answer = match answer {
+        Ok(sdp) => sdp,
+        Err(refused) => {
+            leave(&calls, socket);
+            return refused;
+        }
+    };
+    let id = switchboard::new_id();
+    let publisher = Publisher {
+        socket,
+        room: room.clone(),
+    };
+    lock(&calls.whips).insert(id.clone(), publisher);
+    info!(%room, user = %user.id, socket, "WHIP publisher joined the room");
+    (
+        StatusCode::CREATED,
+        [
+            (header::CONTENT_TYPE, "application/sdp".to_owned()),
+            (header::LOCATION, format!("/whip/room/{room}/{id}")),
+        ],
+        answer,
+    )
+        .into_response()
+}
+
+/// `DELETE /whip/room/<room>/<id>`: the publisher leaves.
+pub(crate) async fn stop(
+    State(calls): State<Arc<Calls>>,
+    Path((room, id)): Path<(String, String)>,
+) -> Response {
+    let publisher = {
+        let mut whips = lock(&calls.whips);
+        match whips.get(&id) {
+            Some(p) if p.room == room => whips.remove(&id),
+            _ => None,
+        }
+    };
+    let Some(publisher) = publisher else {
+        return refuse(StatusCode::NOT_FOUND, "no such WHIP resource");
+    };
+    leave(&calls, publisher.socket);
+    StatusCode::OK.into_response()
+}
+
+/// The call server's connection for `socket` is gone: a WHIP publisher leaves its room.
+pub(crate) fn gone(calls: &Calls, socket: SocketId) {
+    let mut whips = lock(&calls.whips);
+    let before = whips.len();
+    whips.retain(|_, p| p.socket != socket);
+    let was_whip = whips.len() != before;
+    drop(whips);
+    if was_whip {
+        info!(socket, "WHIP publisher's connection gone; out of its room");
+        leave(calls, socket);
+    }
+}
+
+fn leave(calls: &Calls, socket: SocketId) {
+    let outs = lock(&calls.board).disconnect(socket, Instant::now(), unix_ms());
+    calls.apply(outs);
+}
+
+/// The switchboard's refusal of a join, as an HTTP answer.
+fn refusal(outs: &[Out], socket: SocketId) -> Option<Response> {
+    outs.iter().find_map(|out| match out {
+        Out::Send(s, ServerMessage::Error { code, message }) if *s == socket => {
+            let status = match code.as_str() {
+                "bad_room" | "no_such_room" => StatusCode::NOT_FOUND,
+                "room_full" | "already_joined" | "too_many_rooms" => StatusCode::CONFLICT,
+                "busy_node" => StatusCode::SERVICE_UNAVAILABLE,
+                _ => StatusCode::FORBIDDEN,
+            };
+            warn!(socket, %code, "WHIP publisher refused by the room");
+            Some(refuse(status, message))
+        }
+        _ => None,
+    })
+}
+
+/// The offer in a request, as the call server takes it; or the answer that refuses it.
+#[allow(clippy::result_large_err)]
+fn read_offer(headers: &HeaderMap, body: &[u8]) -> Result<String, Response> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if !content_type.starts_with("application/sdp") {
+        return Err(refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send an SDP offer (application/sdp)",
+        ));
+    }
+    if body.len() > MAX_OFFER {
+        return Err(refuse(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "the offer is too large",
+        ));
+    }
+    let Ok(sdp) = std::str::from_utf8(body) else {
+        return Err(refuse(StatusCode::BAD_REQUEST, "the offer is not text"));
+    };
+    if str0m::change::SdpOffer::from_sdp_string(sdp).is_err() {
+        return Err(refuse(StatusCode::BAD_REQUEST, "malformed SDP offer"));
+    }
+    Ok(rtc::sdp::normalize_offer(sdp))
+}
+
+/// What each sending media section of `sdp` carries, by its mid: the first video is the
+/// camera and any other the screen, audio the microphone.
+fn sources(sdp: &str) -> BTreeMap<String, String> {
+    let mut found = BTreeMap::new();
+    let mut videos = 0;
+    for section in sdp.split("\nm=").skip(1) {
+        let kind = section.split_whitespace().next().unwrap_or_default();
+        let attribute = |name: &str| {
+            section
+                .lines()
+                .find_map(|l| l.trim_end().strip_prefix(name).map(str::to_owned))
+        };
+        let Some(mid) = attribute("a=mid:") else {
+            continue;
+        };
+        let receives_only = section
+            .lines()
+            .any(|l| matches!(l.trim_end(), "a=recvonly" | "a=inactive"));
+        if receives_only {
+            continue;
+        }
+        let source = match kind {
+            "audio" => "microphone",
+            "video" if videos == 0 => "camera",
+            "video" => "screen",
+            _ => continue,
+        };
+        videos += usize::from(kind == "video");
+        found.insert(mid, source.to_owned());
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whip_offer_publishes_a_camera_and_a_microphone() {
+        let sdp = "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:video0\r\na=sendonly\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 97\r\na=mid:audio1\r\na=sendonly\r\n\
+                   m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:2\r\na=sendrecv\r\n\
+                   m=audio 9 UDP/TLS/RTP/SAVPF 97\r\na=mid:3\r\na=recvonly\r\n";
+        let found = sources(sdp);
+        assert_eq!(found["video0"], "camera");
+        assert_eq!(found["audio1"], "microphone");
+        assert_eq!(found["2"], "screen");
+        assert!(!found.contains_key("3"), "it receives only: {found:?}");
+    }
+}
