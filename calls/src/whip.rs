@@ -62,6 +62,10 @@ pub(crate) async fn publish(
         Ok(claims) => claims,
         Err(e) => return refuse(StatusCode::UNAUTHORIZED, &format!("user token: {e}")),
     };
+    calls
+        .directory
+        .fetch(std::slice::from_ref(&claims.sub), false)
+        .await;
     let Some(mut user) = calls.directory.user(&claims.sub) else {
         return refuse(StatusCode::FORBIDDEN, "not a user of this node");
     };

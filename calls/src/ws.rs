@@ -250,6 +250,11 @@ impl Calls {
                     Some(Ok(Message::Text(text))) => {
                         match protocol::parse(&text) {
                             Ok(message) => {
+                                if let ClientMessage::Call { to } = &message {
+                                    // Who may call whom is asked of the directory once per call.
+                                    let parties = [user.id.clone(), to.clone()];
+                                    self.directory.fetch(&parties, false).await;
+                                }
                                 let outs = lock(&self.board).message(id, message, Instant::now(), unix_ms());
                                 self.apply(outs);
                             }
@@ -388,17 +393,21 @@ async fn open(
         Ok(claims) => claims,
         Err(e) => return refuse(StatusCode::UNAUTHORIZED, &format!("user token: {e}")),
     };
-    let Some(mut user) = calls.directory.user(&claims.sub) else {
-        return refuse(StatusCode::FORBIDDEN, "not a user of this node");
-    };
-    if !claims.name.is_empty() {
-        user.name = claims.name;
-    }
     if lock(&calls.sockets).len() >= MAX_SOCKETS {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many signaling sockets",
         );
+    }
+    calls
+        .directory
+        .fetch(std::slice::from_ref(&claims.sub), true)
+        .await;
+    let Some(mut user) = calls.directory.user(&claims.sub) else {
+        return refuse(StatusCode::FORBIDDEN, "not a user of this node");
+    };
+    if !claims.name.is_empty() {
+        user.name = claims.name;
     }
     upgrade
         .max_message_size(2 * protocol::MAX_MESSAGE)

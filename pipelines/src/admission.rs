@@ -13,10 +13,6 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use http_body_util::Full;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -63,15 +59,13 @@ pub enum Refusal {
     Unreachable(String),
 }
 
-type Https = HttpsConnector<HttpConnector>;
-
 pub struct Admission {
     publish_url: Option<hyper::Uri>,
     play_url: Option<hyper::Uri>,
     timeout: Duration,
     cache_for: Duration,
     node: String,
-    client: Client<Https, Full<bytes::Bytes>>,
+    client: crate::http_client::HttpClient,
     cache: Mutex<HashMap<Ask, (Instant, Result<(), Refusal>)>>,
 }
 
@@ -91,19 +85,8 @@ impl Admission {
         if !config.enabled() {
             return None;
         }
-        let mut http = HttpConnector::new();
-        http.set_connect_timeout(Some(Duration::from_millis(config.timeout_ms)));
-        http.enforce_http(false);
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .unwrap_or_else(|e| {
-                warn!("no trusted certificates for https admission webhooks: {e}");
-                let config = rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-            });
-        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
+        let timeout = Duration::from_millis(config.timeout_ms);
+        let client = crate::http_client::client(timeout, "admission webhooks");
         let url = |u: &str| (!u.is_empty()).then(|| u.parse().ok()).flatten();
         Some(Admission {
             publish_url: url(&config.publish_url),
@@ -111,7 +94,7 @@ impl Admission {
             timeout: Duration::from_millis(config.timeout_ms),
             cache_for: Duration::from_secs(config.cache_seconds),
             node: node.to_owned(),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client,
             cache: Mutex::new(HashMap::new()),
         })
     }

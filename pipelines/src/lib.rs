@@ -8,7 +8,8 @@
 //! - [`secret`]: stream keys and tokens compared in constant time.
 //! - [`gst_util`]: GStreamer set-up: init, element builder, a pipeline handle that owns the bus.
 //! - [`graph`]: the contract between an ingest protocol and the media graph it feeds.
-//! - [`http_error`]: the one JSON shape of every HTTP error.
+//! - [`http_error`]: the one JSON shape of every HTTP error; [`http_client`]: the client for
+//!   the operator's services.
 //! - [`origin`]: which browser pages may open a node's WebSockets.
 //! - [`ts`] and [`segment`]: our MPEG-TS muxer, and a stream cut into segments with it (HLS
 //!   lists them, the recorder writes them as chunks).
@@ -22,6 +23,7 @@ pub mod durable;
 pub mod events;
 pub mod graph;
 pub mod gst_util;
+pub mod http_client;
 pub mod http_error;
 pub mod media;
 pub mod origin;

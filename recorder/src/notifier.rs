@@ -7,8 +7,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body_util::Full;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use pipelines::events::{Event, EventBus, EventKind};
 use sha2::Sha256;
 use tokio::sync::{broadcast, watch};
@@ -17,12 +15,10 @@ use tracing::{info, warn};
 /// Attempts per webhook and event before it is given up.
 const ATTEMPTS: u32 = 6;
 
-type Connector = hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>;
-
 pub struct Notifier {
     webhooks: Vec<String>,
     secret: String,
-    client: Client<Connector, Full<Bytes>>,
+    client: pipelines::http_client::HttpClient,
 }
 
 /// `sha256=<hex>` of `body` under `secret`: the `X-Tiercast-Signature` header.
@@ -38,23 +34,10 @@ pub fn signature(secret: &str, body: &[u8]) -> String {
 impl Notifier {
     /// `https://` webhooks are verified against the system's trust store (or `SSL_CERT_FILE`).
     pub fn new(webhooks: Vec<String>, secret: String) -> Notifier {
-        let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
-        http.set_connect_timeout(Some(Duration::from_secs(5)));
-        http.enforce_http(false);
-        let builder = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .unwrap_or_else(|e| {
-                warn!("no trusted certificates for https webhooks: {e}");
-                let config = rustls::ClientConfig::builder()
-                    .with_root_certificates(rustls::RootCertStore::empty())
-                    .with_no_client_auth();
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
-            });
-        let connector = builder.https_or_http().enable_http1().wrap_connector(http);
         Notifier {
             webhooks,
             secret,
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: pipelines::http_client::client(Duration::from_secs(5), "webhooks"),
         }
     }
 

@@ -549,8 +549,12 @@ async fn calls_from(
         .await
         .with_context(|| format!("calls.listen {}", c.listen))?;
     services.spawn(Stage::Serve, "call-server", driver);
-    let directory: Arc<dyn calls::directory::Directory> =
-        Arc::new(calls::directory::Embedded::new(&c.users));
+    let directory: Arc<dyn calls::directory::Directory> = if c.users_url.is_empty() {
+        Arc::new(calls::directory::Embedded::new(&c.users))
+    } else {
+        let cache_for = Duration::from_secs(c.users_cache_seconds);
+        Arc::new(calls::directory::Remote::new(&c.users_url, cache_for))
+    };
     let rooms = c
         .rooms
         .iter()

@@ -253,3 +253,120 @@ fn bad_tokens_and_bad_messages_cost_only_their_socket() {
         }
     }
 }
+
+/// A user directory service as an operator runs one (`GET /users/<id>`), answering from
+/// `users`; while `down`, it answers 503. It counts what it is asked.
+struct DirectoryService {
+    addr: std::net::SocketAddr,
+    users: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, serde_json::Value>>>,
+    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    asked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl DirectoryService {
+    fn start(users: &[(&str, &[&str])]) -> DirectoryService {
+        use std::io::{BufRead, BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let service = DirectoryService {
+            addr: listener.local_addr().unwrap(),
+            users: Default::default(),
+            down: Default::default(),
+            asked: Default::default(),
+        };
+        for (id, contacts) in users {
+            service.set(id, contacts);
+        }
+        let (known, down, asked) = (
+            service.users.clone(),
+            service.down.clone(),
+            service.asked.clone(),
+        );
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                let _ = reader.read_line(&mut line);
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap_or(0) <= 2 {
+                        break;
+                    }
+                }
+                asked.fetch_add(1, Ordering::Relaxed);
+                let path = line.split_whitespace().nth(1).unwrap_or_default();
+                let id = path.strip_prefix("/users/").unwrap_or_default();
+                let user = known.lock().unwrap().get(id).cloned();
+                let (status, body) = match user {
+                    _ if down.load(Ordering::Relaxed) => ("503 Unavailable", String::new()),
+                    Some(user) => ("200 OK", user.to_string()),
+                    None => ("404 Not Found", String::new()),
+                };
+                let mut stream = reader.into_inner();
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        service
+    }
+
+    fn set(&self, id: &str, contacts: &[&str]) {
+        let user = json!({"id": id, "name": id.to_uppercase(), "contacts": contacts});
+        self.users.lock().unwrap().insert(id.to_owned(), user);
+    }
+}
+
+#[test]
+fn a_directory_service_says_who_may_call_whom_and_refuses_when_it_is_down() {
+    use std::sync::atomic::Ordering;
+    let directory = DirectoryService::start(&[
+        ("alice", &["bob", "dave"]),
+        ("bob", &["alice"]),
+        ("dave", &[]),
+    ]);
+    let node = start_node(&format!(
+        "[calls]\nsecret = \"{}\"\nlisten = \"0.0.0.0:0\"\nusers_url = \"http://{}/users\"\nusers_cache_seconds = 1\n",
+        common::calls::SECRET,
+        directory.addr
+    ));
+    let mut alice = Device::of(&node, "alice");
+    // (Device::of read the welcome; its contacts are the two-way ones.)
+    let mut bob = Device::of(&node, "bob");
+    assert_eq!(
+        alice.expect("presence"),
+        json!({"type":"presence","user":"bob","online":true})
+    );
+    alice.send(json!({"type":"call","to":"bob"}));
+    let call = alice.expect("ringing")["call"].clone();
+    assert_eq!(bob.expect("ring")["from"]["name"], "ALICE", "named by the directory");
+    alice.send(json!({"type":"cancel","call":call}));
+    bob.expect("cancelled");
+    alice.send(json!({"type":"call","to":"dave"}));
+    assert_eq!(alice.expect("error")["code"], "not_a_contact");
+
+    // Bob drops alice: once the cache has let go (1 s), her call is refused.
+    directory.set("bob", &[]);
+    std::thread::sleep(Duration::from_millis(1500));
+    alice.send(json!({"type":"call","to":"bob"}));
+    assert_eq!(alice.expect("error")["code"], "not_a_contact");
+    // Someone the directory does not know signs in: refused.
+    let stranger = token(&node, "mallory", "1h");
+    assert_eq!(open(&node, &format!("?token={stranger}"), &[]).err(), Some(403));
+
+    // The directory goes down: it fails closed; back up, it answers again.
+    directory.set("bob", &["alice"]);
+    directory.down.store(true, Ordering::Relaxed);
+    std::thread::sleep(Duration::from_millis(1500));
+    alice.send(json!({"type":"call","to":"bob"}));
+    assert_eq!(alice.expect("error")["code"], "not_a_contact");
+    let again = token(&node, "alice", "1h");
+    assert_eq!(open(&node, &format!("?token={again}"), &[]).err(), Some(403));
+    directory.down.store(false, Ordering::Relaxed);
+    alice.send(json!({"type":"call","to":"bob"}));
+    alice.expect("ringing");
+    bob.expect("ring");
+    assert!(directory.asked.load(Ordering::Relaxed) < 40, "answers are cached");
+}

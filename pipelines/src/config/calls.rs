@@ -7,6 +7,7 @@ use super::{Invalid, is_path_safe};
 
 pub const DEFAULT_RING_SECONDS: u32 = 30;
 pub const DEFAULT_MAX_ROOM_SIZE: usize = 25;
+pub const DEFAULT_USERS_CACHE_SECONDS: u64 = 10;
 /// The call server's UDP port: participants' media.
 pub const DEFAULT_CALLS_LISTEN: &str = "0.0.0.0:8191";
 /// The environment variable the binary reads the calls secret from, over the file's.
@@ -19,6 +20,12 @@ pub struct CallsConfig {
     pub secret: String,
     /// The user directory, when it lives in this file.
     pub users: Vec<CallUser>,
+    /// The user directory, when it is a service: `GET <users_url>/<id>` answers a user as
+    /// `{"id", "name", "contacts"}` (404: no such user), asked when a user signs in and when
+    /// they call, its answers kept `users_cache_seconds`; a directory that cannot be reached
+    /// refuses (fails closed). Not with `[[calls.users]]`.
+    pub users_url: String,
+    pub users_cache_seconds: u64,
     /// Rooms with a PIN or a size of their own; other rooms are made when first joined.
     pub rooms: Vec<CallRoom>,
     /// How long a call rings before it counts as not answered.
@@ -35,6 +42,8 @@ impl Default for CallsConfig {
         Self {
             secret: String::new(),
             users: Vec::new(),
+            users_url: String::new(),
+            users_cache_seconds: DEFAULT_USERS_CACHE_SECONDS,
             rooms: Vec::new(),
             ring_seconds: DEFAULT_RING_SECONDS,
             max_room_size: DEFAULT_MAX_ROOM_SIZE,
@@ -89,6 +98,23 @@ impl CallsConfig {
         }
         if !(2..=100).contains(&self.max_room_size) {
             return Err(("max_room_size".into(), "from 2 to 100".into()));
+        }
+        if !self.users_url.is_empty() {
+            let url = self.users_url.as_str();
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.parse::<http::Uri>().is_err()
+            {
+                return Err(("users_url".into(), format!("{url:?} is not an http(s) URL")));
+            }
+            if !self.users.is_empty() {
+                return Err((
+                    "users_url".into(),
+                    "one directory: users_url or [[calls.users]], not both".into(),
+                ));
+            }
+        }
+        if self.users_cache_seconds > 3600 {
+            return Err(("users_cache_seconds".into(), "at most 3600".into()));
         }
         let mut seen = std::collections::HashSet::new();
         for (i, user) in self.users.iter().enumerate() {

@@ -487,6 +487,11 @@ audio_kbps = 128
                 "calls.rooms[0].name",
                 Some(4),
             ),
+            (
+                "[calls]\nsecret = \"0123456789abcdef\"\nusers_url = \"users.internal\"\n",
+                "calls.users_url",
+                Some(3),
+            ),
         ];
         for (text, key, line) in cases {
             let (got_line, got_key, message) = invalid(text);
