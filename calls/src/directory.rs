@@ -46,10 +46,8 @@ impl Embedded {
         }
     }
 
-    fn lists(&self, user: &str, other: &str) -> bool {
-        self.users
-            .get(user)
-            .is_some_and(|u| u.contacts.iter().any(|c| c == other))
+    fn get(&self, id: &str) -> Option<CallUser> {
+        self.users.get(id).cloned()
     }
 }
 
@@ -59,19 +57,31 @@ impl Directory for Embedded {
     }
 
     fn may_call(&self, from: &str, to: &str) -> bool {
-        from != to && self.lists(from, to) && self.lists(to, from)
+        two_way(from, to, |id| self.get(id))
     }
 
     fn contacts(&self, user: &str) -> Vec<Person> {
-        let Some(u) = self.users.get(user) else {
-            return Vec::new();
-        };
-        u.contacts
-            .iter()
-            .filter(|c| self.may_call(user, c))
-            .filter_map(|c| self.user(c))
-            .collect()
+        contacts_of(user, |id| self.get(id))
     }
+}
+
+/// Whether `from` and `to` list each other, as `get` knows users.
+fn two_way(from: &str, to: &str, get: impl Fn(&str) -> Option<CallUser>) -> bool {
+    let lists =
+        |user: &str, other: &str| get(user).is_some_and(|u| u.contacts.iter().any(|c| c == other));
+    from != to && lists(from, to) && lists(to, from)
+}
+
+/// The users `user` lists who list them back.
+fn contacts_of(user: &str, get: impl Fn(&str) -> Option<CallUser>) -> Vec<Person> {
+    let Some(u) = get(user) else {
+        return Vec::new();
+    };
+    u.contacts
+        .iter()
+        .filter(|c| two_way(user, c, &get))
+        .filter_map(|c| get(c).map(|c| person(&c)))
+        .collect()
 }
 
 /// A user as anyone lists them: their name, or their id when they have none.
@@ -158,11 +168,6 @@ impl Remote {
         self.known().get(id).map(|(_, u)| u.clone())
     }
 
-    fn lists(&self, user: &str, other: &str) -> bool {
-        self.get(user)
-            .is_some_and(|u| u.contacts.iter().any(|c| c == other))
-    }
-
     /// What the service says of `id`: the user, `Ok(None)` when it has no such user, `Err`
     /// when it cannot say.
     async fn ask(&self, id: &str) -> Result<Option<CallUser>, String> {
@@ -217,18 +222,11 @@ impl Directory for Remote {
     }
 
     fn may_call(&self, from: &str, to: &str) -> bool {
-        from != to && self.lists(from, to) && self.lists(to, from)
+        two_way(from, to, |id| self.get(id))
     }
 
     fn contacts(&self, user: &str) -> Vec<Person> {
-        let Some(u) = self.get(user) else {
-            return Vec::new();
-        };
-        u.contacts
-            .iter()
-            .filter(|c| self.may_call(user, c))
-            .filter_map(|c| self.user(c))
-            .collect()
+        contacts_of(user, |id| self.get(id))
     }
 }
 

@@ -58,20 +58,10 @@ pub(crate) async fn publish(
             "send a user token as the Bearer token",
         );
     };
-    let claims = match crate::token::verify(&calls.secret, token, unix_ms() / 1000) {
-        Ok(claims) => claims,
-        Err(e) => return refuse(StatusCode::UNAUTHORIZED, &format!("user token: {e}")),
+    let user = match calls.user_of(token, false).await {
+        Ok(user) => user,
+        Err(refused) => return refused,
     };
-    calls
-        .directory
-        .fetch(std::slice::from_ref(&claims.sub), false)
-        .await;
-    let Some(mut user) = calls.directory.user(&claims.sub) else {
-        return refuse(StatusCode::FORBIDDEN, "not a user of this node");
-    };
-    if !claims.name.is_empty() {
-        user.name = claims.name;
-    }
     let sdp = match read_offer(&headers, &body) {
         Ok(sdp) => sdp,
         Err(refused) => return refused,
@@ -234,21 +224,12 @@ fn read_offer(headers: &HeaderMap, body: &[u8]) -> Result<String, Response> {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if !content_type.starts_with("application/sdp") {
-        return Err(refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send an SDP offer (application/sdp)",
-        ));
-    }
-    if body.len() > MAX_OFFER {
-        return Err(refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the offer is too large",
-        ));
-    }
-    let Ok(sdp) = std::str::from_utf8(body) else {
-        return Err(refuse(StatusCode::BAD_REQUEST, "the offer is not text"));
-    };
+    let sdp = rtc::sdp::offer_text(content_type, body, MAX_OFFER).map_err(|(status, why)| {
+        refuse(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            why,
+        )
+    })?;
     if str0m::change::SdpOffer::from_sdp_string(sdp).is_err() {
         return Err(refuse(StatusCode::BAD_REQUEST, "malformed SDP offer"));
     }

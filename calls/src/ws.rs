@@ -85,6 +85,27 @@ impl Calls {
         })
     }
 
+    /// The user `token` is for, as the directory knows them (with `contacts`, their contacts
+    /// looked up too); or the answer that refuses it.
+    pub(crate) async fn user_of(
+        &self,
+        token: &str,
+        contacts: bool,
+    ) -> Result<protocol::Person, Response> {
+        let claims = crate::token::verify(&self.secret, token, unix_ms() / 1000)
+            .map_err(|e| refuse(StatusCode::UNAUTHORIZED, &format!("user token: {e}")))?;
+        let sub = std::slice::from_ref(&claims.sub);
+        self.directory.fetch(sub, contacts).await;
+        let mut user = self
+            .directory
+            .user(&claims.sub)
+            .ok_or_else(|| refuse(StatusCode::FORBIDDEN, "not a user of this node"))?;
+        if !claims.name.is_empty() {
+            user.name = claims.name;
+        }
+        Ok(user)
+    }
+
     /// The call server's counters.
     pub fn sfu_figures(&self) -> Arc<sfu::Figures> {
         self.sfu.figures.clone()
@@ -388,27 +409,16 @@ async fn open(
     let Some(token) = q.token.as_deref().or(bearer) else {
         return refuse(StatusCode::UNAUTHORIZED, "a user token is needed (?token=)");
     };
-    let now = unix_ms() / 1000;
-    let claims = match crate::token::verify(&calls.secret, token, now) {
-        Ok(claims) => claims,
-        Err(e) => return refuse(StatusCode::UNAUTHORIZED, &format!("user token: {e}")),
-    };
     if lock(&calls.sockets).len() >= MAX_SOCKETS {
         return refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "too many signaling sockets",
         );
     }
-    calls
-        .directory
-        .fetch(std::slice::from_ref(&claims.sub), true)
-        .await;
-    let Some(mut user) = calls.directory.user(&claims.sub) else {
-        return refuse(StatusCode::FORBIDDEN, "not a user of this node");
+    let user = match calls.user_of(token, true).await {
+        Ok(user) => user,
+        Err(refused) => return refused,
     };
-    if !claims.name.is_empty() {
-        user.name = claims.name;
-    }
     upgrade
         .max_message_size(2 * protocol::MAX_MESSAGE)
         .on_upgrade(move |socket| calls.serve(socket, user))

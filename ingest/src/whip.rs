@@ -264,21 +264,12 @@ fn read_offer(headers: &HeaderMap, body: &[u8]) -> Result<(SdpOffer, bool), Resp
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    if !content_type.starts_with("application/sdp") {
-        return Err(refuse(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "send an SDP offer (application/sdp)",
-        ));
-    }
-    if body.len() > MAX_OFFER {
-        return Err(refuse(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "the offer is too large",
-        ));
-    }
-    let Ok(sdp) = std::str::from_utf8(body) else {
-        return Err(refuse(StatusCode::BAD_REQUEST, "the offer is not text"));
-    };
+    let sdp = rtc::sdp::offer_text(content_type, body, MAX_OFFER).map_err(|(status, why)| {
+        refuse(
+            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
+            why,
+        )
+    })?;
     let offer = match SdpOffer::from_sdp_string(&rtc::sdp::normalize_offer(sdp)) {
         Ok(o) => o,
         Err(e) => {

@@ -13,6 +13,25 @@
 //! - Opus as `OPUS/48000`, where RFC 7587 says `opus/48000/2` (two channels always, what is
 //!   played being the decoder's choice). Without the channels str0m finds no Opus to answer.
 
+/// Why an HTTP body is not an offer to read: the status to answer and the reason.
+pub type NotAnOffer = (u16, &'static str);
+
+/// The SDP text of a WHIP or WHEP request's body: `application/sdp`, at most `max` bytes,
+/// UTF-8.
+pub fn offer_text<'a>(
+    content_type: &str,
+    body: &'a [u8],
+    max: usize,
+) -> Result<&'a str, NotAnOffer> {
+    if !content_type.starts_with("application/sdp") {
+        return Err((415, "send an SDP offer (application/sdp)"));
+    }
+    if body.len() > max {
+        return Err((413, "the offer is too large"));
+    }
+    std::str::from_utf8(body).map_err(|_| (400, "the offer is not text"))
+}
+
 /// `sdp` with bundle-only media given a port, every H.264 format a packetization mode, and
 /// Opus its channels.
 pub fn normalize_offer(sdp: &str) -> String {

@@ -341,7 +341,11 @@ fn a_directory_service_says_who_may_call_whom_and_refuses_when_it_is_down() {
     );
     alice.send(json!({"type":"call","to":"bob"}));
     let call = alice.expect("ringing")["call"].clone();
-    assert_eq!(bob.expect("ring")["from"]["name"], "ALICE", "named by the directory");
+    assert_eq!(
+        bob.expect("ring")["from"]["name"],
+        "ALICE",
+        "named by the directory"
+    );
     alice.send(json!({"type":"cancel","call":call}));
     bob.expect("cancelled");
     alice.send(json!({"type":"call","to":"dave"}));
@@ -354,7 +358,10 @@ fn a_directory_service_says_who_may_call_whom_and_refuses_when_it_is_down() {
     assert_eq!(alice.expect("error")["code"], "not_a_contact");
     // Someone the directory does not know signs in: refused.
     let stranger = token(&node, "mallory", "1h");
-    assert_eq!(open(&node, &format!("?token={stranger}"), &[]).err(), Some(403));
+    assert_eq!(
+        open(&node, &format!("?token={stranger}"), &[]).err(),
+        Some(403)
+    );
 
     // The directory goes down: it fails closed; back up, it answers again.
     directory.set("bob", &["alice"]);
@@ -363,10 +370,16 @@ fn a_directory_service_says_who_may_call_whom_and_refuses_when_it_is_down() {
     alice.send(json!({"type":"call","to":"bob"}));
     assert_eq!(alice.expect("error")["code"], "not_a_contact");
     let again = token(&node, "alice", "1h");
-    assert_eq!(open(&node, &format!("?token={again}"), &[]).err(), Some(403));
+    assert_eq!(
+        open(&node, &format!("?token={again}"), &[]).err(),
+        Some(403)
+    );
     directory.down.store(false, Ordering::Relaxed);
     alice.send(json!({"type":"call","to":"bob"}));
     alice.expect("ringing");
     bob.expect("ring");
-    assert!(directory.asked.load(Ordering::Relaxed) < 40, "answers are cached");
+    assert!(
+        directory.asked.load(Ordering::Relaxed) < 40,
+        "answers are cached"
+    );
 }
