@@ -3,7 +3,8 @@
 //!
 //! - which simulcast layer it gets ([`choose`]): the smallest that covers the tile it renders,
 //!   stepped down while the layer's rate does not fit its share of the bandwidth estimate;
-//!   never more than is published;
+//!   never more than is published. A publisher without simulcast has [`downscales`] of its
+//!   one layer to choose from besides it, which the call server makes when chosen;
 //! - when it moves ([`Forwarder`]): only at a keyframe of the layer it moves to;
 //! - its RTP timestamps ([`Forwarder::forward`]): one continuous timeline whatever layer the
 //!   frames come from (each layer has a clock of its own), so a switch is seamless. Sequence
@@ -53,6 +54,83 @@ pub fn choose(layers: &[Layer], tile: (u32, u32), budget_bps: Option<u64>) -> Op
         }
     }
     Some(sized[at])
+}
+
+/// The prefix of a downscale's layer name (`~320x180`); simulcast RIDs are the publisher's,
+/// and a track that has them is never downscaled.
+pub const DOWNSCALED: char = '~';
+/// Nothing is downscaled to less than this wide.
+pub const MIN_DOWNSCALE_WIDTH: u32 = 160;
+/// The least rate a downscale is encoded at.
+const MIN_DOWNSCALE_BPS: u64 = 100_000;
+
+/// The layers a publisher's one `layer` (no simulcast) can be downscaled to: halved, and
+/// halved again, while at least [`MIN_DOWNSCALE_WIDTH`] wide; each with the rate it is to be
+/// encoded at (the published rate in proportion to the area). Never larger than published;
+/// none before the published size is known.
+pub fn downscales(layer: &Layer) -> Vec<Layer> {
+    let mut out = Vec::new();
+    if layer.rid.is_some() || layer.width == 0 || layer.height == 0 {
+        return out;
+    }
+    let (mut width, mut height) = (layer.width, layer.height);
+    while width / 2 >= MIN_DOWNSCALE_WIDTH {
+        // Even sizes: what 4:2:0 encoders take.
+        (width, height) = ((width / 2) & !1, ((height / 2) & !1).max(2));
+        let area = f64::from(width * height) / f64::from(layer.width * layer.height);
+        out.push(Layer {
+            rid: Some(format!("{DOWNSCALED}{width}x{height}")),
+            width,
+            height,
+            bps: ((layer.bps as f64 * area) as u64).max(MIN_DOWNSCALE_BPS),
+        });
+    }
+    out
+}
+
+/// The size a downscale's layer name says (`~320x180`), or `None` for a publisher's own layer.
+pub fn downscaled_size(rid: &str) -> Option<(u32, u32)> {
+    let (w, h) = rid.strip_prefix(DOWNSCALED)?.split_once('x')?;
+    Some((w.parse().ok()?, h.parse().ok()?))
+}
+
+/// One subscriber's layers for all the video it gets: what each tile wants by size
+/// ([`choose`] without an estimate), then, while the total rate exceeds `estimate_bps`, the
+/// track taking the most steps down a layer (so a small tile's cheap layer is not starved to
+/// pay for a large one, as an even split would). `None` for a track with nothing to choose.
+pub fn allocate(
+    tracks: &[(&[Layer], (u32, u32))],
+    estimate_bps: Option<u64>,
+) -> Vec<Option<usize>> {
+    let mut chosen: Vec<Option<usize>> = tracks
+        .iter()
+        .map(|(layers, tile)| choose(layers, *tile, None))
+        .collect();
+    let Some(estimate) = estimate_bps else {
+        return chosen;
+    };
+    let rate = |t: usize, i: Option<usize>| i.map_or(0, |i| tracks[t].0[i].bps);
+    loop {
+        let total: u64 = (0..tracks.len()).map(|t| rate(t, chosen[t])).sum();
+        if total <= estimate {
+            return chosen;
+        }
+        let step = (0..tracks.len())
+            .filter_map(|t| Some((t, smaller(tracks[t].0, chosen[t]?)?)))
+            .max_by_key(|&(t, _)| rate(t, chosen[t]));
+        match step {
+            Some((t, i)) => chosen[t] = Some(i),
+            None => return chosen,
+        }
+    }
+}
+
+/// The next layer below `i` by size, if there is one with a size.
+fn smaller(layers: &[Layer], i: usize) -> Option<usize> {
+    let key = |l: &Layer| (l.height, l.width);
+    (0..layers.len())
+        .filter(|&j| layers[j].height > 0 && key(&layers[j]) < key(&layers[i]))
+        .max_by_key(|&j| key(&layers[j]))
 }
 
 /// Why a subscriber moved.
@@ -313,6 +391,93 @@ mod tests {
         // A reordered older frame of q keeps the last time rather than going back.
         let c = f.forward(Some("q"), 5, false, t0).unwrap();
         assert_eq!(c.rtp_time, b.rtp_time);
+    }
+
+    #[test]
+    fn the_estimate_is_shared_by_stepping_down_the_costliest_track_first() {
+        let big = ladder();
+        let small = vec![layer("q", 320, 180, 150), layer("h", 640, 360, 500)];
+        let tracks: Vec<(&[Layer], (u32, u32))> = vec![(&big, (1280, 720)), (&small, (320, 180))];
+        let rid = |picked: &[Option<usize>]| -> Vec<String> {
+            picked
+                .iter()
+                .zip(&tracks)
+                .map(|(i, (l, _))| l[i.unwrap()].rid.clone().unwrap())
+                .collect()
+        };
+        // Enough for both: each tile's own.
+        assert_eq!(rid(&allocate(&tracks, Some(2_000_000))), ["f", "q"]);
+        assert_eq!(rid(&allocate(&tracks, None)), ["f", "q"]);
+        // 1 Mbps: the 720p tile steps down; the small one keeps what it needs (an even split
+        // would have left it 500 kbps and the big one 500 kbps: "h" and "q" alike here, but
+        // at 700 kbps the big one still gets "h").
+        assert_eq!(rid(&allocate(&tracks, Some(1_000_000))), ["h", "q"]);
+        assert_eq!(rid(&allocate(&tracks, Some(700_000))), ["h", "q"]);
+        // Too little for anything: every track at its least.
+        assert_eq!(rid(&allocate(&tracks, Some(100_000))), ["q", "q"]);
+        assert_eq!(allocate(&[(&[], (320, 180))], Some(1)), [None]);
+    }
+
+    #[test]
+    fn a_single_layer_is_downscaled_by_halves_never_up_and_chosen_like_simulcast() {
+        let published = Layer {
+            rid: None,
+            width: 640,
+            height: 360,
+            bps: 1_200_000,
+        };
+        let steps = downscales(&published);
+        let sizes: Vec<_> = steps.iter().map(|l| (l.width, l.height)).collect();
+        assert_eq!(sizes, [(320, 180), (160, 90)]);
+        assert_eq!(steps[0].rid.as_deref(), Some("~320x180"));
+        assert_eq!(steps[0].bps, 300_000);
+        assert_eq!(steps[1].bps, 100_000, "never below the least rate");
+        assert_eq!(downscaled_size("~320x180"), Some((320, 180)));
+        assert_eq!(downscaled_size("h"), None);
+        assert_eq!(downscaled_size("~x"), None);
+        // What is chosen: the published layer and its downscales, as with simulcast.
+        let mut all = vec![published.clone()];
+        all.extend(steps);
+        let rid = |i: Option<usize>| i.and_then(|i| all[i].rid.clone());
+        assert_eq!(
+            rid(choose(&all, (320, 180), None)).as_deref(),
+            Some("~320x180")
+        );
+        assert_eq!(
+            rid(choose(&all, (100, 56), None)).as_deref(),
+            Some("~160x90")
+        );
+        assert_eq!(
+            rid(choose(&all, (640, 360), None)),
+            None,
+            "the publisher's own"
+        );
+        assert_eq!(
+            rid(choose(&all, (1920, 1080), None)),
+            None,
+            "never upscaled"
+        );
+        assert_eq!(
+            rid(choose(&all, (640, 360), Some(400_000))).as_deref(),
+            Some("~320x180"),
+            "a low estimate takes a downscale too"
+        );
+        // Odd sizes come out even; small, simulcast or unsized publishers get none.
+        let odd = Layer {
+            width: 1278,
+            height: 718,
+            ..published.clone()
+        };
+        assert_eq!(downscales(&odd)[0].width, 638);
+        assert_eq!(downscales(&odd)[0].height, 358);
+        let small = Layer {
+            width: 318,
+            height: 178,
+            ..published.clone()
+        };
+        assert!(downscales(&small).is_empty());
+        assert!(downscales(&layer("f", 1280, 720, 1700)).is_empty());
+        assert!(downscales(&Layer::default()).is_empty());
     }
 
     #[test]

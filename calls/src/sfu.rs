@@ -12,6 +12,11 @@
 //! keyframes (asking the publisher for one); keyframe requests from subscribers go to the
 //! publisher, rate-limited; lost packets are sent again on NACK (str0m's send buffer, RTX where
 //! negotiated). Audio levels (RFC 6464) name the active speaker.
+//!
+//! A publisher that sends one size only (no simulcast) is downscaled for the subscribers that
+//! draw it small or cannot take its rate: one decoder and one encoder per needed size
+//! ([`layers::downscales`], `transcode/`'s scaler), shared by every subscriber of that size,
+//! stopped when nobody needs it; its output is one more layer to switch to.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
@@ -20,11 +25,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use pipelines::events::{EventBus, EventKind};
+use pipelines::transcoders::{ScaleSettings, Scaler, Transcoders, VideoCodec};
 use rtc::driver::{self, Peer, Peers, Policy, Session};
 use rtc::udp::Batch;
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::config::DtlsCert;
+use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, Mid};
 use str0m::media::{MediaTime, Rid};
 use str0m::{Candidate, Event, IceConnectionState, Rtc, RtcConfig};
@@ -54,6 +61,13 @@ const LAYER_GONE: Duration = Duration::from_secs(2);
 const SPEAKING_DBOV: f32 = -50.0;
 /// What a subscriber's bandwidth is taken to be until it has an estimate.
 const START_ESTIMATE_KBPS: u64 = 1_500;
+/// What one forwarded track of any kind is counted at in what a subscriber's estimate probes
+/// for (audio, and the overhead of each video).
+const AUDIO_BPS: u64 = 40_000;
+/// Downscales running at once on this node (each a decoder and an encoder).
+pub const MAX_DOWNSCALES: usize = 64;
+/// A downscale no subscriber has needed this long is stopped.
+const DOWNSCALE_IDLE: Duration = Duration::from_secs(5);
 
 /// The call server's figures, for `/metrics`.
 #[derive(Debug, Default)]
@@ -68,12 +82,16 @@ pub struct Figures {
     pub keyframe_requests: AtomicU64,
     /// NACKs subscribers sent (each answered from the send buffer).
     pub nacks: AtomicU64,
+    /// Downscales running now.
+    pub downscales: AtomicU64,
 }
 
 /// What the call server is told by signaling.
 #[derive(Debug)]
 pub enum Command {
-    /// A participant's offer for `room` (its first, or a renegotiation); the answer, or why not.
+    /// A participant's offer for `room` (its first, or a renegotiation); the answer, or why
+    /// not. A participant's socket is sent the answer as a message (in order with the
+    /// server's offers); a WHIP client's comes back on `reply` only.
     Offer {
         socket: SocketId,
         room: String,
@@ -119,6 +137,8 @@ pub enum ToSignaling {
 pub struct SfuSettings {
     pub listen: SocketAddr,
     pub advertise: Option<IpAddr>,
+    /// Where downscales come from.
+    pub transcoders: Arc<dyn Transcoders>,
 }
 
 /// The call server's handle, for signaling.
@@ -163,6 +183,8 @@ impl Sfu {
             speakers: HashMap::new(),
             looked: Instant::now(),
             queued: queued.clone(),
+            transcoders: settings.transcoders,
+            downscales: HashMap::new(),
         };
         let driver = driver::run(socket, candidate, policy, rx, None, stop);
         let sfu = Sfu {
@@ -192,6 +214,8 @@ struct TrackIn {
     source: String,
     /// Its layers as measured (one without simulcast).
     layers: Vec<Measured>,
+    /// Its codec's, as last heard.
+    params: Option<PayloadParams>,
     /// Other participants have been given it.
     announced: bool,
     asked: Option<Instant>,
@@ -205,48 +229,134 @@ struct Measured {
     seen: Instant,
 }
 
+impl Measured {
+    fn new(rid: Option<String>, now: Instant) -> Measured {
+        Measured {
+            layer: Layer {
+                rid,
+                ..Layer::default()
+            },
+            bytes: 0,
+            since: now,
+            seen: now,
+        }
+    }
+
+    /// A frame of the layer: its rate, and its size from its keyframes.
+    fn heard(&mut self, frame: &[u8], keyframe: bool, now: Instant) {
+        self.seen = now;
+        self.bytes += frame.len() as u64;
+        let window = now.saturating_duration_since(self.since);
+        if window >= Duration::from_secs(1) {
+            self.layer.bps = (self.bytes as f64 * 8.0 / window.as_secs_f64()) as u64;
+            self.bytes = 0;
+            self.since = now;
+        }
+        if keyframe {
+            let size =
+                layers::vp8_keyframe_size(frame).or_else(|| layers::h264_keyframe_size(frame));
+            if let Some((w, h)) = size {
+                (self.layer.width, self.layer.height) = (w, h);
+            }
+        }
+    }
+
+    /// Heard from lately, with a size.
+    fn live(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.seen) < LAYER_GONE
+    }
+}
+
 impl TrackIn {
     fn heard(&mut self, data: &MediaData, now: Instant) {
         let rid = data.rid.map(|r| r.to_string());
         let i = match self.layers.iter().position(|m| m.layer.rid == rid) {
             Some(i) => i,
             None => {
-                self.layers.push(Measured {
-                    layer: Layer {
-                        rid,
-                        ..Layer::default()
-                    },
-                    bytes: 0,
-                    since: now,
-                    seen: now,
-                });
+                self.layers.push(Measured::new(rid, now));
                 self.layers.len() - 1
             }
         };
-        let m = &mut self.layers[i];
-        m.seen = now;
-        m.bytes += data.data.len() as u64;
-        let window = now.saturating_duration_since(m.since);
-        if window >= Duration::from_secs(1) {
-            m.layer.bps = (m.bytes as f64 * 8.0 / window.as_secs_f64()) as u64;
-            m.bytes = 0;
-            m.since = now;
-        }
-        if data.is_keyframe() {
-            let size = layers::vp8_keyframe_size(&data.data)
-                .or_else(|| layers::h264_keyframe_size(&data.data));
-            if let Some((w, h)) = size {
-                (m.layer.width, m.layer.height) = (w, h);
-            }
-        }
+        self.layers[i].heard(&data.data, data.is_keyframe(), now);
+        self.params = Some(data.params);
     }
 
     fn live_layers(&self, now: Instant) -> Vec<Layer> {
         self.layers
             .iter()
-            .filter(|m| now.saturating_duration_since(m.seen) < LAYER_GONE)
+            .filter(|m| m.live(now))
             .map(|m| m.layer.clone())
             .collect()
+    }
+
+    /// The codec a downscale of it is made in, if it can be downscaled.
+    fn scalable(&self) -> Option<(VideoCodec, PayloadParams)> {
+        let params = self.params?;
+        let codec = match params.spec().codec {
+            Codec::Vp8 => VideoCodec::Vp8,
+            Codec::H264 => VideoCodec::H264,
+            _ => return None,
+        };
+        Some((codec, params))
+    }
+}
+
+/// One publisher's track downscaled to one size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct ScaleKey {
+    from: u64,
+    mid: Mid,
+    size: (u32, u32),
+}
+
+impl ScaleKey {
+    fn rid(&self) -> String {
+        format!("{}{}x{}", layers::DOWNSCALED, self.size.0, self.size.1)
+    }
+}
+
+/// A downscale running: shared by every subscriber of its publisher's track at its size.
+struct Downscale {
+    scaler: Box<dyn Scaler>,
+    room: String,
+    params: PayloadParams,
+    /// Its output, as a layer.
+    measured: Measured,
+    /// Its output has come (a keyframe with its size).
+    sized: bool,
+    /// When a subscriber last needed it.
+    needed: Instant,
+    /// When its encoder was last asked for a keyframe.
+    asked: Option<Instant>,
+}
+
+/// A frame to forward: as its publisher sent it, or out of a downscale of it.
+struct Incoming {
+    from: u64,
+    room: String,
+    mid: Mid,
+    /// Its layer: the publisher's RID, a downscale's name, or `None`.
+    rid: Option<String>,
+    params: PayloadParams,
+    time: MediaTime,
+    network_time: Instant,
+    keyframe: bool,
+    data: Arc<[u8]>,
+}
+
+impl Incoming {
+    fn sent(from: u64, room: &str, data: MediaData) -> Incoming {
+        Incoming {
+            from,
+            room: room.to_owned(),
+            mid: data.mid,
+            rid: data.rid.map(|r| r.to_string()),
+            params: data.params,
+            time: data.time,
+            network_time: data.network_time,
+            keyframe: data.is_keyframe(),
+            data: data.data,
+        }
     }
 }
 
@@ -283,8 +393,10 @@ struct TrackOut {
     forwarder: Forwarder,
     /// The tile it is rendered at, as the subscriber said.
     tile: (u32, u32),
-    /// What the layer choice last saw, to tell why it moved.
-    chosen_with: ((u32, u32), u64),
+    /// The tile the layer choice last saw, to tell why it moved.
+    tile_seen: (u32, u32),
+    /// The last choice was below what the tile wants, for the estimate.
+    limited: bool,
 }
 
 /// One participant's connection in one room.
@@ -300,6 +412,8 @@ pub struct Participant {
     /// Keyframe requests from this subscriber, by its out mid.
     asks: Vec<KeyframeRequest>,
     estimate_bps: Option<u64>,
+    /// The least and the desired rate its bandwidth estimate was last given.
+    rates: (u64, u64),
     /// Its microphone's level, smoothed (dBov).
     level: f32,
     nacks: u64,
@@ -320,6 +434,7 @@ impl Participant {
             inbox: VecDeque::new(),
             asks: Vec::new(),
             estimate_bps: None,
+            rates: (0, 0),
             level: -127.0,
             nacks: 0,
             publish_only: false,
@@ -342,6 +457,7 @@ impl Session for Participant {
                     kind: m.kind,
                     source,
                     layers: Vec::new(),
+                    params: None,
                     announced: false,
                     asked: None,
                 });
@@ -381,6 +497,8 @@ struct CallServer {
     looked: Instant,
     /// Shared with [`Sfu::send`]: taken commands are counted off.
     queued: Arc<AtomicUsize>,
+    transcoders: Arc<dyn Transcoders>,
+    downscales: HashMap<ScaleKey, Downscale>,
 }
 
 impl CallServer {
@@ -610,10 +728,11 @@ impl CallServer {
         }
     }
 
-    /// Every frame that came in goes to the room's other participants.
-    fn forward(&self, peers: &mut Peers<Participant>, now: Instant) {
-        let mut frames: Vec<(u64, String, MediaData)> = Vec::new();
-        let mut asks: Vec<(u64, Mid, Option<Rid>)> = Vec::new();
+    /// Every frame that came in goes to the room's other participants, and into the
+    /// downscales of its track; what the downscales made goes out too.
+    fn forward(&mut self, peers: &mut Peers<Participant>, now: Instant) {
+        let mut frames: Vec<Incoming> = Vec::new();
+        let mut asks: Vec<(u64, Mid, Option<String>)> = Vec::new();
         for p in peers.iter_mut() {
             let state = &mut p.state;
             while let Some(data) = state.inbox.pop_front() {
@@ -625,15 +744,44 @@ impl CallServer {
                         state.level = 0.8 * state.level + 0.2 * f32::from(level);
                     }
                     if track.kind == MediaKind::Video && !data.contiguous {
-                        asks.push((p.id, data.mid, data.rid));
+                        asks.push((p.id, data.mid, data.rid.map(|r| r.to_string())));
                     }
                 }
-                frames.push((p.id, state.room.clone(), data));
+                if data.rid.is_none() {
+                    let pts = Duration::from_micros(data.time.as_micros());
+                    for (_, d) in self
+                        .downscales
+                        .iter()
+                        .filter(|(k, _)| k.from == p.id && k.mid == data.mid)
+                    {
+                        d.scaler.push(&data.data, pts, data.is_keyframe());
+                    }
+                }
+                frames.push(Incoming::sent(p.id, &state.room, data));
             }
         }
-        for (from, room, data) in &frames {
+        for (key, d) in self.downscales.iter_mut() {
+            for frame in d.scaler.drain() {
+                let data: Arc<[u8]> = Arc::from(&frame.data[..]);
+                d.measured.heard(&data, frame.keyframe, now);
+                d.sized |= frame.keyframe && d.measured.layer.width > 0;
+                let micros = frame.pts.as_micros() as u64;
+                frames.push(Incoming {
+                    from: key.from,
+                    room: d.room.clone(),
+                    mid: key.mid,
+                    rid: d.measured.layer.rid.clone(),
+                    params: d.params,
+                    time: MediaTime::from_90khz(micros * 9 / 100),
+                    network_time: now,
+                    keyframe: frame.keyframe,
+                    data,
+                });
+            }
+        }
+        for frame in &frames {
             for q in peers.iter_mut() {
-                if q.id == *from || q.state.room != *room {
+                if q.id == frame.from || q.state.room != frame.room {
                     continue;
                 }
                 let mut sent = false;
@@ -641,41 +789,35 @@ impl CallServer {
                     let OutState::Open(mid) = out.state else {
                         continue;
                     };
-                    if out.from != *from || out.mid_in != data.mid {
+                    if out.from != frame.from || out.mid_in != frame.mid {
                         continue;
                     }
                     let time = match out.kind {
-                        MediaKind::Audio => data.time,
+                        MediaKind::Audio => frame.time,
                         MediaKind::Video => {
-                            let rid = data.rid.map(|r| r.to_string());
+                            let rid = frame.rid.as_deref();
                             let why = out.forwarder.moving().map_or(Reason::Size, |(_, w)| w);
                             let Some(f) = out.forwarder.forward(
-                                rid.as_deref(),
-                                data.time.numer(),
-                                data.is_keyframe(),
-                                data.network_time,
+                                rid,
+                                frame.time.numer(),
+                                frame.keyframe,
+                                frame.network_time,
                             ) else {
                                 continue;
                             };
                             if f.switched {
-                                self.switched(
-                                    &q.state.room,
-                                    &q.state.user,
-                                    out,
-                                    rid.as_deref(),
-                                    why,
-                                );
+                                self.switched(&q.state.room, &q.state.user, out, rid, why);
                             }
-                            MediaTime::new(f.rtp_time, data.time.frequency())
+                            MediaTime::new(f.rtp_time, frame.time.frequency())
                         }
                     };
                     let Some(writer) = q.rtc.writer(mid) else {
                         continue;
                     };
-                    let Some(pt) = writer.match_params(data.params) else {
+                    let Some(pt) = writer.match_params(frame.params) else {
                         continue;
                     };
-                    if let Err(e) = writer.write(pt, data.network_time, time, data.data.clone()) {
+                    if let Err(e) = writer.write(pt, frame.network_time, time, frame.data.clone()) {
                         debug!(peer = q.id, "cannot send: {e}");
                         continue;
                     }
@@ -691,42 +833,126 @@ impl CallServer {
         for q in peers.iter_mut() {
             for out in q.state.outs.iter_mut() {
                 if let Some(rid) = out.forwarder.ask_keyframe(now) {
-                    asks.push((out.from, out.mid_in, rid.as_deref().map(Rid::from)));
+                    asks.push((out.from, out.mid_in, rid));
                 }
             }
             for req in std::mem::take(&mut q.state.asks) {
                 let Some(out) = q.state.outs.iter().find(|o| o.state.mid() == Some(req.mid)) else {
                     continue;
                 };
-                let rid = out.forwarder.current().flatten().map(Rid::from);
+                let rid = out.forwarder.current().flatten().map(str::to_owned);
                 asks.push((out.from, out.mid_in, rid));
             }
         }
         for (from, mid, rid) in asks {
-            let Some(p) = peers.get_mut(from) else {
-                continue;
-            };
-            let Some(track) = p.state.ins.iter_mut().find(|t| t.mid == mid) else {
-                continue;
-            };
-            if track
-                .asked
-                .is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_EVERY)
-            {
-                continue;
-            }
-            track.asked = Some(now);
-            if let Some(mut writer) = p.rtc.writer(mid)
-                && writer
-                    .request_keyframe(rid, KeyframeRequestKind::Pli)
-                    .is_ok()
-            {
-                self.figures
-                    .keyframe_requests
-                    .fetch_add(1, Ordering::Relaxed);
-                p.dirty = true;
+            match rid.as_deref().and_then(layers::downscaled_size) {
+                Some(size) => self.ask_downscale(ScaleKey { from, mid, size }, now),
+                None => self.ask_publisher(peers, from, mid, rid.as_deref(), now),
             }
         }
+    }
+
+    /// Asks a publisher for a keyframe of its track `mid` (layer `rid`), at most every
+    /// [`KEYFRAME_EVERY`].
+    fn ask_publisher(
+        &self,
+        peers: &mut Peers<Participant>,
+        from: u64,
+        mid: Mid,
+        rid: Option<&str>,
+        now: Instant,
+    ) {
+        let Some(p) = peers.get_mut(from) else {
+            return;
+        };
+        let Some(track) = p.state.ins.iter_mut().find(|t| t.mid == mid) else {
+            return;
+        };
+        if track
+            .asked
+            .is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_EVERY)
+        {
+            return;
+        }
+        track.asked = Some(now);
+        if let Some(mut writer) = p.rtc.writer(mid)
+            && writer
+                .request_keyframe(rid.map(Rid::from), KeyframeRequestKind::Pli)
+                .is_ok()
+        {
+            self.figures
+                .keyframe_requests
+                .fetch_add(1, Ordering::Relaxed);
+            p.dirty = true;
+        }
+    }
+
+    /// Asks a downscale's encoder for a keyframe, at most every [`KEYFRAME_EVERY`].
+    fn ask_downscale(&mut self, key: ScaleKey, now: Instant) {
+        let Some(d) = self.downscales.get_mut(&key) else {
+            return;
+        };
+        if d.asked
+            .is_some_and(|at| now.saturating_duration_since(at) < KEYFRAME_EVERY)
+        {
+            return;
+        }
+        d.asked = Some(now);
+        d.scaler.keyframe();
+    }
+
+    /// Starts downscaling a publisher's track to `key.size` at `bps`; its decoder starts at
+    /// the publisher's next keyframe, asked for now.
+    fn start_downscale(
+        &mut self,
+        peers: &mut Peers<Participant>,
+        key: ScaleKey,
+        bps: u64,
+        now: Instant,
+    ) {
+        if self.downscales.len() >= MAX_DOWNSCALES {
+            debug!(?key, "no downscale: {MAX_DOWNSCALES} run already");
+            return;
+        }
+        let Some(p) = peers.get_mut(key.from) else {
+            return;
+        };
+        let Some((codec, params)) = p
+            .state
+            .ins
+            .iter()
+            .find(|t| t.mid == key.mid)
+            .and_then(TrackIn::scalable)
+        else {
+            return;
+        };
+        let settings = ScaleSettings {
+            codec,
+            width: key.size.0,
+            height: key.size.1,
+            kbps: (bps / 1000).max(1) as u32,
+        };
+        let label = format!("{}-{}", key.from, key.mid);
+        let scaler = match self.transcoders.downscale(&label, &settings) {
+            Ok(scaler) => scaler,
+            Err(e) => {
+                warn!(?key, "cannot downscale: {e}");
+                return;
+            }
+        };
+        info!(user = %p.state.user, room = %p.state.room, mid = %key.mid, width = key.size.0,
+            height = key.size.1, kbps = settings.kbps, "downscaling");
+        let downscale = Downscale {
+            scaler,
+            room: p.state.room.clone(),
+            params,
+            measured: Measured::new(Some(key.rid()), now),
+            sized: false,
+            needed: now,
+            asked: None,
+        };
+        self.downscales.insert(key, downscale);
+        self.ask_publisher(peers, key.from, key.mid, None, now);
     }
 
     fn switched(&self, room: &str, user: &str, out: &TrackOut, rid: Option<&str>, reason: Reason) {
@@ -743,47 +969,129 @@ impl CallServer {
 
     /// Chooses each subscriber's layers again, and the rooms' speakers.
     fn look(&mut self, peers: &mut Peers<Participant>, now: Instant) {
+        // What each video track can be had in: its layers, and for a track of one layer its
+        // downscales, whether they run yet or not.
         let mut published: HashMap<(u64, Mid), Vec<Layer>> = HashMap::new();
         for p in peers.iter() {
             for t in p.state.ins.iter().filter(|t| t.kind == MediaKind::Video) {
-                published.insert((p.id, t.mid), t.live_layers(now));
+                let mut live = t.live_layers(now);
+                if let [one] = live.as_slice()
+                    && t.scalable().is_some()
+                {
+                    let steps = layers::downscales(one);
+                    live.extend(steps);
+                }
+                published.insert((p.id, t.mid), live);
             }
         }
+        // A downscale is sent once it has made a keyframe; until then, what it is made from.
+        let downscales = &self.downscales;
+        let ready =
+            |from: u64, mid: Mid, rid: Option<&str>| match rid.and_then(layers::downscaled_size) {
+                None => true,
+                Some(size) => downscales
+                    .get(&ScaleKey { from, mid, size })
+                    .is_some_and(|d| d.sized && d.measured.live(now)),
+            };
+        let mut needed: HashMap<ScaleKey, u64> = HashMap::new();
         let mut forwarded = 0;
         for q in peers.iter_mut() {
-            let videos = q
+            forwarded += q
                 .state
                 .outs
                 .iter()
-                .filter(|o| o.kind == MediaKind::Video && matches!(o.state, OutState::Open(_)))
-                .count()
-                .max(1) as u64;
-            let budget = q.state.estimate_bps.unwrap_or(START_ESTIMATE_KBPS * 1000) / videos;
-            for out in q.state.outs.iter_mut() {
-                if matches!(out.state, OutState::Open(_)) {
-                    forwarded += 1;
-                }
-                if out.kind != MediaKind::Video {
-                    continue;
-                }
-                let Some(layers) = published.get(&(out.from, out.mid_in)) else {
+                .filter(|o| matches!(o.state, OutState::Open(_)))
+                .count() as u64;
+            // Its estimate, less what audio takes, shared between its video tracks.
+            let audio = q.state.outs.len() as u64 * AUDIO_BPS;
+            let estimate = q.state.estimate_bps.unwrap_or(START_ESTIMATE_KBPS * 1000);
+            let videos: Vec<(usize, &Vec<Layer>)> = q
+                .state
+                .outs
+                .iter()
+                .enumerate()
+                .filter(|(_, o)| o.kind == MediaKind::Video)
+                .filter_map(|(n, o)| Some((n, published.get(&(o.from, o.mid_in))?)))
+                .collect();
+            let tracks: Vec<(&[Layer], (u32, u32))> = videos
+                .iter()
+                .map(|(n, l)| (l.as_slice(), q.state.outs[*n].tile))
+                .collect();
+            let picked = layers::allocate(&tracks, Some(estimate.saturating_sub(audio)));
+            // What its tiles want, and what it gets: the estimate probes toward the first.
+            let (mut wanted_bps, mut sent_bps) = (0, 0);
+            for (&(n, layers), picked) in videos.iter().zip(picked) {
+                let out = &mut q.state.outs[n];
+                let Some(i) = picked else {
                     continue;
                 };
-                let Some(i) = layers::choose(layers, out.tile, Some(budget)) else {
-                    continue;
-                };
+                let by_size = layers::choose(layers, out.tile, None).unwrap_or(i);
+                wanted_bps += layers[by_size].bps;
+                sent_bps += layers[i].bps;
+                let limited = by_size != i;
+                let mut chosen = layers[i].rid.clone();
+                if let Some(size) = chosen.as_deref().and_then(layers::downscaled_size) {
+                    let key = ScaleKey {
+                        from: out.from,
+                        mid: out.mid_in,
+                        size,
+                    };
+                    needed.insert(key, layers[i].bps);
+                    if !ready(out.from, out.mid_in, chosen.as_deref()) {
+                        chosen = match out.forwarder.current() {
+                            Some(current) if ready(out.from, out.mid_in, current) => {
+                                current.map(str::to_owned)
+                            }
+                            _ => None,
+                        };
+                    }
+                }
                 let reason = match out.forwarder.current() {
                     None => Reason::Size,
                     Some(current) if !layers.iter().any(|l| l.rid.as_deref() == current) => {
                         Reason::Gone
                     }
-                    _ if out.chosen_with.0 != out.tile => Reason::Size,
-                    _ => Reason::Bandwidth,
+                    _ if out.tile_seen != out.tile => Reason::Size,
+                    _ if limited || out.limited => Reason::Bandwidth,
+                    _ => Reason::Size,
                 };
-                out.chosen_with = (out.tile, budget);
-                out.forwarder.want(layers[i].rid.clone(), reason);
+                out.tile_seen = out.tile;
+                out.limited = limited;
+                out.forwarder.want(chosen, reason);
+            }
+            let rates = (sent_bps.min(wanted_bps), wanted_bps + audio);
+            if rates != q.state.rates {
+                q.state.rates = rates;
+                let (minimum, desired) = rates;
+                q.rtc
+                    .bwe()
+                    .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired));
+                q.dirty = true;
             }
         }
+        for (key, bps) in needed {
+            match self.downscales.get_mut(&key) {
+                Some(d) => d.needed = now,
+                None => self.start_downscale(peers, key, bps, now),
+            }
+        }
+        self.downscales.retain(|key, d| {
+            published.contains_key(&(key.from, key.mid))
+                && now.saturating_duration_since(d.needed) < DOWNSCALE_IDLE
+        });
+        // A decoder starts at a keyframe, which a browser sends when asked.
+        let starting: Vec<ScaleKey> = self
+            .downscales
+            .iter()
+            .filter(|(_, d)| !d.sized)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in starting {
+            self.ask_publisher(peers, key.from, key.mid, None, now);
+        }
+        self.figures
+            .downscales
+            .store(self.downscales.len() as u64, Ordering::Relaxed);
         self.figures
             .forwarded_tracks
             .store(forwarded, Ordering::Relaxed);
@@ -842,7 +1150,8 @@ fn track_out(from: u64, user: &str, track: &TrackIn) -> TrackOut {
         state: OutState::ToOpen,
         forwarder: Forwarder::new(clock),
         tile: (0, 0),
-        chosen_with: ((0, 0), 0),
+        tile_seen: (0, 0),
+        limited: false,
     }
 }
 
@@ -864,7 +1173,20 @@ impl Policy for CallServer {
                 publish_only,
                 reply,
             } => {
-                let answer = self.offer(peers, (socket, room), &user, &sdp, sources, publish_only);
+                let answer = self.offer(
+                    peers,
+                    (socket, room.clone()),
+                    &user,
+                    &sdp,
+                    sources,
+                    publish_only,
+                );
+                // A participant's answer goes the way the server's own offers go, so it
+                // arrives before any offer made after it.
+                if !publish_only && let Ok(sdp) = &answer {
+                    let sdp = sdp.clone();
+                    self.tell(socket, ServerMessage::Answer { room, sdp });
+                }
                 let _ = reply.send(answer);
             }
             Command::Answer { socket, room, sdp } => {

@@ -163,8 +163,8 @@ impl Calls {
         self.wake.notify_one();
     }
 
-    /// A participant's media message, to the call server; the answer to an offer goes back
-    /// to its socket when the call server has made it.
+    /// A participant's media message, to the call server; the call server sends the answer
+    /// to an offer itself, and why not comes back here.
     fn media(
         &self,
         socket: SocketId,
@@ -175,10 +175,10 @@ impl Calls {
         let command = match message {
             ClientMessage::Offer { room, sdp, sources } => {
                 let (reply, answer) = tokio::sync::oneshot::channel();
-                let back = room.clone();
                 tokio::spawn(async move {
                     let message = match answer.await {
-                        Ok(Ok(sdp)) => ServerMessage::Answer { room: back, sdp },
+                        // The call server has sent it, in order with its own offers.
+                        Ok(Ok(_)) => return,
                         Ok(Err(why)) => ServerMessage::error("bad_offer", why),
                         Err(_) => ServerMessage::error("no_media", "the call server is busy"),
                     };

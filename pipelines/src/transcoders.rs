@@ -49,6 +49,36 @@ pub struct Vp8Settings {
     pub preset: String,
 }
 
+/// The video codecs a call server forwards, and downscales in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum VideoCodec {
+    Vp8,
+    /// Annex B access units, as RTP carries them.
+    H264,
+}
+
+/// One smaller picture made from a call publisher's video.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScaleSettings {
+    pub codec: VideoCodec,
+    pub width: u32,
+    pub height: u32,
+    pub kbps: u32,
+}
+
+/// A downscale fed frame by frame: decoded once, scaled, encoded once in the same codec, for
+/// every subscriber that needs that size.
+pub trait Scaler: Send {
+    /// One frame as it came off RTP, at `pts` on the publisher's own clock.
+    fn push(&self, data: &[u8], pts: Duration, keyframe: bool);
+
+    /// The next frame out is to be a keyframe.
+    fn keyframe(&self);
+
+    /// What came out since last time, in order (the same `pts` as went in).
+    fn drain(&self) -> Vec<Frame>;
+}
+
 /// Every transcode a feature crate may need.
 pub trait Transcoders: Send + Sync + 'static {
     /// VP8 in (as depacketized from RTP), H.264 (AVC, the stream model's) out.
@@ -68,4 +98,9 @@ pub trait Transcoders: Send + Sync + 'static {
         audio: &AudioTrack,
         aac: Reader,
     ) -> Result<Transcoded, GstError>;
+
+    /// A call publisher's video made smaller (never larger) for the subscribers that draw it
+    /// small.
+    fn downscale(&self, label: &str, settings: &ScaleSettings)
+    -> Result<Box<dyn Scaler>, GstError>;
 }

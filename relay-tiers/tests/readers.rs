@@ -11,7 +11,9 @@ use pipelines::segment::TsCutter;
 use pipelines::stream::{
     DEFAULT_CAPACITY, Reader, ReaderKind, Stream, StreamInfo, Update, dropped_frames,
 };
-use pipelines::transcoders::{Converter, Transcoded, Transcoders, Vp8Settings};
+use pipelines::transcoders::{
+    Converter, ScaleSettings, Scaler, Transcoded, Transcoders, Vp8Settings,
+};
 use relay_tiers::egress::{Egress, Served};
 use relay_tiers::hls::store::HlsStore;
 use relay_tiers::relay::tap::TapStore;
@@ -57,6 +59,10 @@ impl Transcoders for NoTranscodes {
 
     fn aac_to_opus(&self, _: &str, _: &AudioTrack, _: Reader) -> Result<Transcoded, GstError> {
         unreachable!("no WebRTC viewer here")
+    }
+
+    fn downscale(&self, _: &str, _: &ScaleSettings) -> Result<Box<dyn Scaler>, GstError> {
+        unreachable!("no call here")
     }
 }
 

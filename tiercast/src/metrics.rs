@@ -278,6 +278,13 @@ impl NodeMetrics {
             "Tracks the call server sends to subscribers now.",
             &ConstGauge::new(i64::try_from(forwarded).unwrap_or(i64::MAX)),
         )?;
+        let downscales = f.downscales.load(Ordering::Relaxed);
+        single(
+            e,
+            "tiercast_calls_downscales",
+            "Downscales the call server runs now (one per publisher track and size, shared).",
+            &ConstGauge::new(i64::try_from(downscales).unwrap_or(i64::MAX)),
+        )?;
         for (name, help, value) in [
             (
                 "tiercast_calls_frames_forwarded",

@@ -543,6 +543,7 @@ async fn calls_from(
     let settings = calls::sfu::SfuSettings {
         listen: c.listen,
         advertise: config.webrtc.advertise.parse().ok(),
+        transcoders: Arc::new(transcode::GstTranscoders),
     };
     let stop = services.signal(Stage::Serve);
     let (sfu, from_sfu, driver) = calls::sfu::Sfu::start(settings, bus.clone(), stop)

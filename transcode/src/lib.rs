@@ -6,6 +6,7 @@
 //! - [`vp8`]: a VP8 publisher's video into H.264 at the door.
 //! - [`audio`]: Opus into AAC (a WebRTC publisher's, for HLS and recordings) and AAC into Opus
 //!   (for WebRTC viewers), each once per session.
+//! - [`scale`]: a call publisher's video made smaller for subscribers that draw it small.
 //! - [`side`]: the one `appsrc → chain → appsink` helper the conversions are built on.
 //!
 //! Feature crates reach these through [`pipelines::transcoders::Transcoders`], which
@@ -14,13 +15,16 @@
 pub mod audio;
 pub mod encoder;
 pub mod ladder;
+pub mod scale;
 pub mod side;
 pub mod vp8;
 
 use pipelines::gst_util::GstError;
 use pipelines::media::AudioTrack;
 use pipelines::stream::Reader;
-use pipelines::transcoders::{Converter, Transcoded, Transcoders, Vp8Settings};
+use pipelines::transcoders::{
+    Converter, ScaleSettings, Scaler, Transcoded, Transcoders, Vp8Settings,
+};
 
 pub use encoder::{EncodeSettings, attach};
 pub use ladder::{Mode, PlannedRendition, plan};
@@ -49,5 +53,13 @@ impl Transcoders for GstTranscoders {
         aac: Reader,
     ) -> Result<Transcoded, GstError> {
         audio::aac_to_opus(label, audio, aac)
+    }
+
+    fn downscale(
+        &self,
+        label: &str,
+        settings: &ScaleSettings,
+    ) -> Result<Box<dyn Scaler>, GstError> {
+        Ok(Box::new(scale::Downscale::start(label, settings)?))
     }
 }

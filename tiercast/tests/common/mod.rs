@@ -126,7 +126,11 @@ fn spawn(
         .args(args)
         .stdout(Stdio::piped())
         .stderr(log_file)
-        .env("RUST_LOG", "info")
+        // TIERCAST_TEST_LOG=info,calls=debug to see more of a node in a failing test.
+        .env(
+            "RUST_LOG",
+            std::env::var("TIERCAST_TEST_LOG").unwrap_or_else(|_| "info".into()),
+        )
         .env("NO_COLOR", "1")
         .envs(env.iter().copied())
         .spawn()
@@ -252,6 +256,13 @@ impl Drop for Node {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // A failed test shows what the node said last (its directory goes with it).
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(80)..].join("\n");
+            eprintln!("--- the node's log, last lines ---\n{tail}");
+        }
     }
 }
 
@@ -393,9 +404,21 @@ fn read_response(mut s: TcpStream) -> Response {
         headers: Vec::new(),
         body: Vec::new(),
     };
+    // To the end of the body: what Content-Length says, the last chunk, or the connection's
+    // end (a server that ignores `Connection: close`, as Chromium's DevTools does, is not
+    // waited on until the read times out).
     let mut raw = Vec::new();
-    if s.read_to_end(&mut raw).is_err() && raw.is_empty() {
-        return fail;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(_) if raw.is_empty() => return fail,
+            Err(_) => break,
+        }
+        if body_complete(&raw) {
+            break;
+        }
     }
     let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
         return fail;
@@ -425,6 +448,28 @@ fn read_response(mut s: TcpStream) -> Response {
         headers,
         body,
     }
+}
+
+/// Whether `raw` holds a whole response by its own framing (never for one framed by the
+/// connection's end).
+fn body_complete(raw: &[u8]) -> bool {
+    let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let body = &raw[split + 4..];
+    if head.starts_with("http/1.1 204") || head.starts_with("http/1.1 304") {
+        return true;
+    }
+    for line in head.lines() {
+        if let Some(v) = line.strip_prefix("content-length:") {
+            return v.trim().parse::<usize>().is_ok_and(|n| body.len() >= n);
+        }
+        if line.starts_with("transfer-encoding:") && line.contains("chunked") {
+            return body.ends_with(b"0\r\n\r\n");
+        }
+    }
+    false
 }
 
 fn dechunk(mut data: &[u8]) -> Vec<u8> {
