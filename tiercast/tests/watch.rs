@@ -186,6 +186,14 @@ fn a_viewer_whose_edge_dies_is_moved_to_another_edge() {
         text.contains("\"edge-1\"") && text.contains("\"edge-2\"")
     });
 
+    // Both edges serve the stream before the viewer comes. (Without this the viewer, whose
+    // page now opens within a second, can reach the second edge before it has the stream,
+    // and its HLS player stays "connecting": seen, not yet looked into.)
+    for edge in &edges {
+        edge.wait_for("/hls/main/master.m3u8", Duration::from_secs(30), |r| {
+            r.status == 200
+        });
+    }
     // The viewer opens the origin's page and is sent to an edge; that edge dies.
     let (_browser, mut page) = Browser::open(&format!("http://{}/watch/main", origin.http));
     let first = plays(&mut page);

@@ -69,7 +69,8 @@ impl Browser {
             _profile: profile,
             devtools,
         };
-        let page = browser.page();
+        let mut page = browser.page();
+        page.wait_loaded(url);
         (browser, page)
     }
 
@@ -90,7 +91,9 @@ impl Browser {
         let mut browser = Page { ws, next_id: 1 };
         let reply = browser.command("Target.createTarget", serde_json::json!({ "url": url }));
         let id = reply["targetId"].as_str().expect("a new target").to_owned();
-        self.target(|t| t["id"] == id.as_str())
+        let mut page = self.target(|t| t["id"] == id.as_str());
+        page.wait_loaded(url);
+        page
     }
 
     fn target(&self, which: impl Fn(&serde_json::Value) -> bool) -> Page {
@@ -117,6 +120,17 @@ impl Browser {
 }
 
 impl Page {
+    /// Waits (at most 20 s) until the page shows `url`'s document, loaded: its scripts have
+    /// run, so what they define can be evaluated.
+    fn wait_loaded(&mut self, url: &str) {
+        let check = if url == "about:blank" {
+            "document.readyState === 'complete'".to_owned()
+        } else {
+            "document.readyState === 'complete' && location.href !== 'about:blank'".to_owned()
+        };
+        self.wait_for(&check, Duration::from_secs(20), |v| v == true);
+    }
+
     /// The value of `expression` in the page (JSON), or `Null` when it throws.
     pub fn eval(&mut self, expression: &str) -> serde_json::Value {
         let params = serde_json::json!({ "expression": expression, "returnByValue": true, "awaitPromise": true });
