@@ -395,8 +395,6 @@ struct TrackOut {
     tile: (u32, u32),
     /// The tile the layer choice last saw, to tell why it moved.
     tile_seen: (u32, u32),
-    /// The last choice was below what the tile wants, for the estimate.
-    limited: bool,
 }
 
 /// One participant's connection in one room.
@@ -1045,7 +1043,6 @@ impl CallServer {
                 }
                 wanted_bps += layers[by_size].bps;
                 sent_bps += layers[i].bps;
-                let limited = by_size != i;
                 let mut chosen = layers[i].rid.clone();
                 if let Some(size) = chosen.as_deref().and_then(layers::downscaled_size) {
                     let key = ScaleKey {
@@ -1072,7 +1069,6 @@ impl CallServer {
                     _ => Reason::Bandwidth,
                 };
                 out.tile_seen = out.tile;
-                out.limited = limited;
                 out.forwarder.want(chosen, reason);
             }
             let rates = (sent_bps.min(wanted_bps), wanted_bps + audio);
@@ -1167,7 +1163,6 @@ fn track_out(from: u64, user: &str, track: &TrackIn) -> TrackOut {
         forwarder: Forwarder::new(clock),
         tile: (0, 0),
         tile_seen: (0, 0),
-        limited: false,
     }
 }
 

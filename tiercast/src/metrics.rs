@@ -271,20 +271,26 @@ impl NodeMetrics {
             single(e, name, help, &gauge(value))?;
         }
         let f = calls.sfu_figures();
-        let forwarded = f.forwarded_tracks.load(Ordering::Relaxed);
-        single(
-            e,
-            "tiercast_calls_forwarded_tracks",
-            "Tracks the call server sends to subscribers now.",
-            &ConstGauge::new(i64::try_from(forwarded).unwrap_or(i64::MAX)),
-        )?;
-        let downscales = f.downscales.load(Ordering::Relaxed);
-        single(
-            e,
-            "tiercast_calls_downscales",
-            "Downscales the call server runs now (one per publisher track and size, shared).",
-            &ConstGauge::new(i64::try_from(downscales).unwrap_or(i64::MAX)),
-        )?;
+        for (name, help, value) in [
+            (
+                "tiercast_calls_forwarded_tracks",
+                "Tracks the call server sends to subscribers now.",
+                &f.forwarded_tracks,
+            ),
+            (
+                "tiercast_calls_downscales",
+                "Downscales the call server runs now (one per publisher track and size, shared).",
+                &f.downscales,
+            ),
+        ] {
+            let now = value.load(Ordering::Relaxed);
+            single(
+                e,
+                name,
+                help,
+                &ConstGauge::new(i64::try_from(now).unwrap_or(i64::MAX)),
+            )?;
+        }
         for (name, help, value) in [
             (
                 "tiercast_calls_frames_forwarded",
