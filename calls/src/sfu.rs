@@ -1068,6 +1068,12 @@ impl CallServer {
                     _ if out.tile_seen != out.tile => Reason::Size,
                     _ => Reason::Bandwidth,
                 };
+                let current = out.forwarder.current();
+                let target = out.forwarder.moving().map(|(rid, _)| rid);
+                if current != Some(chosen.as_deref()) && target != Some(chosen.as_deref()) {
+                    debug!(user = %q.state.user, from = %out.from_user, tile = ?out.tile,
+                        ?current, to = ?chosen, budget, ?reason, "moving to a layer");
+                }
                 out.tile_seen = out.tile;
                 out.forwarder.want(chosen, reason);
             }
@@ -1227,6 +1233,7 @@ impl Policy for CallServer {
             } => {
                 if let Some(peer) = self.peer(peers, socket, &room) {
                     let mid = Mid::from(mid.as_str());
+                    debug!(user = %peer.state.user, %mid, ?size, "tile drawn");
                     for out in &mut peer.state.outs {
                         if out.state.mid() == Some(mid) {
                             out.tile = size;

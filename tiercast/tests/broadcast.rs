@@ -350,7 +350,12 @@ fn garbage_on_the_rtmp_port_costs_only_that_connection() {
         "publisher was disturbed: {stderr}"
     );
 
-    // And the stream takes a new session afterwards.
+    // And the stream takes a new session once the node has seen the first one end (a
+    // publisher that comes back before that is refused: the stream still has one).
+    node.wait_for("/api/v1/streams", Duration::from_secs(20), |r| {
+        let json: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        json["streams"][0]["state"] == "ended"
+    });
     let first = node.streams_json()["streams"][0]["session"]["id"].clone();
     let again = ffmpeg_publish(&node.rtmp_url("k"), 640, 360, 4)
         .spawn()

@@ -317,8 +317,9 @@ fn a_subscriber_gets_the_simulcast_layer_its_tile_is_drawn_at() {
     let moved = wait_events(&node, "quality.changed", |e| {
         e["viewer"] == "bob" && e["session"] == "alice" && e["rendition"] == "f"
     });
+    // The first move to it is for the tile (later ones may follow the estimate's swings).
     assert_eq!(
-        moved.last().map(|e| e["reason"].clone()),
+        moved.first().map(|e| e["reason"].clone()),
         Some("size".into()),
         "{moved:?}"
     );
@@ -412,8 +413,6 @@ fn metric(node: &Node, name: &str) -> Option<u64> {
 }
 
 #[test]
-#[ignore = "flaky here: which layer a subscriber gets follows str0m's bandwidth estimate, which \
-            swings between 130 and 800 kbps with three tabs on two cores; run with --ignored"]
 fn a_publisher_without_simulcast_is_downscaled_once_for_the_subscribers_that_draw_it_small() {
     let _turn = heavy();
     let node = start_node(&calls_config(30));
@@ -445,7 +444,10 @@ fn a_publisher_without_simulcast_is_downscaled_once_for_the_subscribers_that_dra
         });
         assert_eq!(camera_size(&stats, "alice"), Some((320, 180)), "{stats}");
     };
+    // (Only the tab in front draws, so only there is a tile measured and said.)
+    bob.front();
     small(&mut bob);
+    carol.front();
     small(&mut carol);
     // (A smaller one made while an estimate was low stops once nobody needs it.)
     let deadline = std::time::Instant::now() + WAIT;
@@ -463,6 +465,7 @@ fn a_publisher_without_simulcast_is_downscaled_once_for_the_subscribers_that_dra
     assert!(!moved.is_empty(), "carol was moved to the downscale");
 
     // Bob's tile grows past what she sends: he gets her own 640x360, never more.
+    bob.front();
     bob.eval(&tiles(960));
     let large = bob.wait_for("window.tiercast.stats()", Duration::from_secs(60), |s| {
         camera_size(s, "alice") == Some((640, 360))
@@ -474,6 +477,7 @@ fn a_publisher_without_simulcast_is_downscaled_once_for_the_subscribers_that_dra
         "carol still needs it"
     );
     // Carol's too: nobody needs the downscale, and it stops.
+    carol.front();
     carol.eval(&tiles(640));
     let deadline = std::time::Instant::now() + WAIT;
     while metric(&node, "tiercast_calls_downscales") != Some(0)

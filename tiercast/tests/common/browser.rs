@@ -137,6 +137,16 @@ impl Page {
         self.command("Runtime.evaluate", params)["result"]["value"].clone()
     }
 
+    /// Shows this tab: Chromium draws only the tab in front, so only there do a page's
+    /// resize observers and animation frames run.
+    #[allow(dead_code)]
+    pub fn front(&mut self) {
+        self.command("Page.bringToFront", serde_json::json!({}));
+        self.wait_for("document.visibilityState", Duration::from_secs(5), |v| {
+            v == "visible"
+        });
+    }
+
     /// A DevTools command's result.
     pub fn command(&mut self, method: &str, params: serde_json::Value) -> serde_json::Value {
         let id = self.next_id;
