@@ -7,13 +7,14 @@
 //! - [`switchboard`]: signaling as a sans-IO state machine: presence, ringing, rooms.
 //! - [`sfu`]: the call server: one WebRTC connection per participant and room, media
 //!   forwarded between them without decoding; [`layers`]: its choices per subscriber.
-//! - [`ws`]: the WebSocket `GET /ws` around it; [`whip`]: WHIP clients publishing into rooms.
+//! - [`ws`]: the WebSocket `GET /ws` around it; [`doors`]: WHIP clients publishing into rooms,
+//!   WHEP clients watching a participant.
 
 pub mod directory;
+pub mod doors;
 pub mod layers;
 pub mod protocol;
 pub mod sfu;
 pub mod switchboard;
 pub mod token;
-pub mod whip;
 pub mod ws;

@@ -98,8 +98,7 @@ pub enum Command {
         user: String,
         sdp: String,
         sources: BTreeMap<String, String>,
-        /// A publisher that takes nothing (a WHIP client): it is offered no tracks.
-        publish_only: bool,
+        role: Role,
         reply: oneshot::Sender<Result<String, String>>,
     },
     /// The answer to the server's last offer.
@@ -131,6 +130,23 @@ pub enum ToSignaling {
     Message(SocketId, ServerMessage),
     /// A participant's connection is gone (left, or timed out).
     Gone { socket: SocketId, room: String },
+}
+
+/// What a connection to the call server is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Role {
+    /// A participant of the call page: it publishes, and the server offers it everyone
+    /// else's tracks.
+    Member,
+    /// A WHIP client: it publishes, and takes nothing.
+    Publisher,
+    /// A WHEP client watching `user`: it publishes nothing and cannot be offered anything,
+    /// so `user`'s tracks go into the sections of its own offer (`slots`: mid and kind),
+    /// whenever `user` publishes them.
+    Watcher {
+        user: String,
+        slots: Vec<(String, MediaKind)>,
+    },
 }
 
 /// Where to reach the call server.
@@ -415,8 +431,7 @@ pub struct Participant {
     /// Its microphone's level, smoothed (dBov).
     level: f32,
     nacks: u64,
-    /// Takes no tracks (a WHIP client).
-    publish_only: bool,
+    role: Role,
 }
 
 impl Participant {
@@ -435,7 +450,32 @@ impl Participant {
             rates: (0, 0),
             level: -127.0,
             nacks: 0,
-            publish_only: false,
+            role: Role::Member,
+        }
+    }
+}
+
+impl Participant {
+    /// Takes another participant's track: a member is offered it, a watcher of its
+    /// publisher gets it in a free section of its offer of its kind, a WHIP client never.
+    fn take(&mut self, mut out: TrackOut) {
+        match &self.role {
+            Role::Member => self.outs.push(out),
+            Role::Publisher => {}
+            Role::Watcher { user, slots } => {
+                if *user != out.from_user {
+                    return;
+                }
+                let taken = |mid: Mid| self.outs.iter().any(|o| o.state.mid() == Some(mid));
+                let free = slots
+                    .iter()
+                    .map(|(mid, kind)| (Mid::from(mid.as_str()), *kind))
+                    .find(|&(mid, kind)| kind == out.kind && !taken(mid));
+                if let Some((mid, _)) = free {
+                    out.state = OutState::Open(mid);
+                    self.outs.push(out);
+                }
+            }
         }
     }
 }
@@ -536,7 +576,7 @@ impl CallServer {
         user: &str,
         sdp: &str,
         sources: BTreeMap<String, String>,
-        publish_only: bool,
+        role: Role,
     ) -> Result<String, String> {
         let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| format!("not an SDP offer: {e}"))?;
         if let Some(peer) = self.by_key.get(&key).and_then(|id| peers.get_mut(*id)) {
@@ -567,16 +607,16 @@ impl CallServer {
         rtc.add_local_candidate(host);
         let (socket, room) = key.clone();
         let mut state = Participant::new(socket, &room, user, sources);
-        state.publish_only = publish_only;
-        // Everything the room publishes already is offered to it once it has answered.
-        for other in peers
-            .iter()
-            .filter(|p| p.state.room == room && !publish_only)
-        {
-            for track in other.state.ins.iter().filter(|t| t.announced) {
-                state
-                    .outs
-                    .push(track_out(other.id, &other.state.user, track));
+        state.role = role;
+        // Everything the room publishes already is offered to it once it has answered (or,
+        // to a watcher, sent once it is connected): cameras before screens, for a watcher
+        // with one video section.
+        for other in peers.iter().filter(|p| p.state.room == room) {
+            let mut tracks: Vec<&TrackIn> =
+                other.state.ins.iter().filter(|t| t.announced).collect();
+            tracks.sort_by_key(|t| t.source == "screen");
+            for track in tracks {
+                state.take(track_out(other.id, &other.state.user, track));
             }
         }
         let answer = rtc
@@ -704,20 +744,24 @@ impl CallServer {
             };
             for q in peers
                 .iter()
-                .filter(|q| q.id != *from && q.state.room == *room && !q.state.publish_only)
+                .filter(|q| q.id != *from && q.state.room == *room)
             {
                 adds.push((q.id, track_out(*from, user, track)));
             }
         }
         for (to, out) in adds {
             if let Some(q) = peers.get_mut(to) {
-                q.state.outs.push(out);
+                q.state.take(out);
             }
         }
         for q in peers.iter_mut() {
-            // Never offered: nothing to stop. Offered: stopped once no answer is awaited.
+            // Never offered: nothing to stop. Offered: stopped once no answer is awaited. A
+            // watcher's section is free again at once, for its user coming back.
+            let watcher = matches!(q.state.role, Role::Watcher { .. });
             let outs = &mut q.state.outs;
-            outs.retain(|o| live.contains_key(&o.from) || o.state != OutState::ToOpen);
+            outs.retain(|o| {
+                live.contains_key(&o.from) || (o.state != OutState::ToOpen && !watcher)
+            });
             for out in outs.iter_mut().filter(|o| !live.contains_key(&o.from)) {
                 if let OutState::Open(m) = out.state {
                     out.state = OutState::ToStop(m);
@@ -1187,20 +1231,14 @@ impl Policy for CallServer {
                 user,
                 sdp,
                 sources,
-                publish_only,
+                role,
                 reply,
             } => {
-                let answer = self.offer(
-                    peers,
-                    (socket, room.clone()),
-                    &user,
-                    &sdp,
-                    sources,
-                    publish_only,
-                );
+                let member = role == Role::Member;
+                let answer = self.offer(peers, (socket, room.clone()), &user, &sdp, sources, role);
                 // A participant's answer goes the way the server's own offers go, so it
                 // arrives before any offer made after it.
-                if !publish_only && let Ok(sdp) = &answer {
+                if member && let Ok(sdp) = &answer {
                     let sdp = sdp.clone();
                     self.tell(socket, ServerMessage::Answer { room, sdp });
                 }

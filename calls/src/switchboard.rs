@@ -171,6 +171,13 @@ impl Switchboard {
         (self.rooms.len(), members)
     }
 
+    /// Whether `user` is in `room` now.
+    pub fn in_room(&self, room: &str, user: &str) -> bool {
+        self.rooms
+            .get(room)
+            .is_some_and(|r| r.members.values().any(|m| m.id == user))
+    }
+
     /// When [`Switchboard::tick`] has something to do.
     pub fn deadline(&self) -> Option<Instant> {
         self.calls

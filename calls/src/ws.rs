@@ -44,7 +44,7 @@ pub struct Calls {
     bus: Arc<EventBus>,
     pub(crate) next: AtomicU64,
     /// WHIP publishers in rooms, by their resource id.
-    pub(crate) whips: Mutex<HashMap<String, crate::whip::Publisher>>,
+    pub(crate) http_clients: Mutex<HashMap<String, crate::doors::Client>>,
     /// The switchboard's deadline may have moved.
     wake: Notify,
     /// The call server, and what it has for participants' sockets (taken by [`Calls::run`]).
@@ -78,7 +78,7 @@ impl Calls {
             secret: secret.to_owned(),
             bus,
             next: AtomicU64::new(1),
-            whips: Mutex::new(HashMap::new()),
+            http_clients: Mutex::new(HashMap::new()),
             wake: Notify::new(),
             sfu: sfu.0,
             from_sfu: Mutex::new(Some(sfu.1)),
@@ -192,7 +192,7 @@ impl Calls {
                     user,
                     sdp,
                     sources,
-                    publish_only: false,
+                    role: crate::sfu::Role::Member,
                     reply,
                 }
             }
@@ -241,7 +241,7 @@ impl Calls {
                     ToSignaling::Message(socket, message) => {
                         self.apply(vec![Out::Send(socket, message)]);
                     }
-                    ToSignaling::Gone { socket, .. } => crate::whip::gone(&self, socket),
+                    ToSignaling::Gone { socket, .. } => crate::doors::gone(&self, socket),
                 },
                 _ = stop.wait_for(|s| *s) => return,
             }
@@ -360,11 +360,19 @@ pub fn router(calls: Arc<Calls>) -> Router {
         .route("/call/{room}", get(room_page))
         .route(
             "/whip/room/{room}",
-            axum::routing::post(crate::whip::publish),
+            axum::routing::post(crate::doors::publish),
         )
         .route(
             "/whip/room/{room}/{id}",
-            axum::routing::delete(crate::whip::stop),
+            axum::routing::delete(crate::doors::stop),
+        )
+        .route(
+            "/whep/room/{room}/{user}",
+            axum::routing::post(crate::doors::watch),
+        )
+        .route(
+            "/whep/room/{room}/{user}/{id}",
+            axum::routing::delete(crate::doors::stop_watching),
         )
         .with_state(calls)
 }

@@ -5,9 +5,9 @@
 //! ```text
 //! gst_webrtc publish <whip url> <stream key> <seconds>
 //!     a live 640x360 test picture and a tone, H.264 + Opus, for <seconds>
-//! gst_webrtc play <whep url> <seconds>
-//!     plays for <seconds> from its first picture (which it waits 30 s for), then prints what it
-//!     decoded as one JSON line:
+//! gst_webrtc play <whep url> <seconds> [<token>]
+//!     plays for <seconds> from its first picture (which it waits 30 s for), with <token> as
+//!     its Bearer token when given, then prints what it decoded as one JSON line:
 //!     {"video_frames":N,"width":W,"height":H,"audio_buffers":M}
 //! gst_webrtc serve <flv file> <port> <seconds>
 //!     the bench's baseline: GStreamer's own WHEP server (`whepserversink`, one `webrtcbin`
@@ -24,13 +24,14 @@ use gst::prelude::*;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let usage = "usage: gst_webrtc publish <whip url> <key> <seconds> | play <whep url> <seconds> \
+    let usage = "usage: gst_webrtc publish <whip url> <key> <seconds> | play <whep url> <seconds> [token] \
                  | serve <flv file> <port> <seconds>";
     gst::init().expect("GStreamer initialises");
     gstrswebrtc::plugin_register_static().expect("the webrtc plugin registers");
     let outcome = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["publish", url, key, seconds] => publish(url, key, parse_seconds(seconds)),
-        ["play", url, seconds] => play(url, parse_seconds(seconds)),
+        ["play", url, seconds] => play(url, parse_seconds(seconds), None),
+        ["play", url, seconds, token] => play(url, parse_seconds(seconds), Some(token)),
         ["serve", file, port, seconds] => serve(file, port, parse_seconds(seconds)),
         _ => Err(usage.to_owned()),
     };
@@ -76,13 +77,16 @@ fn serve(file: &str, port: &str, seconds: Duration) -> Result<(), String> {
     run(&pipeline, seconds)
 }
 
-fn play(url: &str, seconds: Duration) -> Result<(), String> {
+fn play(url: &str, seconds: Duration, token: Option<&str>) -> Result<(), String> {
     let pipeline = gst::Pipeline::new();
     let src = gst::ElementFactory::make("whepclientsrc")
         .build()
         .map_err(|e| format!("whepclientsrc: {e}"))?;
     let signaller = src.property::<gst::glib::Object>("signaller");
     signaller.set_property("whep-endpoint", url);
+    if let Some(token) = token {
+        signaller.set_property("auth-token", token);
+    }
     pipeline.add(&src).map_err(|e| e.to_string())?;
 
     let frames = Arc::new(AtomicU64::new(0));

@@ -404,6 +404,74 @@ fn a_gstreamer_whip_client_publishes_into_a_room() {
     });
 }
 
+#[test]
+fn a_gstreamer_whep_client_watches_a_participant() {
+    let _turn = heavy();
+    let node = start_node(&calls_config(30));
+    let (browser, _blank) = Browser::open("about:blank");
+    // Alice is on stage with her 640x360 camera and her microphone.
+    let mut alice = page_of(
+        &browser,
+        &node,
+        "alice",
+        "/call/stage",
+        "&width=640&height=360",
+    );
+    wait_status(&mut alice, "alice joins", |s| s == "in room stage");
+    let bob = token(&node, "bob", "1h");
+    let offer = common::webrtc::offer_without_candidates(false);
+    let post = |path: &str, token: Option<&str>| {
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let mut headers = vec![("Content-Type", "application/sdp")];
+        headers.extend(auth.as_deref().map(|a| ("Authorization", a)));
+        http_send(node.http, "POST", path, &headers, offer.as_bytes())
+    };
+    // No token: refused. Carol is not in the room: nothing to watch.
+    let refused = post("/whep/room/stage/alice", None);
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    let refused = post("/whep/room/stage/carol", Some(&bob));
+    assert_eq!(refused.status, 404, "{}", refused.text());
+    // A resource is ended by its own URL only.
+    let watching = post("/whep/room/stage/alice", Some(&bob));
+    assert_eq!(watching.status, 201, "{}", watching.text());
+    let location = watching.header("Location").unwrap_or_default().to_owned();
+    assert!(
+        location.starts_with("/whep/room/stage/alice/"),
+        "{location}"
+    );
+    let elsewhere = location.replace("/alice/", "/carol/");
+    assert_eq!(
+        http_send(node.http, "DELETE", &elsewhere, &[], b"").status,
+        404
+    );
+    assert_eq!(
+        http_send(node.http, "DELETE", &location, &[], b"").status,
+        200
+    );
+    assert_eq!(
+        http_send(node.http, "DELETE", &location, &[], b"").status,
+        404
+    );
+
+    // Bob watches her with GStreamer's WHEP client, his user token as its auth token: her
+    // camera at its size, and her voice.
+    let url = format!("http://{}/whep/room/stage/alice", node.http);
+    let played = common::webrtc::gst_play_as(&url, Some(&bob), 5);
+    common::webrtc::assert_plays(&played, 640, 360);
+    let joined = wait_events(&node, "participant.joined", |e| {
+        e["room"] == "stage" && e["user"] == "bob"
+    });
+    assert!(!joined.is_empty(), "bob joined to watch");
+    // His client is gone: so is he, from the room.
+    let left = wait_events(&node, "participant.left", |e| {
+        e["room"] == "stage" && e["user"] == "bob"
+    });
+    assert!(
+        left.len() >= 2,
+        "the resource deleted, then the client gone: {left:?}"
+    );
+}
+
 /// The figure `name` on the node's `/metrics`.
 fn metric(node: &Node, name: &str) -> Option<u64> {
     let metrics = node.get("/metrics").text();

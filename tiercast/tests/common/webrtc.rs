@@ -32,8 +32,16 @@ pub fn example(package: &str, name: &str) -> PathBuf {
 
 /// What `gst_webrtc play` decoded from `url` in `seconds`.
 pub fn gst_play(url: &str, seconds: u32) -> serde_json::Value {
+    gst_play_as(url, None, seconds)
+}
+
+/// What `gst_webrtc play` decoded from `url` in `seconds`, with `token` as its Bearer token.
+pub fn gst_play_as(url: &str, token: Option<&str>, seconds: u32) -> serde_json::Value {
+    let seconds = seconds.to_string();
+    let mut args = vec!["play", url, &seconds];
+    args.extend(token);
     let out = Command::new(helper())
-        .args(["play", url, &seconds.to_string()])
+        .args(args)
         .env("GST_DEBUG", "1")
         .stderr(Stdio::piped())
         .output()

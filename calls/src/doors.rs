@@ -1,9 +1,17 @@
-//! WHIP into rooms: `POST /whip/room/<room>` with a user token as the Bearer token (and
-//! `?pin=` where the room has one) makes any WHIP client (OBS, GStreamer's `whipclientsink`,
-//! a browser) a participant that publishes and takes nothing. It joins the room as its user
-//! does from the call page (the others see it join, with its camera and microphone), its
-//! connection is the call server's like any participant's, and `DELETE` on the resource it is
-//! given (or its connection timing out) takes it out.
+//! WHIP and WHEP into rooms, for clients that speak HTTP and no signaling socket:
+//!
+//! - `POST /whip/room/<room>` makes any WHIP client (OBS, GStreamer's `whipclientsink`, a
+//!   browser) a participant that publishes and takes nothing;
+//! - `POST /whep/room/<room>/<user>` makes any WHEP client (GStreamer's `whepclientsrc`, a
+//!   WHEP player, OBS's WHEP source) a participant that takes `user`'s camera (or screen) and
+//!   microphone into the sections of its offer, whenever `user` publishes them, and
+//!   publishes nothing.
+//!
+//! Either comes with a user token as the Bearer token (and `?pin=` where the room has one),
+//! and joins the room as its user does from the call page (the others see it join, a WHIP
+//! client with its camera and microphone). Its connection is the call server's like any
+//! participant's, and `DELETE` on the resource it is given (or its connection timing out)
+//! takes it out.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,29 +22,32 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use str0m::media::MediaKind;
 use tracing::{info, warn};
 
 use crate::protocol::{ClientMessage, ServerMessage};
-use crate::sfu;
+use crate::sfu::{self, Role};
 use crate::switchboard::{self, Out, SocketId};
 use crate::ws::{Calls, lock, refuse, unix_ms};
 
-/// WHIP publishers the node holds in rooms at once.
-pub const MAX_PUBLISHERS: usize = 1_000;
+/// WHIP and WHEP clients the node holds in rooms at once.
+pub const MAX_CLIENTS: usize = 1_000;
 /// The largest offer taken.
 const MAX_OFFER: usize = 64 * 1024;
 /// How long the call server may take to answer.
 const ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
-/// A WHIP client in a room.
+/// A WHIP or WHEP client in a room, by its resource's id.
 #[derive(Debug)]
-pub struct Publisher {
+pub struct Client {
     socket: SocketId,
     room: String,
+    /// Whom a WHEP client watches; `None` for a WHIP client.
+    watching: Option<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
-pub(crate) struct PublishQuery {
+pub(crate) struct RoomQuery {
     pin: Option<String>,
 }
 
@@ -44,9 +55,50 @@ pub(crate) struct PublishQuery {
 pub(crate) async fn publish(
     State(calls): State<Arc<Calls>>,
     Path(room): Path<String>,
-    Query(q): Query<PublishQuery>,
+    Query(q): Query<RoomQuery>,
     headers: HeaderMap,
     body: Bytes,
+) -> Response {
+    let sdp = match read_offer(&headers, &body) {
+        Ok(sdp) => sdp,
+        Err(refused) => return refused,
+    };
+    let sources = sources(&sdp);
+    if sources.is_empty() {
+        return refuse(StatusCode::BAD_REQUEST, "the offer sends no media");
+    }
+    enter(&calls, &headers, room, q.pin, sdp, sources, Role::Publisher).await
+}
+
+/// `POST /whep/room/<room>/<user>`: the offer in, the answer out, `Location` the resource.
+pub(crate) async fn watch(
+    State(calls): State<Arc<Calls>>,
+    Path((room, user)): Path<(String, String)>,
+    Query(q): Query<RoomQuery>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let sdp = match read_offer(&headers, &body) {
+        Ok(sdp) => sdp,
+        Err(refused) => return refused,
+    };
+    let slots = receiving(&sdp);
+    if slots.is_empty() {
+        return refuse(StatusCode::BAD_REQUEST, "the offer receives no media");
+    }
+    let role = Role::Watcher { user, slots };
+    enter(&calls, &headers, room, q.pin, sdp, BTreeMap::new(), role).await
+}
+
+/// Takes an HTTP client into `room` as its token's user, and its offer to the call server.
+async fn enter(
+    calls: &Calls,
+    headers: &HeaderMap,
+    room: String,
+    pin: Option<String>,
+    sdp: String,
+    sources: BTreeMap<String, String>,
+    role: Role,
 ) -> Response {
     let token = headers
         .get(header::AUTHORIZATION)
@@ -62,19 +114,21 @@ pub(crate) async fn publish(
         Ok(user) => user,
         Err(refused) => return refused,
     };
-    let sdp = match read_offer(&headers, &body) {
-        Ok(sdp) => sdp,
-        Err(refused) => return refused,
+    if lock(&calls.http_clients).len() >= MAX_CLIENTS {
+        return refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many WHIP and WHEP clients",
+        );
+    }
+    let watching = match &role {
+        Role::Watcher { user: watched, .. } if *watched == user.id => {
+            return refuse(StatusCode::BAD_REQUEST, "a user cannot watch themselves");
+        }
+        Role::Watcher { user: watched, .. } => Some(watched.clone()),
+        _ => None,
     };
-    let sources = sources(&sdp);
-    if sources.is_empty() {
-        return refuse(StatusCode::BAD_REQUEST, "the offer sends no media");
-    }
-    if lock(&calls.whips).len() >= MAX_PUBLISHERS {
-        return refuse(StatusCode::SERVICE_UNAVAILABLE, "too many WHIP publishers");
-    }
 
-    // Into the room, as its user; the others are told and see its tracks.
+    // Into the room, as its user; the others are told, and see a publisher's tracks.
     let socket = calls.next.fetch_add(1, Ordering::Relaxed);
     let joined = {
         let mut board = lock(&calls.board);
@@ -82,25 +136,37 @@ pub(crate) async fn publish(
         let now = Instant::now();
         let join = ClientMessage::Join {
             room: room.clone(),
-            pin: q.pin,
+            pin,
         };
-        let outs = board.message(socket, join, now, unix_ms());
-        match refusal(&outs, socket) {
+        let mut outs = board.message(socket, join, now, unix_ms());
+        let absent = watching
+            .as_deref()
+            .filter(|watched| !board.in_room(&room, watched));
+        let refused = refusal(&outs, socket).or_else(|| {
+            absent.map(|watched| {
+                refuse(
+                    StatusCode::NOT_FOUND,
+                    &format!("{watched} is not in room {room}"),
+                )
+            })
+        });
+        match refused {
             Some(refused) => {
                 board.disconnect(socket, now, unix_ms());
                 Err(refused)
             }
             None => {
-                let tracks = sources
-                    .values()
-                    .map(|s| switchboard::track(s, false))
-                    .collect();
-                let say = ClientMessage::Tracks {
-                    room: room.clone(),
-                    tracks,
-                };
-                let mut outs = outs;
-                outs.extend(board.message(socket, say, now, unix_ms()));
+                if !sources.is_empty() {
+                    let tracks = sources
+                        .values()
+                        .map(|s| switchboard::track(s, false))
+                        .collect();
+                    let say = ClientMessage::Tracks {
+                        room: room.clone(),
+                        tracks,
+                    };
+                    outs.extend(board.message(socket, say, now, unix_ms()));
+                }
                 Ok(outs)
             }
         }
@@ -117,7 +183,7 @@ pub(crate) async fn publish(
         user: user.id.clone(),
         sdp,
         sources,
-        publish_only: true,
+        role,
         reply,
     };
     let answer = if calls.sfu.send(offer) {
@@ -141,22 +207,30 @@ pub(crate) async fn publish(
     let answer = match answer {
         Ok(sdp) => sdp,
         Err(refused) => {
-            leave(&calls, socket);
+            leave(calls, socket);
             return refused;
         }
     };
     let id = switchboard::new_id();
-    let publisher = Publisher {
+    let location = match &watching {
+        Some(watched) => format!("/whep/room/{room}/{watched}/{id}"),
+        None => format!("/whip/room/{room}/{id}"),
+    };
+    let client = Client {
         socket,
         room: room.clone(),
+        watching: watching.clone(),
     };
-    lock(&calls.whips).insert(id.clone(), publisher);
-    info!(%room, user = %user.id, socket, "WHIP publisher joined the room");
+    lock(&calls.http_clients).insert(id, client);
+    match &watching {
+        Some(watched) => info!(%room, user = %user.id, %watched, socket, "WHEP client watches"),
+        None => info!(%room, user = %user.id, socket, "WHIP publisher joined the room"),
+    }
     (
         StatusCode::CREATED,
         [
             (header::CONTENT_TYPE, "application/sdp".to_owned()),
-            (header::LOCATION, format!("/whip/room/{room}/{id}")),
+            (header::LOCATION, location),
         ],
         answer,
     )
@@ -168,29 +242,45 @@ pub(crate) async fn stop(
     State(calls): State<Arc<Calls>>,
     Path((room, id)): Path<(String, String)>,
 ) -> Response {
-    let publisher = {
-        let mut whips = lock(&calls.whips);
-        match whips.get(&id) {
-            Some(p) if p.room == room => whips.remove(&id),
+    take_out(&calls, &id, &room, None)
+}
+
+/// `DELETE /whep/room/<room>/<user>/<id>`: the watcher leaves.
+pub(crate) async fn stop_watching(
+    State(calls): State<Arc<Calls>>,
+    Path((room, user, id)): Path<(String, String, String)>,
+) -> Response {
+    take_out(&calls, &id, &room, Some(&user))
+}
+
+/// The client `id` names leaves, if it is in `room` (watching `watching`).
+fn take_out(calls: &Calls, id: &str, room: &str, watching: Option<&str>) -> Response {
+    let client = {
+        let mut clients = lock(&calls.http_clients);
+        match clients.get(id) {
+            Some(c) if c.room == room && c.watching.as_deref() == watching => clients.remove(id),
             _ => None,
         }
     };
-    let Some(publisher) = publisher else {
-        return refuse(StatusCode::NOT_FOUND, "no such WHIP resource");
+    let Some(client) = client else {
+        return refuse(StatusCode::NOT_FOUND, "no such resource");
     };
-    leave(&calls, publisher.socket);
+    leave(calls, client.socket);
     StatusCode::OK.into_response()
 }
 
-/// The call server's connection for `socket` is gone: a WHIP publisher leaves its room.
+/// The call server's connection for `socket` is gone: a WHIP or WHEP client leaves its room.
 pub(crate) fn gone(calls: &Calls, socket: SocketId) {
-    let mut whips = lock(&calls.whips);
-    let before = whips.len();
-    whips.retain(|_, p| p.socket != socket);
-    let was_whip = whips.len() != before;
-    drop(whips);
-    if was_whip {
-        info!(socket, "WHIP publisher's connection gone; out of its room");
+    let mut clients = lock(&calls.http_clients);
+    let before = clients.len();
+    clients.retain(|_, c| c.socket != socket);
+    let was_http = clients.len() != before;
+    drop(clients);
+    if was_http {
+        info!(
+            socket,
+            "WHIP or WHEP client's connection gone; out of its room"
+        );
         leave(calls, socket);
     }
 }
@@ -210,7 +300,7 @@ fn refusal(outs: &[Out], socket: SocketId) -> Option<Response> {
                 "busy_node" => StatusCode::SERVICE_UNAVAILABLE,
                 _ => StatusCode::FORBIDDEN,
             };
-            warn!(socket, %code, "WHIP publisher refused by the room");
+            warn!(socket, %code, "WHIP or WHEP client refused by the room");
             Some(refuse(status, message))
         }
         _ => None,
@@ -269,6 +359,30 @@ fn sources(sdp: &str) -> BTreeMap<String, String> {
     found
 }
 
+/// The sections of `sdp` that receive media: their mids and kinds, in order.
+fn receiving(sdp: &str) -> Vec<(String, MediaKind)> {
+    let mut found = Vec::new();
+    for section in sdp.split("\nm=").skip(1) {
+        let kind = match section.split_whitespace().next() {
+            Some("audio") => MediaKind::Audio,
+            Some("video") => MediaKind::Video,
+            _ => continue,
+        };
+        let mid = section
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix("a=mid:").map(str::to_owned));
+        let sends_only = section
+            .lines()
+            .any(|l| matches!(l.trim_end(), "a=sendonly" | "a=inactive"));
+        if let Some(mid) = mid
+            && !sends_only
+        {
+            found.push((mid, kind));
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +399,9 @@ mod tests {
         assert_eq!(found["audio1"], "microphone");
         assert_eq!(found["2"], "screen");
         assert!(!found.contains_key("3"), "it receives only: {found:?}");
+        let taken = receiving(sdp);
+        let mids: Vec<&str> = taken.iter().map(|(m, _)| m.as_str()).collect();
+        assert_eq!(mids, ["2", "3"], "what it can take: {taken:?}");
+        assert_eq!(taken[1].1, MediaKind::Audio);
     }
 }
