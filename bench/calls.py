@@ -90,7 +90,8 @@ def tiercast(rooms, size, args, work):
 
 def measure(server_pid, http, url, rooms, size, args, tag):
     client = subprocess.Popen(
-        ["taskset", "-c", "1", load_client(), url, SECRET, str(rooms), str(size),
+        ["taskset", "-c", "1", load_client(), tag, url, SECRET if tag == "tiercast" else "-",
+         str(rooms), str(size),
          str(args.seconds), str(args.fps)],
         stdout=subprocess.PIPE, text=True)
     time.sleep(args.seconds / 2)

@@ -1,15 +1,21 @@
 //! A load client for `bench/calls.py`: rooms of participants in one process, each a str0m
-//! WebRTC connection on its own loopback UDP socket and thread, signalling over the node's
-//! WebSocket (`/ws`) as the call page does. Every participant publishes one VP8 camera in three
-//! simulcast layers (`q` 160x90, `h` 320x180, `f` 640x360; synthetic frames of the layer's
-//! size at a typical rate, a keyframe every 2 s and when asked) and takes every other
-//! participant's camera. Each frame carries the time it was sent, so a receiver knows how long
-//! it took through the server (all participants share one clock: this process's).
+//! WebRTC participant on loopback UDP with a thread of its own. Every participant publishes
+//! one VP8 camera in three simulcast layers (`q` 160x90, `h` 320x180, `f` 640x360; synthetic
+//! frames of the layer's size at a typical rate, a keyframe every 2 s and when asked) and takes
+//! every other participant's camera. Each frame carries the time it was sent, so a receiver
+//! knows how long it took through the server (all participants share one clock: this
+//! process's).
 //!
-//! `room_load <ws://host:port/ws> <secret> <rooms> <size> <seconds> [fps=30]`; users are
-//! `r<room>p<n>` (the node's TOML lists them). Prints one JSON line: participants connected,
-//! video tracks received, frames received, and the frame delay p50/p95 in ms over the second
-//! half of the run.
+//! Two servers, driven the same way:
+//! - `room_load tiercast <ws://host:port/ws> <secret> <rooms> <size> <seconds> [fps=30]`:
+//!   signalling over the node's WebSocket as the call page does, one connection each; users
+//!   are `r<room>p<n>` (the node's TOML lists them);
+//! - `room_load janus <http://host:port/janus> - <rooms> <size> <seconds> [fps=30]`: Janus's
+//!   VideoRoom over its HTTP API (long polls), a publisher connection and, once everyone in
+//!   the room publishes, one multistream subscriber connection each.
+//!
+//! Prints one JSON line: participants connected, video tracks received, frames received, and
+//! the frame delay p50/p95 in ms over the second half of the run.
 
 use std::collections::HashMap;
 use std::net::{TcpStream, UdpSocket};
@@ -18,6 +24,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use calls::protocol::{ClientMessage, ServerMessage};
+use serde_json::json;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::media::{Direction, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive};
@@ -49,13 +56,27 @@ fn epoch() -> Instant {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [url, secret, rooms, size, seconds, rest @ ..] = &args[..] else {
-        eprintln!("usage: room_load <ws://host:port/ws> <secret> <rooms> <size> <seconds> [fps]");
+    let [server, url, secret, rooms, size, seconds, rest @ ..] = &args[..] else {
+        eprintln!(
+            "usage: room_load tiercast|janus <url> <secret|-> <rooms> <size> <seconds> [fps]"
+        );
         std::process::exit(2);
     };
     let number = |s: &str| s.parse::<u64>().expect("a number");
     let (rooms, size, seconds) = (number(rooms), number(size), number(seconds));
     let fps = rest.first().map_or(30, |s| number(s));
+    let janus = match server.as_str() {
+        "tiercast" => false,
+        "janus" => true,
+        other => {
+            eprintln!("room_load: no server {other:?}: tiercast or janus");
+            std::process::exit(2);
+        }
+    };
+    if janus && let Err(e) = janus_rooms(url, rooms, size) {
+        eprintln!("room_load: janus rooms: {e}");
+        std::process::exit(1);
+    }
     epoch();
     let totals = Arc::new(Totals::default());
     let until = Instant::now() + Duration::from_secs(seconds);
@@ -66,11 +87,17 @@ fn main() {
         for n in 0..size {
             let (url, secret, totals) = (url.clone(), secret.clone(), totals.clone());
             let user = format!("r{room}p{n}");
-            let room = format!("load{room}");
             threads.push(std::thread::spawn(move || {
-                if let Err(e) =
-                    participant(&url, &secret, &room, &user, fps, (from, until), &totals)
-                {
+                let signalling: Result<Box<dyn Signalling>, String> = if janus {
+                    Janus::open(&url, JANUS_ROOMS + room, size, &user)
+                        .map(|j| Box::new(j) as Box<dyn Signalling>)
+                } else {
+                    Tiercast::open(&url, &secret, &format!("load{room}"), &user)
+                        .map(|t| Box::new(t) as Box<dyn Signalling>)
+                };
+                let outcome =
+                    signalling.and_then(|s| participant(s, &user, fps, (from, until), &totals));
+                if let Err(e) = outcome {
                     eprintln!("room_load: {user}: {e}");
                     totals.failed.fetch_add(1, Ordering::Relaxed);
                 }
@@ -102,14 +129,32 @@ fn main() {
     );
 }
 
-/// The signalling socket, read without blocking.
-struct Signalling {
+/// What a server tells a participant: an answer to its offer, or an offer of its own, for one
+/// of its connections (0: the first, 1: a second one the server asks for).
+enum Told {
+    Answer(usize, String),
+    Offer(usize, String),
+}
+
+/// One participant's signalling with a server.
+trait Signalling: Send {
+    /// Joins with the participant's offer (one camera, `camera` its mid).
+    fn publish(&mut self, offer: String, camera: Mid) -> Result<(), String>;
+    /// What has come since last asked; it does not wait.
+    fn poll(&mut self) -> Result<Vec<Told>, String>;
+    /// The participant's answer to the server's offer on connection `conn`.
+    fn answer(&mut self, conn: usize, sdp: String) -> Result<(), String>;
+    fn leave(&mut self);
+}
+
+/// tiercast's signalling socket, read without blocking.
+struct Tiercast {
     ws: tungstenite::WebSocket<TcpStream>,
     room: String,
 }
 
-impl Signalling {
-    fn open(url: &str, secret: &str, room: &str, user: &str) -> Result<Signalling, String> {
+impl Tiercast {
+    fn open(url: &str, secret: &str, room: &str, user: &str) -> Result<Tiercast, String> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -125,10 +170,15 @@ impl Signalling {
         ws.get_ref()
             .set_read_timeout(Some(Duration::from_millis(1)))
             .map_err(|e| e.to_string())?;
-        Ok(Signalling {
+        let mut tiercast = Tiercast {
             ws,
             room: room.to_owned(),
-        })
+        };
+        tiercast.send(&ClientMessage::Join {
+            room: room.to_owned(),
+            pin: None,
+        })?;
+        Ok(tiercast)
     }
 
     fn send(&mut self, message: &ClientMessage) -> Result<(), String> {
@@ -139,7 +189,7 @@ impl Signalling {
     }
 
     /// The next message, if one has come.
-    fn poll(&mut self) -> Result<Option<ServerMessage>, String> {
+    fn next(&mut self) -> Result<Option<ServerMessage>, String> {
         match self.ws.read() {
             Ok(tungstenite::Message::Text(text)) => {
                 Ok(serde_json::from_str::<ServerMessage>(&text).ok())
@@ -155,6 +205,268 @@ impl Signalling {
             }
             Err(e) => Err(format!("websocket: {e}")),
         }
+    }
+}
+
+impl Signalling for Tiercast {
+    fn publish(&mut self, offer: String, camera: Mid) -> Result<(), String> {
+        let sources = [(camera.to_string(), "camera".to_owned())].into();
+        self.send(&ClientMessage::Offer {
+            room: self.room.clone(),
+            sdp: offer,
+            sources,
+        })
+    }
+
+    fn poll(&mut self) -> Result<Vec<Told>, String> {
+        let mut told = Vec::new();
+        while let Some(message) = self.next()? {
+            match message {
+                ServerMessage::Answer { sdp, .. } => told.push(Told::Answer(0, sdp)),
+                ServerMessage::Offer { sdp, .. } => told.push(Told::Offer(0, sdp)),
+                ServerMessage::Error { code, message } => {
+                    return Err(format!("{code}: {message}"));
+                }
+                _ => {}
+            }
+        }
+        Ok(told)
+    }
+
+    fn answer(&mut self, _: usize, sdp: String) -> Result<(), String> {
+        self.send(&ClientMessage::Answer {
+            room: self.room.clone(),
+            sdp,
+        })
+    }
+
+    fn leave(&mut self) {
+        let _ = self.send(&ClientMessage::Leave {
+            room: self.room.clone(),
+        });
+    }
+}
+
+/// Janus's rooms are numbered from here.
+const JANUS_ROOMS: u64 = 9_000;
+
+/// One request to Janus's HTTP API and its JSON answer (HTTP/1.0: never chunked).
+fn janus_call(url: &str, body: Option<&serde_json::Value>) -> Result<serde_json::Value, String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or("http:// URLs only")?;
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut stream = TcpStream::connect(host).map_err(|e| format!("{host}: {e}"))?;
+    let request = match body {
+        Some(body) => {
+            let body = body.to_string();
+            format!(
+                "POST {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        None => format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+    };
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(|e| e.to_string())?;
+    let raw = String::from_utf8_lossy(&raw);
+    let (head, body) = raw.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+    if !head.lines().next().is_some_and(|l| l.contains(" 200 ")) {
+        return Err(format!("{}: {body}", head.lines().next().unwrap_or("")));
+    }
+    serde_json::from_str(body.trim()).map_err(|e| format!("{e}: {body}"))
+}
+
+/// A Janus session with a handle on the VideoRoom plugin: (session, handle).
+fn janus_attach(url: &str) -> Result<(u64, u64), String> {
+    let created = janus_call(url, Some(&json!({"janus": "create", "transaction": "c"})))?;
+    let session = created["data"]["id"]
+        .as_u64()
+        .ok_or(format!("create: {created}"))?;
+    let handle = janus_handle(url, session)?;
+    Ok((session, handle))
+}
+
+fn janus_handle(url: &str, session: u64) -> Result<u64, String> {
+    let attach = json!({"janus": "attach", "plugin": "janus.plugin.videoroom", "transaction": "a"});
+    let attached = janus_call(&format!("{url}/{session}"), Some(&attach))?;
+    attached["data"]["id"]
+        .as_u64()
+        .ok_or(format!("attach: {attached}"))
+}
+
+/// Makes the bench's rooms, each for `size` VP8 publishers.
+fn janus_rooms(url: &str, rooms: u64, size: u64) -> Result<(), String> {
+    let (session, handle) = janus_attach(url)?;
+    for room in 0..rooms {
+        let body = json!({"request": "create", "room": JANUS_ROOMS + room, "publishers": size,
+            "videocodec": "vp8", "bitrate": 0, "is_private": false});
+        let message = json!({"janus": "message", "transaction": "r", "body": body});
+        let created = janus_call(&format!("{url}/{session}/{handle}"), Some(&message))?;
+        let answer = &created["plugindata"]["data"];
+        if answer["videoroom"] != "created" && answer["error_code"] != 427 {
+            return Err(format!("create room: {created}"));
+        }
+    }
+    Ok(())
+}
+
+/// Janus's VideoRoom over its HTTP API: a publisher handle, then (once the room's other
+/// participants all publish) one subscriber handle taking all of them on a second connection.
+/// A thread long-polls the session's events.
+struct Janus {
+    url: String,
+    session: u64,
+    publisher: u64,
+    subscriber: Option<u64>,
+    room: u64,
+    size: u64,
+    user: String,
+    feeds: Vec<u64>,
+    me: Option<u64>,
+    events: std::sync::mpsc::Receiver<serde_json::Value>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Janus {
+    fn open(url: &str, room: u64, size: u64, user: &str) -> Result<Janus, String> {
+        let (session, publisher) = janus_attach(url)?;
+        let (tx, events) = std::sync::mpsc::channel();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (poll, stopped) = (format!("{url}/{session}?maxev=20"), stop.clone());
+        std::thread::spawn(move || {
+            while !stopped.load(Ordering::Relaxed) {
+                match janus_call(&poll, None) {
+                    Ok(serde_json::Value::Array(events)) => {
+                        for event in events {
+                            if tx.send(event).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Ok(event) => {
+                        if tx.send(event).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("room_load: janus events: {e}");
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                }
+            }
+        });
+        Ok(Janus {
+            url: url.to_owned(),
+            session,
+            publisher,
+            subscriber: None,
+            room,
+            size,
+            user: user.to_owned(),
+            feeds: Vec::new(),
+            me: None,
+            events,
+            stop,
+        })
+    }
+
+    fn message(
+        &self,
+        handle: u64,
+        body: serde_json::Value,
+        jsep: Option<serde_json::Value>,
+    ) -> Result<(), String> {
+        let mut message = json!({"janus": "message", "transaction": "m", "body": body});
+        if let Some(jsep) = jsep {
+            message["jsep"] = jsep;
+        }
+        let sent = janus_call(
+            &format!("{}/{}/{handle}", self.url, self.session),
+            Some(&message),
+        )?;
+        match sent["janus"].as_str() {
+            Some("ack" | "success") => Ok(()),
+            _ => Err(format!("message: {sent}")),
+        }
+    }
+
+    fn heard_publishers(&mut self, list: &serde_json::Value) {
+        for p in list.as_array().into_iter().flatten() {
+            if let Some(id) = p["id"].as_u64()
+                && Some(id) != self.me
+                && !self.feeds.contains(&id)
+            {
+                self.feeds.push(id);
+            }
+        }
+    }
+}
+
+impl Signalling for Janus {
+    fn publish(&mut self, offer: String, _: Mid) -> Result<(), String> {
+        let body = json!({"request": "joinandconfigure", "room": self.room, "ptype": "publisher",
+            "display": self.user, "audio": false, "video": true});
+        let jsep = json!({"type": "offer", "sdp": offer, "trickle": false});
+        self.message(self.publisher, body, Some(jsep))
+    }
+
+    fn poll(&mut self) -> Result<Vec<Told>, String> {
+        let mut told = Vec::new();
+        while let Ok(event) = self.events.try_recv() {
+            let data = &event["plugindata"]["data"];
+            if let Some(code) = data["error_code"].as_u64() {
+                return Err(format!("janus error {code}: {data}"));
+            }
+            let sender = event["sender"].as_u64();
+            if data["videoroom"] == "joined" && sender == Some(self.publisher) {
+                self.me = data["id"].as_u64();
+            }
+            self.heard_publishers(&data["publishers"]);
+            if let Some(sdp) = event["jsep"]["sdp"].as_str() {
+                let conn = usize::from(sender != Some(self.publisher));
+                match event["jsep"]["type"].as_str() {
+                    Some("answer") => told.push(Told::Answer(conn, sdp.to_owned())),
+                    Some("offer") => told.push(Told::Offer(conn, sdp.to_owned())),
+                    _ => {}
+                }
+            }
+        }
+        // Everyone else publishes: take them all on one subscriber connection.
+        if self.subscriber.is_none() && self.feeds.len() as u64 + 1 >= self.size {
+            let handle = janus_handle(&self.url, self.session)?;
+            self.subscriber = Some(handle);
+            let streams: Vec<serde_json::Value> =
+                self.feeds.iter().map(|f| json!({"feed": f})).collect();
+            let body = json!({"request": "join", "room": self.room, "ptype": "subscriber",
+                "streams": streams});
+            self.message(handle, body, None)?;
+        }
+        Ok(told)
+    }
+
+    fn answer(&mut self, conn: usize, sdp: String) -> Result<(), String> {
+        let handle = if conn == 0 {
+            Some(self.publisher)
+        } else {
+            self.subscriber
+        };
+        let handle = handle.ok_or("no subscriber handle")?;
+        let jsep = json!({"type": "answer", "sdp": sdp, "trickle": false});
+        self.message(
+            handle,
+            json!({"request": "start", "room": self.room}),
+            Some(jsep),
+        )
+    }
+
+    fn leave(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let destroy = json!({"janus": "destroy", "transaction": "d"});
+        let _ = janus_call(&format!("{}/{}", self.url, self.session), Some(&destroy));
     }
 }
 
@@ -183,30 +495,73 @@ fn sent_at(frame: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(frame.get(at..at + 8)?.try_into().ok()?))
 }
 
+/// One WebRTC connection of a participant, on its own UDP socket.
+struct Conn {
+    rtc: Rtc,
+    socket: UdpSocket,
+    local: std::net::SocketAddr,
+}
+
+impl Conn {
+    fn new() -> Result<Conn, String> {
+        let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+        socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let local = socket.local_addr().map_err(|e| e.to_string())?;
+        let mut rtc = RtcConfig::new()
+            .clear_codecs()
+            .enable_vp8(true)
+            .build(Instant::now());
+        let host = Candidate::host(local, "udp").map_err(|e| e.to_string())?;
+        rtc.add_local_candidate(host);
+        Ok(Conn { rtc, socket, local })
+    }
+}
+
+/// What a participant's connections hear, as they hear it.
+struct Heard<'a> {
+    totals: &'a Totals,
+    from: Instant,
+    receiving: HashMap<(usize, Mid), ()>,
+    delays: Vec<u32>,
+    keyframe: bool,
+}
+
+impl Heard<'_> {
+    fn event(&mut self, conn: usize, event: Event) {
+        match event {
+            Event::Connected => {
+                if conn == 0 {
+                    self.totals.connected.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Event::KeyframeRequest(_) => self.keyframe = true,
+            Event::MediaData(data) => {
+                if self.receiving.insert((conn, data.mid), ()).is_none() {
+                    self.totals.tracks.fetch_add(1, Ordering::Relaxed);
+                }
+                self.totals.frames.fetch_add(1, Ordering::Relaxed);
+                if let Some(sent) = sent_at(&data.data)
+                    && self.delays.len() < SAMPLES
+                    && Instant::now() >= self.from
+                {
+                    let now = epoch().elapsed().as_micros() as u64;
+                    self.delays.push(now.saturating_sub(sent) as u32);
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
 fn participant(
-    url: &str,
-    secret: &str,
-    room: &str,
+    mut signalling: Box<dyn Signalling>,
     user: &str,
     fps: u64,
     (from, until): (Instant, Instant),
     totals: &Totals,
 ) -> Result<(), String> {
-    let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    let local = socket.local_addr().map_err(|e| e.to_string())?;
-    let mut signalling = Signalling::open(url, secret, room, user)?;
-    signalling.send(&ClientMessage::Join {
-        room: room.to_owned(),
-        pin: None,
-    })?;
-
-    let mut rtc: Rtc = RtcConfig::new()
-        .clear_codecs()
-        .enable_vp8(true)
-        .build(Instant::now());
-    let host = Candidate::host(local, "udp").map_err(|e| e.to_string())?;
-    rtc.add_local_candidate(host);
-    let mut change = rtc.sdp_api();
+    let mut conns = vec![Conn::new()?];
+    let mut change = conns[0].rtc.sdp_api();
     let simulcast = Simulcast {
         send: LAYERS
             .iter()
@@ -223,64 +578,64 @@ fn participant(
     );
     let (offer, pending) = change.apply().ok_or("nothing to offer")?;
     let mut pending: Option<SdpPendingOffer> = Some(pending);
-    let sources = [(camera.to_string(), "camera".to_owned())].into();
-    signalling.send(&ClientMessage::Offer {
-        room: room.to_owned(),
-        sdp: offer.to_sdp_string(),
-        sources,
-    })?;
+    signalling.publish(offer.to_sdp_string(), camera)?;
 
     let interval = Duration::from_micros(1_000_000 / fps.max(1));
     let mut next_frame = Instant::now();
     let mut next_key = Instant::now();
     let mut rtp_time = 0u64;
-    let mut connected = false;
-    let mut receiving: HashMap<Mid, bool> = HashMap::new();
-    let mut delays = Vec::new();
+    let mut heard = Heard {
+        totals,
+        from,
+        receiving: HashMap::new(),
+        delays: Vec::new(),
+        keyframe: false,
+    };
     let mut buf = vec![0u8; 2000];
     let mut next_signalling = Instant::now();
-    while Instant::now() < until {
-        // Signalling a few times a second (each look waits a millisecond).
-        let polled = Instant::now() >= next_signalling;
-        if polled {
-            next_signalling = Instant::now() + Duration::from_millis(50);
+    let outcome = loop {
+        if Instant::now() >= until {
+            break Ok(());
         }
-        while polled && let Some(message) = signalling.poll()? {
-            match message {
-                ServerMessage::Answer { sdp, .. } => {
-                    let answer = SdpAnswer::from_sdp_string(&sdp).map_err(|e| e.to_string())?;
-                    if let Some(pending) = pending.take() {
-                        rtc.sdp_api()
-                            .accept_answer(pending, answer)
+        // Signalling a few times a second.
+        if Instant::now() >= next_signalling {
+            next_signalling = Instant::now() + Duration::from_millis(50);
+            for told in signalling.poll()? {
+                match told {
+                    Told::Answer(conn, sdp) => {
+                        let answer = SdpAnswer::from_sdp_string(&sdp).map_err(|e| e.to_string())?;
+                        if let (Some(pending), Some(c)) = (pending.take(), conns.get_mut(conn)) {
+                            c.rtc
+                                .sdp_api()
+                                .accept_answer(pending, answer)
+                                .map_err(|e| e.to_string())?;
+                        }
+                    }
+                    Told::Offer(conn, sdp) => {
+                        let offer = SdpOffer::from_sdp_string(&sdp).map_err(|e| e.to_string())?;
+                        while conns.len() <= conn {
+                            conns.push(Conn::new()?);
+                        }
+                        let answer = conns[conn]
+                            .rtc
+                            .sdp_api()
+                            .accept_offer(offer)
                             .map_err(|e| e.to_string())?;
+                        signalling.answer(conn, answer.to_sdp_string())?;
                     }
                 }
-                ServerMessage::Offer { sdp, .. } => {
-                    let offer = SdpOffer::from_sdp_string(&sdp).map_err(|e| e.to_string())?;
-                    let answer = rtc
-                        .sdp_api()
-                        .accept_offer(offer)
-                        .map_err(|e| e.to_string())?;
-                    signalling.send(&ClientMessage::Answer {
-                        room: signalling.room.clone(),
-                        sdp: answer.to_sdp_string(),
-                    })?;
-                }
-                ServerMessage::Error { code, message } => {
-                    return Err(format!("{code}: {message}"));
-                }
-                _ => {}
             }
         }
         // The camera's frames, every layer, when it is time.
         let now = Instant::now();
-        if connected && now >= next_frame {
+        if conns[0].rtc.is_connected() && now >= next_frame {
             next_frame += interval;
-            let key = now >= next_key;
+            let key = now >= next_key || std::mem::take(&mut heard.keyframe);
             if key {
                 next_key = now + KEYFRAME_EVERY;
             }
             rtp_time += 90_000 / fps.max(1);
+            let rtc = &mut conns[0].rtc;
             if let Some(pt) = rtc
                 .writer(camera)
                 .and_then(|w| w.payload_params().next().map(|p| p.pt()))
@@ -294,69 +649,48 @@ fn participant(
                 }
             }
         }
-        // Everything str0m has to send, until it wants time.
-        let wait = loop {
-            match rtc.poll_output().map_err(|e| e.to_string())? {
-                Output::Timeout(at) => break at,
-                Output::Transmit(t) => {
-                    let _ = socket.send_to(&t.contents, t.destination);
-                }
-                Output::Event(event) => match event {
-                    Event::Connected => {
-                        connected = true;
-                        totals.connected.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Event::KeyframeRequest(_) => next_key = Instant::now(),
-                    Event::MediaData(data) => {
-                        if receiving.insert(data.mid, true).is_none() {
-                            totals.tracks.fetch_add(1, Ordering::Relaxed);
-                        }
-                        totals.frames.fetch_add(1, Ordering::Relaxed);
-                        if let Some(sent) = sent_at(&data.data)
-                            && delays.len() < SAMPLES
-                            && Instant::now() >= from
-                        {
-                            let now = epoch().elapsed().as_micros() as u64;
-                            delays.push(now.saturating_sub(sent) as u32);
-                        }
-                    }
-                    _ => {}
-                },
-            }
-        };
-        let wait = wait
-            .min(next_frame)
-            .saturating_duration_since(Instant::now())
-            .clamp(Duration::from_micros(500), Duration::from_millis(5));
-        socket
-            .set_read_timeout(Some(wait))
-            .map_err(|e| e.to_string())?;
-        let input = match socket.recv_from(&mut buf) {
-            Ok((n, source)) => {
-                let Ok(contents) = buf[..n].try_into() else {
+        // Each connection: what came in, then what it has to send, until it wants time.
+        let mut wake = next_frame.min(next_signalling);
+        for (n, conn) in conns.iter_mut().enumerate() {
+            while let Ok((len, source)) = conn.socket.recv_from(&mut buf) {
+                let Ok(contents) = buf[..len].try_into() else {
                     continue;
                 };
-                Input::Receive(
+                let input = Input::Receive(
                     Instant::now(),
                     Receive {
                         proto: Protocol::Udp,
                         source,
-                        destination: local,
+                        destination: conn.local,
                         contents,
                     },
-                )
+                );
+                if conn.rtc.accepts(&input) {
+                    conn.rtc.handle_input(input).map_err(|e| e.to_string())?;
+                }
             }
-            Err(_) => Input::Timeout(Instant::now()),
-        };
-        if rtc.accepts(&input) {
-            rtc.handle_input(input).map_err(|e| e.to_string())?;
-        } else if let Input::Timeout(_) = input {
-            rtc.handle_input(input).map_err(|e| e.to_string())?;
+            conn.rtc
+                .handle_input(Input::Timeout(Instant::now()))
+                .map_err(|e| e.to_string())?;
+            loop {
+                match conn.rtc.poll_output().map_err(|e| e.to_string())? {
+                    Output::Timeout(at) => {
+                        wake = wake.min(at);
+                        break;
+                    }
+                    Output::Transmit(t) => {
+                        let _ = conn.socket.send_to(&t.contents, t.destination);
+                    }
+                    Output::Event(event) => heard.event(n, event),
+                }
+            }
         }
-    }
-    let _ = signalling.send(&ClientMessage::Leave {
-        room: room.to_owned(),
-    });
-    totals.delays.lock().unwrap().extend(delays);
-    Ok(())
+        let nap = wake
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_micros(200), Duration::from_millis(1));
+        std::thread::sleep(nap);
+    };
+    signalling.leave();
+    totals.delays.lock().unwrap().extend(heard.delays);
+    outcome
 }
