@@ -14,7 +14,11 @@ Over the second half of the window (everyone joined): the server's CPU (utime + 
 (`tiercast_calls_frames_forwarded_total`); tracks per core = tracks / the server's core share.
 Delays: p50 and p95 over every frame received in the run.
 
-Usage: bench/calls.py [--rooms 4:20,25:1] [--seconds 20] [--fps 30]
+`--baseline` runs the same load, in the same run, against Janus 1.1.2's VideoRoom (Debian's
+`janus`, started by `bench/janus_up.sh`, pinned the same way): one publisher and one
+multistream subscriber connection per participant, every subscriber on the top layer.
+
+Usage: bench/calls.py [--rooms 4:20,25:1] [--seconds 20] [--fps 30] [--baseline]
   (`size:rooms` pairs; build first: cargo build --release -p tiercast --bins --examples)
 """
 
@@ -88,6 +92,21 @@ def tiercast(rooms, size, args, work):
         node.wait(timeout=30)
 
 
+def janus(rooms, size, args, work):
+    """The same load against Janus's VideoRoom (Debian's janus 1.1.2, bench/janus_up.sh)."""
+    port = base.free_port()
+    log = open(os.path.join(work, f"janus-{size}x{rooms}.log"), "w")
+    server = subprocess.Popen(
+        ["taskset", "-c", "0", os.path.join(base.ROOT, "bench", "janus_up.sh"),
+         os.path.join(work, "janus"), str(port)], stdout=log, stderr=log)
+    try:
+        base.wait_port(port)
+        return measure(server.pid, None, f"http://127.0.0.1:{port}/janus", rooms, size, args, "janus")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+
+
 def measure(server_pid, http, url, rooms, size, args, tag):
     client = subprocess.Popen(
         ["taskset", "-c", "1", load_client(), tag, url, SECRET if tag == "tiercast" else "-",
@@ -123,15 +142,18 @@ def main():
     ap.add_argument("--rooms", default="4:20,25:1")
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--fps", type=int, default=30)
+    ap.add_argument("--baseline", action="store_true",
+                    help="also run the same load against Janus's VideoRoom (bench/janus_up.sh)")
     args = ap.parse_args()
     work = tempfile.mkdtemp(prefix="tiercast-calls-bench-")
     results = []
     for pair in args.rooms.split(","):
         size, rooms = (int(x) for x in pair.split(":"))
-        figures = tiercast(rooms, size, args, work)
-        print(json.dumps(figures), flush=True)
-        results.append(figures)
-        time.sleep(3)
+        for run in (tiercast, janus) if args.baseline else (tiercast,):
+            figures = run(rooms, size, args, work)
+            print(json.dumps(figures), flush=True)
+            results.append(figures)
+            time.sleep(3)
     os.makedirs(os.path.join(base.ROOT, "bench", "out"), exist_ok=True)
     with open(os.path.join(base.ROOT, "bench", "out", "calls.json"), "w") as f:
         json.dump(results, f, indent=1)

@@ -95,8 +95,11 @@ fn main() {
                     Tiercast::open(&url, &secret, &format!("load{room}"), &user)
                         .map(|t| Box::new(t) as Box<dyn Signalling>)
                 };
-                let outcome =
-                    signalling.and_then(|s| participant(s, &user, fps, (from, until), &totals));
+                // Janus gathers on no loopback interface; `bench/janus_up.sh` gives it
+                // 127.0.0.2 on one of its own, which talks only to that address.
+                let bind = if janus { "127.0.0.2" } else { "127.0.0.1" };
+                let outcome = signalling
+                    .and_then(|s| participant(s, bind, &user, fps, (from, until), &totals));
                 if let Err(e) = outcome {
                     eprintln!("room_load: {user}: {e}");
                     totals.failed.fetch_add(1, Ordering::Relaxed);
@@ -410,7 +413,8 @@ impl Signalling for Janus {
     fn publish(&mut self, offer: String, _: Mid) -> Result<(), String> {
         let body = json!({"request": "joinandconfigure", "room": self.room, "ptype": "publisher",
             "display": self.user, "audio": false, "video": true});
-        let jsep = json!({"type": "offer", "sdp": offer, "trickle": false});
+        // Its layers are offered smallest first.
+        let jsep = json!({"type": "offer", "sdp": offer, "trickle": false, "rid_order": "lmh"});
         self.message(self.publisher, body, Some(jsep))
     }
 
@@ -503,8 +507,8 @@ struct Conn {
 }
 
 impl Conn {
-    fn new() -> Result<Conn, String> {
-        let socket = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    fn new(bind: &str) -> Result<Conn, String> {
+        let socket = UdpSocket::bind((bind, 0)).map_err(|e| e.to_string())?;
         socket.set_nonblocking(true).map_err(|e| e.to_string())?;
         let local = socket.local_addr().map_err(|e| e.to_string())?;
         let mut rtc = RtcConfig::new()
@@ -555,12 +559,13 @@ impl Heard<'_> {
 
 fn participant(
     mut signalling: Box<dyn Signalling>,
+    bind: &str,
     user: &str,
     fps: u64,
     (from, until): (Instant, Instant),
     totals: &Totals,
 ) -> Result<(), String> {
-    let mut conns = vec![Conn::new()?];
+    let mut conns = vec![Conn::new(bind)?];
     let mut change = conns[0].rtc.sdp_api();
     let simulcast = Simulcast {
         send: LAYERS
@@ -614,7 +619,7 @@ fn participant(
                     Told::Offer(conn, sdp) => {
                         let offer = SdpOffer::from_sdp_string(&sdp).map_err(|e| e.to_string())?;
                         while conns.len() <= conn {
-                            conns.push(Conn::new()?);
+                            conns.push(Conn::new(bind)?);
                         }
                         let answer = conns[conn]
                             .rtc
