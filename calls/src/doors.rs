@@ -28,7 +28,7 @@ use tracing::{info, warn};
 use crate::protocol::{ClientMessage, ServerMessage};
 use crate::sfu::{self, Role};
 use crate::switchboard::{self, Out, SocketId};
-use crate::ws::{Calls, lock, refuse, unix_ms};
+use crate::ws::{Calls, bearer, lock, refuse, unix_ms};
 
 /// WHIP and WHEP clients the node holds in rooms at once.
 pub const MAX_CLIENTS: usize = 1_000;
@@ -100,11 +100,7 @@ async fn enter(
     sources: BTreeMap<String, String>,
     role: Role,
 ) -> Response {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = token else {
+    let Some(token) = bearer(headers) else {
         return refuse(
             StatusCode::UNAUTHORIZED,
             "send a user token as the Bearer token",

@@ -353,6 +353,14 @@ fn event_kind(event: CallEvent) -> EventKind {
 /// The call page: contacts and ringing at `/call`, a room at `/call/<room>`.
 const CALL_PAGE: &str = include_str!("../../web/call.html");
 
+/// The request's `Authorization: Bearer` token, if it has one.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
 pub fn router(calls: Arc<Calls>) -> Router {
     Router::new()
         .route("/ws", get(open))
@@ -410,11 +418,7 @@ async fn open(
     if !pipelines::origin::same_origin(&headers) {
         return refuse(StatusCode::FORBIDDEN, pipelines::origin::CROSS_SITE);
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let Some(token) = q.token.as_deref().or(bearer) else {
+    let Some(token) = q.token.as_deref().or(bearer(&headers)) else {
         return refuse(StatusCode::UNAUTHORIZED, "a user token is needed (?token=)");
     };
     if lock(&calls.sockets).len() >= MAX_SOCKETS {
