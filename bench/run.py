@@ -48,6 +48,9 @@ def cpu_seconds(pid):
 
 
 def tiercast_binary():
+    """The release build, or $TIERCAST_BIN (to set two builds side by side)."""
+    if os.environ.get("TIERCAST_BIN"):
+        return os.environ["TIERCAST_BIN"]
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target"))
     path = os.path.join(target, "release", "tiercast")
     if not os.path.exists(path):

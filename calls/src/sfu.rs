@@ -201,6 +201,8 @@ impl Sfu {
             queued: queued.clone(),
             transcoders: settings.transcoders,
             downscales: HashMap::new(),
+            rooms: HashMap::new(),
+            changed: false,
         };
         let driver = driver::run(socket, candidate, policy, rx, None, stop);
         let sfu = Sfu {
@@ -432,6 +434,8 @@ pub struct Participant {
     level: f32,
     nacks: u64,
     role: Role,
+    /// It publishes a track the others have not been given yet.
+    fresh: bool,
 }
 
 impl Participant {
@@ -451,6 +455,7 @@ impl Participant {
             level: -127.0,
             nacks: 0,
             role: Role::Member,
+            fresh: false,
         }
     }
 }
@@ -499,6 +504,7 @@ impl Session for Participant {
                     announced: false,
                     asked: None,
                 });
+                self.fresh = true;
             }
             Event::MediaData(data) => {
                 if self.inbox.len() >= INBOX {
@@ -537,6 +543,10 @@ struct CallServer {
     queued: Arc<AtomicUsize>,
     transcoders: Arc<dyn Transcoders>,
     downscales: HashMap<ScaleKey, Downscale>,
+    /// Who is in each room (peer ids), as of the last change.
+    rooms: HashMap<String, Vec<u64>>,
+    /// Peers came, went, offered or answered since the tracks were last announced.
+    changed: bool,
 }
 
 impl CallServer {
@@ -822,10 +832,11 @@ impl CallServer {
             }
         }
         for frame in &frames {
-            for q in peers.iter_mut() {
-                if q.id == frame.from || q.state.room != frame.room {
+            let members = self.rooms.get(&frame.room).map_or(&[][..], Vec::as_slice);
+            for &id in members {
+                let Some(q) = peers.get_mut(id).filter(|q| q.id != frame.from) else {
                     continue;
-                }
+                };
                 let mut sent = false;
                 for out in q.state.outs.iter_mut() {
                     let OutState::Open(mid) = out.state else {
@@ -1224,6 +1235,10 @@ impl Policy for CallServer {
 
     fn on_command(&mut self, peers: &mut Peers<Participant>, command: Command) {
         self.queued.fetch_sub(1, Ordering::Relaxed);
+        self.changed |= matches!(
+            command,
+            Command::Offer { .. } | Command::Answer { .. } | Command::Leave { .. }
+        );
         match command {
             Command::Offer {
                 socket,
@@ -1288,9 +1303,24 @@ impl Policy for CallServer {
     }
 
     fn exchange(&mut self, peers: &mut Peers<Participant>, now: Instant) {
-        self.announce(peers);
+        // Who gets what changes only when someone comes, goes, publishes or (re)negotiates:
+        // a turn that only carries media costs what the media costs.
+        let mut fresh = false;
         for peer in peers.iter_mut() {
-            self.negotiate(peer);
+            fresh |= std::mem::take(&mut peer.state.fresh);
+        }
+        if std::mem::take(&mut self.changed) || fresh {
+            self.announce(peers);
+            for peer in peers.iter_mut() {
+                self.negotiate(peer);
+            }
+            self.rooms.clear();
+            for p in peers.iter() {
+                self.rooms
+                    .entry(p.state.room.clone())
+                    .or_default()
+                    .push(p.id);
+            }
         }
         self.forward(peers, now);
         if now.saturating_duration_since(self.looked) >= LOOK_EVERY {
@@ -1306,6 +1336,7 @@ impl Policy for CallServer {
     fn deliver(&mut self, _: &mut Peer<Participant>, _: &(), _: Instant, _: &mut Batch) {}
 
     fn gone(&mut self, peer: Peer<Participant>) {
+        self.changed = true;
         let key = (peer.state.socket, peer.state.room.clone());
         if self.by_key.get(&key) == Some(&peer.id) {
             self.by_key.remove(&key);

@@ -26,7 +26,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error};
 
-use crate::udp::Batch;
+use crate::udp::{Batch, Reader};
 
 /// Datagrams made before they are sent, at most: a keyframe for every viewer is megabytes.
 const FLUSH_AT: usize = 512;
@@ -296,7 +296,7 @@ pub async fn run<P: Policy>(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut peers: Peers<P::State> = Peers::default();
-    let mut buf = vec![0u8; 2000];
+    let mut reader = Reader::default();
     let mut out = Batch::default();
     loop {
         let now = Instant::now();
@@ -348,23 +348,29 @@ pub async fn run<P: Policy>(
                 if r.is_err() {
                     continue;
                 }
-                for _ in 0..READ_BURST {
-                    let Ok((n, source)) = socket.try_recv_from(&mut buf) else { break };
-                    let Ok(contents) = buf[..n].try_into() else { continue };
-                    let input = Input::Receive(
-                        Instant::now(),
-                        Receive { proto: Protocol::Udp, source, destination: candidate, contents },
-                    );
-                    if let Some(i) = peers.route(source, &input)
-                        && !peers.list[i].faulted
-                    {
-                        for_peer(&mut peers.list[i], |peer| {
-                            let _ = peer.rtc.handle_input(input);
-                            // Polled before its next datagram: a session in RTP mode keeps
-                            // only the last packet it was given until it is polled.
-                            peer.pump(&mut out);
-                            peer.dirty = true;
-                        });
+                let mut read = 0;
+                // Until the socket has nothing more (which clears its readiness) or a burst
+                // is read.
+                while read < READ_BURST && reader.read(&socket).is_ok() {
+                    let now = Instant::now();
+                    for (source, datagram) in reader.datagrams() {
+                        read += 1;
+                        let Ok(contents) = datagram.try_into() else { continue };
+                        let input = Input::Receive(
+                            now,
+                            Receive { proto: Protocol::Udp, source, destination: candidate, contents },
+                        );
+                        if let Some(i) = peers.route(source, &input)
+                            && !peers.list[i].faulted
+                        {
+                            for_peer(&mut peers.list[i], |peer| {
+                                let _ = peer.rtc.handle_input(input);
+                                // Polled before its next datagram: a session in RTP mode
+                                // keeps only the last packet it was given until it is polled.
+                                peer.pump(&mut out);
+                                peer.dirty = true;
+                            });
+                        }
                     }
                     if out.len() >= FLUSH_AT {
                         out.flush(&socket).await;

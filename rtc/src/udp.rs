@@ -1,7 +1,8 @@
 //! Sending many datagrams from one UDP socket with few system calls: one `sendmmsg(2)` per
 //! batch, and a run of equal-sized datagrams to the same address (one viewer's packets of one
 //! frame) as one message the kernel segments (UDP GSO, `UDP_SEGMENT`). Where the kernel or the
-//! device refuses segmentation, every datagram goes as its own message, still batched.
+//! device refuses segmentation, every datagram goes as its own message, still batched. And
+//! reading many datagrams with one `recvmmsg(2)` ([`Reader`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -19,6 +20,10 @@ const MAX_GSO_BYTES: usize = 60_000;
 const MAX_SPARE: usize = 4096;
 /// Messages per `sendmmsg` call.
 const MAX_MESSAGES: usize = 256;
+/// Datagrams one `recvmmsg` call reads at most.
+pub const READ_AT_ONCE: usize = 32;
+/// Bytes kept for each datagram read: more than any path's MTU.
+const READ_SIZE: usize = 2048;
 
 /// Datagrams waiting to be sent, in order.
 pub struct Batch {
@@ -151,6 +156,129 @@ impl Batch {
                 self.spare.push(buf);
             }
         }
+    }
+}
+
+/// Reads the datagrams waiting on a socket, many per system call.
+pub struct Reader {
+    buffers: Vec<[u8; READ_SIZE]>,
+    /// Where each came from, as the kernel writes it.
+    addresses: Vec<libc::sockaddr_storage>,
+    /// Each datagram of the last read: its length and where it came from.
+    got: Vec<(usize, SocketAddr)>,
+    /// System calls made.
+    pub calls: u64,
+}
+
+impl Default for Reader {
+    fn default() -> Self {
+        Reader {
+            buffers: vec![[0; READ_SIZE]; READ_AT_ONCE],
+            // SAFETY: sockaddr_storage is plain data; all zeroes is a valid (empty) value.
+            addresses: vec![unsafe { std::mem::zeroed() }; READ_AT_ONCE],
+            got: Vec::with_capacity(READ_AT_ONCE),
+            calls: 0,
+        }
+    }
+}
+
+impl Reader {
+    /// Reads what waits, up to [`READ_AT_ONCE`] datagrams (then [`Reader::datagrams`] has
+    /// them); `WouldBlock` when nothing waits, which clears the socket's readiness.
+    pub fn read(&mut self, socket: &UdpSocket) -> io::Result<usize> {
+        self.got.clear();
+        self.calls += 1;
+        let (buffers, addresses, got) = (&mut self.buffers, &mut self.addresses, &mut self.got);
+        socket.try_io(Interest::READABLE, || {
+            receive_messages(socket, buffers, addresses, got)
+        })
+    }
+
+    /// The datagrams of the last read, in order, with where each came from.
+    pub fn datagrams(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> {
+        self.got
+            .iter()
+            .zip(&self.buffers)
+            .map(|(&(n, from), buffer)| (from, &buffer[..n]))
+    }
+}
+
+/// One `recvmmsg` call into `buffers`; each datagram's length and source into `got`.
+fn receive_messages(
+    socket: &UdpSocket,
+    buffers: &mut [[u8; READ_SIZE]],
+    addresses: &mut [libc::sockaddr_storage],
+    got: &mut Vec<(usize, SocketAddr)>,
+) -> io::Result<usize> {
+    let count = buffers.len().min(addresses.len());
+    let mut iovecs: Vec<libc::iovec> = buffers
+        .iter_mut()
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut headers: Vec<libc::mmsghdr> = (0..count)
+        .map(|i| {
+            // SAFETY: msghdr is plain data; all zeroes is "no name, no data, no control".
+            let mut header: libc::msghdr = unsafe { std::mem::zeroed() };
+            header.msg_name = &mut addresses[i] as *mut _ as *mut libc::c_void;
+            header.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as _;
+            header.msg_iov = &mut iovecs[i];
+            header.msg_iovlen = 1;
+            libc::mmsghdr {
+                msg_hdr: header,
+                msg_len: 0,
+            }
+        })
+        .collect();
+    // SAFETY: every header points into `addresses`, `iovecs` and `buffers`, all alive and
+    // unmoved until the call returns; the kernel writes within the lengths given.
+    let n = unsafe {
+        libc::recvmmsg(
+            socket.as_raw_fd(),
+            headers.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    for (header, address) in headers.iter().zip(addresses.iter()).take(n as usize) {
+        // A datagram from an address of no family we know (none on a UDP/IP socket) is
+        // dropped.
+        if let Some(from) = socket_address(address) {
+            got.push((header.msg_len as usize, from));
+        } else {
+            got.push((0, SocketAddr::from(([0, 0, 0, 0], 0))));
+        }
+    }
+    Ok(n as usize)
+}
+
+/// A socket address the kernel wrote, if it is IPv4 or IPv6.
+fn socket_address(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match storage.ss_family as libc::c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says this storage holds a sockaddr_in.
+            let sin = unsafe { &*(storage as *const _ as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says this storage holds a sockaddr_in6.
+            let sin6 = unsafe { &*(storage as *const _ as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                ip,
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
     }
 }
 
@@ -326,6 +454,36 @@ mod tests {
                 assert_eq!(&buf[..n], &want[..]);
             }
         }
+    }
+
+    #[tokio::test]
+    async fn a_reader_takes_many_datagrams_per_call_with_their_sources() {
+        let rx = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let mut sent = Vec::new();
+        for n in 0..40u8 {
+            a.send_to(&vec![n; 100 + usize::from(n)], to).await.unwrap();
+            sent.push((a.local_addr().unwrap(), vec![n; 100 + usize::from(n)]));
+        }
+        let mut reader = Reader::default();
+        let mut got = Vec::new();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < sent.len() && std::time::Instant::now() < deadline {
+            rx.readable().await.unwrap();
+            match reader.read(&rx) {
+                Ok(_) => got.extend(reader.datagrams().map(|(f, d)| (f, d.to_vec()))),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, sent);
+        assert!(reader.calls < 40, "{} calls for 40 datagrams", reader.calls);
+        // Nothing waits: the read says so.
+        assert_eq!(
+            reader.read(&rx).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 
     #[test]
