@@ -12,7 +12,8 @@ the client's process), so each received frame gives its delay through the server
 Over the second half of the window (everyone joined): the server's CPU (utime + stime from
 /proc) per second, the tracks it forwards (`tiercast_calls_forwarded_tracks`) and the frames
 (`tiercast_calls_frames_forwarded_total`); tracks per core = tracks / the server's core share.
-Delays: p50 and p95 over every frame received in the run.
+Delays: p50 and p95 over every frame received in the run. The servers may send different
+layers, so what the subscribers received (Mb/s, and per core) is shown beside tracks per core.
 
 `--baseline` runs the same load, in the same run, against Janus 1.1.2's VideoRoom (Debian's
 `janus`, started by `bench/janus_up.sh`, pinned the same way): one publisher and one
@@ -129,10 +130,15 @@ def measure(server_pid, http, url, rooms, size, args, tag):
     out, _ = client.communicate(timeout=args.seconds + 120)
     figures.update(json.loads(out.strip().splitlines()[-1]))
     tracks = figures.get("forwarded_tracks") or figures["tracks"]
+    # What the subscribers received, over the whole run: the servers may choose different
+    # layers (Janus sends every subscriber the top one), so the cost per byte is shown too.
+    mbps = figures["frames"] * figures["bytes_per_frame"] * 8 / args.seconds / 1e6
     figures.update({
         "server_core_share": round(cpu, 3),
         "client_core_share": round(client_cpu, 3),
         "tracks_per_core": round(tracks / max(cpu, 1e-3)),
+        "received_mbps": round(mbps, 1),
+        "mbps_per_core": round(mbps / max(cpu, 1e-3)),
     })
     return figures
 
