@@ -14,6 +14,10 @@
 //!   VideoRoom over its HTTP API (long polls), a publisher connection and, once everyone in
 //!   the room publishes, one multistream subscriber connection each.
 //!
+//! Each subscriber draws the others' cameras as the call page's grid would (640x360 tiles in
+//! a room of 4, 256x144 in a room of 25): it tells tiercast each tile's size, and asks Janus
+//! for the layer that covers it (`substream`), so both servers are asked for the same layers.
+//!
 //! Each participant's thread sleeps in `poll(2)` until a datagram or its next timer: the
 //! client costs what its sessions cost, so it can drive a server harder than itself.
 //!
@@ -40,6 +44,26 @@ const LAYERS: [(&str, u16, u16, usize); 3] = [
     ("f", 640, 360, 5_000),
 ];
 const KEYFRAME_EVERY: Duration = Duration::from_secs(2);
+/// The window the call page's grid of tiles fills.
+const WINDOW_WIDTH: u32 = 1280;
+
+/// The tile each of the others is drawn at in a room of `size`, as the call page's grid
+/// would: a square grid over the window, 16:9 tiles (640x360 in a room of 4, 256x144 in a
+/// room of 25).
+fn tile(size: u64) -> (u32, u32) {
+    let others = size.saturating_sub(1).max(1);
+    let columns = (others as f64).sqrt().ceil() as u32;
+    let width = WINDOW_WIDTH / columns / 16 * 16;
+    (width, width * 9 / 16)
+}
+
+/// The layer a tile needs (Janus's substream): the smallest that covers it, else the top.
+fn substream(tile: (u32, u32)) -> usize {
+    LAYERS
+        .iter()
+        .position(|&(_, w, h, _)| u32::from(w) >= tile.0 && u32::from(h) >= tile.1)
+        .unwrap_or(LAYERS.len() - 1)
+}
 /// Delay samples kept per participant.
 const SAMPLES: usize = 100_000;
 
@@ -96,7 +120,7 @@ fn main() {
                     Janus::open(&url, JANUS_ROOMS + room, size, &user)
                         .map(|j| Box::new(j) as Box<dyn Signalling>)
                 } else {
-                    Tiercast::open(&url, &secret, &format!("load{room}"), &user)
+                    Tiercast::open(&url, &secret, &format!("load{room}"), &user, tile(size))
                         .map(|t| Box::new(t) as Box<dyn Signalling>)
                 };
                 // Janus gathers on no loopback interface; `bench/janus_up.sh` gives it
@@ -159,10 +183,18 @@ trait Signalling: Send {
 struct Tiercast {
     ws: tungstenite::WebSocket<TcpStream>,
     room: String,
+    /// The tile each offered track is drawn at (the page says so as it draws them).
+    tile: (u32, u32),
 }
 
 impl Tiercast {
-    fn open(url: &str, secret: &str, room: &str, user: &str) -> Result<Tiercast, String> {
+    fn open(
+        url: &str,
+        secret: &str,
+        room: &str,
+        user: &str,
+        tile: (u32, u32),
+    ) -> Result<Tiercast, String> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
@@ -181,6 +213,7 @@ impl Tiercast {
         let mut tiercast = Tiercast {
             ws,
             room: room.to_owned(),
+            tile,
         };
         tiercast.send(&ClientMessage::Join {
             room: room.to_owned(),
@@ -231,7 +264,18 @@ impl Signalling for Tiercast {
         while let Some(message) = self.next()? {
             match message {
                 ServerMessage::Answer { sdp, .. } => told.push(Told::Answer(0, sdp)),
-                ServerMessage::Offer { sdp, .. } => told.push(Told::Offer(0, sdp)),
+                ServerMessage::Offer { sdp, tracks, .. } => {
+                    told.push(Told::Offer(0, sdp));
+                    for track in tracks {
+                        let (width, height) = self.tile;
+                        self.send(&ClientMessage::Wanted {
+                            room: self.room.clone(),
+                            mid: track.mid,
+                            width,
+                            height,
+                        })?;
+                    }
+                }
                 ServerMessage::Error { code, message } => {
                     return Err(format!("{code}: {message}"));
                 }
@@ -448,8 +492,12 @@ impl Signalling for Janus {
         if self.subscriber.is_none() && self.feeds.len() as u64 + 1 >= self.size {
             let handle = janus_handle(&self.url, self.session)?;
             self.subscriber = Some(handle);
-            let streams: Vec<serde_json::Value> =
-                self.feeds.iter().map(|f| json!({"feed": f})).collect();
+            let layer = substream(tile(self.size));
+            let streams: Vec<serde_json::Value> = self
+                .feeds
+                .iter()
+                .map(|f| json!({"feed": f, "substream": layer}))
+                .collect();
             let body = json!({"request": "join", "room": self.room, "ptype": "subscriber",
                 "streams": streams});
             self.message(handle, body, None)?;
