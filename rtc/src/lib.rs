@@ -9,6 +9,8 @@
 //! - [`rtp`]: frames made into RTP payloads once and shared by every receiver.
 //! - [`depacketize`]: RTP payloads made back into H.264 access units, VP8 and Opus frames.
 //! - [`nack`]: what was sent, what a NACK asks for, and a retransmission budget.
+//! - [`twcc`]: transport-wide sequence numbers for what is sealed here, their feedback, and
+//!   the estimate of each peer's path made from it.
 //! - [`udp`]: many datagrams per system call (`sendmmsg`, UDP GSO).
 //! - [`net`]: the address peers are told to send to.
 //! - [`driver`]: one IO driver serving many peers (sans-IO str0m sessions) on one socket, for
@@ -23,4 +25,5 @@ pub mod resource;
 pub mod rtp;
 pub mod sdp;
 pub mod srtp;
+pub mod twcc;
 pub mod udp;

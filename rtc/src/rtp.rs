@@ -1,7 +1,7 @@
-//! RTP payloads made once per frame and shared by every WebRTC viewer of it: H.264 in
-//! packetization mode 1 (RFC 6184: single NAL units, STAP-A for the small ones in front of a
-//! keyframe, FU-A for the big ones) and Opus as it is. A viewer's session only puts its own
-//! header on each and encrypts it.
+//! RTP payloads made once per frame and shared by every WebRTC receiver of it (WHEP viewers,
+//! a call's subscribers): H.264 in packetization mode 1 (RFC 6184: single NAL units, STAP-A for
+//! the small ones in front of a keyframe, FU-A for the big ones), VP8 (RFC 7741) and Opus as it
+//! is. A receiver's session only puts its own header on each and encrypts it.
 
 use std::sync::Arc;
 
@@ -44,8 +44,37 @@ const PAYLOAD_SIZES: std::ops::RangeInclusive<usize> = 3..=u16::MAX as usize;
 /// An H.264 access unit (AVC form) in RTP payloads of at most `max` bytes (taken within
 /// 3..=65535).
 pub fn h264(au: &[u8], keyframe: bool, parameter_sets: &[&[u8]], max: usize) -> Packets {
+    h264_units(&nal_units(au, keyframe, parameter_sets), max)
+}
+
+/// An H.264 access unit in Annex B form (start codes), as WebRTC sessions hand frames over, in
+/// RTP payloads of at most `max` bytes.
+pub fn h264_annex_b(au: &[u8], max: usize) -> Packets {
+    let mut units: Vec<&[u8]> = Vec::new();
+    let mut start = None;
+    let mut i = 0;
+    while i + 3 <= au.len() {
+        if au[i] == 0 && au[i + 1] == 0 && au[i + 2] == 1 {
+            if let Some(s) = start {
+                // A four-byte start code's leading zero belongs to it, not to the unit.
+                let end = if i > s && au[i - 1] == 0 { i - 1 } else { i };
+                units.push(&au[s..end.max(s)]);
+            }
+            i += 3;
+            start = Some(i);
+        } else {
+            i += 1;
+        }
+    }
+    if let Some(s) = start {
+        units.push(&au[s..]);
+    }
+    units.retain(|u| u.first().is_some_and(|h| (1..=23).contains(&(h & 0x1f))));
+    h264_units(&units, max)
+}
+
+fn h264_units(units: &[&[u8]], max: usize) -> Packets {
     let max = max.clamp(*PAYLOAD_SIZES.start(), *PAYLOAD_SIZES.end());
-    let units = nal_units(au, keyframe, parameter_sets);
     let mut payloads: Vec<Arc<[u8]>> = Vec::new();
     let mut i = 0;
     while i < units.len() {
@@ -97,6 +126,27 @@ pub fn h264(au: &[u8], keyframe: bool, parameter_sets: &[&[u8]], max: usize) -> 
         }
         i += 1;
     }
+    Packets { payloads }
+}
+
+/// A VP8 frame in RTP payloads of at most `max` bytes (RFC 7741): each behind the one-byte
+/// payload descriptor (no picture id, which a forwarded stream would have to keep continuous
+/// across the layers it switches between), the first with its start bit. Pieces are of even
+/// size, so one frame's packets batch well.
+pub fn vp8(frame: &[u8], max: usize) -> Packets {
+    let room = max.max(2) - 1;
+    let pieces = frame.len().div_ceil(room).max(1);
+    let step = frame.len().div_ceil(pieces).max(1);
+    let payloads = frame
+        .chunks(step)
+        .enumerate()
+        .map(|(n, piece)| {
+            let mut p = Vec::with_capacity(1 + piece.len());
+            p.push(if n == 0 { 0x10 } else { 0x00 });
+            p.extend_from_slice(piece);
+            Arc::from(p)
+        })
+        .collect();
     Packets { payloads }
 }
 
@@ -158,6 +208,40 @@ mod tests {
         assert_eq!(fu_sizes.len(), 5);
         assert!(fu_sizes.iter().max().unwrap() - fu_sizes.iter().min().unwrap() <= 1);
         assert_eq!(depacketize(&packets.payloads), vec![sps, pps, sei, idr]);
+    }
+
+    #[test]
+    fn an_annex_b_access_unit_comes_back_whole_from_its_packets() {
+        let sps = vec![0x67, 0x42, 0x00, 0x1f];
+        let pps = vec![0x68, 0xce, 0x3c, 0x80];
+        let idr: Vec<u8> = std::iter::once(0x65)
+            .chain((0..3000u32).map(|i| (i % 7) as u8 + 1))
+            .collect();
+        let mut au = vec![0, 0, 0, 1];
+        au.extend_from_slice(&sps);
+        au.extend_from_slice(&[0, 0, 1]);
+        au.extend_from_slice(&pps);
+        au.extend_from_slice(&[0, 0, 0, 1]);
+        au.extend_from_slice(&idr);
+        let packets = h264_annex_b(&au, MAX_PAYLOAD);
+        assert!(packets.payloads.iter().all(|p| p.len() <= MAX_PAYLOAD));
+        assert_eq!(depacketize(&packets.payloads), vec![sps, pps, idr]);
+        assert!(h264_annex_b(&[0, 0, 0], MAX_PAYLOAD).payloads.is_empty());
+    }
+
+    #[test]
+    fn a_vp8_frame_is_cut_in_even_pieces_the_first_marked_as_the_start() {
+        let frame: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
+        let packets = vp8(&frame, MAX_PAYLOAD);
+        let sizes: Vec<usize> = packets.payloads.iter().map(|p| p.len()).collect();
+        assert_eq!(sizes.len(), 3);
+        assert!(sizes.iter().all(|&s| s <= MAX_PAYLOAD));
+        assert!(sizes[0] >= sizes[2] && sizes[0] == sizes[1]);
+        assert_eq!(packets.payloads[0][0], 0x10);
+        assert!(packets.payloads[1..].iter().all(|p| p[0] == 0));
+        let back: Vec<u8> = packets.payloads.iter().flat_map(|p| p[1..].to_vec()).collect();
+        assert_eq!(back, frame);
+        assert_eq!(vp8(&[9], MAX_PAYLOAD).payloads[0][..], [0x10, 9]);
     }
 
     #[test]

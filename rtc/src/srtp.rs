@@ -222,22 +222,27 @@ impl SrtpSender {
         Some(SrtpSender { cipher, salt })
     }
 
-    /// Seals `payload` behind `header` (12 bytes, no extensions) into a new datagram.
-    /// `index` is the packet's extended sequence number (rollover counter and sequence).
-    pub fn seal(&mut self, header: &[u8; 12], index: u64, payload: &[u8]) -> Vec<u8> {
+    /// Seals `payload` behind `header` (12 bytes, then any CSRCs and header extensions,
+    /// which stay in the clear) into a new datagram. `index` is the packet's extended
+    /// sequence number (rollover counter and sequence).
+    pub fn seal(&mut self, header: &[u8], index: u64, payload: &[u8]) -> Vec<u8> {
         self.seal_into(header, index, payload, Vec::new())
     }
 
     /// [`SrtpSender::seal`] into `out`, a buffer to reuse (emptied first).
     pub fn seal_into(
         &mut self,
-        header: &[u8; 12],
+        header: &[u8],
         index: u64,
         payload: &[u8],
         mut out: Vec<u8>,
     ) -> Vec<u8> {
-        let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
         out.clear();
+        if header.len() < 12 {
+            return out;
+        }
+        let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
+        let at = header.len();
         out.extend_from_slice(header);
         let sealed = match &mut self.cipher {
             Cipher::Cm {
@@ -246,9 +251,9 @@ impl SrtpSender {
                 hmac,
             } => {
                 let iv = Aes128CmSha1_80::rtp_iv(self.salt, ssrc, index);
-                let end = 12 + payload.len();
+                let end = at + payload.len();
                 out.resize(end + Aes128CmSha1_80::HMAC_TAG_LEN, 0);
-                let sealed = cipher.encrypt(&iv, payload, &mut out[12..end]);
+                let sealed = cipher.encrypt(&iv, payload, &mut out[at..end]);
                 let hmac = |key: &[u8], parts: &[&[u8]]| hmac.sha1_hmac(key, parts);
                 Aes128CmSha1_80::rtp_hmac(hmac, auth_key, &mut out, index, end);
                 sealed
@@ -261,10 +266,10 @@ impl SrtpSender {
                 for (b, s) in iv.iter_mut().zip(self.salt) {
                     *b ^= s;
                 }
-                out.resize(12 + payload.len() + TAG_LEN, 0);
+                out.resize(at + payload.len() + TAG_LEN, 0);
                 match gcm {
-                    Cipher::Aes128(c) => c.encrypt(&iv, header, payload, &mut out[12..]),
-                    Cipher::Aes256(c) => c.encrypt(&iv, header, payload, &mut out[12..]),
+                    Cipher::Aes128(c) => c.encrypt(&iv, header, payload, &mut out[at..]),
+                    Cipher::Aes256(c) => c.encrypt(&iv, header, payload, &mut out[at..]),
                     Cipher::Cm { .. } => unreachable!("handled above"),
                 }
             }
