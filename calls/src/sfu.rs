@@ -5,13 +5,21 @@
 //! timestamps on one timeline per subscriber whatever simulcast layer they come from
 //! ([`crate::layers`]).
 //!
+//! Each frame is packetized once ([`rtc::rtp`]), whoever gets it; per subscriber only the RTP
+//! header (its SSRC, sequence number, timestamp and transport-wide sequence number) is written
+//! and the packet sealed ([`rtc::srtp`]) straight into the send batch, so a frame's packets to
+//! one subscriber leave as one segmented datagram. str0m runs each connection's ICE, DTLS and
+//! RTCP, and sends the first packet of each forwarded track, which anchors its sender reports'
+//! RTP clock.
+//!
 //! Signaling carries the SDP ([`crate::ws`]): a participant offers what it sends and gets an
 //! answer; the server offers it the other participants' tracks as they come and go, and it
 //! answers. Per subscriber and video track the server picks the simulcast layer from the tile
-//! size it renders at (`wanted`) and its bandwidth estimate (TWCC, else REMB), switching at
-//! keyframes (asking the publisher for one); keyframe requests from subscribers go to the
-//! publisher, rate-limited; lost packets are sent again on NACK (str0m's send buffer, RTX where
-//! negotiated). Audio levels (RFC 6464) name the active speaker.
+//! size it renders at (`wanted`) and its bandwidth estimate (transport-cc feedback on what was
+//! sealed for it, [`rtc::twcc`], capped by REMB), switching at keyframes (asking the publisher
+//! for one); keyframe requests from subscribers go to the publisher, rate-limited; lost packets
+//! are sent again on NACK from a history of what was sent (RTX where negotiated), within a
+//! budget. Audio levels (RFC 6464) name the active speaker.
 //!
 //! A publisher that sends one size only (no simulcast) is downscaled for the subscribers that
 //! draw it small or cannot take its rate: one decoder and one encoder per needed size
@@ -27,14 +35,19 @@ use std::time::{Duration, Instant};
 use pipelines::events::{EventBus, EventKind};
 use pipelines::transcoders::{ScaleSettings, Scaler, Transcoders, VideoCodec};
 use rtc::driver::{self, Peer, Peers, Policy, Session};
+use rtc::nack::History;
+use rtc::rtp::{self, Packets};
+use rtc::srtp::{KeySlot, SrtpSender};
+use rtc::twcc::Estimator;
 use rtc::udp::Batch;
-use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::config::DtlsCert;
 use str0m::format::{Codec, PayloadParams};
 use str0m::media::{Direction, KeyframeRequest, KeyframeRequestKind, MediaData, MediaKind, Mid};
-use str0m::media::{MediaTime, Rid};
-use str0m::{Candidate, Event, IceConnectionState, Rtc, RtcConfig};
+use str0m::media::{MediaTime, Pt, Rid};
+use str0m::rtp::rtcp::{Nack, Rtcp};
+use str0m::rtp::{Extension, RawPacket, RtpWrite};
+use str0m::{Candidate, Event, IceConnectionState, Input, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{debug, info, warn};
@@ -64,6 +77,12 @@ const START_ESTIMATE_KBPS: u64 = 1_500;
 /// What one forwarded track of any kind is counted at in what a subscriber's estimate probes
 /// for (audio, and the overhead of each video).
 const AUDIO_BPS: u64 = 40_000;
+/// Packets of each forwarded video track kept for retransmission (about a second of the top
+/// layer), each a reference to a payload every subscriber shares.
+const HISTORY: usize = 256;
+/// Bytes per second retransmissions of one track may take, at most: a flood of NACKs costs
+/// the node no more.
+const RESEND_BYTES_PER_SECOND: u64 = 250_000;
 /// Downscales running at once on this node (each a decoder and an encoder).
 pub const MAX_DOWNSCALES: usize = 64;
 /// A downscale no subscriber has needed this long is stopped.
@@ -413,7 +432,101 @@ struct TrackOut {
     tile: (u32, u32),
     /// The tile the layer choice last saw, to tell why it moved.
     tile_seen: (u32, u32),
+    /// How its packets are written, once it has sent one.
+    sending: Option<Sending>,
 }
+
+/// What a forwarded track's packets are written with: the subscriber's payload type and SSRC
+/// for it, the sequence numbers, and what was sent, for NACKs.
+#[derive(Debug)]
+struct Sending {
+    /// The publisher's payload type this was matched for: another codec matches again.
+    from_pt: Pt,
+    pt: Pt,
+    ssrc: u32,
+    /// The RTX stream's SSRC and payload type, where negotiated.
+    rtx: Option<(u32, Pt)>,
+    /// The id of the transport-wide sequence number extension, where negotiated.
+    twcc_id: Option<u8>,
+    /// Extended sequence numbers of the next packet, and of the next retransmission on RTX.
+    seq: u64,
+    rtx_seq: u64,
+    /// Video only.
+    history: Option<History>,
+    /// The transport-wide sequence number each packet of the history went with: a packet sent
+    /// again on its own stream goes exactly as it went (a sealed packet's nonce is its
+    /// sequence number, so the same number never seals other bytes).
+    transport: VecDeque<(u64, u16)>,
+    /// Its first packet went through the session (its sender reports' RTP clock).
+    anchored: bool,
+}
+
+impl Sending {
+    fn new(rtc: &mut Rtc, mid: Mid, kind: MediaKind, params: PayloadParams, id: u64) -> Option<Sending> {
+        let pt = rtc.writer(mid)?.match_params(params)?;
+        let media = rtc.media(mid)?;
+        let twcc_id = media
+            .remote_extmap()
+            .id_of(Extension::TransportSequenceNumber);
+        let rtx_pt = rtc
+            .codec_config()
+            .params()
+            .iter()
+            .find(|p| p.pt() == pt)
+            .and_then(|p| p.resend())
+            .filter(|r| media.remote_pts().contains(r));
+        let mut api = rtc.direct_api();
+        let tx = api.stream_tx_by_mid(mid, None)?;
+        let rtx = tx.rtx().zip(rtx_pt).map(|(s, p)| (*s, p));
+        let ssrc = *tx.ssrc();
+        // Sequence numbers start anywhere below the first rollover (RFC 3550).
+        let seq = (id.wrapping_mul(0x9e37_79b9) ^ u64::from(ssrc)) % 30_000 + 1;
+        let history = (kind == MediaKind::Video)
+            .then(|| History::new(HISTORY, RESEND_BYTES_PER_SECOND, Instant::now()));
+        Some(Sending {
+            from_pt: params.pt(),
+            pt,
+            ssrc,
+            rtx,
+            twcc_id,
+            seq,
+            rtx_seq: seq,
+            history,
+            transport: VecDeque::new(),
+            anchored: false,
+        })
+    }
+}
+
+/// An RTP header: 12 bytes, and the transport-wide sequence number extension when there is
+/// one (RFC 8285 one-byte form). Returns the header's length.
+fn rtp_header(
+    h: &mut [u8; 20],
+    pt: Pt,
+    marker: bool,
+    seq: u64,
+    time: u32,
+    ssrc: u32,
+    twcc: Option<(u8, u16)>,
+) -> usize {
+    h[0] = 0x80;
+    h[1] = (u8::from(marker) << 7) | (*pt & 0x7f);
+    h[2..4].copy_from_slice(&(seq as u16).to_be_bytes());
+    h[4..8].copy_from_slice(&time.to_be_bytes());
+    h[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    let Some((id, tseq)) = twcc else {
+        return 12;
+    };
+    h[0] |= 0x10;
+    h[12..16].copy_from_slice(&[0xbe, 0xde, 0, 1]);
+    h[16] = (id << 4) | 1;
+    h[17..19].copy_from_slice(&tseq.to_be_bytes());
+    h[19] = 0;
+    20
+}
+
+/// What an SRTP packet adds to a payload, at most: header with extension, and the tag.
+const OVERHEAD: usize = 20 + 16;
 
 /// One participant's connection in one room.
 pub struct Participant {
@@ -427,9 +540,13 @@ pub struct Participant {
     inbox: VecDeque<MediaData>,
     /// Keyframe requests from this subscriber, by its out mid.
     asks: Vec<KeyframeRequest>,
-    estimate_bps: Option<u64>,
-    /// The least and the desired rate its bandwidth estimate was last given.
-    rates: (u64, u64),
+    /// Where DTLS leaves the SRTP keys, and the sealer made from them once connected.
+    keys: KeySlot,
+    srtp: Option<SrtpSender>,
+    /// Transport-wide sequence numbers of what is sealed for it, and its path's estimate.
+    path: Estimator,
+    /// Retransmissions asked for, sealed, to go with its session's next datagrams.
+    resend: Vec<Vec<u8>>,
     /// Its microphone's level, smoothed (dBov).
     level: f32,
     nacks: u64,
@@ -439,7 +556,13 @@ pub struct Participant {
 }
 
 impl Participant {
-    fn new(socket: SocketId, room: &str, user: &str, sources: BTreeMap<String, String>) -> Self {
+    fn new(
+        socket: SocketId,
+        room: &str,
+        user: &str,
+        sources: BTreeMap<String, String>,
+        keys: KeySlot,
+    ) -> Self {
         Participant {
             socket,
             room: room.to_owned(),
@@ -450,8 +573,10 @@ impl Participant {
             pending: None,
             inbox: VecDeque::new(),
             asks: Vec::new(),
-            estimate_bps: None,
-            rates: (0, 0),
+            keys,
+            srtp: None,
+            path: Estimator::new(START_ESTIMATE_KBPS * 1000, 1, Instant::now()),
+            resend: Vec::new(),
             level: -127.0,
             nacks: 0,
             role: Role::Member,
@@ -513,17 +638,187 @@ impl Session for Participant {
                 self.inbox.push_back(data);
             }
             Event::KeyframeRequest(req) => self.asks.push(req),
-            Event::EgressBitrateEstimate(
-                BweKind::Twcc { estimate, .. } | BweKind::Remb { estimate, .. },
-            ) => {
-                self.estimate_bps = Some(estimate.as_u64());
+            Event::Connected => {
+                let keys = self.keys.lock().unwrap_or_else(|p| p.into_inner()).take();
+                self.srtp = keys.and_then(|(m, profile)| SrtpSender::for_server(&m, profile));
+                if self.srtp.is_none() {
+                    warn!(user = %self.user, "no SRTP keys for the connection; nothing forwarded to it");
+                }
             }
-            Event::MediaEgressStats(stats) => {
-                self.nacks = self.nacks.max(stats.nacks);
-            }
+            Event::RawPacket(raw) => match *raw {
+                RawPacket::RtcpRx(Rtcp::Nack(nack)) => self.on_nack(&nack),
+                RawPacket::RtcpRx(Rtcp::Twcc(twcc)) => {
+                    self.path.on_feedback(twcc, Instant::now());
+                }
+                RawPacket::RtcpRx(Rtcp::Remb(remb)) => self.path.remb(remb.bitrate as u64),
+                _ => {}
+            },
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => rtc.disconnect(),
             _ => {}
         }
+    }
+
+    /// Retransmissions asked for go with the session's own datagrams.
+    fn after_pump(&mut self, remote: SocketAddr, out: &mut Batch) {
+        for datagram in self.resend.drain(..) {
+            out.push(remote, datagram);
+        }
+    }
+}
+
+impl Participant {
+    /// The subscriber misses packets of a track: those still in its history go again (on
+    /// RTX where negotiated), each at most once per [`rtc::nack::RESEND_GAP`] and within the
+    /// track's budget.
+    fn on_nack(&mut self, nack: &Nack) {
+        let Some(srtp) = self.srtp.as_mut() else {
+            return;
+        };
+        let ssrc = *nack.ssrc;
+        let Some(sending) = self
+            .outs
+            .iter_mut()
+            .filter_map(|o| o.sending.as_mut())
+            .find(|s| s.ssrc == ssrc)
+        else {
+            return;
+        };
+        let Some(history) = sending.history.as_mut() else {
+            return;
+        };
+        let now = Instant::now();
+        for entry in nack.reports.iter() {
+            for seq16 in rtc::nack::lost(entry.pid, entry.blp) {
+                self.nacks += 1;
+                let Some(p) = history.resend(seq16, now) else {
+                    continue;
+                };
+                let mut header = [0u8; 20];
+                let sealed = match sending.rtx {
+                    Some((rtx_ssrc, rtx_pt)) => {
+                        // RFC 4588: the original sequence number, then the payload.
+                        let mut payload = Vec::with_capacity(2 + p.payload.len());
+                        payload.extend_from_slice(&(p.seq as u16).to_be_bytes());
+                        payload.extend_from_slice(&p.payload);
+                        let twcc = sending
+                            .twcc_id
+                            .map(|id| (id, self.path.on_send(payload.len() + OVERHEAD, now)));
+                        let seq = sending.rtx_seq;
+                        sending.rtx_seq += 1;
+                        let len =
+                            rtp_header(&mut header, rtx_pt, p.marker, seq, p.time, rtx_ssrc, twcc);
+                        srtp.seal(&header[..len], seq, &payload)
+                    }
+                    None => {
+                        let twcc = match sending.twcc_id {
+                            None => None,
+                            Some(id) => {
+                                let first = sending.transport.front().map_or(0, |t| t.0);
+                                let found = p
+                                    .seq
+                                    .checked_sub(first)
+                                    .and_then(|i| sending.transport.get(i as usize))
+                                    .filter(|t| t.0 == p.seq);
+                                let Some(&(_, tseq)) = found else {
+                                    continue;
+                                };
+                                Some((id, tseq))
+                            }
+                        };
+                        let len = rtp_header(
+                            &mut header,
+                            sending.pt,
+                            p.marker,
+                            p.seq,
+                            p.time,
+                            ssrc,
+                            twcc,
+                        );
+                        srtp.seal(&header[..len], p.seq, &p.payload)
+                    }
+                };
+                self.resend.push(sealed);
+            }
+        }
+    }
+}
+
+/// A frame's packets to one subscriber's track: the first through the session (it anchors the
+/// sender reports), the rest sealed here into `out`.
+#[allow(clippy::too_many_arguments)]
+fn send_frame(
+    q: &mut Peer<Participant>,
+    sending: &mut Sending,
+    mid: Mid,
+    packets: &Packets,
+    time: u32,
+    video: bool,
+    now: Instant,
+    out: &mut Batch,
+) -> bool {
+    let Some(to) = q.remote else {
+        return false;
+    };
+    if q.state.srtp.is_none() {
+        return false;
+    }
+    let last = packets.payloads.len().saturating_sub(1);
+    for (i, payload) in packets.payloads.iter().enumerate() {
+        let marker = i == last && video;
+        if !sending.anchored {
+            sending.anchored = true;
+            // Not kept for retransmission by the session: only forwarding sends on the
+            // track's streams after this, so no two packets share a sequence number.
+            if let Some(tx) = q.rtc.direct_api().stream_tx_by_mid(mid, None) {
+                tx.write_rtp(
+                    RtpWrite::new(sending.pt, sending.seq.into(), time, now, payload.clone())
+                        .marker(marker)
+                        .nackable(false),
+                );
+            }
+            // Out now (str0m queues what is written until its next timer), so the packets
+            // after it stay in order.
+            let _ = q.rtc.handle_input(Input::Timeout(now));
+            q.pump(out);
+        } else if let Some(srtp) = q.state.srtp.as_mut() {
+            let twcc = sending
+                .twcc_id
+                .map(|id| (id, q.state.path.on_send(payload.len() + OVERHEAD, now)));
+            let mut header = [0u8; 20];
+            let len = rtp_header(
+                &mut header,
+                sending.pt,
+                marker,
+                sending.seq,
+                time,
+                sending.ssrc,
+                twcc,
+            );
+            let buf = out.buffer();
+            out.push(to, srtp.seal_into(&header[..len], sending.seq, payload, buf));
+            if let Some(history) = sending.history.as_mut() {
+                history.push(sending.seq, payload.clone(), time, marker);
+                if let Some((_, tseq)) = twcc {
+                    if sending.transport.len() == HISTORY {
+                        sending.transport.pop_front();
+                    }
+                    sending.transport.push_back((sending.seq, tseq));
+                }
+            }
+        }
+        sending.seq += 1;
+    }
+    true
+}
+
+/// A frame made into RTP payloads, once for every subscriber; `None` for a codec not
+/// forwarded.
+fn packetize(frame: &Incoming) -> Option<Packets> {
+    match frame.params.spec().codec {
+        Codec::Vp8 => Some(rtp::vp8(&frame.data, rtp::MAX_PAYLOAD)),
+        Codec::H264 => Some(rtp::h264_annex_b(&frame.data, rtp::MAX_PAYLOAD)),
+        Codec::Opus => Some(rtp::opus(&frame.data)),
+        _ => None,
     }
 }
 
@@ -563,20 +858,22 @@ impl CallServer {
         }
     }
 
-    fn rtc(&self) -> Rtc {
+    /// A participant's session, and where its DTLS leaves the SRTP keys forwarding seals with.
+    fn rtc(&self) -> (Rtc, KeySlot) {
         let mut config = RtcConfig::new()
             .set_ice_lite(true)
-            .set_crypto_provider(rtc::dtls::crypto_provider())
+            .set_crypto_provider(rtc::srtp::crypto_provider())
+            // Incoming RTCP as it is: NACKs and transport-cc feedback on what forwarding sent.
+            .enable_raw_packets(true)
             .clear_codecs()
             .enable_vp8(true)
             .enable_h264(true)
             .enable_opus(true, false)
-            .enable_bwe(Some(Bitrate::kbps(START_ESTIMATE_KBPS)))
             .set_stats_interval(Some(Duration::from_secs(1)));
         if let Some(cert) = &self.cert {
             config = config.set_dtls_cert(cert.clone());
         }
-        config.build(Instant::now())
+        rtc::srtp::with_key_slot(|| config.build(Instant::now()))
     }
 
     fn offer(
@@ -612,11 +909,11 @@ impl CallServer {
         if peers.len() >= MAX_PARTICIPANTS {
             return Err("the call server is full".into());
         }
-        let mut rtc = self.rtc();
+        let (mut rtc, keys) = self.rtc();
         let host = Candidate::host(self.candidate, "udp").map_err(|e| e.to_string())?;
         rtc.add_local_candidate(host);
         let (socket, room) = key.clone();
-        let mut state = Participant::new(socket, &room, user, sources);
+        let mut state = Participant::new(socket, &room, user, sources, keys);
         state.role = role;
         // Everything the room publishes already is offered to it once it has answered (or,
         // to a watcher, sent once it is connected): cameras before screens, for a watcher
@@ -782,7 +1079,7 @@ impl CallServer {
 
     /// Every frame that came in goes to the room's other participants, and into the
     /// downscales of its track; what the downscales made goes out too.
-    fn forward(&mut self, peers: &mut Peers<Participant>, now: Instant) {
+    fn forward(&mut self, peers: &mut Peers<Participant>, now: Instant, batch: &mut Batch) {
         let mut frames: Vec<Incoming> = Vec::new();
         let mut asks: Vec<(u64, Mid, Option<String>)> = Vec::new();
         for p in peers.iter_mut() {
@@ -832,13 +1129,16 @@ impl CallServer {
             }
         }
         for frame in &frames {
+            // Made into packets once, when the first subscriber takes it.
+            let mut packets: Option<Option<Packets>> = None;
             let members = self.rooms.get(&frame.room).map_or(&[][..], Vec::as_slice);
             for &id in members {
                 let Some(q) = peers.get_mut(id).filter(|q| q.id != frame.from) else {
                     continue;
                 };
                 let mut sent = false;
-                for out in q.state.outs.iter_mut() {
+                for n in 0..q.state.outs.len() {
+                    let out = &mut q.state.outs[n];
                     let OutState::Open(mid) = out.state else {
                         continue;
                     };
@@ -846,7 +1146,7 @@ impl CallServer {
                         continue;
                     }
                     let time = match out.kind {
-                        MediaKind::Audio => frame.time,
+                        MediaKind::Audio => frame.time.numer() as u32,
                         MediaKind::Video => {
                             let rid = frame.rid.as_deref();
                             let why = out.forwarder.moving().map_or(Reason::Size, |(_, w)| w);
@@ -861,23 +1161,41 @@ impl CallServer {
                             if f.switched {
                                 self.switched(&q.state.room, &q.state.user, out, rid, why);
                             }
-                            MediaTime::new(f.rtp_time, frame.time.frequency())
+                            f.rtp_time as u32
                         }
                     };
-                    let Some(writer) = q.rtc.writer(mid) else {
+                    let kind = out.kind;
+                    let mut sending = match out.sending.take() {
+                        Some(s) if s.from_pt == frame.params.pt() => s,
+                        // A new codec from the publisher goes on with the same numbers.
+                        Some(old) => match Sending::new(&mut q.rtc, mid, kind, frame.params, q.id) {
+                            Some(new) => Sending {
+                                seq: old.seq,
+                                rtx_seq: old.rtx_seq,
+                                anchored: old.anchored,
+                                history: old.history,
+                                transport: old.transport,
+                                ..new
+                            },
+                            None => continue,
+                        },
+                        None => match Sending::new(&mut q.rtc, mid, kind, frame.params, q.id) {
+                            Some(new) => new,
+                            None => continue,
+                        },
+                    };
+                    let Some(packets) = packets.get_or_insert_with(|| packetize(frame)) else {
+                        q.state.outs[n].sending = Some(sending);
                         continue;
                     };
-                    let Some(pt) = writer.match_params(frame.params) else {
-                        continue;
-                    };
-                    if let Err(e) = writer.write(pt, frame.network_time, time, frame.data.clone()) {
-                        debug!(peer = q.id, "cannot send: {e}");
-                        continue;
+                    let video = kind == MediaKind::Video;
+                    if send_frame(q, &mut sending, mid, packets, time, video, now, batch) {
+                        sent = true;
+                        self.figures
+                            .frames_forwarded
+                            .fetch_add(1, Ordering::Relaxed);
                     }
-                    sent = true;
-                    self.figures
-                        .frames_forwarded
-                        .fetch_add(1, Ordering::Relaxed);
+                    q.state.outs[n].sending = Some(sending);
                 }
                 q.dirty |= sent;
             }
@@ -1057,7 +1375,7 @@ impl CallServer {
                 .count() as u64;
             // Its estimate, less what audio takes, shared between its video tracks.
             let audio = q.state.outs.len() as u64 * AUDIO_BPS;
-            let estimate = q.state.estimate_bps.unwrap_or(START_ESTIMATE_KBPS * 1000);
+            let estimate = q.state.path.estimate();
             let videos: Vec<(usize, &Vec<Layer>)> = q
                 .state
                 .outs
@@ -1077,8 +1395,8 @@ impl CallServer {
                 .iter()
                 .map(|(layers, tile)| layers::choose(layers, *tile, Some(budget)))
                 .collect();
-            // What its tiles want, and what it gets: the estimate probes toward the first.
-            let (mut wanted_bps, mut sent_bps) = (0, 0);
+            // What its tiles want: the estimate grows toward it.
+            let mut wanted_bps = 0;
             for (&(n, layers), picked) in videos.iter().zip(picked) {
                 let out = &mut q.state.outs[n];
                 let Some(mut i) = picked else {
@@ -1097,7 +1415,6 @@ impl CallServer {
                     i = by_size;
                 }
                 wanted_bps += layers[by_size].bps;
-                sent_bps += layers[i].bps;
                 let mut chosen = layers[i].rid.clone();
                 if let Some(size) = chosen.as_deref().and_then(layers::downscaled_size) {
                     let key = ScaleKey {
@@ -1132,15 +1449,7 @@ impl CallServer {
                 out.tile_seen = out.tile;
                 out.forwarder.want(chosen, reason);
             }
-            let rates = (sent_bps.min(wanted_bps), wanted_bps + audio);
-            if rates != q.state.rates {
-                q.state.rates = rates;
-                let (minimum, desired) = rates;
-                q.rtc
-                    .bwe()
-                    .set_bitrate(Bitrate::bps(minimum), Bitrate::bps(desired));
-                q.dirty = true;
-            }
+            q.state.path.want(wanted_bps + audio);
         }
         for (key, bps) in needed {
             match self.downscales.get_mut(&key) {
@@ -1224,6 +1533,7 @@ fn track_out(from: u64, user: &str, track: &TrackIn) -> TrackOut {
         forwarder: Forwarder::new(clock),
         tile: (0, 0),
         tile_seen: (0, 0),
+        sending: None,
     }
 }
 
@@ -1302,7 +1612,7 @@ impl Policy for CallServer {
         }
     }
 
-    fn exchange(&mut self, peers: &mut Peers<Participant>, now: Instant) {
+    fn exchange(&mut self, peers: &mut Peers<Participant>, now: Instant, out: &mut Batch) {
         // Who gets what changes only when someone comes, goes, publishes or (re)negotiates:
         // a turn that only carries media costs what the media costs.
         let mut fresh = false;
@@ -1322,7 +1632,7 @@ impl Policy for CallServer {
                     .push(p.id);
             }
         }
-        self.forward(peers, now);
+        self.forward(peers, now, out);
         if now.saturating_duration_since(self.looked) >= LOOK_EVERY {
             self.looked = now;
             self.look(peers, now);

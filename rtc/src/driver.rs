@@ -252,10 +252,11 @@ pub trait Policy: Send + 'static {
     );
 
     /// At the start of each turn, with every peer: what one peer received goes to others (the
-    /// call server forwards media between its participants). Peers given something to send
-    /// are marked dirty, and are driven in the same turn.
-    fn exchange(&mut self, peers: &mut Peers<Self::State>, now: Instant) {
-        let _ = (peers, now);
+    /// call server forwards media between its participants), sealed into `out` or handed to
+    /// their sessions. Peers given something to send are marked dirty, and are driven in the
+    /// same turn.
+    fn exchange(&mut self, peers: &mut Peers<Self::State>, now: Instant, out: &mut Batch) {
+        let _ = (peers, now, out);
     }
 
     /// Each turn, for every peer before it is driven (a keyframe to ask for, ...).
@@ -303,7 +304,7 @@ pub async fn run<P: Policy>(
         let mut next = now + IDLE_TURN;
         guarded(
             || "exchanging media".to_owned(),
-            || policy.exchange(&mut peers, now),
+            || policy.exchange(&mut peers, now, &mut out),
         );
         for peer in peers.list.iter_mut() {
             if peer.faulted {
