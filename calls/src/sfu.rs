@@ -99,8 +99,10 @@ pub struct Figures {
     pub layer_switches: AtomicU64,
     /// Keyframe requests (PLI) sent to publishers.
     pub keyframe_requests: AtomicU64,
-    /// NACKs subscribers sent (each answered from the send buffer).
+    /// Packets subscribers asked for again (NACK).
     pub nacks: AtomicU64,
+    /// Packets sent again on NACK, from what was sent (within each track's budget).
+    pub retransmissions: AtomicU64,
     /// Downscales running now.
     pub downscales: AtomicU64,
 }
@@ -462,7 +464,13 @@ struct Sending {
 }
 
 impl Sending {
-    fn new(rtc: &mut Rtc, mid: Mid, kind: MediaKind, params: PayloadParams, id: u64) -> Option<Sending> {
+    fn new(
+        rtc: &mut Rtc,
+        mid: Mid,
+        kind: MediaKind,
+        params: PayloadParams,
+        id: u64,
+    ) -> Option<Sending> {
         let pt = rtc.writer(mid)?.match_params(params)?;
         let media = rtc.media(mid)?;
         let twcc_id = media
@@ -473,8 +481,7 @@ impl Sending {
             .params()
             .iter()
             .find(|p| p.pt() == pt)
-            .and_then(|p| p.resend())
-            .filter(|r| media.remote_pts().contains(r));
+            .and_then(|p| p.resend());
         let mut api = rtc.direct_api();
         let tx = api.stream_tx_by_mid(mid, None)?;
         let rtx = tx.rtx().zip(rtx_pt).map(|(s, p)| (*s, p));
@@ -549,7 +556,9 @@ pub struct Participant {
     resend: Vec<Vec<u8>>,
     /// Its microphone's level, smoothed (dBov).
     level: f32,
+    /// Packets it asked for again, and those sent again, so far.
     nacks: u64,
+    resent: u64,
     role: Role,
     /// It publishes a track the others have not been given yet.
     fresh: bool,
@@ -579,6 +588,7 @@ impl Participant {
             resend: Vec::new(),
             level: -127.0,
             nacks: 0,
+            resent: 0,
             role: Role::Member,
             fresh: false,
         }
@@ -737,6 +747,7 @@ impl Participant {
                         srtp.seal(&header[..len], p.seq, &p.payload)
                     }
                 };
+                self.resent += 1;
                 self.resend.push(sealed);
             }
         }
@@ -795,7 +806,10 @@ fn send_frame(
                 twcc,
             );
             let buf = out.buffer();
-            out.push(to, srtp.seal_into(&header[..len], sending.seq, payload, buf));
+            out.push(
+                to,
+                srtp.seal_into(&header[..len], sending.seq, payload, buf),
+            );
             if let Some(history) = sending.history.as_mut() {
                 history.push(sending.seq, payload.clone(), time, marker);
                 if let Some((_, tseq)) = twcc {
@@ -1168,17 +1182,19 @@ impl CallServer {
                     let mut sending = match out.sending.take() {
                         Some(s) if s.from_pt == frame.params.pt() => s,
                         // A new codec from the publisher goes on with the same numbers.
-                        Some(old) => match Sending::new(&mut q.rtc, mid, kind, frame.params, q.id) {
-                            Some(new) => Sending {
-                                seq: old.seq,
-                                rtx_seq: old.rtx_seq,
-                                anchored: old.anchored,
-                                history: old.history,
-                                transport: old.transport,
-                                ..new
-                            },
-                            None => continue,
-                        },
+                        Some(old) => {
+                            match Sending::new(&mut q.rtc, mid, kind, frame.params, q.id) {
+                                Some(new) => Sending {
+                                    seq: old.seq,
+                                    rtx_seq: old.rtx_seq,
+                                    anchored: old.anchored,
+                                    history: old.history,
+                                    transport: old.transport,
+                                    ..new
+                                },
+                                None => continue,
+                            }
+                        }
                         None => match Sending::new(&mut q.rtc, mid, kind, frame.params, q.id) {
                             Some(new) => new,
                             None => continue,
@@ -1479,6 +1495,10 @@ impl CallServer {
             .store(forwarded, Ordering::Relaxed);
         let nacks: u64 = peers.iter().map(|p| p.state.nacks).sum();
         self.figures.nacks.fetch_max(nacks, Ordering::Relaxed);
+        let resent: u64 = peers.iter().map(|p| p.state.resent).sum();
+        self.figures
+            .retransmissions
+            .fetch_max(resent, Ordering::Relaxed);
         // The loudest participant of each room, if anyone speaks.
         let mut loudest: HashMap<&str, (f32, &str)> = HashMap::new();
         let mut members: HashMap<&str, Vec<SocketId>> = HashMap::new();

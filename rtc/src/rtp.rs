@@ -239,7 +239,11 @@ mod tests {
         assert!(sizes[0] >= sizes[2] && sizes[0] == sizes[1]);
         assert_eq!(packets.payloads[0][0], 0x10);
         assert!(packets.payloads[1..].iter().all(|p| p[0] == 0));
-        let back: Vec<u8> = packets.payloads.iter().flat_map(|p| p[1..].to_vec()).collect();
+        let back: Vec<u8> = packets
+            .payloads
+            .iter()
+            .flat_map(|p| p[1..].to_vec())
+            .collect();
         assert_eq!(back, frame);
         assert_eq!(vp8(&[9], MAX_PAYLOAD).payloads[0][..], [0x10, 9]);
     }

@@ -239,13 +239,7 @@ mod tests {
     /// A path of `capacity` bits per second with a queue in front (drops past `queue_limit`),
     /// `base` one-way delay, packets of 1,000 bytes sent as fast as the estimate allows, and
     /// feedback every 100 ms: the estimate after `seconds`.
-    fn run(
-        est: &mut Estimator,
-        capacity: f64,
-        wanted: u64,
-        seconds: u64,
-        t0: Instant,
-    ) -> Vec<u64> {
+    fn run(est: &mut Estimator, capacity: f64, wanted: u64, seconds: u64, t0: Instant) -> Vec<u64> {
         let base = Duration::from_millis(20);
         let queue_limit = Duration::from_millis(300);
         let mut queue_free = t0;
@@ -322,7 +316,9 @@ mod tests {
             let arrived = (n % 2 == 0).then_some(t0 + Duration::from_millis(10));
             reports.push((seq, arrived));
         }
-        let report = est.on_reports(&reports, t0 + Duration::from_millis(50)).unwrap();
+        let report = est
+            .on_reports(&reports, t0 + Duration::from_millis(50))
+            .unwrap();
         assert_eq!((report.received, report.lost), (10, 10));
         assert!(est.estimate() <= 3_000_000);
         let before = est.estimate();

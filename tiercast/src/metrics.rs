@@ -309,8 +309,13 @@ impl NodeMetrics {
             ),
             (
                 "tiercast_calls_nacks",
-                "NACKs subscribers sent the call server.",
+                "Packets subscribers asked the call server for again (NACK).",
                 &f.nacks,
+            ),
+            (
+                "tiercast_calls_retransmissions",
+                "Packets the call server sent again on NACK (on RTX where negotiated).",
+                &f.retransmissions,
             ),
         ] {
             single(

@@ -559,3 +559,166 @@ fn a_publisher_without_simulcast_is_downscaled_once_for_the_subscribers_that_dra
     });
     assert_eq!(camera_size(&large, "alice"), Some((640, 360)), "{large}");
 }
+
+/// The call server's address as browsers are told it, in front of the real one: passes every
+/// datagram both ways and drops every `nth` RTP packet the server sends (the kernel here has
+/// no netem). One upstream socket per browser address, so the server sees each browser apart.
+struct LossyProxy {
+    /// Where browsers send (the address the node advertises, on the call server's port).
+    front: std::net::SocketAddr,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl LossyProxy {
+    /// On this machine's default-route address (the one browsers here pair with), port free
+    /// there and on loopback, where the call server is to listen.
+    fn start(nth: u64) -> LossyProxy {
+        use std::net::{SocketAddr, UdpSocket};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        let probe = UdpSocket::bind("0.0.0.0:0").unwrap();
+        probe.connect("192.0.2.1:9").unwrap();
+        let ip = probe.local_addr().unwrap().ip();
+        let front = (0..20)
+            .find_map(|_| {
+                let s = UdpSocket::bind(SocketAddr::new(ip, 0)).ok()?;
+                let port = s.local_addr().ok()?.port();
+                UdpSocket::bind(("127.0.0.1", port)).ok()?;
+                Some(s)
+            })
+            .expect("a port free on both addresses");
+        front
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let front_addr = front.local_addr().unwrap();
+        let server: SocketAddr = (
+            "127.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+            front_addr.port(),
+        )
+            .into();
+        let dropped = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let front = Arc::new(front);
+        let (d, st) = (dropped.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut upstreams: std::collections::HashMap<SocketAddr, Arc<UdpSocket>> =
+                Default::default();
+            let mut buf = [0u8; 2048];
+            while !st.load(Ordering::Relaxed) {
+                let Ok((n, from)) = front.recv_from(&mut buf) else {
+                    continue;
+                };
+                if !upstreams.contains_key(&from) && upstreams.len() < 64 {
+                    let up = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+                    up.connect(server).unwrap();
+                    up.set_read_timeout(Some(Duration::from_millis(100)))
+                        .unwrap();
+                    let (up2, front2, d2, st2) = (up.clone(), front.clone(), d.clone(), st.clone());
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 2048];
+                        let mut rtp = 0u64;
+                        while !st2.load(Ordering::Relaxed) {
+                            let Ok(n) = up2.recv(&mut buf) else { continue };
+                            // RTP (not RTCP, STUN or DTLS): version 2, not a 200-223 type.
+                            let is_rtp =
+                                n > 12 && buf[0] >> 6 == 2 && !(192..=223).contains(&buf[1]);
+                            if is_rtp {
+                                rtp += 1;
+                                if rtp % nth == 0 {
+                                    d2.fetch_add(1, Ordering::Relaxed);
+                                    continue;
+                                }
+                            }
+                            let _ = front2.send_to(&buf[..n], from);
+                        }
+                    });
+                    upstreams.insert(from, up);
+                }
+                if let Some(up) = upstreams.get(&from) {
+                    let _ = up.send(&buf[..n]);
+                }
+            }
+        });
+        LossyProxy {
+            front: front_addr,
+            dropped,
+            stop,
+        }
+    }
+}
+
+impl Drop for LossyProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The summed `field` of `user`'s camera as `stats` shows it.
+fn camera_stat(stats: &Value, user: &str, field: &str) -> u64 {
+    stats
+        .as_object()
+        .into_iter()
+        .flat_map(|o| o.values())
+        .filter(|t| t["kind"] == "video" && t["who"]["user"] == user)
+        .map(|t| t[field].as_u64().unwrap_or(0))
+        .sum()
+}
+
+#[test]
+fn packets_lost_on_the_way_to_a_subscriber_are_sent_again_and_the_picture_goes_on() {
+    let _turn = heavy();
+    let proxy = LossyProxy::start(25);
+    // The harness's `[webrtc]` table comes right before: the advertised address goes in it.
+    let calls = calls_config(30).replace(
+        "listen = \"0.0.0.0:0\"",
+        &format!("listen = \"127.0.0.1:{}\"", proxy.front.port()),
+    );
+    let config = format!("advertise = \"{}\"\n{calls}", proxy.front.ip());
+    let node = start_node(&config);
+    let (browser, _blank) = Browser::open("about:blank");
+    let mut alice = page_of(
+        &browser,
+        &node,
+        "alice",
+        "/call/lossy",
+        "&width=640&height=360",
+    );
+    wait_status(&mut alice, "alice joins", |s| s == "in room lossy");
+    let mut bob = page_of(&browser, &node, "bob", "/call/lossy", "");
+    wait_status(&mut bob, "bob joins", |s| s == "in room lossy");
+    wait_decoding(&mut bob, 1, 1);
+    // One in 25 of the server's RTP packets is lost on the way; bob's browser asks for them
+    // again, and gets them on RTX (which Chromium negotiates).
+    let healed = bob.wait_for("window.tiercast.stats()", Duration::from_secs(60), |s| {
+        camera_stat(s, "alice", "nackCount") >= 20
+            && camera_stat(s, "alice", "retransmittedPacketsReceived") >= 10
+    });
+    let before = camera_stat(&healed, "alice", "framesDecoded");
+    std::thread::sleep(Duration::from_secs(4));
+    let later = stats(&mut bob);
+    let decoded = camera_stat(&later, "alice", "framesDecoded") - before;
+    let dropped = proxy.dropped.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(dropped >= 20, "the proxy dropped {dropped} packets");
+    // Each packet asked for comes back on RTX (a retransmission may be dropped too).
+    let resent = camera_stat(&later, "alice", "retransmittedPacketsReceived");
+    let nacked = camera_stat(&later, "alice", "nackCount");
+    assert!(
+        resent * 10 >= nacked * 8,
+        "{resent} of {nacked} packets asked for came: {later}"
+    );
+    // 30 fps for 4 s, with some slack for a shared machine.
+    assert!(decoded >= 60, "only {decoded} frames in 4 s: {later}");
+    let metrics = node.get("/metrics").text();
+    let figure = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    assert!(figure("tiercast_calls_nacks_total") >= 20.0, "{metrics}");
+    assert!(
+        figure("tiercast_calls_retransmissions_total") >= 20.0,
+        "{metrics}"
+    );
+}
