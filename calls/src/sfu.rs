@@ -464,18 +464,22 @@ struct Sending {
 }
 
 impl Sending {
+    /// `next`: where each SSRC's sequence numbers (media, RTX) stood when it was last sent
+    /// on, if ever (a watcher's section taken again, a new codec).
     fn new(
         rtc: &mut Rtc,
         mid: Mid,
         kind: MediaKind,
         params: PayloadParams,
-        id: u64,
+        next: &HashMap<u32, (u64, u64)>,
     ) -> Option<Sending> {
         let pt = rtc.writer(mid)?.match_params(params)?;
         let media = rtc.media(mid)?;
+        // The one-byte header form carries ids 1 to 14.
         let twcc_id = media
             .remote_extmap()
-            .id_of(Extension::TransportSequenceNumber);
+            .id_of(Extension::TransportSequenceNumber)
+            .filter(|id| (1..=14).contains(id));
         let rtx_pt = rtc
             .codec_config()
             .params()
@@ -486,8 +490,14 @@ impl Sending {
         let tx = api.stream_tx_by_mid(mid, None)?;
         let rtx = tx.rtx().zip(rtx_pt).map(|(s, p)| (*s, p));
         let ssrc = *tx.ssrc();
-        // Sequence numbers start anywhere below the first rollover (RFC 3550).
-        let seq = (id.wrapping_mul(0x9e37_79b9) ^ u64::from(ssrc)) % 30_000 + 1;
+        // Sequence numbers start anywhere below the first rollover (RFC 3550), each stream
+        // its own; a stream sent on before goes on where it stopped, so no sequence number
+        // (the SRTP nonce) ever seals other bytes.
+        let rtx_ssrc = rtx.map_or(0, |r| r.0);
+        let (seq, rtx_seq) = next.get(&ssrc).copied().unwrap_or((
+            u64::from(ssrc.wrapping_mul(0x9e37_79b9)) % 30_000 + 1,
+            u64::from(rtx_ssrc.wrapping_mul(0x85eb_ca6b)) % 30_000 + 1,
+        ));
         let history = (kind == MediaKind::Video)
             .then(|| History::new(HISTORY, RESEND_BYTES_PER_SECOND, Instant::now()));
         Some(Sending {
@@ -497,7 +507,7 @@ impl Sending {
             rtx,
             twcc_id,
             seq,
-            rtx_seq: seq,
+            rtx_seq,
             history,
             transport: VecDeque::new(),
             anchored: false,
@@ -532,6 +542,9 @@ fn rtp_header(
     20
 }
 
+/// Where a connection's transport-wide sequence numbers for forwarded packets start.
+const FIRST_TRANSPORT_SEQ: u64 = 1_000;
+
 /// What an SRTP packet adds to a payload, at most: header with extension, and the tag.
 const OVERHEAD: usize = 20 + 16;
 
@@ -554,6 +567,9 @@ pub struct Participant {
     path: Estimator,
     /// Retransmissions asked for, sealed, to go with its session's next datagrams.
     resend: Vec<Vec<u8>>,
+    /// The next sequence numbers (media, RTX) of each SSRC forwarding has sent on, one per
+    /// section of its connection.
+    next_seq: HashMap<u32, (u64, u64)>,
     /// Its microphone's level, smoothed (dBov).
     level: f32,
     /// Packets it asked for again, and those sent again, so far.
@@ -584,8 +600,15 @@ impl Participant {
             asks: Vec::new(),
             keys,
             srtp: None,
-            path: Estimator::new(START_ESTIMATE_KBPS * 1000, 1, Instant::now()),
+            // Far from str0m's own transport-wide numbers (one per track, on the packet
+            // that anchors it), so the two never meet in the peer's feedback.
+            path: Estimator::new(
+                START_ESTIMATE_KBPS * 1000,
+                FIRST_TRANSPORT_SEQ,
+                Instant::now(),
+            ),
             resend: Vec::new(),
+            next_seq: HashMap::new(),
             level: -127.0,
             nacks: 0,
             resent: 0,
@@ -751,6 +774,8 @@ impl Participant {
                 self.resend.push(sealed);
             }
         }
+        self.next_seq
+            .insert(sending.ssrc, (sending.seq, sending.rtx_seq));
     }
 }
 
@@ -1179,23 +1204,24 @@ impl CallServer {
                         }
                     };
                     let kind = out.kind;
+                    let next = &q.state.next_seq;
                     let mut sending = match out.sending.take() {
                         Some(s) if s.from_pt == frame.params.pt() => s,
-                        // A new codec from the publisher goes on with the same numbers.
+                        // A new codec from the publisher: the same stream goes on (numbers
+                        // from `next_seq`); what was sent in the old one is not sent again.
                         Some(old) => {
-                            match Sending::new(&mut q.rtc, mid, kind, frame.params, q.id) {
+                            match Sending::new(&mut q.rtc, mid, kind, frame.params, next) {
                                 Some(new) => Sending {
-                                    seq: old.seq,
-                                    rtx_seq: old.rtx_seq,
                                     anchored: old.anchored,
-                                    history: old.history,
-                                    transport: old.transport,
                                     ..new
                                 },
-                                None => continue,
+                                None => {
+                                    q.state.outs[n].sending = Some(old);
+                                    continue;
+                                }
                             }
                         }
-                        None => match Sending::new(&mut q.rtc, mid, kind, frame.params, q.id) {
+                        None => match Sending::new(&mut q.rtc, mid, kind, frame.params, next) {
                             Some(new) => new,
                             None => continue,
                         },
@@ -1205,7 +1231,12 @@ impl CallServer {
                         continue;
                     };
                     let video = kind == MediaKind::Video;
-                    if send_frame(q, &mut sending, mid, packets, time, video, now, batch) {
+                    let sent_now =
+                        send_frame(q, &mut sending, mid, packets, time, video, now, batch);
+                    q.state
+                        .next_seq
+                        .insert(sending.ssrc, (sending.seq, sending.rtx_seq));
+                    if sent_now {
                         sent = true;
                         self.figures
                             .frames_forwarded

@@ -4,12 +4,14 @@
 //! peer's feedback (RTCP transport-cc) says which arrived, and when. From that, an estimate of
 //! what the path to the peer carries:
 //!
-//! - **Loss** over 10 % in a report cuts the estimate by half the loss.
+//! - **Loss** over 10 % in a report cuts the estimate by half the loss (once per episode:
+//!   not again within [`HOLD`]).
 //! - **Queueing**: a report's one-way delays more than [`OVERUSE`] above the lowest recently
 //!   seen mean a queue is building on the path: the estimate drops below what was received.
 //! - Otherwise (little loss, no queue) it grows by half per second toward what the receiver
-//!   wants ([`Estimator::want`]), never far past it: a receiver only ever gets more once it
-//!   has been sent more without harm.
+//!   wants ([`Estimator::want`]), never far past it. Media is the probe: a receiver moved up
+//!   a layer on the grown estimate shows within a report or two whether the path carries it,
+//!   and a cut follows if not.
 //!
 //! What the peer's estimate of its own (REMB) says caps it. Times come in from the caller, so
 //! the estimate is tested with simulated time.
@@ -30,7 +32,7 @@ const UNDERUSE: Duration = Duration::from_millis(25);
 /// Growth per second while the path shows no harm.
 const GROWTH: f64 = 0.5;
 /// After a cut, no growth for this long.
-const HOLD: Duration = Duration::from_millis(500);
+pub const HOLD: Duration = Duration::from_millis(500);
 /// How far past what the receiver wants the estimate may go.
 const HEADROOM: f64 = 1.1;
 /// The lowest delay is looked for over windows of this length (two of them).
@@ -210,8 +212,10 @@ impl Estimator {
         let held = self.hold_until.is_some_and(|t| now < t);
         let mut estimate = self.estimate as f64;
         if loss > LOSS_CUT {
-            estimate *= 1.0 - 0.5 * loss;
-            self.hold_until = Some(now + HOLD);
+            if !held {
+                estimate *= 1.0 - 0.5 * loss;
+                self.hold_until = Some(now + HOLD);
+            }
         } else if queueing > OVERUSE {
             if self.acked_bps > 0.0 {
                 estimate = estimate.min(0.85 * self.acked_bps);
