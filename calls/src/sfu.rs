@@ -515,33 +515,6 @@ impl Sending {
     }
 }
 
-/// An RTP header: 12 bytes, and the transport-wide sequence number extension when there is
-/// one (RFC 8285 one-byte form). Returns the header's length.
-fn rtp_header(
-    h: &mut [u8; 20],
-    pt: Pt,
-    marker: bool,
-    seq: u64,
-    time: u32,
-    ssrc: u32,
-    twcc: Option<(u8, u16)>,
-) -> usize {
-    h[0] = 0x80;
-    h[1] = (u8::from(marker) << 7) | (*pt & 0x7f);
-    h[2..4].copy_from_slice(&(seq as u16).to_be_bytes());
-    h[4..8].copy_from_slice(&time.to_be_bytes());
-    h[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    let Some((id, tseq)) = twcc else {
-        return 12;
-    };
-    h[0] |= 0x10;
-    h[12..16].copy_from_slice(&[0xbe, 0xde, 0, 1]);
-    h[16] = (id << 4) | 1;
-    h[17..19].copy_from_slice(&tseq.to_be_bytes());
-    h[19] = 0;
-    20
-}
-
 /// Where a connection's transport-wide sequence numbers for forwarded packets start.
 const FIRST_TRANSPORT_SEQ: u64 = 1_000;
 
@@ -739,7 +712,7 @@ impl Participant {
                         let seq = sending.rtx_seq;
                         sending.rtx_seq += 1;
                         let len =
-                            rtp_header(&mut header, rtx_pt, p.marker, seq, p.time, rtx_ssrc, twcc);
+                            rtp::header(&mut header, rtx_pt, p.marker, seq, p.time, rtx_ssrc, twcc);
                         srtp.seal(&header[..len], seq, &payload)
                     }
                     None => {
@@ -758,7 +731,7 @@ impl Participant {
                                 Some((id, tseq))
                             }
                         };
-                        let len = rtp_header(
+                        let len = rtp::header(
                             &mut header,
                             sending.pt,
                             p.marker,
@@ -821,7 +794,7 @@ fn send_frame(
                 .twcc_id
                 .map(|id| (id, q.state.path.on_send(payload.len() + OVERHEAD, now)));
             let mut header = [0u8; 20];
-            let len = rtp_header(
+            let len = rtp::header(
                 &mut header,
                 sending.pt,
                 marker,

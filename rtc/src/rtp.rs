@@ -129,6 +129,33 @@ fn h264_units(units: &[&[u8]], max: usize) -> Packets {
     Packets { payloads }
 }
 
+/// An RTP header: 12 bytes, and the transport-wide sequence number extension when there is
+/// one (RFC 8285 one-byte form). Returns the header's length.
+pub fn header(
+    h: &mut [u8; 20],
+    pt: str0m::media::Pt,
+    marker: bool,
+    seq: u64,
+    time: u32,
+    ssrc: u32,
+    twcc: Option<(u8, u16)>,
+) -> usize {
+    h[0] = 0x80;
+    h[1] = (u8::from(marker) << 7) | (*pt & 0x7f);
+    h[2..4].copy_from_slice(&(seq as u16).to_be_bytes());
+    h[4..8].copy_from_slice(&time.to_be_bytes());
+    h[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    let Some((id, tseq)) = twcc else {
+        return 12;
+    };
+    h[0] |= 0x10;
+    h[12..16].copy_from_slice(&[0xbe, 0xde, 0, 1]);
+    h[16] = (id << 4) | 1;
+    h[17..19].copy_from_slice(&tseq.to_be_bytes());
+    h[19] = 0;
+    20
+}
+
 /// A VP8 frame in RTP payloads of at most `max` bytes (RFC 7741): each behind the one-byte
 /// payload descriptor (no picture id, which a forwarded stream would have to keep continuous
 /// across the layers it switches between), the first with its start bit. Pieces are of even

@@ -120,16 +120,6 @@ impl Track {
     }
 }
 
-fn rtp_header(pt: Pt, marker: bool, seq: u64, time: u32, ssrc: u32) -> [u8; 12] {
-    let mut h = [0u8; 12];
-    h[0] = 0x80;
-    h[1] = (u8::from(marker) << 7) | (*pt & 0x7f);
-    h[2..4].copy_from_slice(&(seq as u16).to_be_bytes());
-    h[4..8].copy_from_slice(&time.to_be_bytes());
-    h[8..12].copy_from_slice(&ssrc.to_be_bytes());
-    h
-}
-
 impl Session for Viewer {
     fn on_event(&mut self, rtc: &mut Rtc, event: Event) {
         match event {
@@ -194,8 +184,11 @@ impl Viewer {
             for seq16 in rtc::nack::lost(entry.pid, entry.blp) {
                 asked += 1;
                 if let Some(p) = video.history.resend(seq16, now) {
-                    let header = rtp_header(video.pt, p.marker, p.seq, p.time, *nack.ssrc);
-                    let sealed = srtp.seal(&header, p.seq, &p.payload);
+                    let mut header = [0u8; 20];
+                    let ssrc = *nack.ssrc;
+                    let len =
+                        rtp::header(&mut header, video.pt, p.marker, p.seq, p.time, ssrc, None);
+                    let sealed = srtp.seal(&header[..len], p.seq, &p.payload);
                     resent += 1;
                     bytes += sealed.len() as u64;
                     self.resend.push(sealed);
@@ -294,9 +287,10 @@ fn send_on(
                 .is_none_or(|t| now >= t + VIA_SESSION_EVERY);
         match (&mut peer.state.srtp, peer.remote) {
             (Some(srtp), Some(to)) if !session_due => {
-                let header = rtp_header(track.pt, marker, track.seq, time, ssrc);
+                let mut header = [0u8; 20];
+                let len = rtp::header(&mut header, track.pt, marker, track.seq, time, ssrc, None);
                 let buf = out.buffer();
-                out.push(to, srtp.seal_into(&header, track.seq, payload, buf));
+                out.push(to, srtp.seal_into(&header[..len], track.seq, payload, buf));
             }
             _ => {
                 if let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(track.mid, None) {
