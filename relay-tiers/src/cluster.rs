@@ -45,6 +45,10 @@ pub struct Member {
     pub address: String,
     /// Viewer requests per second, averaged over the last heartbeats.
     pub load: f64,
+    /// Room its WebRTC workers have for more viewers, in shares of a core (`None`: it did
+    /// not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webrtc_room: Option<f64>,
     /// The upstreams it reads from now.
     pub links: Vec<String>,
     /// When the member itself last said so (milliseconds since the Unix epoch).
@@ -125,8 +129,23 @@ impl RoutingRules {
     }
 }
 
-/// The healthy edge a viewer from `region` should use: the least loaded of their region, else
-/// of the nearest region that has one, else of any region.
+/// How much an edge is asked for over what it has room for: requests per second over the room
+/// its WebRTC workers have (an edge without room for another WebRTC viewer is taken only when
+/// no edge has room).
+fn weight(m: &Member) -> (bool, f64) {
+    let room = m.webrtc_room.unwrap_or(1.0);
+    (room <= 0.0, (m.load + 1.0) / (room.max(0.0) + 0.05))
+}
+
+fn lighter(a: &Member, b: &Member) -> std::cmp::Ordering {
+    let (wa, wb) = (weight(a), weight(b));
+    wa.0.cmp(&wb.0)
+        .then(wa.1.total_cmp(&wb.1))
+        .then(a.name.cmp(&b.name))
+}
+
+/// The healthy edge a viewer from `region` should use: the lightest of their region (by
+/// [`weight`]), else of the nearest region that has one, else of any region.
 pub fn choose<'a>(
     members: &'a [Member],
     region: Option<&str>,
@@ -141,7 +160,7 @@ pub fn choose<'a>(
         edges
             .iter()
             .filter(|m| m.region == region)
-            .min_by(|a, b| a.load.total_cmp(&b.load).then(a.name.cmp(&b.name)))
+            .min_by(|a, b| lighter(a, b))
             .copied()
     };
     if let Some(region) = region {
@@ -154,10 +173,7 @@ pub fn choose<'a>(
             }
         }
     }
-    edges
-        .iter()
-        .min_by(|a, b| a.load.total_cmp(&b.load).then(a.name.cmp(&b.name)))
-        .copied()
+    edges.iter().min_by(|a, b| lighter(a, b)).copied()
 }
 
 /// This node's view of the cluster.
@@ -176,6 +192,8 @@ pub struct Cluster {
     member_ips: Mutex<HashMap<IpAddr, u64>>,
     /// Heartbeats heard lately, so none is taken twice.
     replays: auth::Replays,
+    /// What this node's WebRTC workers have room for, asked at each heartbeat.
+    webrtc_room: std::sync::OnceLock<Box<dyn Fn() -> f64 + Send + Sync>>,
 }
 
 /// Members a node keeps at most; more names than this are not taken.
@@ -208,7 +226,25 @@ impl Cluster {
             client,
             member_ips: Mutex::new(HashMap::new()),
             replays: auth::Replays::default(),
+            webrtc_room: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where this node's heartbeats learn the room its WebRTC workers have.
+    pub fn measure_webrtc_room(&self, room: impl Fn() -> f64 + Send + Sync + 'static) {
+        let _ = self.webrtc_room.set(Box::new(room));
+    }
+
+    /// A healthy edge other than this node, of its region, else of the nearest region that
+    /// has one, with room for a WebRTC viewer: where viewers this node turns away can go.
+    pub fn elsewhere(&self) -> Option<Member> {
+        let me = self.me();
+        let others: Vec<Member> = self
+            .members()
+            .into_iter()
+            .filter(|m| m.name != me.name && m.webrtc_room.is_none_or(|r| r > 0.0))
+            .collect();
+        choose(&others, Some(&me.region), &self.rules, now_ms()).cloned()
     }
 
     /// Whether `ip` sent this node a genuine heartbeat within the last minute.
@@ -305,9 +341,11 @@ impl Cluster {
             }
             let rate =
                 self.requests.swap(0, Ordering::Relaxed) as f64 / HEARTBEAT_EVERY.as_secs_f64();
+            let room = self.webrtc_room.get().map(|room| room());
             {
                 let mut me = lock(&self.me);
                 me.load = me.load * 0.5 + rate * 0.5;
+                me.webrtc_room = room;
             }
             let body = Bytes::from(serde_json::to_vec(&self.members()).unwrap_or_default());
             for upstream in &self.upstreams {
@@ -579,6 +617,7 @@ mod tests {
 
     fn member(name: &str, role: Role, region: &str, load: f64, seen_ms: u64) -> Member {
         Member {
+            webrtc_room: None,
             name: name.into(),
             role,
             region: region.into(),

@@ -22,16 +22,19 @@ use axum::routing::{delete, post};
 use pipelines::Registry;
 use pipelines::admission::Action;
 use pipelines::events::{EventBus, EventKind};
-use pipelines::stream::Stream;
-use rtc::driver::{self, Peer};
+use pipelines::media::{Frame, TrackKind};
+use pipelines::stream::{DEFAULT_CAPACITY, Reader, ReaderKind, Stream, Update};
+use rtc::driver::Peer;
 use rtc::resource::{Limits, Refused, Resources};
+use rtc::rtp::{self, Packets};
 use rtc::srtp::{self, KeySlot};
+use rtc::workers::{self, Load};
 use str0m::change::SdpOffer;
 use str0m::{Candidate, Rtc, RtcConfig};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
 use tracing::info;
 
+use crate::cluster::Cluster;
 use crate::feeds::FeedStore;
 
 mod viewers;
@@ -49,11 +52,28 @@ pub struct WhepLimits {
     pub offers_per_second: u32,
 }
 
+/// Where WHEP listens and how.
+#[derive(Debug, Clone, Copy)]
+pub struct WhepSettings {
+    /// The first worker's socket; each further worker's port is the one below the one before
+    /// (or a port of its own when this one is 0).
+    pub listen: SocketAddr,
+    /// The address put in answers' candidates (the sockets' own when they are specific).
+    pub advertise: Option<IpAddr>,
+    /// Worker threads, each with its own socket and viewers.
+    pub workers: usize,
+    pub limits: WhepLimits,
+}
+
 pub struct Whep {
     feeds: Arc<FeedStore>,
-    commands: mpsc::UnboundedSender<Command>,
-    /// The address viewers send their media traffic to.
-    candidate: SocketAddr,
+    /// The workers, each a driver on a thread and socket of its own.
+    lanes: Vec<Lane>,
+    /// Which worker each viewer is on.
+    owners: Mutex<HashMap<u64, usize>>,
+    /// Streams read for viewers, by id, each made into RTP payloads once for every worker;
+    /// those that have ended are forgotten, so this holds at most the streams live here.
+    forwarded: Mutex<HashMap<u64, std::sync::Weak<Stream>>>,
     limits: WhepLimits,
     /// Viewers per stream now.
     viewers: Mutex<HashMap<String, usize>>,
@@ -63,14 +83,46 @@ pub struct Whep {
     /// handshake itself.
     cert: Option<str0m::config::DtlsCert>,
     bus: Arc<EventBus>,
-    sent: Arc<Sent>,
     /// Checks viewer tokens of `access = "token"` streams.
     tokens: Option<Arc<Tokens>>,
     /// The operator's webhooks (`[admission] play_url`).
     registry: Arc<Registry>,
+    /// Where refused viewers are sent: the cluster's other edges.
+    cluster: Option<Arc<Cluster>>,
+    /// Viewers turned away, by why.
+    refused: Refusals,
 }
 
-/// What the viewers' socket has sent.
+/// One worker as the HTTP side sees it.
+struct Lane {
+    commands: mpsc::UnboundedSender<Command>,
+    frames: mpsc::Sender<Arc<Prepared>>,
+    /// The address its viewers send to.
+    candidate: SocketAddr,
+    load: Arc<Load>,
+    sent: Arc<Sent>,
+}
+
+/// Viewers turned away since the start.
+#[derive(Debug, Default)]
+pub struct Refusals {
+    /// No worker could take one more without making its viewers late.
+    pub capacity: AtomicU64,
+    /// `max_viewers`, `max_viewers_per_stream`.
+    pub node_limit: AtomicU64,
+    pub stream_limit: AtomicU64,
+}
+
+/// A frame of a stream some viewers watch, made into RTP payloads once for every worker.
+pub(crate) struct Prepared {
+    key: u64,
+    frame: Frame,
+    packets: Packets,
+    /// When it was made: how late it goes out is how far behind a worker is.
+    made: Instant,
+}
+
+/// What a worker's socket has sent.
 #[derive(Debug, Default)]
 struct Sent {
     packets: AtomicU64,
@@ -90,99 +142,309 @@ enum Command {
     Switch(u64, Arc<Stream>),
 }
 
+/// Frames queued for a worker at most; past this a worker that cannot keep up loses frames
+/// (and admission has long stopped giving it viewers).
+const WORKER_QUEUE: usize = 4096;
+/// What a refused viewer is told to wait before asking this node again, in seconds.
+const RETRY_AFTER: u32 = 5;
+
+/// How a stream's frames are made into RTP payloads.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Payloads {
+    H264,
+    Opus,
+}
+
 impl Whep {
-    /// Binds the shared UDP socket; `advertise` is the address put in the answer's candidate
-    /// (the socket's own when it is a specific one).
+    /// Binds every worker's socket and starts its thread; the future returned ends when every
+    /// worker has.
     pub async fn start(
-        listen: SocketAddr,
-        advertise: Option<IpAddr>,
-        limits: WhepLimits,
+        settings: WhepSettings,
         feeds: Arc<FeedStore>,
         tokens: Option<Arc<Tokens>>,
         registry: Arc<Registry>,
         bus: Arc<EventBus>,
+        cluster: Option<Arc<Cluster>>,
         stop: watch::Receiver<bool>,
     ) -> std::io::Result<(Arc<Whep>, impl Future<Output = ()> + Send + use<>)> {
-        let socket = UdpSocket::bind(listen).await?;
-        rtc::udp::set_buffers(&socket, 4 << 20);
-        let local = socket.local_addr()?;
-        let ip = rtc::net::candidate_ip(local.ip(), advertise);
-        let candidate = SocketAddr::new(ip, local.port());
-        let (commands, rx) = mpsc::unbounded_channel();
-        let whep = Arc::new(Whep {
-            feeds,
-            commands,
-            candidate,
-            limits,
-            viewers: Mutex::new(HashMap::new()),
-            resources: Arc::new(Resources::new(Limits {
-                max_sessions: limits.per_node,
-                per_address: limits.per_address,
-                offers_per_second: limits.offers_per_second,
-            })),
-            cert: str0m::crypto::from_feature_flags()
-                .dtls_provider
-                .generate_certificate(),
-            bus,
-            sent: Arc::default(),
-            tokens,
-            registry,
+        let limits = settings.limits;
+        let mut sockets = Vec::with_capacity(settings.workers);
+        for n in 0..settings.workers.max(1) {
+            let mut listen = settings.listen;
+            if listen.port() != 0 {
+                listen.set_port(listen.port() - n as u16);
+            }
+            let socket = std::net::UdpSocket::bind(listen).map_err(|e| {
+                std::io::Error::new(e.kind(), format!("worker {n} on {listen}: {e}"))
+            })?;
+            rtc::udp::set_buffers(&socket, 4 << 20);
+            let local = socket.local_addr()?;
+            let candidate = SocketAddr::new(
+                rtc::net::candidate_ip(local.ip(), settings.advertise),
+                local.port(),
+            );
+            sockets.push((socket, candidate));
+        }
+        let mut finished = Vec::new();
+        let whep = Arc::new_cyclic(|me: &std::sync::Weak<Whep>| {
+            let mut lanes = Vec::new();
+            for (n, (socket, candidate)) in sockets.into_iter().enumerate() {
+                let sent = Arc::new(Sent::default());
+                let policy = Viewers {
+                    whep: me.clone(),
+                    sent: sent.clone(),
+                };
+                let name = format!("whep-worker-{n}");
+                match workers::spawn(name, socket, candidate, policy, WORKER_QUEUE, stop.clone()) {
+                    Ok((worker, done)) => {
+                        info!(worker = n, candidate = %candidate, "WHEP worker ready");
+                        let Some(frames) = worker.media else { continue };
+                        lanes.push(Lane {
+                            commands: worker.commands,
+                            frames,
+                            candidate,
+                            load: worker.load,
+                            sent,
+                        });
+                        finished.push(done);
+                    }
+                    Err(e) => tracing::error!(worker = n, "WHEP worker not started: {e}"),
+                }
+            }
+            Whep {
+                feeds,
+                lanes,
+                owners: Mutex::new(HashMap::new()),
+                forwarded: Mutex::new(HashMap::new()),
+                limits,
+                viewers: Mutex::new(HashMap::new()),
+                resources: Arc::new(Resources::new(Limits {
+                    max_sessions: limits.per_node,
+                    per_address: limits.per_address,
+                    offers_per_second: limits.offers_per_second,
+                })),
+                cert: str0m::crypto::from_feature_flags()
+                    .dtls_provider
+                    .generate_certificate(),
+                bus,
+                tokens,
+                registry,
+                cluster,
+                refused: Refusals::default(),
+            }
         });
-        info!(udp = %local, candidate = %candidate, "WHEP ready");
-        // One forwarder per rendition in use, all into this channel.
-        let (frames_tx, frames) = mpsc::channel(4096);
-        let policy = Viewers {
-            whep: Arc::downgrade(&whep),
-            sent: whep.sent.clone(),
-            frames_tx,
-            forwarded: Default::default(),
+        if whep.lanes.is_empty() {
+            return Err(std::io::Error::other("no WHEP worker could start"));
+        }
+        info!(workers = whep.lanes.len(), "WHEP ready");
+        let driver = async move {
+            for done in finished {
+                done.await;
+            }
         };
-        let driver = driver::run(socket, candidate, policy, rx, Some(frames), stop);
         Ok((whep, driver))
     }
 
+    /// The first worker's address (where viewers of a one-worker node send).
     pub fn udp(&self) -> SocketAddr {
-        self.candidate
+        self.lanes[0].candidate
     }
 
-    fn viewer_left(&self, stream: &str) {
-        let mut viewers = self.viewers.lock().unwrap_or_else(|p| p.into_inner());
+    /// Every worker's address.
+    pub fn udp_all(&self) -> Vec<SocketAddr> {
+        self.lanes.iter().map(|l| l.candidate).collect()
+    }
+
+    fn viewer_left(&self, id: u64, stream: &str) {
+        lock(&self.owners).remove(&id);
+        self.uncount(stream);
+    }
+
+    /// Sends `command` to the worker viewer `id` is on.
+    fn command(&self, id: u64, command: Command) {
+        let owner = lock(&self.owners).get(&id).copied();
+        if let Some(lane) = owner.and_then(|n| self.lanes.get(n)) {
+            let _ = lane.commands.send(command);
+        }
+    }
+
+    /// `503` for a viewer no worker has room for: when to ask again and, where the cluster
+    /// knows one, a healthy edge of this node's region to go to instead.
+    fn overloaded(&self, stream: &str) -> Response {
+        let elsewhere = self.cluster.as_ref().and_then(|c| c.elsewhere());
+        let why = "this node is at its WebRTC capacity; ask again later or elsewhere";
+        let mut body: serde_json::Value =
+            serde_json::from_str(&pipelines::http_error::body(503, why)).unwrap_or_default();
+        let alternate = elsewhere.map(|m| format!("http://{}/whep/{stream}", m.address));
+        if let Some(url) = &alternate {
+            body["alternate"] = url.clone().into();
+        }
+        let mut response = (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::CONTENT_TYPE, pipelines::http_error::CONTENT_TYPE)],
+            body.to_string(),
+        )
+            .into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::RETRY_AFTER, RETRY_AFTER.into());
+        if let Some(link) = alternate
+            .map(|url| format!("<{url}>; rel=\"alternate\""))
+            .and_then(|l| axum::http::HeaderValue::from_str(&l).ok())
+        {
+            headers.insert(header::LINK, link);
+        }
+        response
+    }
+
+    fn uncount(&self, stream: &str) {
+        let mut viewers = lock(&self.viewers);
         if let Some(n) = viewers.get_mut(stream) {
             *n = n.saturating_sub(1);
         }
     }
 
+    fn sum(&self, of: impl Fn(&Sent) -> &AtomicU64) -> u64 {
+        self.lanes
+            .iter()
+            .map(|l| of(&l.sent).load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Datagrams sent to viewers so far.
     pub fn packets_sent(&self) -> u64 {
-        self.sent.packets.load(Ordering::Relaxed)
+        self.sum(|s| &s.packets)
     }
 
     /// System calls they took.
     pub fn send_calls(&self) -> u64 {
-        self.sent.calls.load(Ordering::Relaxed)
+        self.sum(|s| &s.calls)
     }
 
     /// Viewers so far whose media went out through the shared fan-out.
     pub fn fanned_out(&self) -> u64 {
-        self.sent.fanned_out.load(Ordering::Relaxed)
+        self.sum(|s| &s.fanned_out)
     }
 
     /// Packets viewers asked for again, packets sent again and their bytes, so far.
     pub fn retransmissions(&self) -> (u64, u64, u64) {
         (
-            self.sent.nacked.load(Ordering::Relaxed),
-            self.sent.resent.load(Ordering::Relaxed),
-            self.sent.resent_bytes.load(Ordering::Relaxed),
+            self.sum(|s| &s.nacked),
+            self.sum(|s| &s.resent),
+            self.sum(|s| &s.resent_bytes),
         )
     }
 
     /// Total viewers on this node.
     pub fn viewers(&self) -> usize {
-        self.viewers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
+        lock(&self.viewers).values().sum()
+    }
+
+    /// Each worker's load: its viewers, the share of its time it works, how late its media
+    /// goes out.
+    pub fn workers(&self) -> Vec<Arc<Load>> {
+        self.lanes.iter().map(|l| l.load.clone()).collect()
+    }
+
+    /// Viewers turned away so far, by why.
+    pub fn refusals(&self) -> &Refusals {
+        &self.refused
+    }
+
+    /// How many more viewers' worth of room the workers have, in shares of a core: what
+    /// routing weighs edges by.
+    pub fn headroom(&self) -> f64 {
+        self.lanes
+            .iter()
+            .filter(|l| l.load.lag() < workers::LAG_LIMIT)
+            .map(|l| l.load.headroom().max(0.0))
             .sum()
+    }
+
+    /// The worker a new viewer goes to: the one with the most room, if any can take one more.
+    fn pick(&self) -> Option<usize> {
+        let (n, lane) = self
+            .lanes
+            .iter()
+            .enumerate()
+            .max_by(|(_, a), (_, b)| a.load.headroom().total_cmp(&b.load.headroom()))?;
+        lane.load.takes_another().then_some(n)
+    }
+
+    /// Reads `stream` (unless it is read already) into every worker, made into RTP payloads
+    /// once.
+    fn forward(&self, stream: &Arc<Stream>, payloads: Payloads) {
+        let mut forwarded = lock(&self.forwarded);
+        if forwarded.contains_key(&stream.id) {
+            return;
+        }
+        forwarded.retain(|_, s| s.upgrade().is_some_and(|s| !s.is_ended()));
+        forwarded.insert(stream.id, Arc::downgrade(stream));
+        let Some(reader) = stream.reader(ReaderKind::WebRtc, DEFAULT_CAPACITY) else {
+            return;
+        };
+        let lanes = self.lanes.iter().map(|l| l.frames.clone()).collect();
+        let key = stream.id;
+        tokio::spawn(packetize(
+            key,
+            Arc::downgrade(stream),
+            reader,
+            payloads,
+            lanes,
+        ));
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Makes `stream`'s frames into RTP payloads, once, for every worker, until it ends.
+async fn packetize(
+    key: u64,
+    stream: std::sync::Weak<Stream>,
+    mut reader: Reader,
+    payloads: Payloads,
+    lanes: Vec<mpsc::Sender<Arc<Prepared>>>,
+) {
+    while let Some(update) = reader.recv().await {
+        let Update::Frame(frame) = update else {
+            continue;
+        };
+        let packets = match payloads {
+            Payloads::Opus => rtp::opus(&frame.data),
+            Payloads::H264 if frame.kind == TrackKind::Video => {
+                // A keyframe goes with the rendition's SPS and PPS in front.
+                let video = match frame.keyframe {
+                    true => stream.upgrade().and_then(|s| s.video()),
+                    false => None,
+                };
+                let sets = video
+                    .as_ref()
+                    .map(|v| v.parameter_sets())
+                    .unwrap_or_default();
+                rtp::h264(&frame.data, frame.keyframe, &sets, rtp::MAX_PAYLOAD)
+            }
+            // The renditions' AAC: viewers get Opus.
+            Payloads::H264 => continue,
+        };
+        let prepared = Arc::new(Prepared {
+            key,
+            frame,
+            packets,
+            made: Instant::now(),
+        });
+        let mut open = false;
+        for lane in &lanes {
+            // A worker that cannot keep up loses this frame; the others do not wait for it.
+            open |= match lane.try_send(prepared.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => true,
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            };
+        }
+        if !open {
+            return;
+        }
     }
 }
 
@@ -274,21 +536,30 @@ async fn offer(
     let Ok(sdp) = std::str::from_utf8(&body) else {
         return refuse(StatusCode::BAD_REQUEST, "the offer is not text");
     };
-    let (rtc, answer, keys) = match answer_offer_keyed(sdp, whep.candidate, whep.cert.as_ref()) {
+    // The worker with the most room, if one can take a viewer without making the ones it
+    // has late.
+    let Some(worker) = whep.pick() else {
+        whep.refused.capacity.fetch_add(1, Ordering::Relaxed);
+        return whep.overloaded(&stream);
+    };
+    let lane = &whep.lanes[worker];
+    let (rtc, answer, keys) = match answer_offer_keyed(sdp, lane.candidate, whep.cert.as_ref()) {
         Ok(a) => a,
         Err(e) => return refuse(StatusCode::BAD_REQUEST, e),
     };
     {
-        let mut viewers = whep.viewers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut viewers = lock(&whep.viewers);
         let total: usize = viewers.values().sum();
         let here = viewers.entry(stream.clone()).or_default();
         if total >= whep.limits.per_node {
+            whep.refused.node_limit.fetch_add(1, Ordering::Relaxed);
             return refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this node has all the WebRTC viewers it takes",
             );
         }
         if *here >= whep.limits.per_stream {
+            whep.refused.stream_limit.fetch_add(1, Ordering::Relaxed);
             return refuse(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "this stream has all the WebRTC viewers it takes",
@@ -299,16 +570,22 @@ async fn offer(
     let (resource, id) = match whep.resources.open(&stream, from) {
         Ok(opened) => opened,
         Err(refused) => {
-            whep.viewer_left(&stream);
+            whep.uncount(&stream);
             return too_many(refused);
         }
     };
-    info!(%stream, rendition = %feed.info.name, viewer = id, "WHEP viewer joined");
+    lane.load.given();
+    lock(&whep.owners).insert(id, worker);
+    info!(%stream, rendition = %feed.info.name, viewer = id, worker, "WHEP viewer joined");
     let opus = if sdp.to_ascii_lowercase().contains("opus/48000") {
         feeds.opus()
     } else {
         None
     };
+    whep.forward(&feed, Payloads::H264);
+    if let Some(opus) = &opus {
+        whep.forward(opus, Payloads::Opus);
+    }
     whep.bus.publish(EventKind::ViewerJoined {
         stream: stream.clone(),
         session: feeds.session.clone(),
@@ -326,7 +603,7 @@ async fn offer(
         srtp: None,
         counted: false,
         resend: Vec::new(),
-        sent: whep.sent.clone(),
+        sent: lane.sent.clone(),
         feed,
         opus,
         video: None,
@@ -334,7 +611,7 @@ async fn offer(
         connected: false,
         started: false,
     };
-    let _ = whep
+    let _ = lane
         .commands
         .send(Command::Add(Box::new(Peer::new(id, rtc, viewer))));
     (
@@ -356,7 +633,7 @@ async fn hang_up(
     let Some(id) = whep.resources.find(&stream, &resource) else {
         return refuse(StatusCode::NOT_FOUND, "no such session");
     };
-    let _ = whep.commands.send(Command::Remove(id));
+    whep.command(id, Command::Remove(id));
     StatusCode::OK.into_response()
 }
 
@@ -498,7 +775,8 @@ async fn select_layer(
     ) {
         return refused.into_response();
     }
-    let _ = whep.commands.send(Command::Switch(id, feed.clone()));
+    whep.forward(feed, Payloads::H264);
+    whep.command(id, Command::Switch(id, feed.clone()));
     whep.bus.publish(EventKind::QualityChanged {
         stream,
         session: feeds.session.clone(),

@@ -17,6 +17,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -27,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error};
 
 use crate::udp::{Batch, Reader};
+use crate::workers::{Load, Meter};
 
 /// Datagrams made before they are sent, at most: a keyframe for every viewer is megabytes.
 const FLUSH_AT: usize = 512;
@@ -282,6 +284,12 @@ pub trait Policy: Send + 'static {
     fn after_turn(&mut self, out: &Batch) {
         let _ = out;
     }
+
+    /// When `media` was made, for how late it goes out ([`Load::lag`]); `None`: not known.
+    fn made_at(&self, media: &Self::Prepared) -> Option<Instant> {
+        let _ = media;
+        None
+    }
 }
 
 /// Serves `policy`'s peers on `socket` until `commands` closes or `stop` turns true (then
@@ -291,11 +299,26 @@ pub trait Policy: Send + 'static {
 pub async fn run<P: Policy>(
     socket: UdpSocket,
     candidate: SocketAddr,
+    policy: P,
+    commands: mpsc::UnboundedReceiver<P::Command>,
+    media: Option<mpsc::Receiver<P::Media>>,
+    stop: watch::Receiver<bool>,
+) {
+    let load = Arc::default();
+    run_measured(socket, candidate, policy, commands, media, stop, load).await
+}
+
+/// [`run`], saying how loaded the driver is in `load`.
+pub async fn run_measured<P: Policy>(
+    socket: UdpSocket,
+    candidate: SocketAddr,
     mut policy: P,
     mut commands: mpsc::UnboundedReceiver<P::Command>,
     mut media: Option<mpsc::Receiver<P::Media>>,
     mut stop: watch::Receiver<bool>,
+    load: Arc<Load>,
 ) {
+    let mut meter = Meter::new(load);
     let mut peers: Peers<P::State> = Peers::default();
     let mut reader = Reader::default();
     let mut out = Batch::default();
@@ -343,12 +366,20 @@ pub async fn run<P: Policy>(
         }
         policy.after_turn(&out);
         peers.reap(|peer| policy.gone(peer));
-        let wait = next.saturating_duration_since(Instant::now());
-        tokio::select! {
-            r = socket.readable() => {
-                if r.is_err() {
-                    continue;
-                }
+        let idle_from = Instant::now();
+        meter.turn(peers.len(), idle_from);
+        let wait = next.saturating_duration_since(idle_from);
+        let woken = tokio::select! {
+            r = socket.readable() => Woken::Readable(r.is_ok()),
+            command = commands.recv() => Woken::Command(command),
+            Some(m) = recv(&mut media) => Woken::Media(m),
+            _ = tokio::time::sleep(wait) => Woken::Timer,
+            () = stopped(&mut stop) => Woken::Stop,
+        };
+        meter.waited(idle_from, Instant::now());
+        match woken {
+            Woken::Readable(false) | Woken::Timer => {}
+            Woken::Readable(true) => {
                 let mut read = 0;
                 // Until the socket has nothing more (which clears its readiness) or a burst
                 // is read.
@@ -356,10 +387,17 @@ pub async fn run<P: Policy>(
                     let now = Instant::now();
                     for (source, datagram) in reader.datagrams() {
                         read += 1;
-                        let Ok(contents) = datagram.try_into() else { continue };
+                        let Ok(contents) = datagram.try_into() else {
+                            continue;
+                        };
                         let input = Input::Receive(
                             now,
-                            Receive { proto: Protocol::Udp, source, destination: candidate, contents },
+                            Receive {
+                                proto: Protocol::Udp,
+                                source,
+                                destination: candidate,
+                                contents,
+                            },
                         );
                         if let Some(i) = peers.route(source, &input)
                             && !peers.list[i].faulted
@@ -378,15 +416,21 @@ pub async fn run<P: Policy>(
                     }
                 }
             }
-            command = commands.recv() => match command {
-                None => return,
-                Some(command) => {
-                    guarded(|| "a command".to_owned(), || policy.on_command(&mut peers, command));
-                }
-            },
-            Some(m) = recv(&mut media) => {
-                let prepared = guarded(|| "preparing media".to_owned(), || policy.prepare(&peers, m));
-                let Some(prepared) = prepared.flatten() else { continue };
+            Woken::Command(None) => return,
+            Woken::Command(Some(command)) => {
+                guarded(
+                    || "a command".to_owned(),
+                    || policy.on_command(&mut peers, command),
+                );
+            }
+            Woken::Media(m) => {
+                let prepared = guarded(
+                    || "preparing media".to_owned(),
+                    || policy.prepare(&peers, m),
+                );
+                let Some(prepared) = prepared.flatten() else {
+                    continue;
+                };
                 let now = Instant::now();
                 for peer in peers.list.iter_mut() {
                     if peer.faulted {
@@ -397,9 +441,14 @@ pub async fn run<P: Policy>(
                         out.flush(&socket).await;
                     }
                 }
+                if !out.is_empty() {
+                    out.flush(&socket).await;
+                }
+                if let Some(made) = policy.made_at(&prepared) {
+                    meter.delivered(made, Instant::now());
+                }
             }
-            _ = tokio::time::sleep(wait) => {}
-            () = stopped(&mut stop) => {
+            Woken::Stop => {
                 // Every peer is let go as if it had left: the policy ends what it was for
                 // (a publisher's session ends cleanly, a viewer is counted out).
                 for peer in peers.list.iter_mut() {
@@ -411,6 +460,16 @@ pub async fn run<P: Policy>(
             }
         }
     }
+}
+
+/// What a driver waiting for something to do was woken by.
+enum Woken<C, M> {
+    /// The socket (or an error, `false`, that is not the driver's to handle).
+    Readable(bool),
+    Command(Option<C>),
+    Media(M),
+    Timer,
+    Stop,
 }
 
 /// Returns once `stop` says so; never when its sender is gone without saying it.

@@ -15,6 +15,8 @@
 //! - [`net`]: the address peers are told to send to.
 //! - [`driver`]: one IO driver serving many peers (sans-IO str0m sessions) on one socket, for
 //!   any policy (WHIP, WHEP, the call server).
+//! - [`workers`]: drivers on threads of their own, one per core, and how loaded each is
+//!   (what admission reads).
 
 pub mod depacketize;
 pub mod driver;
@@ -27,3 +29,4 @@ pub mod sdp;
 pub mod srtp;
 pub mod twcc;
 pub mod udp;
+pub mod workers;

@@ -284,7 +284,7 @@ fn socket_address(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 /// Asks for socket buffers of `bytes` each way (the kernel caps them at `net.core.rmem_max`
 /// and `wmem_max`): a node with a thousand viewers takes their RTCP in bursts.
-pub fn set_buffers(socket: &UdpSocket, bytes: libc::c_int) {
+pub fn set_buffers(socket: &impl AsRawFd, bytes: libc::c_int) {
     for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
         // SAFETY: a plain int option on a socket this process owns.
         unsafe {

@@ -101,6 +101,20 @@ fn counter_family<'a>(
     Ok(())
 }
 
+/// One gauge with a figure per label set.
+fn gauge_family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (Vec<(&'a str, String)>, f64)>,
+) -> std::fmt::Result {
+    let mut family = encoder.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, value) in samples {
+        ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
 fn gauge(value: usize) -> ConstGauge<i64> {
     ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
 }
@@ -216,6 +230,50 @@ impl NodeMetrics {
             "tiercast_webrtc_fanned_out_viewers",
             "WHEP viewers whose media went out through the shared fan-out (SRTP sealed per viewer, no session per packet).",
             &ConstCounter::new(w.fanned_out()),
+        )?;
+        let refused = w.refusals();
+        let refusals = [
+            ("capacity", &refused.capacity),
+            ("node_limit", &refused.node_limit),
+            ("stream_limit", &refused.stream_limit),
+        ];
+        counter_family(
+            e,
+            "tiercast_webrtc_refused_viewers",
+            "WHEP viewers turned away (503) by why: capacity (no worker could take one more without making its viewers late), node_limit and stream_limit (max_viewers, max_viewers_per_stream).",
+            refusals.map(|(why, n)| (vec![("reason", why.to_owned())], n.load(Ordering::Relaxed))),
+        )?;
+        let workers = w.workers();
+        let by_worker = |f: &dyn Fn(&rtc::workers::Load) -> f64| {
+            workers
+                .iter()
+                .enumerate()
+                .map(|(n, l)| (vec![("worker", n.to_string())], f(l)))
+                .collect::<Vec<_>>()
+        };
+        gauge_family(
+            e,
+            "tiercast_webrtc_worker_viewers",
+            "WHEP viewers on each worker.",
+            by_worker(&|l| l.peers() as f64),
+        )?;
+        gauge_family(
+            e,
+            "tiercast_webrtc_worker_busy",
+            "Share of its time each WHEP worker spends working rather than waiting (0 to 1).",
+            by_worker(&|l| l.busy()),
+        )?;
+        gauge_family(
+            e,
+            "tiercast_webrtc_worker_lag_seconds",
+            "How late each WHEP worker's media went out at worst lately (from the frame being ready to its last viewer's datagram).",
+            by_worker(&|l| l.lag().as_secs_f64()),
+        )?;
+        single(
+            e,
+            "tiercast_webrtc_headroom",
+            "Room the WHEP workers have for more viewers, in shares of a core (what routing weighs edges by).",
+            &ConstGauge::new(w.headroom()),
         )
     }
 

@@ -34,7 +34,7 @@ use relay_tiers::hls::store::HlsStore;
 use relay_tiers::relay::pull::{PullSettings, Puller};
 use relay_tiers::relay::tap::TapStore;
 use relay_tiers::relay::tls::ClusterTls;
-use relay_tiers::whep::{Whep, WhepLimits};
+use relay_tiers::whep::{Whep, WhepLimits, WhepSettings};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -155,8 +155,10 @@ pub async fn serve(config: Arc<Config>, demo_source: bool) -> anyhow::Result<()>
         .as_ref()
         .map(|l| l.local_addr())
         .transpose()?;
-    let whep = core.whep(&mut services).await?;
     let cluster = Arc::new(cluster_view(&config, http_addr, core.tls.as_ref()));
+    let whep = core.whep(&mut services, cluster.clone()).await?;
+    let measured = Arc::downgrade(&whep);
+    cluster.measure_webrtc_room(move || measured.upgrade().map_or(0.0, |w| w.headroom()));
     if plan.heartbeats {
         let stop = services.signal(Stage::Serve);
         services.spawn(Stage::Serve, "heartbeats", cluster.clone().run(stop));
@@ -378,22 +380,30 @@ impl Core {
     }
 
     /// WebRTC viewers (WHEP), on every node.
-    async fn whep(&self, services: &mut Services) -> anyhow::Result<Arc<Whep>> {
+    async fn whep(
+        &self,
+        services: &mut Services,
+        cluster: Arc<Cluster>,
+    ) -> anyhow::Result<Arc<Whep>> {
         let webrtc = &self.config.webrtc;
-        let limits = WhepLimits {
-            per_node: webrtc.max_viewers,
-            per_stream: webrtc.max_viewers_per_stream,
-            per_address: webrtc.max_sessions_per_address,
-            offers_per_second: webrtc.offers_per_second_per_address,
+        let settings = WhepSettings {
+            listen: webrtc.listen,
+            advertise: webrtc.advertise.parse().ok(),
+            workers: webrtc.workers.resolve(rtc::workers::count(0)),
+            limits: WhepLimits {
+                per_node: webrtc.max_viewers,
+                per_stream: webrtc.max_viewers_per_stream,
+                per_address: webrtc.max_sessions_per_address,
+                offers_per_second: webrtc.offers_per_second_per_address,
+            },
         };
         let (whep, driver) = Whep::start(
-            webrtc.listen,
-            webrtc.advertise.parse().ok(),
-            limits,
+            settings,
             self.feeds.clone(),
             self.tokens.clone(),
             self.registry.clone(),
             self.bus.clone(),
+            Some(cluster),
             services.signal(Stage::Serve),
         )
         .await
@@ -510,6 +520,7 @@ fn cluster_view(
         region: node.region.clone(),
         address,
         load: 0.0,
+        webrtc_room: None,
         links: Vec::new(),
         seen_ms: 0,
     };

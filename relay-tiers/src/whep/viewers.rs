@@ -2,7 +2,6 @@
 //! packetized once and sealed per viewer, retransmissions within a budget), and the readers
 //! that bring the renditions' frames to it.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use pipelines::events::EventKind;
 use pipelines::media::{Frame, TrackKind};
-use pipelines::stream::{DEFAULT_CAPACITY, Reader, ReaderKind, Stream, Update};
+use pipelines::stream::Stream;
 use rtc::driver::{Peer, Peers, Policy, Session};
 use rtc::nack::History;
 use rtc::rtp::{self, Packets};
@@ -21,10 +20,9 @@ use str0m::media::{MediaKind, Mid, Pt};
 use str0m::rtp::rtcp::Rtcp;
 use str0m::rtp::{RawPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Rtc};
-use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use super::{Command, Sent, Whep};
+use super::{Command, Prepared, Sent, Whep};
 
 /// What the WHEP policy keeps about a viewer, beside its session ([`Peer`]).
 pub(super) struct Viewer {
@@ -314,49 +312,25 @@ fn send_on(
     }
 }
 
-/// The WHEP policy over the one IO driver ([`driver::run`]): every viewer of this node on one
-/// socket. Each frame is made into RTP payloads once; each viewer's session only adds its
-/// header and encrypts; what all the viewers send for one frame leaves in a few `sendmmsg`
-/// calls.
+/// The WHEP policy over one worker's IO driver ([`rtc::driver::run`]): the viewers of one
+/// worker of this node, on its socket. Each frame comes made into RTP payloads once for every
+/// worker ([`Prepared`]); each viewer's session only adds its header and encrypts; what all
+/// the viewers send for one frame leaves in a few `sendmmsg` calls.
 pub(super) struct Viewers {
     pub(super) whep: std::sync::Weak<Whep>,
+    /// This worker's counters.
     pub(super) sent: Arc<Sent>,
-    /// Where the readers of the streams in use hand their frames.
-    pub(super) frames_tx: mpsc::Sender<(u64, Frame)>,
-    /// Streams read already, by id; those that have ended are forgotten, so this holds at
-    /// most the streams live on the node.
-    pub(super) forwarded: HashMap<u64, std::sync::Weak<Stream>>,
-}
-
-impl Viewers {
-    fn forward(&mut self, stream: &Arc<Stream>) {
-        if self.forwarded.contains_key(&stream.id) {
-            return;
-        }
-        self.forwarded
-            .retain(|_, s| s.upgrade().is_some_and(|s| !s.is_ended()));
-        self.forwarded.insert(stream.id, Arc::downgrade(stream));
-        forward(stream, &self.frames_tx);
-    }
 }
 
 impl Policy for Viewers {
     type State = Viewer;
     type Command = Command;
-    type Media = (u64, Frame);
-    /// The frame, its stream and its RTP payloads.
-    type Prepared = (u64, Frame, Packets);
+    type Media = Arc<Prepared>;
+    type Prepared = Arc<Prepared>;
 
     fn on_command(&mut self, peers: &mut Peers<Viewer>, command: Command) {
         match command {
-            Command::Add(peer) => {
-                let feed = peer.state.feed.clone();
-                self.forward(&feed);
-                if let Some(opus) = peer.state.opus.clone() {
-                    self.forward(&opus);
-                }
-                peers.add(*peer);
-            }
+            Command::Add(peer) => peers.add(*peer),
             Command::Remove(id) => {
                 if let Some(peer) = peers.get_mut(id) {
                     peer.rtc.disconnect();
@@ -364,7 +338,6 @@ impl Policy for Viewers {
                 }
             }
             Command::Switch(id, feed) => {
-                self.forward(&feed);
                 if let Some(peer) = peers.get_mut(id) {
                     let v = &mut peer.state;
                     v.pending = (feed.id != v.feed.id).then_some(feed);
@@ -373,47 +346,28 @@ impl Policy for Viewers {
         }
     }
 
-    fn prepare(
-        &mut self,
-        peers: &Peers<Viewer>,
-        (key, frame): (u64, Frame),
-    ) -> Option<Self::Prepared> {
-        let viewers = || peers.iter().map(|p| &p.state);
-        let packets = if viewers().any(|v| v.opus.as_ref().is_some_and(|o| o.id == key)) {
-            rtp::opus(&frame.data)
-        } else if frame.kind == TrackKind::Video {
-            let feed = viewers().find_map(|v| {
-                [Some(&v.feed), v.pending.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .find(|f| f.id == key)
-                    .cloned()
-            })?;
-            let video = feed.video();
-            let sets = video
-                .as_ref()
-                .map(|v| v.parameter_sets())
-                .unwrap_or_default();
-            rtp::h264(&frame.data, frame.keyframe, &sets, rtp::MAX_PAYLOAD)
-        } else {
-            return None; // the renditions' AAC: viewers get Opus
-        };
-        Some((key, frame, packets))
+    fn prepare(&mut self, _: &Peers<Viewer>, prepared: Arc<Prepared>) -> Option<Arc<Prepared>> {
+        Some(prepared)
+    }
+
+    fn made_at(&self, prepared: &Arc<Prepared>) -> Option<Instant> {
+        Some(prepared.made)
     }
 
     fn deliver(
         &mut self,
         peer: &mut Peer<Viewer>,
-        (key, frame, packets): &Self::Prepared,
+        prepared: &Arc<Prepared>,
         now: Instant,
         out: &mut Batch,
     ) {
         let v = &peer.state;
-        let wants = v.feed.id == *key
-            || v.pending.as_ref().is_some_and(|p| p.id == *key)
-            || v.opus.as_ref().is_some_and(|o| o.id == *key);
+        let key = prepared.key;
+        let wants = v.feed.id == key
+            || v.pending.as_ref().is_some_and(|p| p.id == key)
+            || v.opus.as_ref().is_some_and(|o| o.id == key);
         if wants {
-            send(peer, *key, frame, packets, now, out);
+            send(peer, key, &prepared.frame, &prepared.packets, now, out);
         }
     }
 
@@ -430,7 +384,7 @@ impl Policy for Viewers {
         info!(viewer = v.id, stream = %v.stream, "WHEP viewer left");
         if let Some(w) = self.whep.upgrade() {
             w.resources.close(v.id);
-            w.viewer_left(&v.stream);
+            w.viewer_left(v.id, &v.stream);
             w.bus.publish(EventKind::ViewerLeft {
                 stream: v.stream.clone(),
                 session: v.session.clone(),
@@ -444,24 +398,5 @@ impl Policy for Viewers {
     fn after_turn(&mut self, out: &Batch) {
         self.sent.packets.store(out.sent, Ordering::Relaxed);
         self.sent.calls.store(out.calls, Ordering::Relaxed);
-    }
-}
-
-/// Reads `stream` into the driver's frame channel, keyed by the stream's id, until it ends.
-fn forward(stream: &Stream, tx: &mpsc::Sender<(u64, Frame)>) {
-    let Some(reader) = stream.reader(ReaderKind::WebRtc, DEFAULT_CAPACITY) else {
-        return;
-    };
-    tokio::spawn(read_into(stream.id, reader, tx.clone()));
-}
-
-async fn read_into(key: u64, mut reader: Reader, tx: mpsc::Sender<(u64, Frame)>) {
-    while let Some(update) = reader.recv().await {
-        if let Update::Frame(frame) = update
-            && tx.try_send((key, frame)).is_err()
-            && tx.is_closed()
-        {
-            return;
-        }
     }
 }

@@ -1,0 +1,287 @@
+//! Drivers on their own threads, one per core, and how loaded each one is.
+//!
+//! A node serves what one driver can only as far as one core goes; [`spawn`] runs a driver on
+//! a thread of its own (a single-threaded runtime), on a socket of its own, so a node with
+//! `N` of them uses `N` cores. Each driver keeps its [`Load`]: the share of its time it spends
+//! working rather than waiting, and how late its media goes out. Admission reads it
+//! ([`Load::takes_another`]) before a peer is given to a driver, so a driver near its limit
+//! turns new peers away instead of making everyone it has late.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::driver::{self, Policy};
+
+/// How often a driver says how loaded it is.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+/// Peers given to a driver stay counted as joining (their cost not yet seen in its load) for
+/// this many samples.
+const JOINING_SAMPLES: usize = 8;
+/// A driver takes no more peers once working this share of its time would be passed...
+pub const ADMIT_BELOW: f64 = 0.85;
+/// ... or once its media goes out this late.
+pub const LAG_LIMIT: Duration = Duration::from_millis(40);
+/// What one peer is taken to cost (a share of a core) until the driver's own figures say:
+/// bounds on its busy share per peer, so that a driver of a few peers (where fixed costs
+/// dominate) does not think each costs a tenth of a core, and an idle one does not think
+/// they are free.
+const PEER_COST: (f64, f64) = (1.0 / 4000.0, 1.0 / 300.0);
+
+/// How loaded one driver is: written by the driver, read by whoever hands it peers.
+#[derive(Debug, Default)]
+pub struct Load {
+    /// Its peers, at the last sample.
+    peers: AtomicUsize,
+    /// Share of wall time spent working, smoothed (`f64` bits).
+    busy: AtomicU64,
+    /// The latest its media went out over the last sample, in microseconds.
+    lag_us: AtomicU64,
+    /// Peers given to it, per sample, the newest first: those whose cost its load does not
+    /// show yet.
+    given: [AtomicUsize; JOINING_SAMPLES],
+    /// Where `given` starts (the driver moves it on every sample).
+    newest: AtomicUsize,
+}
+
+impl Load {
+    pub fn peers(&self) -> usize {
+        self.peers.load(Ordering::Relaxed)
+    }
+
+    /// The share of its time the driver spends working (0 to 1).
+    pub fn busy(&self) -> f64 {
+        f64::from_bits(self.busy.load(Ordering::Relaxed))
+    }
+
+    /// How late its media went out, at worst, lately.
+    pub fn lag(&self) -> Duration {
+        Duration::from_micros(self.lag_us.load(Ordering::Relaxed))
+    }
+
+    /// Peers given to it whose cost does not show in its load yet.
+    pub fn joining(&self) -> usize {
+        self.given.iter().map(|g| g.load(Ordering::Relaxed)).sum()
+    }
+
+    /// A peer is being given to the driver.
+    pub fn given(&self) {
+        let at = self.newest.load(Ordering::Relaxed) % JOINING_SAMPLES;
+        self.given[at].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The share of a core a peer of this driver costs, as far as its figures say.
+    pub fn per_peer(&self) -> f64 {
+        let peers = self.peers().max(1) as f64;
+        (self.busy() / peers).clamp(PEER_COST.0, PEER_COST.1)
+    }
+
+    /// The share of its time left before [`ADMIT_BELOW`], once the peers joining (and one
+    /// more) cost what its peers cost: below zero, it should take no more.
+    pub fn headroom(&self) -> f64 {
+        ADMIT_BELOW - self.busy() - self.per_peer() * (self.joining() + 1) as f64
+    }
+
+    /// Whether one more peer fits without making the others late.
+    pub fn takes_another(&self) -> bool {
+        self.lag() < LAG_LIMIT && self.headroom() >= 0.0
+    }
+
+    /// The driver's side: what the last sample saw.
+    fn sampled(&self, peers: usize, busy: f64, lag: Duration) {
+        self.peers.store(peers, Ordering::Relaxed);
+        let smoothed = (self.busy() + busy) / 2.0;
+        self.busy.store(smoothed.to_bits(), Ordering::Relaxed);
+        self.lag_us.store(
+            lag.as_micros().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+        // The oldest sample's joiners show in the load by now.
+        let next = self.newest.load(Ordering::Relaxed).wrapping_add(1);
+        self.given[next % JOINING_SAMPLES].store(0, Ordering::Relaxed);
+        self.newest.store(next, Ordering::Relaxed);
+    }
+}
+
+/// What a driver measures between samples, kept by [`driver::run`].
+pub(crate) struct Meter {
+    load: Arc<Load>,
+    since: Instant,
+    idle: Duration,
+    lag: Duration,
+}
+
+impl Meter {
+    pub(crate) fn new(load: Arc<Load>) -> Meter {
+        Meter {
+            load,
+            since: Instant::now(),
+            idle: Duration::ZERO,
+            lag: Duration::ZERO,
+        }
+    }
+
+    /// The driver waited from `from` to `to` with nothing to do.
+    pub(crate) fn waited(&mut self, from: Instant, to: Instant) {
+        self.idle += to.saturating_duration_since(from);
+    }
+
+    /// Media made at `made` went out to every peer at `now`.
+    pub(crate) fn delivered(&mut self, made: Instant, now: Instant) {
+        self.lag = self.lag.max(now.saturating_duration_since(made));
+    }
+
+    /// Says what was seen, once a sample's time has passed.
+    pub(crate) fn turn(&mut self, peers: usize, now: Instant) {
+        let wall = now.saturating_duration_since(self.since);
+        if wall < SAMPLE_EVERY {
+            return;
+        }
+        let busy = 1.0 - (self.idle.as_secs_f64() / wall.as_secs_f64()).min(1.0);
+        self.load.sampled(peers, busy, self.lag);
+        self.since = now;
+        self.idle = Duration::ZERO;
+        self.lag = Duration::ZERO;
+    }
+}
+
+/// How many drivers `workers` asks for: `0` is one per core this process may use.
+pub fn count(workers: usize) -> usize {
+    if workers > 0 {
+        return workers;
+    }
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// One driver on a thread of its own.
+pub struct Worker<C, M> {
+    pub commands: mpsc::UnboundedSender<C>,
+    /// Where its media goes; `None` when the policy takes none.
+    pub media: Option<mpsc::Sender<M>>,
+    /// The address its peers send to.
+    pub candidate: SocketAddr,
+    pub load: Arc<Load>,
+}
+
+/// Runs `policy`'s driver on `socket` on a new thread named `name` (see [`driver::run`]);
+/// `media` is the capacity of its media queue (`0`: it takes none). The future returned
+/// ends when the driver has.
+pub fn spawn<P: Policy>(
+    name: String,
+    socket: std::net::UdpSocket,
+    candidate: SocketAddr,
+    policy: P,
+    media: usize,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<(
+    Worker<P::Command, P::Media>,
+    impl Future<Output = ()> + Send,
+)> {
+    socket.set_nonblocking(true)?;
+    let (commands, commands_rx) = mpsc::unbounded_channel();
+    let (media_tx, media_rx) = match media {
+        0 => (None, None),
+        n => {
+            let (tx, rx) = mpsc::channel(n);
+            (Some(tx), Some(rx))
+        }
+    };
+    let load = Arc::new(Load::default());
+    let (done, finished) = oneshot::channel::<()>();
+    let measured = load.clone();
+    std::thread::Builder::new().name(name).spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        match runtime {
+            Ok(runtime) => runtime.block_on(async move {
+                match UdpSocket::from_std(socket) {
+                    Ok(socket) => {
+                        driver::run_measured(
+                            socket,
+                            candidate,
+                            policy,
+                            commands_rx,
+                            media_rx,
+                            stop,
+                            measured,
+                        )
+                        .await
+                    }
+                    Err(e) => tracing::error!("a worker's socket: {e}"),
+                }
+            }),
+            Err(e) => tracing::error!("a worker's runtime: {e}"),
+        }
+        let _ = done.send(());
+    })?;
+    let worker = Worker {
+        commands,
+        media: media_tx,
+        candidate,
+        load,
+    };
+    Ok((worker, async move {
+        let _ = finished.await;
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_driver_near_its_limit_or_late_takes_no_more_and_joiners_count_until_they_show() {
+        let load = Load::default();
+        // Idle: takes peers, and a burst of joiners fills the room it has.
+        assert!(load.takes_another());
+        let fits = (0..5000)
+            .take_while(|_| {
+                let ok = load.takes_another();
+                if ok {
+                    load.given();
+                }
+                ok
+            })
+            .count();
+        // At most a cost of 1/4000 each, at least 1/300 each: between 255 and 3400.
+        assert!((255..=3400).contains(&fits), "{fits}");
+        assert!(!load.takes_another());
+        // Once they show in its load (samples later), its own figures decide.
+        for _ in 0..JOINING_SAMPLES {
+            load.sampled(fits, 0.2, Duration::from_millis(2));
+        }
+        assert_eq!(load.joining(), 0);
+        assert!(load.takes_another());
+        // Working 90 % of its time: no more.
+        for _ in 0..10 {
+            load.sampled(fits, 0.9, Duration::from_millis(2));
+        }
+        assert!(!load.takes_another());
+        // Idle enough, but late: no more.
+        for _ in 0..10 {
+            load.sampled(fits, 0.3, Duration::from_millis(80));
+        }
+        assert!(!load.takes_another());
+        load.sampled(fits, 0.3, Duration::from_millis(5));
+        assert!(load.takes_another());
+    }
+
+    #[test]
+    fn the_meter_says_what_share_of_its_time_a_driver_waited() {
+        let load = Arc::new(Load::default());
+        let mut meter = Meter::new(load.clone());
+        let start = meter.since;
+        meter.waited(start, start + Duration::from_millis(750));
+        meter.delivered(start, start + Duration::from_millis(12));
+        meter.turn(3, start + Duration::from_secs(1));
+        // Smoothed from zero: half of 0.25.
+        assert!((load.busy() - 0.125).abs() < 1e-6, "{}", load.busy());
+        assert_eq!(load.lag(), Duration::from_millis(12));
+        assert_eq!(load.peers(), 3);
+    }
+}
