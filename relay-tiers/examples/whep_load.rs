@@ -9,6 +9,11 @@
 //! `whep_load <http://host:port/whep/stream> <viewers> <seconds> [full=2]`; prints one JSON
 //! line.
 //!
+//! A viewer the node turns away (`503`) is counted (`refused`, and `told_when` if the answer
+//! says when to ask again with `Retry-After`); if the answer names another edge
+//! (`"alternate"`), the viewer goes there instead (`redirected` counts those that did), unless
+//! `WHEP_FOLLOW=0`.
+//!
 //! `WHEP_LIE=N`: the full receivers hand str0m only one RTP packet in `N`, so it asks for the
 //! others again (NACK) all along: a viewer that claims to lose nearly everything, the way an
 //! attacker would try to make the node resend a stream many times over.
@@ -36,10 +41,39 @@ struct Totals {
     complete: AtomicU64,
     /// Packets decrypted and parsed by the full receivers.
     decrypted: AtomicU64,
+    /// Viewers turned away (503), those told when to ask again, and those that went to the
+    /// other edge the answer named and were answered there.
+    refused: AtomicU64,
+    told_when: AtomicU64,
+    redirected: AtomicU64,
+    /// Viewers that missed any packet.
+    lossy: AtomicU64,
+}
+
+/// Why an offer got no answer.
+enum Unanswered {
+    /// `503`: with `Retry-After`, and the edge to go to instead, if named.
+    Refused {
+        retry_after: bool,
+        alternate: Option<String>,
+    },
+    Failed(String),
+}
+
+impl From<String> for Unanswered {
+    fn from(e: String) -> Unanswered {
+        Unanswered::Failed(e)
+    }
+}
+
+impl From<&str> for Unanswered {
+    fn from(e: &str) -> Unanswered {
+        Unanswered::Failed(e.to_owned())
+    }
 }
 
 /// POSTs `body` and returns the answer's body (HTTP/1.1, `Connection: close`).
-fn post(url: &str, body: &str) -> Result<String, String> {
+fn post(url: &str, body: &str) -> Result<String, Unanswered> {
     let rest = url.strip_prefix("http://").ok_or("http:// URLs only")?;
     let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
     let addr: SocketAddr = host.parse().map_err(|e| format!("{host}: {e}"))?;
@@ -53,12 +87,24 @@ fn post(url: &str, body: &str) -> Result<String, String> {
     let mut raw = String::new();
     s.read_to_string(&mut raw).map_err(|e| e.to_string())?;
     let (head, body) = raw.split_once("\r\n\r\n").ok_or("no HTTP answer")?;
+    if head.starts_with("HTTP/1.1 503") {
+        let alternate = serde_json::from_str::<serde_json::Value>(body.trim())
+            .ok()
+            .and_then(|v| v["alternate"].as_str().map(str::to_owned));
+        let retry_after = head
+            .lines()
+            .any(|l| l.to_ascii_lowercase().starts_with("retry-after:"));
+        return Err(Unanswered::Refused {
+            retry_after,
+            alternate,
+        });
+    }
     if !head.starts_with("HTTP/1.1 201") {
-        return Err(format!(
+        return Err(Unanswered::Failed(format!(
             "{}: {}",
             head.lines().next().unwrap_or(""),
             body.trim()
-        ));
+        )));
     }
     Ok(body.to_owned())
 }
@@ -92,9 +138,36 @@ async fn viewer(
     change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
     let (offer, pending) = change.apply().ok_or("no offer")?;
     let sdp = offer.to_sdp_string();
-    let answer = tokio::task::spawn_blocking(move || post(&url, &sdp))
+    let asked = sdp.clone();
+    let answered = tokio::task::spawn_blocking(move || post(&url, &asked))
         .await
-        .map_err(|e| e.to_string())??;
+        .map_err(|e| e.to_string())?;
+    let answer = match answered {
+        Ok(answer) => answer,
+        Err(Unanswered::Failed(e)) => return Err(e),
+        Err(Unanswered::Refused {
+            retry_after,
+            alternate,
+        }) => {
+            totals.refused.fetch_add(1, Ordering::Relaxed);
+            if retry_after {
+                totals.told_when.fetch_add(1, Ordering::Relaxed);
+            }
+            let follow = std::env::var("WHEP_FOLLOW").map_or(true, |f| f != "0");
+            let Some(elsewhere) = alternate.filter(|_| follow) else {
+                return Ok(());
+            };
+            let answer = tokio::task::spawn_blocking(move || post(&elsewhere, &sdp))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| match e {
+                    Unanswered::Failed(e) => e,
+                    Unanswered::Refused { .. } => "refused at the other edge too".to_owned(),
+                })?;
+            totals.redirected.fetch_add(1, Ordering::Relaxed);
+            answer
+        }
+    };
     let answer = SdpAnswer::from_sdp_string(&answer).map_err(|e| e.to_string())?;
     rtc.sdp_api()
         .accept_answer(pending, answer)
@@ -152,6 +225,9 @@ async fn viewer(
     }
     if counter.last.len() >= 2 {
         totals.complete.fetch_add(1, Ordering::Relaxed);
+    }
+    if counter.lost > 0 {
+        totals.lossy.fetch_add(1, Ordering::Relaxed);
     }
     Ok(())
 }
@@ -266,6 +342,8 @@ fn is_rtp(packet: &[u8]) -> bool {
 #[derive(Default)]
 struct Counter {
     last: std::collections::HashMap<u32, u16>,
+    /// Packets this viewer missed.
+    lost: u64,
 }
 
 impl Counter {
@@ -277,6 +355,7 @@ impl Counter {
             if ahead == 0 || ahead > 0x8000 {
                 return; // a duplicate or a late one
             }
+            self.lost += u64::from(ahead - 1);
             totals
                 .lost
                 .fetch_add(u64::from(ahead - 1), Ordering::Relaxed);
@@ -323,7 +402,7 @@ fn main() {
         }
     });
     println!(
-        "{{\"viewers\": {n}, \"connected\": {}, \"failed\": {}, \"complete\": {}, \"packets\": {}, \"lost\": {}, \"bytes\": {}, \"decrypted\": {}}}",
+        "{{\"viewers\": {n}, \"connected\": {}, \"failed\": {}, \"complete\": {}, \"packets\": {}, \"lost\": {}, \"bytes\": {}, \"decrypted\": {}, \"refused\": {}, \"told_when\": {}, \"redirected\": {}, \"lossy\": {}}}",
         totals.connected.load(Ordering::Relaxed),
         totals.failed.load(Ordering::Relaxed),
         totals.complete.load(Ordering::Relaxed),
@@ -331,5 +410,9 @@ fn main() {
         totals.lost.load(Ordering::Relaxed),
         totals.bytes.load(Ordering::Relaxed),
         totals.decrypted.load(Ordering::Relaxed),
+        totals.refused.load(Ordering::Relaxed),
+        totals.told_when.load(Ordering::Relaxed),
+        totals.redirected.load(Ordering::Relaxed),
+        totals.lossy.load(Ordering::Relaxed),
     );
 }

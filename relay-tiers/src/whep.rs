@@ -91,6 +91,8 @@ pub struct Whep {
     cluster: Option<Arc<Cluster>>,
     /// Viewers turned away, by why.
     refused: Refusals,
+    /// How busy the whole node keeps its cores.
+    process: workers::Process,
 }
 
 /// One worker as the HTTP side sees it.
@@ -118,7 +120,7 @@ pub(crate) struct Prepared {
     key: u64,
     frame: Frame,
     packets: Packets,
-    /// When it was made: how late it goes out is how far behind a worker is.
+    /// When it was made: how long it waits for a worker is how far behind that worker is.
     made: Instant,
 }
 
@@ -231,6 +233,7 @@ impl Whep {
                 registry,
                 cluster,
                 refused: Refusals::default(),
+                process: workers::Process::default(),
             }
         });
         if whep.lanes.is_empty() {
@@ -339,8 +342,8 @@ impl Whep {
         lock(&self.viewers).values().sum()
     }
 
-    /// Each worker's load: its viewers, the share of its time it works, how late its media
-    /// goes out.
+    /// Each worker's load: its viewers, the share of its time it works, how far behind
+    /// real time it is.
     pub fn workers(&self) -> Vec<Arc<Load>> {
         self.lanes.iter().map(|l| l.load.clone()).collect()
     }
@@ -360,14 +363,15 @@ impl Whep {
             .sum()
     }
 
-    /// The worker a new viewer goes to: the one with the most room, if any can take one more.
+    /// The worker a new viewer goes to: the one with the most room, if any can take one more
+    /// and the node's cores are not all taken by other work.
     fn pick(&self) -> Option<usize> {
         let (n, lane) = self
             .lanes
             .iter()
             .enumerate()
             .max_by(|(_, a), (_, b)| a.load.headroom().total_cmp(&b.load.headroom()))?;
-        lane.load.takes_another().then_some(n)
+        (lane.load.takes_another() && self.process.has_room()).then_some(n)
     }
 
     /// Reads `stream` (unless it is read already) into every worker, made into RTP payloads

@@ -80,7 +80,8 @@ pub struct Peer<S> {
     pub id: u64,
     pub rtc: Rtc,
     pub state: S,
-    /// Where the peer's packets go (the nominated ICE pair), once str0m has sent there.
+    /// Where the peer's packets go (the nominated ICE pair), once str0m has sent there
+    /// anything but a STUN answer.
     pub remote: Option<SocketAddr>,
     /// Has input or output to handle.
     pub dirty: bool,
@@ -127,7 +128,11 @@ impl<S: Session> Peer<S> {
                     break;
                 }
                 Ok(Output::Transmit(t)) => {
-                    self.remote = Some(t.destination);
+                    // STUN answers go wherever a check came from (a browser checks every
+                    // pair it has); DTLS, RTP and RTCP go to the pair ICE chose.
+                    if !is_stun(&t.contents) {
+                        self.remote = Some(t.destination);
+                    }
                     out.push(t.destination, t.contents.into());
                 }
                 Ok(Output::Event(e)) => {
@@ -145,6 +150,12 @@ impl<S: Session> Peer<S> {
             self.state.after_pump(to, out);
         }
     }
+}
+
+/// A STUN message: its first two bits are zero (RFC 7983), where DTLS starts at 20 and RTP
+/// and RTCP at 128.
+fn is_stun(datagram: &[u8]) -> bool {
+    datagram.first().is_some_and(|b| *b < 4)
 }
 
 /// The peers of one driver, and where to find them.
@@ -285,7 +296,8 @@ pub trait Policy: Send + 'static {
         let _ = out;
     }
 
-    /// When `media` was made, for how late it goes out ([`Load::lag`]); `None`: not known.
+    /// When `media` was made, for how long it waited for the driver ([`Load::lag`]); `None`:
+    /// not known.
     fn made_at(&self, media: &Self::Prepared) -> Option<Instant> {
         let _ = media;
         None
@@ -432,6 +444,9 @@ pub async fn run_measured<P: Policy>(
                     continue;
                 };
                 let now = Instant::now();
+                if let Some(made) = policy.made_at(&prepared) {
+                    meter.waited_for(made, now);
+                }
                 for peer in peers.list.iter_mut() {
                     if peer.faulted {
                         continue;
@@ -440,12 +455,6 @@ pub async fn run_measured<P: Policy>(
                     if out.len() >= FLUSH_AT {
                         out.flush(&socket).await;
                     }
-                }
-                if !out.is_empty() {
-                    out.flush(&socket).await;
-                }
-                if let Some(made) = policy.made_at(&prepared) {
-                    meter.delivered(made, Instant::now());
                 }
             }
             Woken::Stop => {

@@ -3,7 +3,7 @@
 //! A node serves what one driver can only as far as one core goes; [`spawn`] runs a driver on
 //! a thread of its own (a single-threaded runtime), on a socket of its own, so a node with
 //! `N` of them uses `N` cores. Each driver keeps its [`Load`]: the share of its time it spends
-//! working rather than waiting, and how late its media goes out. Admission reads it
+//! working rather than waiting, and how long media waits for it. Admission reads it
 //! ([`Load::takes_another`]) before a peer is given to a driver, so a driver near its limit
 //! turns new peers away instead of making everyone it has late.
 
@@ -24,13 +24,17 @@ pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 const JOINING_SAMPLES: usize = 8;
 /// A driver takes no more peers once working this share of its time would be passed...
 pub const ADMIT_BELOW: f64 = 0.85;
-/// ... or once its media goes out this late.
-pub const LAG_LIMIT: Duration = Duration::from_millis(40);
-/// What one peer is taken to cost (a share of a core) until the driver's own figures say:
-/// bounds on its busy share per peer, so that a driver of a few peers (where fixed costs
-/// dominate) does not think each costs a tenth of a core, and an idle one does not think
-/// they are free.
-const PEER_COST: (f64, f64) = (1.0 / 4000.0, 1.0 / 300.0);
+/// ... or once every frame waits this long for it: a driver this far behind real time is
+/// not keeping up.
+pub const LAG_LIMIT: Duration = Duration::from_millis(30);
+/// What one peer is taken to cost (a share of a core) until the driver has learned it: about
+/// what a viewer of a 2.5 Mb/s rendition costs.
+const PEER_COST_PRIOR: f64 = 1.0 / 1000.0;
+/// Bounds on what is learned, against a sample that says nonsense.
+const PEER_COST: (f64, f64) = (1.0 / 5000.0, 1.0 / 100.0);
+/// What a peer costs is learned from samples of at least this many peers and none joining
+/// (fixed costs and handshakes would say too much).
+const LEARN_FROM: usize = 20;
 
 /// How loaded one driver is: written by the driver, read by whoever hands it peers.
 #[derive(Debug, Default)]
@@ -39,13 +43,16 @@ pub struct Load {
     peers: AtomicUsize,
     /// Share of wall time spent working, smoothed (`f64` bits).
     busy: AtomicU64,
-    /// The latest its media went out over the last sample, in microseconds.
+    /// How long every piece of media waited for it over the last sample at least (how far
+    /// behind real time it is), in microseconds.
     lag_us: AtomicU64,
     /// Peers given to it, per sample, the newest first: those whose cost its load does not
     /// show yet.
     given: [AtomicUsize; JOINING_SAMPLES],
     /// Where `given` starts (the driver moves it on every sample).
     newest: AtomicUsize,
+    /// What a peer costs, as learned (`f64` bits; 0: not yet).
+    per_peer: AtomicU64,
 }
 
 impl Load {
@@ -58,7 +65,7 @@ impl Load {
         f64::from_bits(self.busy.load(Ordering::Relaxed))
     }
 
-    /// How late its media went out, at worst, lately.
+    /// How long media waited for it, at worst, lately: how far behind real time it is.
     pub fn lag(&self) -> Duration {
         Duration::from_micros(self.lag_us.load(Ordering::Relaxed))
     }
@@ -76,8 +83,10 @@ impl Load {
 
     /// The share of a core a peer of this driver costs, as far as its figures say.
     pub fn per_peer(&self) -> f64 {
-        let peers = self.peers().max(1) as f64;
-        (self.busy() / peers).clamp(PEER_COST.0, PEER_COST.1)
+        match f64::from_bits(self.per_peer.load(Ordering::Relaxed)) {
+            learned if learned > 0.0 => learned,
+            _ => PEER_COST_PRIOR,
+        }
     }
 
     /// The share of its time left before [`ADMIT_BELOW`], once the peers joining (and one
@@ -96,6 +105,16 @@ impl Load {
         self.peers.store(peers, Ordering::Relaxed);
         let smoothed = (self.busy() + busy) / 2.0;
         self.busy.store(smoothed.to_bits(), Ordering::Relaxed);
+        if peers >= LEARN_FROM && self.joining() == 0 {
+            let cost = (smoothed / peers as f64).clamp(PEER_COST.0, PEER_COST.1);
+            let known = f64::from_bits(self.per_peer.load(Ordering::Relaxed));
+            let learned = if known > 0.0 {
+                known * 0.8 + cost * 0.2
+            } else {
+                cost
+            };
+            self.per_peer.store(learned.to_bits(), Ordering::Relaxed);
+        }
         self.lag_us.store(
             lag.as_micros().min(u64::MAX as u128) as u64,
             Ordering::Relaxed,
@@ -107,12 +126,68 @@ impl Load {
     }
 }
 
+/// How busy this whole process keeps the cores it may use: a driver can have room while the
+/// threads beside it (ingest, relaying, answering offers) take the core it runs on.
+#[derive(Debug)]
+pub struct Process {
+    cores: f64,
+    /// When last sampled, the process's CPU time then, and the share it showed.
+    last: std::sync::Mutex<(Instant, Duration, f64)>,
+}
+
+/// The process is taken as full once it keeps the cores it may use this busy.
+pub const PROCESS_FULL: f64 = 0.9;
+
+impl Default for Process {
+    fn default() -> Self {
+        Process {
+            cores: count(0) as f64,
+            last: std::sync::Mutex::new((Instant::now(), cpu_time(), 0.0)),
+        }
+    }
+}
+
+impl Process {
+    /// The share of the cores it may use the process kept busy lately (sampled at most every
+    /// [`SAMPLE_EVERY`]).
+    pub fn busy(&self) -> f64 {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        let wall = now.saturating_duration_since(last.0);
+        if wall >= SAMPLE_EVERY {
+            let cpu = cpu_time();
+            let share = cpu.saturating_sub(last.1).as_secs_f64() / wall.as_secs_f64() / self.cores;
+            *last = (now, cpu, (last.2 + share) / 2.0);
+        }
+        last.2
+    }
+
+    /// Whether the process has a core's share to spare for one more peer.
+    pub fn has_room(&self) -> bool {
+        self.busy() < PROCESS_FULL
+    }
+}
+
+/// CPU time (user and system) this process has taken.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage(2) fills the struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(usage.ru_utime) + tv(usage.ru_stime)
+}
+
 /// What a driver measures between samples, kept by [`driver::run`].
 pub(crate) struct Meter {
     load: Arc<Load>,
     since: Instant,
     idle: Duration,
-    lag: Duration,
+    /// The shortest any media waited for the driver this sample: a keyframe's burst makes
+    /// the few frames after it wait, a driver that is behind makes every frame wait.
+    lag: Option<Duration>,
 }
 
 impl Meter {
@@ -121,7 +196,7 @@ impl Meter {
             load,
             since: Instant::now(),
             idle: Duration::ZERO,
-            lag: Duration::ZERO,
+            lag: None,
         }
     }
 
@@ -130,9 +205,11 @@ impl Meter {
         self.idle += to.saturating_duration_since(from);
     }
 
-    /// Media made at `made` went out to every peer at `now`.
-    pub(crate) fn delivered(&mut self, made: Instant, now: Instant) {
-        self.lag = self.lag.max(now.saturating_duration_since(made));
+    /// Media made at `made` was taken up at `now`: how long it waited behind what the driver
+    /// had to do before it.
+    pub(crate) fn waited_for(&mut self, made: Instant, now: Instant) {
+        let waited = now.saturating_duration_since(made);
+        self.lag = Some(self.lag.map_or(waited, |lag| lag.min(waited)));
     }
 
     /// Says what was seen, once a sample's time has passed.
@@ -142,10 +219,10 @@ impl Meter {
             return;
         }
         let busy = 1.0 - (self.idle.as_secs_f64() / wall.as_secs_f64()).min(1.0);
-        self.load.sampled(peers, busy, self.lag);
+        self.load
+            .sampled(peers, busy, self.lag.take().unwrap_or_default());
         self.since = now;
         self.idle = Duration::ZERO;
-        self.lag = Duration::ZERO;
     }
 }
 
@@ -248,14 +325,16 @@ mod tests {
                 ok
             })
             .count();
-        // At most a cost of 1/4000 each, at least 1/300 each: between 255 and 3400.
-        assert!((255..=3400).contains(&fits), "{fits}");
+        // At what a peer is first taken to cost, 1/1000 of a core: 0.85 / 0.001 of them.
+        assert!((849..=850).contains(&fits), "{fits}");
         assert!(!load.takes_another());
-        // Once they show in its load (samples later), its own figures decide.
-        for _ in 0..JOINING_SAMPLES {
+        // Once they show in its load (samples later), its own figures decide: they cost less
+        // than thought, so more fit.
+        for _ in 0..JOINING_SAMPLES + 10 {
             load.sampled(fits, 0.2, Duration::from_millis(2));
         }
         assert_eq!(load.joining(), 0);
+        assert!(load.per_peer() < 1.0 / 3000.0, "{}", load.per_peer());
         assert!(load.takes_another());
         // Working 90 % of its time: no more.
         for _ in 0..10 {
@@ -264,7 +343,7 @@ mod tests {
         assert!(!load.takes_another());
         // Idle enough, but late: no more.
         for _ in 0..10 {
-            load.sampled(fits, 0.3, Duration::from_millis(80));
+            load.sampled(fits, 0.3, Duration::from_millis(90));
         }
         assert!(!load.takes_another());
         load.sampled(fits, 0.3, Duration::from_millis(5));
@@ -277,7 +356,8 @@ mod tests {
         let mut meter = Meter::new(load.clone());
         let start = meter.since;
         meter.waited(start, start + Duration::from_millis(750));
-        meter.delivered(start, start + Duration::from_millis(12));
+        meter.waited_for(start, start + Duration::from_millis(40));
+        meter.waited_for(start, start + Duration::from_millis(12));
         meter.turn(3, start + Duration::from_secs(1));
         // Smoothed from zero: half of 0.25.
         assert!((load.busy() - 0.125).abs() < 1e-6, "{}", load.busy());

@@ -266,7 +266,7 @@ impl NodeMetrics {
         gauge_family(
             e,
             "tiercast_webrtc_worker_lag_seconds",
-            "How late each WHEP worker's media went out at worst lately (from the frame being ready to its last viewer's datagram).",
+            "How long frames waited for each WHEP worker at worst lately (from being ready to the worker taking them up): how far behind real time it is.",
             by_worker(&|l| l.lag().as_secs_f64()),
         )?;
         single(
