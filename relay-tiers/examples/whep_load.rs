@@ -11,8 +11,8 @@
 //!
 //! A viewer the node turns away (`503`) is counted (`refused`, and `told_when` if the answer
 //! says when to ask again with `Retry-After`); if the answer names another edge
-//! (`"alternate"`), the viewer goes there instead (`redirected` counts those that did), unless
-//! `WHEP_FOLLOW=0`.
+//! (`"alternate"`), the viewer goes there instead (`redirected` counts those answered there,
+//! `refused_again` those turned away there too), unless `WHEP_FOLLOW=0`.
 //!
 //! `WHEP_LIE=N`: the full receivers hand str0m only one RTP packet in `N`, so it asks for the
 //! others again (NACK) all along: a viewer that claims to lose nearly everything, the way an
@@ -46,6 +46,8 @@ struct Totals {
     refused: AtomicU64,
     told_when: AtomicU64,
     redirected: AtomicU64,
+    /// Those turned away at the other edge too.
+    refused_again: AtomicU64,
     /// Viewers that missed any packet.
     lossy: AtomicU64,
 }
@@ -157,13 +159,17 @@ async fn viewer(
             let Some(elsewhere) = alternate.filter(|_| follow) else {
                 return Ok(());
             };
-            let answer = tokio::task::spawn_blocking(move || post(&elsewhere, &sdp))
+            let answer = match tokio::task::spawn_blocking(move || post(&elsewhere, &sdp))
                 .await
                 .map_err(|e| e.to_string())?
-                .map_err(|e| match e {
-                    Unanswered::Failed(e) => e,
-                    Unanswered::Refused { .. } => "refused at the other edge too".to_owned(),
-                })?;
+            {
+                Ok(answer) => answer,
+                Err(Unanswered::Failed(e)) => return Err(e),
+                Err(Unanswered::Refused { .. }) => {
+                    totals.refused_again.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            };
             totals.redirected.fetch_add(1, Ordering::Relaxed);
             answer
         }
@@ -402,7 +408,7 @@ fn main() {
         }
     });
     println!(
-        "{{\"viewers\": {n}, \"connected\": {}, \"failed\": {}, \"complete\": {}, \"packets\": {}, \"lost\": {}, \"bytes\": {}, \"decrypted\": {}, \"refused\": {}, \"told_when\": {}, \"redirected\": {}, \"lossy\": {}}}",
+        "{{\"viewers\": {n}, \"connected\": {}, \"failed\": {}, \"complete\": {}, \"packets\": {}, \"lost\": {}, \"bytes\": {}, \"decrypted\": {}, \"refused\": {}, \"told_when\": {}, \"redirected\": {}, \"refused_again\": {}, \"lossy\": {}}}",
         totals.connected.load(Ordering::Relaxed),
         totals.failed.load(Ordering::Relaxed),
         totals.complete.load(Ordering::Relaxed),
@@ -413,6 +419,7 @@ fn main() {
         totals.refused.load(Ordering::Relaxed),
         totals.told_when.load(Ordering::Relaxed),
         totals.redirected.load(Ordering::Relaxed),
+        totals.refused_again.load(Ordering::Relaxed),
         totals.lossy.load(Ordering::Relaxed),
     );
 }

@@ -36,6 +36,7 @@ use tracing::info;
 
 use crate::cluster::Cluster;
 use crate::feeds::FeedStore;
+use crate::relay::Demand;
 
 mod viewers;
 use viewers::{Viewer, Viewers};
@@ -93,7 +94,14 @@ pub struct Whep {
     refused: Refusals,
     /// How busy the whole node keeps its cores.
     process: workers::Process,
+    /// On a node of a tier below: how a stream is pulled from upstream when a viewer wants
+    /// it, and how long an offer waits for it.
+    demand: std::sync::OnceLock<(Arc<dyn Demand>, std::time::Duration)>,
 }
+
+/// How often the streams WebRTC viewers watch are wanted again, so the relay keeps pulling
+/// them (well within the shortest linger).
+const WANT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// One worker as the HTTP side sees it.
 struct Lane {
@@ -234,6 +242,7 @@ impl Whep {
                 cluster,
                 refused: Refusals::default(),
                 process: workers::Process::default(),
+                demand: std::sync::OnceLock::new(),
             }
         });
         if whep.lanes.is_empty() {
@@ -246,6 +255,47 @@ impl Whep {
             }
         };
         Ok((whep, driver))
+    }
+
+    /// On a node that pulls from upstream: a viewer's offer pulls the stream (waiting up to
+    /// `wait` for it), and the streams viewers watch stay pulled while they do.
+    pub fn pull_with(self: &Arc<Self>, demand: Arc<dyn Demand>, wait: std::time::Duration) {
+        if self.demand.set((demand.clone(), wait)).is_err() {
+            return;
+        }
+        let whep = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(WANT_EVERY);
+            loop {
+                tick.tick().await;
+                let Some(whep) = whep.upgrade() else { return };
+                let watched: Vec<String> = lock(&whep.viewers)
+                    .iter()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(s, _)| s.clone())
+                    .collect();
+                for stream in watched {
+                    demand.want(&stream);
+                }
+            }
+        });
+    }
+
+    /// The stream's renditions here, pulled from upstream first if this node pulls.
+    async fn feeds_of(&self, stream: &str) -> Option<Arc<crate::feeds::SessionFeeds>> {
+        if let Some(feeds) = self.feeds.get(stream) {
+            return Some(feeds);
+        }
+        let (demand, wait) = self.demand.get()?;
+        demand.want(stream);
+        let deadline = tokio::time::Instant::now() + *wait;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if let Some(feeds) = self.feeds.get(stream) {
+                return Some(feeds);
+            }
+        }
+        None
     }
 
     /// The first worker's address (where viewers of a one-worker node send).
@@ -497,7 +547,7 @@ async fn offer(
     if body.len() > MAX_OFFER {
         return refuse(StatusCode::PAYLOAD_TOO_LARGE, "the offer is too large");
     }
-    let Some(feeds) = whep.feeds.get(&stream) else {
+    let Some(feeds) = whep.feeds_of(&stream).await else {
         return refuse(StatusCode::NOT_FOUND, "stream is not live here");
     };
     let token = token_of(q.token.as_deref(), &headers);

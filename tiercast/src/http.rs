@@ -184,7 +184,10 @@ pub fn router(s: Services) -> Router {
             hls: hls_store,
             assets_dir: s.config.http.assets_dir.clone(),
         }))
-        .merge(relay_tiers::whep::router(s.whep));
+        .merge(relay_tiers::whep::router(s.whep.clone()));
+    if let Some(demand) = &demand {
+        s.whep.pull_with(demand.clone(), ready_wait);
+    }
     if let Some(whip) = s.whip {
         router = router.merge(ingest::whip::router(whip));
     }
