@@ -303,11 +303,6 @@ impl Whep {
         self.lanes[0].candidate
     }
 
-    /// Every worker's address.
-    pub fn udp_all(&self) -> Vec<SocketAddr> {
-        self.lanes.iter().map(|l| l.candidate).collect()
-    }
-
     fn viewer_left(&self, id: u64, stream: &str) {
         lock(&self.owners).remove(&id);
         self.uncount(stream);

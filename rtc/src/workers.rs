@@ -143,7 +143,7 @@ pub const PROCESS_FULL: f64 = 0.9;
 impl Default for Process {
     fn default() -> Self {
         Process {
-            cores: count(0) as f64,
+            cores: cores() as f64,
             last: std::sync::Mutex::new((Instant::now(), cpu_time(), 0.0)),
         }
     }
@@ -228,11 +228,8 @@ impl Meter {
     }
 }
 
-/// How many drivers `workers` asks for: `0` is one per core this process may use.
-pub fn count(workers: usize) -> usize {
-    if workers > 0 {
-        return workers;
-    }
+/// The cores this process may use (its CPU affinity and quota).
+pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 

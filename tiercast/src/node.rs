@@ -389,7 +389,7 @@ impl Core {
         let settings = WhepSettings {
             listen: webrtc.listen,
             advertise: webrtc.advertise.parse().ok(),
-            workers: webrtc.workers.resolve(rtc::workers::count(0)),
+            workers: webrtc.workers.resolve(rtc::workers::cores()),
             limits: WhepLimits {
                 per_node: webrtc.max_viewers,
                 per_stream: webrtc.max_viewers_per_stream,
