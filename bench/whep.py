@@ -24,7 +24,12 @@ connected viewer session holds.
 (`whepserversink` from gst-plugins-rs: webrtcsink, one webrtcbin per viewer, fed the same file's
 H.264 as it is and its audio made into Opus once), pinned to core 0 like the node.
 
+`--retry`: viewers the node turns away (`503`) ask again after the `Retry-After` it gives, while
+enough of the run is left, so the count admitted is what admission finds the core can carry.
+`--workers N`: the node runs N WebRTC workers on cores 0 to N-1 (the load client stays on core 1).
+
 Usage: bench/whep.py [--counts 100,250,500,1000] [--seconds 15] [--baseline 50,100] [--perf DIR]
+                     [--retry] [--workers N]
 """
 
 import argparse
@@ -192,6 +197,11 @@ def main():
     ap.add_argument("--seconds", type=int, default=15)
     ap.add_argument("--baseline", metavar="COUNTS", default="",
                     help="also serve these viewer counts from GStreamer's whepserversink (same file, same load)")
+    ap.add_argument("--retry", action="store_true",
+                    help="viewers turned away (503) ask again after its Retry-After, as players do")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="WebRTC workers of the node, pinned to as many cores (from core 0; the "
+                         "load client stays on core 1)")
     ap.add_argument("--perf", metavar="DIR",
                     help="also record a CPU profile of the server (perf) per viewer count into DIR")
     args = ap.parse_args()
@@ -212,6 +222,7 @@ def main():
                 listen = "127.0.0.1:{rtmp}"
                 [webrtc]
                 listen = "127.0.0.1:0"
+                workers = {args.workers}
                 max_viewers = 100000
                 max_viewers_per_stream = 100000
                 max_sessions_per_address = 100000
@@ -224,7 +235,8 @@ def main():
                 height = 720
                 video_kbps = 2500
                 """))
-        node = subprocess.Popen(["taskset", "-c", "0", base.tiercast_binary(), "run", "--config", config],
+        cores = ",".join(str(c) for c in range(args.workers))
+        node = subprocess.Popen(["taskset", "-c", cores, base.tiercast_binary(), "run", "--config", config],
                                 stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "log"), "w"))
         base.wait_port(http)
         pub, _ = base.publish(src, f"rtmp://127.0.0.1:{rtmp}/live/bench")
@@ -232,7 +244,8 @@ def main():
         results = []
         try:
             for n in counts:
-                figures = measure(node.pid, f"http://127.0.0.1:{http}/whep/bench", n, args, http=http)
+                figures = measure(node.pid, f"http://127.0.0.1:{http}/whep/bench", n, args, http=http,
+                                  env={"WHEP_RETRY": "1"} if args.retry else None)
                 print(json.dumps(figures), flush=True)
                 results.append(figures)
                 # The next count starts once the server has let every viewer of this one go

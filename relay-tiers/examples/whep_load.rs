@@ -14,6 +14,10 @@
 //! (`"alternate"`), the viewer goes there instead (`redirected` counts those answered there,
 //! `refused_again` those turned away there too), unless `WHEP_FOLLOW=0`.
 //!
+//! `WHEP_RETRY=1`: a viewer turned away with no other edge named asks again after the
+//! `Retry-After` it was given, as a player would, while enough of the run is left
+//! (`retried_in` counts those answered on a later try).
+//!
 //! `WHEP_LIE=N`: the full receivers hand str0m only one RTP packet in `N`, so it asks for the
 //! others again (NACK) all along: a viewer that claims to lose nearly everything, the way an
 //! attacker would try to make the node resend a stream many times over.
@@ -48,6 +52,8 @@ struct Totals {
     redirected: AtomicU64,
     /// Those turned away at the other edge too.
     refused_again: AtomicU64,
+    /// Those answered when they asked again after `Retry-After` (`WHEP_RETRY=1`).
+    retried_in: AtomicU64,
     /// Viewers that missed any packet.
     lossy: AtomicU64,
 }
@@ -56,7 +62,8 @@ struct Totals {
 enum Unanswered {
     /// `503`: with `Retry-After`, and the edge to go to instead, if named.
     Refused {
-        retry_after: bool,
+        /// Seconds, as the answer said.
+        retry_after: Option<u64>,
         alternate: Option<String>,
     },
     Failed(String),
@@ -93,9 +100,12 @@ fn post(url: &str, body: &str) -> Result<String, Unanswered> {
         let alternate = serde_json::from_str::<serde_json::Value>(body.trim())
             .ok()
             .and_then(|v| v["alternate"].as_str().map(str::to_owned));
-        let retry_after = head
-            .lines()
-            .any(|l| l.to_ascii_lowercase().starts_with("retry-after:"));
+        let retry_after = head.lines().find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("retry-after")
+                .then(|| value.trim().parse().unwrap_or(5))
+        });
         return Err(Unanswered::Refused {
             retry_after,
             alternate,
@@ -140,39 +150,57 @@ async fn viewer(
     change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
     let (offer, pending) = change.apply().ok_or("no offer")?;
     let sdp = offer.to_sdp_string();
-    let asked = sdp.clone();
-    let answered = tokio::task::spawn_blocking(move || post(&url, &asked))
-        .await
-        .map_err(|e| e.to_string())?;
-    let answer = match answered {
-        Ok(answer) => answer,
-        Err(Unanswered::Failed(e)) => return Err(e),
-        Err(Unanswered::Refused {
-            retry_after,
-            alternate,
-        }) => {
+    let retry = std::env::var("WHEP_RETRY").is_ok_and(|r| r == "1");
+    let mut first = true;
+    let answer = loop {
+        let (url, asked) = (url.clone(), sdp.clone());
+        let answered = tokio::task::spawn_blocking(move || post(&url, &asked))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (retry_after, alternate) = match answered {
+            Ok(answer) => {
+                if !first {
+                    totals.retried_in.fetch_add(1, Ordering::Relaxed);
+                }
+                break answer;
+            }
+            Err(Unanswered::Failed(e)) => return Err(e),
+            Err(Unanswered::Refused {
+                retry_after,
+                alternate,
+            }) => (retry_after, alternate),
+        };
+        if first {
             totals.refused.fetch_add(1, Ordering::Relaxed);
-            if retry_after {
+            if retry_after.is_some() {
                 totals.told_when.fetch_add(1, Ordering::Relaxed);
             }
-            let follow = std::env::var("WHEP_FOLLOW").map_or(true, |f| f != "0");
-            let Some(elsewhere) = alternate.filter(|_| follow) else {
-                return Ok(());
-            };
-            let answer = match tokio::task::spawn_blocking(move || post(&elsewhere, &sdp))
+        }
+        first = false;
+        let follow = std::env::var("WHEP_FOLLOW").map_or(true, |f| f != "0");
+        if let Some(elsewhere) = alternate.filter(|_| follow) {
+            let sdp = sdp.clone();
+            match tokio::task::spawn_blocking(move || post(&elsewhere, &sdp))
                 .await
                 .map_err(|e| e.to_string())?
             {
-                Ok(answer) => answer,
+                Ok(answer) => {
+                    totals.redirected.fetch_add(1, Ordering::Relaxed);
+                    break answer;
+                }
                 Err(Unanswered::Failed(e)) => return Err(e),
                 Err(Unanswered::Refused { .. }) => {
                     totals.refused_again.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
-            };
-            totals.redirected.fetch_add(1, Ordering::Relaxed);
-            answer
+            }
         }
+        // Asked again only while a good part of the run is left to be counted.
+        let wait = Duration::from_secs(retry_after.unwrap_or(5).clamp(1, 30));
+        if !retry || Instant::now() + wait + Duration::from_secs(5) > until {
+            return Ok(());
+        }
+        tokio::time::sleep(wait).await;
     };
     let answer = SdpAnswer::from_sdp_string(&answer).map_err(|e| e.to_string())?;
     rtc.sdp_api()
@@ -408,7 +436,7 @@ fn main() {
         }
     });
     println!(
-        "{{\"viewers\": {n}, \"connected\": {}, \"failed\": {}, \"complete\": {}, \"packets\": {}, \"lost\": {}, \"bytes\": {}, \"decrypted\": {}, \"refused\": {}, \"told_when\": {}, \"redirected\": {}, \"refused_again\": {}, \"lossy\": {}}}",
+        "{{\"viewers\": {n}, \"connected\": {}, \"failed\": {}, \"complete\": {}, \"packets\": {}, \"lost\": {}, \"bytes\": {}, \"decrypted\": {}, \"refused\": {}, \"told_when\": {}, \"redirected\": {}, \"refused_again\": {}, \"retried_in\": {}, \"lossy\": {}}}",
         totals.connected.load(Ordering::Relaxed),
         totals.failed.load(Ordering::Relaxed),
         totals.complete.load(Ordering::Relaxed),
@@ -420,6 +448,7 @@ fn main() {
         totals.told_when.load(Ordering::Relaxed),
         totals.redirected.load(Ordering::Relaxed),
         totals.refused_again.load(Ordering::Relaxed),
+        totals.retried_in.load(Ordering::Relaxed),
         totals.lossy.load(Ordering::Relaxed),
     );
 }

@@ -28,7 +28,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, error};
 
 use crate::udp::{Batch, Reader};
-use crate::workers::{Load, Meter};
+use crate::workers::{Census, Load, Meter, SAMPLE_EVERY, SETTLE_SAMPLES};
 
 /// Datagrams made before they are sent, at most: a keyframe for every viewer is megabytes.
 const FLUSH_AT: usize = 512;
@@ -86,9 +86,9 @@ pub struct Peer<S> {
     /// Has input or output to handle.
     pub dirty: bool,
     next_timeout: Instant,
-    /// When it was added, and whether it has connected since.
+    /// When it was added, and when it connected since.
     born: Instant,
-    connected: bool,
+    connected: Option<Instant>,
     /// Something done for it panicked: its state cannot be trusted, it is let go.
     faulted: bool,
 }
@@ -114,7 +114,7 @@ impl<S: Session> Peer<S> {
             dirty: true,
             next_timeout: Instant::now(),
             born: Instant::now(),
-            connected: false,
+            connected: None,
             faulted: false,
         }
     }
@@ -136,7 +136,9 @@ impl<S: Session> Peer<S> {
                     out.push(t.destination, t.contents.into());
                 }
                 Ok(Output::Event(e)) => {
-                    self.connected |= matches!(e, Event::Connected);
+                    if matches!(e, Event::Connected) && self.connected.is_none() {
+                        self.connected = Some(Instant::now());
+                    }
                     self.state.on_event(&mut self.rtc, e);
                 }
                 Err(e) => {
@@ -165,6 +167,8 @@ pub struct Peers<S> {
     by_source: HashMap<SocketAddr, u64>,
     /// Where each peer is in `list`.
     index: HashMap<u64, usize>,
+    /// Peers added since the last census.
+    added: usize,
 }
 
 impl<S> Default for Peers<S> {
@@ -173,12 +177,14 @@ impl<S> Default for Peers<S> {
             list: Vec::new(),
             by_source: HashMap::new(),
             index: HashMap::new(),
+            added: 0,
         }
     }
 }
 
 impl<S> Peers<S> {
     pub fn add(&mut self, peer: Peer<S>) {
+        self.added += 1;
         self.index.insert(peer.id, self.list.len());
         self.list.push(peer);
     }
@@ -218,6 +224,25 @@ impl<S> Peers<S> {
     }
 
     /// Removes the peers whose sessions are over (or that faulted), handing each to `gone`.
+    /// How many peers there are, how many have been connected long enough for their cost
+    /// to show, and how many were added since the last census.
+    fn census(&mut self, now: Instant) -> Census {
+        let settle = SAMPLE_EVERY * SETTLE_SAMPLES;
+        let settled = self
+            .list
+            .iter()
+            .filter(|p| {
+                p.connected
+                    .is_some_and(|at| now.saturating_duration_since(at) >= settle)
+            })
+            .count();
+        Census {
+            peers: self.list.len(),
+            settled,
+            added: std::mem::take(&mut self.added),
+        }
+    }
+
     fn reap(&mut self, mut gone: impl FnMut(Peer<S>)) {
         let alive = |p: &Peer<S>| !p.faulted && p.rtc.is_alive();
         if self.list.iter().all(alive) {
@@ -345,7 +370,7 @@ pub async fn run_measured<P: Policy>(
             if peer.faulted {
                 continue;
             }
-            if !peer.connected {
+            if peer.connected.is_none() {
                 let deadline = peer.born + CONNECT_WITHIN;
                 if now >= deadline && peer.rtc.is_alive() {
                     debug!(
@@ -379,7 +404,7 @@ pub async fn run_measured<P: Policy>(
         policy.after_turn(&out);
         peers.reap(|peer| policy.gone(peer));
         let idle_from = Instant::now();
-        meter.turn(peers.len(), idle_from);
+        meter.turn(idle_from, || peers.census(idle_from));
         let wait = next.saturating_duration_since(idle_from);
         let woken = tokio::select! {
             r = socket.readable() => Woken::Readable(r.is_ok()),

@@ -19,9 +19,12 @@ use crate::driver::{self, Policy};
 
 /// How often a driver says how loaded it is.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
-/// Peers given to a driver stay counted as joining (their cost not yet seen in its load) for
-/// this many samples.
+/// Peers handed to a driver and not yet among its peers are counted as joining for at most
+/// this many samples (the driver takes them up within a turn; this only bounds a miscount).
 const JOINING_SAMPLES: usize = 8;
+/// A peer's cost shows in its driver's (smoothed) load this many samples after it connected;
+/// until then it counts as joining.
+pub(crate) const SETTLE_SAMPLES: u32 = 3;
 /// A driver takes no more peers once working this share of its time would be passed...
 pub const ADMIT_BELOW: f64 = 0.85;
 /// ... or once every frame waits this long for it: a driver this far behind real time is
@@ -34,24 +37,40 @@ pub const LAG_LIMIT: Duration = Duration::from_millis(30);
 const PEER_COST_PRIOR: f64 = 1.0 / 300.0;
 /// Bounds on what is learned, against a sample that says nonsense.
 const PEER_COST: (f64, f64) = (1.0 / 5000.0, 1.0 / 100.0);
-/// What a peer costs is learned from samples of at least this many peers, few of them joining
-/// (fixed costs and handshakes would say too much).
+/// What a peer costs is learned from samples of at least this many settled peers (with
+/// fewer, fixed costs would say too much).
 const LEARN_FROM: usize = 20;
 
+/// A driver's peers at a sample.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Census {
+    pub peers: usize,
+    /// Connected long enough for what they cost to show in the load.
+    pub settled: usize,
+    /// Taken up since the last sample.
+    pub added: usize,
+}
+
 /// How loaded one driver is: written by the driver, read by whoever hands it peers.
+///
+/// A peer counts as joining from when it is handed over until its cost shows in the driver's
+/// load: while it waits to be taken up, while it connects, and a few samples after. What a
+/// peer costs is learned from the settled ones alone, with the whole load put on them (the
+/// joiners' handshakes too): dear while a rush is on, which is the safe side, and right once
+/// it is over. So admission in a rush goes in steps, each as large as the room it has seen.
 #[derive(Debug, Default)]
 pub struct Load {
-    /// Its peers, at the last sample.
+    /// Its peers, and those settled, at the last sample.
     peers: AtomicUsize,
+    settled: AtomicUsize,
     /// Share of wall time spent working, smoothed (`f64` bits).
     busy: AtomicU64,
     /// How long every piece of media waited for it over the last sample at least (how far
     /// behind real time it is), in microseconds.
     lag_us: AtomicU64,
-    /// Peers given to it, per sample, the newest first: those whose cost its load does not
-    /// show yet.
-    given: [AtomicUsize; JOINING_SAMPLES],
-    /// Where `given` starts (the driver moves it on every sample).
+    /// Peers handed to it and not yet taken up, per sample, the newest first.
+    handed: [AtomicUsize; JOINING_SAMPLES],
+    /// Where `handed` starts (the driver moves it on every sample).
     newest: AtomicUsize,
     /// What a peer costs, as learned (`f64` bits; 0: not yet).
     per_peer: AtomicU64,
@@ -74,13 +93,17 @@ impl Load {
 
     /// Peers given to it whose cost does not show in its load yet.
     pub fn joining(&self) -> usize {
-        self.given.iter().map(|g| g.load(Ordering::Relaxed)).sum()
+        let handed: usize = self.handed.iter().map(|g| g.load(Ordering::Relaxed)).sum();
+        let unsettled = self
+            .peers()
+            .saturating_sub(self.settled.load(Ordering::Relaxed));
+        handed + unsettled
     }
 
     /// A peer is being given to the driver.
     pub fn given(&self) {
         let at = self.newest.load(Ordering::Relaxed) % JOINING_SAMPLES;
-        self.given[at].fetch_add(1, Ordering::Relaxed);
+        self.handed[at].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The share of a core a peer of this driver costs, as far as its figures say.
@@ -103,15 +126,14 @@ impl Load {
     }
 
     /// The driver's side: what the last sample saw.
-    fn sampled(&self, peers: usize, busy: f64, lag: Duration) {
-        self.peers.store(peers, Ordering::Relaxed);
+    fn sampled(&self, census: Census, busy: f64, lag: Duration) {
         let smoothed = (self.busy() + busy) / 2.0;
         self.busy.store(smoothed.to_bits(), Ordering::Relaxed);
-        if peers >= LEARN_FROM && self.joining() * 4 <= peers {
-            let cost = (smoothed / peers as f64).clamp(PEER_COST.0, PEER_COST.1);
+        if census.settled >= LEARN_FROM {
+            let cost = (smoothed / census.settled as f64).clamp(PEER_COST.0, PEER_COST.1);
             let known = f64::from_bits(self.per_peer.load(Ordering::Relaxed));
             let learned = if known > 0.0 {
-                known * 0.8 + cost * 0.2
+                known * 0.7 + cost * 0.3
             } else {
                 cost
             };
@@ -121,9 +143,26 @@ impl Load {
             lag.as_micros().min(u64::MAX as u128) as u64,
             Ordering::Relaxed,
         );
-        // The oldest sample's joiners show in the load by now.
-        let next = self.newest.load(Ordering::Relaxed).wrapping_add(1);
-        self.given[next % JOINING_SAMPLES].store(0, Ordering::Relaxed);
+        // Those taken up are among its peers now, the oldest handed first.
+        let newest = self.newest.load(Ordering::Relaxed);
+        let mut added = census.added;
+        for back in (0..JOINING_SAMPLES).rev() {
+            if added == 0 {
+                break;
+            }
+            let bucket = &self.handed[newest.wrapping_sub(back) % JOINING_SAMPLES];
+            let took = bucket
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(added))
+                })
+                .map_or(0, |was| was.min(added));
+            added -= took;
+        }
+        self.peers.store(census.peers, Ordering::Relaxed);
+        self.settled.store(census.settled, Ordering::Relaxed);
+        // What the oldest sample was handed and is still not taken up was miscounted.
+        let next = newest.wrapping_add(1);
+        self.handed[next % JOINING_SAMPLES].store(0, Ordering::Relaxed);
         self.newest.store(next, Ordering::Relaxed);
     }
 }
@@ -214,15 +253,15 @@ impl Meter {
         self.lag = Some(self.lag.map_or(waited, |lag| lag.min(waited)));
     }
 
-    /// Says what was seen, once a sample's time has passed.
-    pub(crate) fn turn(&mut self, peers: usize, now: Instant) {
+    /// Says what was seen, once a sample's time has passed (`census` counts the peers then).
+    pub(crate) fn turn(&mut self, now: Instant, census: impl FnOnce() -> Census) {
         let wall = now.saturating_duration_since(self.since);
         if wall < SAMPLE_EVERY {
             return;
         }
         let busy = 1.0 - (self.idle.as_secs_f64() / wall.as_secs_f64()).min(1.0);
         self.load
-            .sampled(peers, busy, self.lag.take().unwrap_or_default());
+            .sampled(census(), busy, self.lag.take().unwrap_or_default());
         self.since = now;
         self.idle = Duration::ZERO;
     }
@@ -310,47 +349,86 @@ pub fn spawn<P: Policy>(
 mod tests {
     use super::*;
 
+    fn census(peers: usize, settled: usize, added: usize) -> Census {
+        Census {
+            peers,
+            settled,
+            added,
+        }
+    }
+
     #[test]
     fn a_driver_near_its_limit_or_late_takes_no_more_and_joiners_count_until_they_show() {
         let load = Load::default();
         // Idle: takes peers, and a burst of joiners fills the room it has.
         assert!(load.takes_another());
-        let fits = (0..5000)
-            .take_while(|_| {
-                let ok = load.takes_another();
-                if ok {
-                    load.given();
-                }
-                ok
-            })
-            .count();
+        let burst = |load: &Load| {
+            (0..5000)
+                .take_while(|_| {
+                    let ok = load.takes_another();
+                    if ok {
+                        load.given();
+                    }
+                    ok
+                })
+                .count()
+        };
+        let fits = burst(&load);
         // At what a peer is first taken to cost, 1/300 of a core: 0.85 * 300 of them.
         assert!((254..=255).contains(&fits), "{fits}");
         assert!(!load.takes_another());
-        // Once they show in its load (samples later), its own figures decide: they cost less
-        // than thought, so more fit.
-        for _ in 0..JOINING_SAMPLES + 10 {
-            load.sampled(fits, 0.2, Duration::from_millis(2));
+        // Taken up, still connecting: still joining, so still no room.
+        load.sampled(census(fits, 0, fits), 0.1, Duration::from_millis(2));
+        assert_eq!(load.joining(), fits);
+        assert!(!load.takes_another());
+        // Settled: their cost shows in the load, and says how much room is left. Handshakes
+        // of a second step of the rush make the load dear at first...
+        for _ in 0..4 {
+            load.sampled(census(fits, fits, 0), 0.2, Duration::from_millis(2));
         }
         assert_eq!(load.joining(), 0);
+        assert!(load.per_peer() < PEER_COST_PRIOR, "{}", load.per_peer());
+        let second = burst(&load);
+        assert!(second > 50, "{second}");
+        let peers = fits + second;
+        load.sampled(census(peers, fits, second), 0.5, Duration::from_millis(2));
+        assert!(!load.takes_another());
+        // ... and right once it is over: all settled at a quarter of a core.
+        for _ in 0..20 {
+            load.sampled(census(peers, peers, 0), 0.25, Duration::from_millis(2));
+        }
+        let learned = load.per_peer();
         assert!(
-            load.per_peer() < PEER_COST_PRIOR / 2.0,
-            "{}",
-            load.per_peer()
+            (learned - 0.25 / peers as f64).abs() < 0.1 / peers as f64,
+            "{learned}"
         );
         assert!(load.takes_another());
         // Working 90 % of its time: no more.
         for _ in 0..10 {
-            load.sampled(fits, 0.9, Duration::from_millis(2));
+            load.sampled(census(peers, peers, 0), 0.9, Duration::from_millis(2));
         }
         assert!(!load.takes_another());
         // Idle enough, but late: no more.
         for _ in 0..10 {
-            load.sampled(fits, 0.3, Duration::from_millis(90));
+            load.sampled(census(peers, peers, 0), 0.3, Duration::from_millis(90));
         }
         assert!(!load.takes_another());
-        load.sampled(fits, 0.3, Duration::from_millis(5));
+        load.sampled(census(peers, peers, 0), 0.3, Duration::from_millis(5));
         assert!(load.takes_another());
+    }
+
+    #[test]
+    fn peers_handed_over_and_never_taken_up_stop_counting() {
+        let load = Load::default();
+        for _ in 0..10 {
+            load.given();
+        }
+        load.sampled(census(3, 0, 3), 0.0, Duration::ZERO);
+        assert_eq!(load.joining(), 7 + 3);
+        for _ in 0..JOINING_SAMPLES {
+            load.sampled(census(3, 3, 0), 0.0, Duration::ZERO);
+        }
+        assert_eq!(load.joining(), 0);
     }
 
     #[test]
@@ -361,7 +439,7 @@ mod tests {
         meter.waited(start, start + Duration::from_millis(750));
         meter.waited_for(start, start + Duration::from_millis(40));
         meter.waited_for(start, start + Duration::from_millis(12));
-        meter.turn(3, start + Duration::from_secs(1));
+        meter.turn(start + Duration::from_secs(1), || census(3, 3, 3));
         // Smoothed from zero: half of 0.25.
         assert!((load.busy() - 0.125).abs() < 1e-6, "{}", load.busy());
         assert_eq!(load.lag(), Duration::from_millis(12));

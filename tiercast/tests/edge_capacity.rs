@@ -34,8 +34,20 @@ fn watch(node: &Node) -> (Browser, Page) {
 /// It stands for viewers on other machines: it is niced, so it does not take the CPU the
 /// browser here decodes with.
 fn load(url: &str, viewers: usize, seconds: u32, cpu: Option<&str>) -> std::process::Child {
+    load_with(url, viewers, seconds, cpu, &[])
+}
+
+/// [`load`], with the load client's own settings (`WHEP_FOLLOW`, ...) in `env`.
+fn load_with(
+    url: &str,
+    viewers: usize,
+    seconds: u32,
+    cpu: Option<&str>,
+    env: &[(&str, &str)],
+) -> std::process::Child {
     let client = example("relay-tiers", "whep_load");
     let mut cmd = Command::new("nice");
+    cmd.envs(env.iter().copied());
     cmd.args(["-n", "10"]);
     if let Some(cpu) = cpu {
         cmd.args(["taskset", "-c", cpu]);
@@ -182,7 +194,8 @@ fn a_full_edge_turns_new_webrtc_viewers_to_another_edge_and_its_own_viewers_play
     // A browser that comes while the edge is full again is turned away too, and its watch
     // page follows to the other edge and plays there (over WebRTC where that edge has room
     // for it, else over HLS).
-    let hold = load(&url, 620, 20, Some("1"));
+    // (Those it turns away stay away: the other edge keeps the room the browser needs.)
+    let hold = load_with(&url, 620, 20, Some("1"), &[("WHEP_FOLLOW", "0")]);
     std::thread::sleep(Duration::from_secs(4));
     // Once the full edge knows the other has room (heartbeats carry each edge's room).
     full.wait_for("/api/v1/cluster", Duration::from_secs(15), |r| {
