@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
 
-apt_install ffmpeg chromium curl python3 python3-pip socat openssl
+apt_install ffmpeg chromium curl python3 python3-pip socat openssl iproute2
 
 # The tests run a real Kafka-protocol broker on loopback: tansu, built once (a few minutes),
 # with its SQLite store (libsql), the one that keeps SASL/SCRAM users.

@@ -99,6 +99,29 @@ pub struct Stream {
     written: AtomicU64,
     /// Decode times of the last video and audio frames written (see [`Stream::write_newer`]).
     last: Mutex<[Option<Duration>; 2]>,
+    /// How its writer is asked for a keyframe, if it can be, and when it last was.
+    keyframes: Mutex<Keyframes>,
+}
+
+/// At most one keyframe is asked of a stream's writer this often, however many readers ask:
+/// a keyframe costs several frames' bits, and every reader gets it.
+pub const KEYFRAME_GAP: Duration = Duration::from_secs(1);
+
+type AskKeyframe = Box<dyn Fn() + Send + Sync>;
+
+#[derive(Default)]
+struct Keyframes {
+    ask: Option<AskKeyframe>,
+    last: Option<std::time::Instant>,
+}
+
+impl std::fmt::Debug for Keyframes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyframes")
+            .field("ask", &self.ask.is_some())
+            .field("last", &self.last)
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -133,7 +156,34 @@ impl Stream {
             ended: AtomicBool::new(false),
             written: AtomicU64::new(0),
             last: Mutex::new([None; 2]),
+            keyframes: Mutex::new(Keyframes::default()),
         }
+    }
+
+    /// How the stream's writer makes a keyframe when a reader asks for one (an encoder forcing
+    /// one, a WebRTC publisher sent a PLI). A stream without one (passed through from RTMP,
+    /// whose publisher cannot be asked) has its keyframes when its source sends them.
+    pub fn on_keyframe_asked(&self, ask: impl Fn() + Send + Sync + 'static) {
+        lock(&self.keyframes).ask = Some(Box::new(ask));
+    }
+
+    /// A reader wants a keyframe soon (a viewer lost a picture, or moves to this rendition):
+    /// the writer is asked, unless it was within [`KEYFRAME_GAP`]. True when it was asked now.
+    pub fn ask_keyframe(&self) -> bool {
+        let mut keyframes = lock(&self.keyframes);
+        let now = std::time::Instant::now();
+        let Some(ask) = &keyframes.ask else {
+            return false;
+        };
+        if keyframes
+            .last
+            .is_some_and(|last| now.saturating_duration_since(last) < KEYFRAME_GAP)
+        {
+            return false;
+        }
+        ask();
+        keyframes.last = Some(now);
+        true
     }
 
     /// The video configuration (SPS and PPS), once known.

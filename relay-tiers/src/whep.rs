@@ -28,6 +28,7 @@ use rtc::driver::Peer;
 use rtc::resource::{Limits, Refused, Resources};
 use rtc::rtp::{self, Packets};
 use rtc::srtp::{self, KeySlot};
+use rtc::twcc::Estimator;
 use rtc::workers::{self, Load};
 use str0m::change::SdpOffer;
 use str0m::{Candidate, Rtc, RtcConfig};
@@ -37,7 +38,9 @@ use tracing::info;
 use crate::cluster::Cluster;
 use crate::feeds::FeedStore;
 use crate::relay::Demand;
+use ladder::Ladder;
 
+mod ladder;
 mod viewers;
 use viewers::{Viewer, Viewers};
 
@@ -97,6 +100,16 @@ pub struct Whep {
     /// On a node of a tier below: how a stream is pulled from upstream when a viewer wants
     /// it, and how long an offer waits for it.
     demand: std::sync::OnceLock<(Arc<dyn Demand>, std::time::Duration)>,
+    /// The node's runtime: what reads streams for the workers runs there, whichever thread
+    /// (a worker's, moving a viewer) starts it.
+    runtime: tokio::runtime::Handle,
+    keyframes: KeyframeAsks,
+}
+
+#[derive(Debug, Default)]
+struct KeyframeAsks {
+    passed: AtomicU64,
+    spared: AtomicU64,
 }
 
 /// How often the streams WebRTC viewers watch are wanted again, so the relay keeps pulling
@@ -143,6 +156,9 @@ struct Sent {
     nacked: AtomicU64,
     resent: AtomicU64,
     resent_bytes: AtomicU64,
+    /// Viewers moved down and up their ladders by their estimates.
+    moved_down: AtomicU64,
+    moved_up: AtomicU64,
 }
 
 enum Command {
@@ -243,6 +259,8 @@ impl Whep {
                 refused: Refusals::default(),
                 process: workers::Process::default(),
                 demand: std::sync::OnceLock::new(),
+                runtime: tokio::runtime::Handle::current(),
+                keyframes: KeyframeAsks::default(),
             }
         });
         if whep.lanes.is_empty() {
@@ -382,6 +400,30 @@ impl Whep {
         )
     }
 
+    /// Viewers moved down and up their ladders by their estimates, so far.
+    pub fn moves(&self) -> (u64, u64) {
+        (self.sum(|s| &s.moved_down), self.sum(|s| &s.moved_up))
+    }
+
+    /// Viewers' asks for a picture (PLI, FIR, a move to another rendition) passed on to
+    /// whoever writes the stream, and those not passed on (within a second of the last).
+    pub fn keyframe_asks(&self) -> (u64, u64) {
+        (
+            self.keyframes.passed.load(Ordering::Relaxed),
+            self.keyframes.spared.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A viewer of `stream` asked for a picture: its writer is asked for a keyframe, at most
+    /// once a second however many viewers ask (see [`Stream::ask_keyframe`]).
+    fn ask_keyframe(&self, stream: &Stream) {
+        let counter = match stream.ask_keyframe() {
+            true => &self.keyframes.passed,
+            false => &self.keyframes.spared,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Total viewers on this node.
     pub fn viewers(&self) -> usize {
         lock(&self.viewers).values().sum()
@@ -433,7 +475,7 @@ impl Whep {
         };
         let lanes = self.lanes.iter().map(|l| l.frames.clone()).collect();
         let key = stream.id;
-        tokio::spawn(packetize(
+        self.runtime.spawn(packetize(
             key,
             Arc::downgrade(stream),
             reader,
@@ -642,8 +684,20 @@ async fn offer(
         protocol: "whep".into(),
         rendition: feed.info.name.clone(),
     });
+    // Moved along the ladder by its estimate, unless it chose (or its token chose) its
+    // rendition.
+    let ladder = Ladder::new(&feeds.renditions, rendition.is_none());
+    let path = Estimator::new(
+        feed.info.bandwidth,
+        viewers::FIRST_TRANSPORT_SEQ,
+        Instant::now(),
+    );
     let viewer = Viewer {
         id,
+        path,
+        ladder,
+        estimated: false,
+        keyframe_asked: false,
         stream: stream.clone(),
         session: feeds.session.clone(),
         joined: Instant::now(),

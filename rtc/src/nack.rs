@@ -75,6 +75,13 @@ impl History {
         self.packets.is_empty()
     }
 
+    /// Retransmissions get `bytes_per_second` from now on (what the path has room for
+    /// changes with its estimate, and with the stream's rate).
+    pub fn set_budget(&mut self, bytes_per_second: u64) {
+        self.budget.per_second = bytes_per_second;
+        self.budget.tokens = self.budget.tokens.min(bytes_per_second as f64 / 2.0);
+    }
+
     /// Bytes the budget has refused so far.
     pub fn refused_bytes(&self) -> u64 {
         self.budget.refused

@@ -231,6 +231,26 @@ impl NodeMetrics {
             "WHEP viewers whose media went out through the shared fan-out (SRTP sealed per viewer, no session per packet).",
             &ConstCounter::new(w.fanned_out()),
         )?;
+        let (down, up) = w.moves();
+        counter_family(
+            e,
+            "tiercast_webrtc_viewer_moves",
+            "WHEP viewers moved along their ladder by their bandwidth estimate (transport-cc, REMB), down or up.",
+            [
+                (vec![("direction", "down".to_owned())], down),
+                (vec![("direction", "up".to_owned())], up),
+            ],
+        )?;
+        let (passed, spared) = w.keyframe_asks();
+        counter_family(
+            e,
+            "tiercast_webrtc_keyframe_asks",
+            "Viewers' asks for a picture (PLI, FIR, a move): passed on to the stream's writer, or spared (within a second of the last one passed on).",
+            [
+                (vec![("outcome", "passed".to_owned())], passed),
+                (vec![("outcome", "spared".to_owned())], spared),
+            ],
+        )?;
         let refused = w.refusals();
         let refusals = [
             ("capacity", &refused.capacity),

@@ -184,6 +184,8 @@ impl Broadcast {
         };
         let pads = transcode::attach(&pipeline, sources.video.upcast_ref(), plan, &settings)?;
         for (pad, output) in pads.iter().zip(outputs) {
+            // A viewer that lost a picture, or moves to this rendition, gets a keyframe soon.
+            output.1.on_keyframe_asked(transcode::keyframe_asker(pad));
             let sink = appsink_for(output.clone(), audio_codecs.clone())?;
             pipeline.add(&sink).map_err(|_| GstError::Other {
                 pipeline: session.id.clone(),

@@ -71,6 +71,23 @@ pub fn attach(
     Ok(pads)
 }
 
+/// How a reader of an encoded rendition gets a keyframe soon: `pad` is where the
+/// rendition's H.264 leaves (a pad [`attach`] returned), and the encoder behind it makes its
+/// next picture an IDR with SPS and PPS. Holds the pad weakly (the pipeline owns it).
+pub fn keyframe_asker(pad: &gst::Pad) -> impl Fn() + Send + Sync + 'static {
+    let pad = pad.downgrade();
+    move || {
+        let Some(pad) = pad.upgrade() else {
+            return;
+        };
+        // Into the element the pad is of, which passes it up to the encoder.
+        let event = gst_video::UpstreamForceKeyUnitEvent::builder()
+            .all_headers(true)
+            .build();
+        pad.send_event(event);
+    }
+}
+
 fn add(pipeline: &gst::Pipeline, elements: &[&gst::Element]) -> Result<(), GstError> {
     pipeline
         .add_many(elements.iter().copied())

@@ -26,7 +26,7 @@ use pipelines::transcoders::{
     Converter, ScaleSettings, Scaler, Transcoded, Transcoders, Vp8Settings,
 };
 
-pub use encoder::{EncodeSettings, attach};
+pub use encoder::{EncodeSettings, attach, keyframe_asker};
 pub use ladder::{Mode, PlannedRendition, plan};
 
 /// The transcodes, on GStreamer.

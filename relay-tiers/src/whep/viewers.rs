@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use pipelines::events::EventKind;
 use pipelines::media::{Frame, TrackKind};
@@ -14,19 +14,37 @@ use rtc::driver::{Peer, Peers, Policy, Session};
 use rtc::nack::History;
 use rtc::rtp::{self, Packets};
 use rtc::srtp::{KeySlot, SrtpSender};
+use rtc::twcc::Estimator;
 use rtc::udp::Batch;
 use str0m::format::Codec;
 use str0m::media::{MediaKind, Mid, Pt};
 use str0m::rtp::rtcp::Rtcp;
-use str0m::rtp::{RawPacket, RtpWrite};
+use str0m::rtp::{Extension, RawPacket, RtpWrite};
 use str0m::{Event, IceConnectionState, Input, Rtc};
 use tracing::{debug, info};
 
-use super::{Command, Prepared, Sent, Whep};
+use super::ladder::{Ladder, Move};
+use super::{Command, Payloads, Prepared, Sent, Whep};
+
+/// Where a viewer's transport-wide sequence numbers for the packets the node seals start:
+/// right after str0m's own, which it gives the two packets that go through the session (the
+/// first of video, then the first of audio; see [`Track::anchored`]).
+pub(super) const FIRST_TRANSPORT_SEQ: u64 = 2;
+/// What an SRTP packet adds to a payload: header with extension, and the tag.
+const OVERHEAD: usize = 20 + 10;
 
 /// What the WHEP policy keeps about a viewer, beside its session ([`Peer`]).
 pub(super) struct Viewer {
     pub(super) id: u64,
+    /// Transport-wide sequence numbers of what is sealed for it, and the estimate of its path
+    /// their feedback makes.
+    pub(super) path: Estimator,
+    /// Its place on its stream's ladder, moved by that estimate.
+    pub(super) ladder: Ladder,
+    /// A report came in since the estimate was last looked at.
+    pub(super) estimated: bool,
+    /// It asked for a picture (PLI, FIR) since it was last driven.
+    pub(super) keyframe_asked: bool,
     pub(super) stream: String,
     pub(super) session: String,
     pub(super) joined: Instant,
@@ -87,11 +105,15 @@ pub(super) struct Track {
     /// Extended sequence number (rollover counter and sequence) of the next packet.
     seq: u64,
     ssrc: Option<u32>,
-    /// When a packet last went through str0m, which keeps its sender reports (the RTP to
-    /// wall-clock mapping browsers synchronize audio and video with) true.
-    via_session: Option<Instant>,
+    /// Its first packet went through str0m, which anchors its sender reports (the RTP to
+    /// wall-clock mapping browsers synchronize audio and video with). Only the first: str0m
+    /// gives each packet it sends its own transport-wide sequence number, and numbers from
+    /// two counters in one feedback would make the viewer's estimate nonsense.
+    anchored: bool,
     /// Recent packets, for retransmission, and the budget for it.
     history: History,
+    /// The id of the transport-wide sequence number extension, where negotiated.
+    twcc: Option<u8>,
 }
 
 /// Packets a video track keeps for retransmission: about a second of a 2.5 Mb/s rendition,
@@ -100,19 +122,29 @@ const HISTORY: usize = 320;
 /// Retransmissions to one viewer may take up to this share of its rendition's rate: a flood
 /// of NACKs costs the node at most that.
 const RESEND_SHARE: f64 = 0.5;
-/// How often a packet goes through str0m, for its sender reports.
-const VIA_SESSION_EVERY: Duration = Duration::from_millis(500);
+/// Retransmissions take at least this share of the rendition's rate, however little room
+/// the estimate leaves (a lost keyframe packet is worth it), ...
+const RESEND_FLOOR: f64 = 0.05;
+
+/// ... and otherwise what the estimate has room for beyond the rendition itself, up to
+/// [`RESEND_SHARE`]: on a path that is full, retransmissions would only make more loss.
+fn resend_budget(rendition_bps: u64, estimate_bps: u64) -> u64 {
+    let rate = rendition_bps as f64;
+    let room = (estimate_bps as f64 - rate).clamp(rate * RESEND_FLOOR, rate * RESEND_SHARE);
+    (room / 8.0) as u64
+}
 
 impl Track {
     /// `bandwidth`: the rendition's bits per second, which sets the retransmission budget.
-    fn new(mid: Mid, pt: Pt, seq: u64, bandwidth: u64) -> Track {
+    fn new(mid: Mid, pt: Pt, seq: u64, bandwidth: u64, twcc: Option<u8>) -> Track {
         let budget = (bandwidth as f64 / 8.0 * RESEND_SHARE) as u64;
         Track {
+            twcc,
             mid,
             pt,
             seq,
             ssrc: None,
-            via_session: None,
+            anchored: false,
             history: History::new(HISTORY, budget, Instant::now()),
         }
     }
@@ -129,8 +161,17 @@ impl Session for Viewer {
                 // Sequence numbers start anywhere below the first rollover (RFC 3550).
                 let seq = (self.id.wrapping_mul(0x9e37_79b9) % 30_000) + 1;
                 let bandwidth = self.feed.info.bandwidth;
-                let track =
-                    choose_pt(rtc, m.mid, codec).map(|pt| Track::new(m.mid, pt, seq, bandwidth));
+                // The one-byte header form carries ids 1 to 14.
+                let twcc = rtc
+                    .media(m.mid)
+                    .and_then(|media| {
+                        media
+                            .remote_extmap()
+                            .id_of(Extension::TransportSequenceNumber)
+                    })
+                    .filter(|id| (1..=14).contains(id));
+                let track = choose_pt(rtc, m.mid, codec)
+                    .map(|pt| Track::new(m.mid, pt, seq, bandwidth, twcc));
                 match m.kind {
                     MediaKind::Video => self.video = track,
                     MediaKind::Audio => self.audio = track,
@@ -146,11 +187,25 @@ impl Session for Viewer {
                     "WHEP viewer connected"
                 );
             }
-            Event::RawPacket(raw) => {
-                if let RawPacket::RtcpRx(Rtcp::Nack(nack)) = *raw {
-                    self.on_nack(&nack);
+            Event::RawPacket(raw) => match *raw {
+                RawPacket::RtcpRx(Rtcp::Nack(nack)) => self.on_nack(&nack),
+                RawPacket::RtcpRx(Rtcp::Twcc(twcc)) => {
+                    let report = self.path.on_feedback(twcc, Instant::now());
+                    tracing::trace!(
+                        viewer = self.id,
+                        ?report,
+                        estimate = self.path.estimate(),
+                        "transport-cc"
+                    );
+                    self.estimated |= report.is_some();
                 }
-            }
+                RawPacket::RtcpRx(Rtcp::Remb(remb)) => {
+                    self.path.remb(remb.bitrate as u64);
+                    self.estimated = true;
+                }
+                RawPacket::RtcpRx(Rtcp::Pli(_) | Rtcp::Fir(_)) => self.keyframe_asked = true,
+                _ => {}
+            },
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 rtc.disconnect();
             }
@@ -279,14 +334,14 @@ fn send_on(
     let last = packets.payloads.len().saturating_sub(1);
     for (i, payload) in packets.payloads.iter().enumerate() {
         let marker = i == last && video;
-        let session_due = i == 0
-            && track
-                .via_session
-                .is_none_or(|t| now >= t + VIA_SESSION_EVERY);
+        let session_due = i == 0 && !track.anchored;
         match (&mut peer.state.srtp, peer.remote) {
             (Some(srtp), Some(to)) if !session_due => {
+                let twcc = track
+                    .twcc
+                    .map(|id| (id, peer.state.path.on_send(payload.len() + OVERHEAD, now)));
                 let mut header = [0u8; 20];
-                let len = rtp::header(&mut header, track.pt, marker, track.seq, time, ssrc, None);
+                let len = rtp::header(&mut header, track.pt, marker, track.seq, time, ssrc, twcc);
                 let buf = out.buffer();
                 out.push(to, srtp.seal_into(&header[..len], track.seq, payload, buf));
             }
@@ -295,10 +350,10 @@ fn send_on(
                     tx.write_rtp(
                         RtpWrite::new(track.pt, track.seq.into(), time, now, payload.clone())
                             .marker(marker)
-                            .nackable(true),
+                            .nackable(false),
                     );
                 }
-                track.via_session = Some(now);
+                track.anchored = true;
                 // Out now (str0m queues what is written until its next timer), so the packets
                 // after it stay in order.
                 let _ = peer.rtc.handle_input(Input::Timeout(now));
@@ -322,6 +377,46 @@ pub(super) struct Viewers {
     pub(super) sent: Arc<Sent>,
 }
 
+impl Viewers {
+    /// Moves `v` along its ladder by its estimate (see [`Ladder::next`]); a move waits for the
+    /// next keyframe of the rendition moved to, and asks for one.
+    fn follow_estimate(&mut self, v: &mut Viewer) {
+        if v.pending.is_some() {
+            return; // A move is on its way.
+        }
+        let now = Instant::now();
+        let estimate = v.path.estimate();
+        tracing::trace!(viewer = v.id, rendition = %v.feed.info.name, estimate, "estimate");
+        if let Some((to, way)) = v.ladder.next(&v.feed, estimate, now)
+            && let Some(whep) = self.whep.upgrade()
+        {
+            info!(viewer = v.id, stream = %v.stream, from = %v.feed.info.name,
+                to = %to.info.name, estimate, ?way, "WHEP viewer moves");
+            match way {
+                Move::Down => self.sent.moved_down.fetch_add(1, Ordering::Relaxed),
+                Move::Up => self.sent.moved_up.fetch_add(1, Ordering::Relaxed),
+            };
+            whep.forward(&to, Payloads::H264);
+            whep.ask_keyframe(&to);
+            whep.bus.publish(EventKind::QualityChanged {
+                stream: v.stream.clone(),
+                session: v.session.clone(),
+                viewer: v.id.to_string(),
+                rendition: to.info.name.clone(),
+                reason: "bandwidth".into(),
+            });
+            v.pending = Some(to);
+        }
+        let heading = v.pending.as_ref().unwrap_or(&v.feed);
+        v.path.want(v.ladder.wanted(heading));
+        if let Some(video) = v.video.as_mut() {
+            video
+                .history
+                .set_budget(resend_budget(heading.info.bandwidth, estimate));
+        }
+    }
+}
+
 impl Policy for Viewers {
     type State = Viewer;
     type Command = Command;
@@ -340,6 +435,8 @@ impl Policy for Viewers {
             Command::Switch(id, feed) => {
                 if let Some(peer) = peers.get_mut(id) {
                     let v = &mut peer.state;
+                    // It chose: its estimate no longer moves it.
+                    v.ladder.auto = false;
                     v.pending = (feed.id != v.feed.id).then_some(feed);
                 }
             }
@@ -376,6 +473,15 @@ impl Policy for Viewers {
         if v.srtp.is_some() && !v.counted {
             v.counted = true;
             self.sent.fanned_out.fetch_add(1, Ordering::Relaxed);
+        }
+        if v.estimated {
+            v.estimated = false;
+            self.follow_estimate(v);
+        }
+        if std::mem::take(&mut v.keyframe_asked)
+            && let Some(whep) = self.whep.upgrade()
+        {
+            whep.ask_keyframe(v.pending.as_ref().unwrap_or(&v.feed));
         }
     }
 

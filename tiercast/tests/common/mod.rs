@@ -74,6 +74,35 @@ pub fn start_node_http(http: &str, extra: &str) -> Node {
     start_node_full("", http, extra, &[], &[])
 }
 
+/// A node run inside network namespace `netns` (`ip netns exec`), every door of it (HTTP,
+/// RTMP, WebRTC) on `host`, an address of that namespace.
+pub fn start_node_netns(netns: &str, host: &str, extra: &str) -> Node {
+    let dir = TempDir::new("node");
+    let config = dir.0.join("node.toml");
+    let data = dir.0.join("data");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\ndata_dir = {:?}\n[http]\nlisten = \"{host}:0\"\nassets_dir = {:?}\n[rtmp]\nlisten = \"{host}:0\"\n[webrtc]\nlisten = \"{host}:0\"\nwhip_listen = \"{host}:0\"\n{extra}",
+            data.display().to_string(),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/../web/node_modules/hls.js/dist")
+        ),
+    )
+    .unwrap();
+    let log = dir.0.join("tiercast.log");
+    let mut command = Command::new("ip");
+    command.args(["netns", "exec", netns, env!("CARGO_BIN_EXE_tiercast")]);
+    let (child, [rtmp, http, admin]) = spawn_with(command, &config, &[], &[], &log);
+    Node {
+        rtmp: rtmp.expect("rtmp= is always said"),
+        http: http.expect("http= is always said"),
+        admin,
+        child,
+        dir,
+        log,
+    }
+}
+
 fn start_node_full(
     node: &str,
     http: &str,
@@ -115,12 +144,29 @@ fn spawn(
     env: &[(&str, &Path)],
     log: &Path,
 ) -> (Child, [Option<SocketAddr>; 3]) {
+    spawn_with(
+        Command::new(env!("CARGO_BIN_EXE_tiercast")),
+        config,
+        args,
+        env,
+        log,
+    )
+}
+
+/// [`spawn`] through `command` (the binary, or what runs it).
+fn spawn_with(
+    mut command: Command,
+    config: &Path,
+    args: &[&str],
+    env: &[(&str, &Path)],
+    log: &Path,
+) -> (Child, [Option<SocketAddr>; 3]) {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tiercast"))
+    let mut child = command
         .args(["run", "--config"])
         .arg(config)
         .args(args)
