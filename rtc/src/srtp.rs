@@ -12,15 +12,13 @@ use std::cell::RefCell;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use aws_lc_rs::aead::{AES_128_GCM, AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use str0m::config::{CryptoProvider, DtlsCert};
 use str0m::crypto::dtls::{
     DtlsImplError, DtlsInstance, DtlsOutput, DtlsProvider, DtlsVersion, ProtocolVersion,
     SrtpProfile,
 };
-use str0m::crypto::{
-    AeadAes128GcmCipher, AeadAes256GcmCipher, Aes128CmSha1_80, Aes128CmSha1_80Cipher, CryptoError,
-    Sha1HmacProvider,
-};
+use str0m::crypto::{Aes128CmSha1_80, Aes128CmSha1_80Cipher, CryptoError, Sha1HmacProvider};
 
 /// Where a viewer's DTLS leaves its keying material and the profile it agreed on.
 pub type KeySlot = Arc<Mutex<Option<(Vec<u8>, SrtpProfile)>>>;
@@ -138,8 +136,9 @@ impl DtlsInstance for KeepingDtls {
 }
 
 enum Cipher {
-    Aes128(Box<dyn AeadAes128GcmCipher>),
-    Aes256(Box<dyn AeadAes256GcmCipher>),
+    /// AES-GCM, 128 or 256 bits (RFC 7714), as browsers agree on: aws-lc's assembly, sealing
+    /// the payload straight from the shared packet into the datagram (no copy first).
+    Gcm(LessSafeKey),
     /// AES-128 in counter mode, authenticated with HMAC-SHA1 (RFC 3711), as GStreamer's
     /// `webrtcbin` agrees on.
     Cm {
@@ -200,12 +199,12 @@ impl SrtpSender {
             SrtpProfile::AEAD_AES_128_GCM => {
                 let mut key = [0u8; 16];
                 derive(provider, master, master_salt, LABEL_RTP_KEY, &mut key);
-                Cipher::Aes128(provider.aead_aes_128_gcm().create_cipher(key, true))
+                Cipher::Gcm(LessSafeKey::new(UnboundKey::new(&AES_128_GCM, &key).ok()?))
             }
             SrtpProfile::AEAD_AES_256_GCM => {
                 let mut key = [0u8; 32];
                 derive(provider, master, master_salt, LABEL_RTP_KEY, &mut key);
-                Cipher::Aes256(provider.aead_aes_256_gcm().create_cipher(key, true))
+                Cipher::Gcm(LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &key).ok()?))
             }
             _ => {
                 let mut key = [0u8; 16];
@@ -229,7 +228,8 @@ impl SrtpSender {
         self.seal_into(header, index, payload, Vec::new())
     }
 
-    /// [`SrtpSender::seal`] into `out`, a buffer to reuse (emptied first).
+    /// [`SrtpSender::seal`] into `out`, a buffer to reuse: whatever it holds is overwritten,
+    /// and bytes it already has are not zeroed first.
     pub fn seal_into(
         &mut self,
         header: &[u8],
@@ -237,28 +237,30 @@ impl SrtpSender {
         payload: &[u8],
         mut out: Vec<u8>,
     ) -> Vec<u8> {
-        out.clear();
         if header.len() < 12 {
+            out.clear();
             return out;
         }
         let ssrc = u32::from_be_bytes([header[8], header[9], header[10], header[11]]);
         let at = header.len();
-        out.extend_from_slice(header);
+        let end = at + payload.len();
         let sealed = match &mut self.cipher {
             Cipher::Cm {
                 cipher,
                 auth_key,
                 hmac,
             } => {
-                let iv = Aes128CmSha1_80::rtp_iv(self.salt, ssrc, index);
-                let end = at + payload.len();
                 out.resize(end + Aes128CmSha1_80::HMAC_TAG_LEN, 0);
+                out[..at].copy_from_slice(header);
+                let iv = Aes128CmSha1_80::rtp_iv(self.salt, ssrc, index);
                 let sealed = cipher.encrypt(&iv, payload, &mut out[at..end]);
                 let hmac = |key: &[u8], parts: &[&[u8]]| hmac.sha1_hmac(key, parts);
                 Aes128CmSha1_80::rtp_hmac(hmac, auth_key, &mut out, index, end);
-                sealed
+                sealed.is_ok()
             }
-            gcm => {
+            Cipher::Gcm(key) => {
+                out.resize(end + TAG_LEN, 0);
+                out[..at].copy_from_slice(header);
                 let mut iv = [0u8; 12];
                 iv[2..6].copy_from_slice(&ssrc.to_be_bytes());
                 iv[6..10].copy_from_slice(&((index >> 16) as u32).to_be_bytes());
@@ -266,15 +268,20 @@ impl SrtpSender {
                 for (b, s) in iv.iter_mut().zip(self.salt) {
                     *b ^= s;
                 }
-                out.resize(at + payload.len() + TAG_LEN, 0);
-                match gcm {
-                    Cipher::Aes128(c) => c.encrypt(&iv, header, payload, &mut out[at..]),
-                    Cipher::Aes256(c) => c.encrypt(&iv, header, payload, &mut out[at..]),
-                    Cipher::Cm { .. } => unreachable!("handled above"),
-                }
+                let (clear, sealed) = out.split_at_mut(at);
+                let (ciphertext, tag) = sealed.split_at_mut(payload.len());
+                key.seal_out_of_place_scatter(
+                    Nonce::assume_unique_for_key(iv),
+                    Aad::from(clear),
+                    payload,
+                    ciphertext,
+                    &[],
+                    tag,
+                )
+                .is_ok()
             }
         };
-        if sealed.is_err() {
+        if !sealed {
             out.clear();
         }
         out
@@ -333,6 +340,39 @@ mod tests {
             auth.to_vec(),
             hex("CEBE321F6FF7716B6FD4AB49AF256A156D38BAA4")
         );
+    }
+
+    /// A packet sealed straight into a reused, dirty buffer is what str0m's own AES-GCM makes
+    /// of it (RFC 7714 8.1: the IV from the salt, SSRC and index; the header authenticated).
+    #[test]
+    fn gcm_sealing_matches_str0ms_cipher_and_leaves_nothing_of_the_old_buffer() {
+        let material: Vec<u8> = (0..56u8).collect();
+        let mut sender = SrtpSender::for_server(&material, SrtpProfile::AEAD_AES_128_GCM).unwrap();
+        let header = [0x80, 96, 0x12, 0x34, 0, 0, 0x10, 0, 0xde, 0xad, 0xbe, 0xef];
+        let payload: Vec<u8> = (0..200).map(|i| (i * 7) as u8).collect();
+        let index = (3u64 << 16) | 0x1234;
+        let dirty = vec![0xAA; 1400];
+        let sealed = sender.seal_into(&header, index, &payload, dirty);
+
+        let provider = str0m::crypto::from_feature_flags().srtp_provider;
+        let (master, master_salt) = (&material[16..32], &material[44..56]);
+        let mut key = [0u8; 16];
+        derive(provider, master, master_salt, LABEL_RTP_KEY, &mut key);
+        let mut salt = [0u8; 12];
+        derive(provider, master, master_salt, LABEL_RTP_SALT, &mut salt);
+        let mut iv = [0u8; 12];
+        iv[2..6].copy_from_slice(&header[8..12]);
+        iv[6..10].copy_from_slice(&3u32.to_be_bytes());
+        iv[10..12].copy_from_slice(&0x1234u16.to_be_bytes());
+        for (b, s) in iv.iter_mut().zip(salt) {
+            *b ^= s;
+        }
+        let mut theirs = vec![0u8; payload.len() + TAG_LEN];
+        let mut cipher = provider.aead_aes_128_gcm().create_cipher(key, true);
+        cipher.encrypt(&iv, &header, &payload, &mut theirs).unwrap();
+        assert_eq!(sealed.len(), header.len() + payload.len() + TAG_LEN);
+        assert_eq!(&sealed[..12], &header);
+        assert_eq!(&sealed[12..], &theirs[..]);
     }
 
     #[test]

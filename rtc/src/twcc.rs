@@ -16,11 +16,11 @@
 //! What the peer's estimate of its own (REMB) says caps it. Times come in from the caller, so
 //! the estimate is tested with simulated time.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// Packets remembered for their feedback: more than a second of a peer's busiest traffic.
-const RECORDS: usize = 8192;
+/// Packets remembered for their feedback: a second of 20 Mb/s to one peer, where feedback
+/// comes every 100 ms or so. A ring of them, so a peer's records are made once, 32 KiB.
+const RECORDS: usize = 2048;
 /// Loss in a report above this cuts the estimate.
 const LOSS_CUT: f64 = 0.10;
 /// Loss in a report below this lets it grow.
@@ -40,10 +40,10 @@ const BASE_WINDOW: Duration = Duration::from_secs(5);
 const MIN_BPS: u64 = 100_000;
 const MAX_BPS: u64 = 100_000_000;
 
-#[derive(Debug, Clone, Copy)]
+/// A packet sent: when (microseconds after the estimator's `time_zero`) and its size.
+#[derive(Debug, Clone, Copy, Default)]
 struct Record {
-    seq: u64,
-    at: Instant,
+    at_us: u64,
     size: u32,
 }
 
@@ -52,7 +52,10 @@ struct Record {
 #[derive(Debug)]
 pub struct Estimator {
     next: u64,
-    sent: VecDeque<Record>,
+    /// The first sequence number handed out.
+    first: u64,
+    /// Packet `seq` is at `seq % RECORDS`, for the last [`RECORDS`] sent.
+    sent: Box<[Record]>,
     /// The origin arrival times of reports are read against (any fixed instant).
     time_zero: Instant,
     estimate: u64,
@@ -83,7 +86,8 @@ impl Estimator {
     pub fn new(start_bps: u64, first_seq: u64, now: Instant) -> Estimator {
         Estimator {
             next: first_seq,
-            sent: VecDeque::with_capacity(256),
+            first: first_seq,
+            sent: vec![Record::default(); RECORDS].into_boxed_slice(),
             time_zero: now,
             estimate: start_bps,
             wanted: start_bps,
@@ -101,14 +105,10 @@ impl Estimator {
     pub fn on_send(&mut self, size: usize, now: Instant) -> u16 {
         let seq = self.next;
         self.next += 1;
-        if self.sent.len() == RECORDS {
-            self.sent.pop_front();
-        }
-        self.sent.push_back(Record {
-            seq,
-            at: now,
+        self.sent[seq as usize % RECORDS] = Record {
+            at_us: now.saturating_duration_since(self.time_zero).as_micros() as u64,
             size: size as u32,
-        });
+        };
         seq as u16
     }
 
@@ -147,28 +147,27 @@ impl Estimator {
         reports: &[(u64, Option<Instant>)],
         now: Instant,
     ) -> Option<Report> {
-        let first = self.sent.front()?.seq;
+        if self.next == self.first {
+            return None; // Nothing sent yet.
+        }
+        // The packets still remembered.
+        let first = self.first.max(self.next.saturating_sub(RECORDS as u64));
         let (mut received, mut lost) = (0usize, 0usize);
         let mut delays = Vec::with_capacity(reports.len());
         let mut bits = 0u64;
         let mut span: Option<(Instant, Instant)> = None;
         for &(seq, arrived) in reports {
-            let Some(i) = seq.checked_sub(first).map(|i| i as usize) else {
+            if seq < first || seq >= self.next {
                 continue;
-            };
-            let Some(record) = self.sent.get(i).filter(|r| r.seq == seq) else {
-                continue;
-            };
+            }
+            let record = self.sent[seq as usize % RECORDS];
             match arrived {
                 None => lost += 1,
                 Some(at) => {
                     received += 1;
                     bits += u64::from(record.size) * 8;
                     let arrival = at.saturating_duration_since(self.time_zero).as_secs_f64();
-                    let sent = record
-                        .at
-                        .saturating_duration_since(self.time_zero)
-                        .as_secs_f64();
+                    let sent = record.at_us as f64 / 1e6;
                     delays.push(arrival - sent);
                     span = Some(match span {
                         None => (at, at),

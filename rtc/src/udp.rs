@@ -61,7 +61,8 @@ impl Batch {
         self.datagrams.push((to, contents));
     }
 
-    /// An empty buffer to make a datagram in.
+    /// A buffer to make a datagram in: one sent before, still holding its bytes (a writer
+    /// overwrites them rather than paying to zero them), or a new one.
     pub fn buffer(&mut self) -> Vec<u8> {
         self.spare.pop().unwrap_or_else(|| Vec::with_capacity(1500))
     }
@@ -150,9 +151,8 @@ impl Batch {
                 }
             }
         }
-        for (_, mut buf) in self.datagrams.drain(..) {
+        for (_, buf) in self.datagrams.drain(..) {
             if self.spare.len() < MAX_SPARE && buf.capacity() >= 1200 {
-                buf.clear();
                 self.spare.push(buf);
             }
         }
