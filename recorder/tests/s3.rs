@@ -14,22 +14,30 @@ struct S3Server {
     child: Child,
     _stdin: ChildStdin,
     endpoint: String,
+    log: std::path::PathBuf,
 }
 
 impl Drop for S3Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
 fn start_s3(bucket: &str) -> S3Server {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/s3-test-server.py");
+    // What it says on its standard error (moto logs every request there), read only if it
+    // does not start.
+    let log = std::env::temp_dir().join(format!(
+        "s3-test-server-{}-{bucket}.log",
+        std::process::id()
+    ));
     let mut child = Command::new("python3")
         .args([script, bucket])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .expect("python3 runs (scripts/setup-tests.sh installs moto)");
     let stdin = child.stdin.take().unwrap();
@@ -37,15 +45,16 @@ fn start_s3(bucket: &str) -> S3Server {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let endpoint = line
-        .trim()
-        .strip_prefix("s3 listening ")
-        .unwrap_or_else(|| panic!("the S3 server did not start: {line:?}"))
-        .to_owned();
+    let Some(endpoint) = line.trim().strip_prefix("s3 listening ").map(str::to_owned) else {
+        let _ = child.wait();
+        let why = std::fs::read_to_string(&log).unwrap_or_default();
+        panic!("the S3 server did not start: {line:?}\n{why}");
+    };
     S3Server {
         child,
         _stdin: stdin,
         endpoint,
+        log,
     }
 }
 
